@@ -1,0 +1,91 @@
+//! The crate's one error type. Every variant carries what a user needs to act: the entry path,
+//! the digest, the limit with its configured maximum. py.rs maps each variant to a class of
+//! fastdist.errors; nothing else in the crate knows about Python.
+
+use std::io;
+
+/// Errors of the native core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not `sha256:` + 64 lowercase hex.
+    #[error("invalid digest {0:?}: expected \"sha256:\" followed by 64 lowercase hex digits")]
+    InvalidDigest(String),
+
+    /// Well-formed `algo:hex` with an algorithm we refuse.
+    #[error("unsupported digest algorithm in {0:?}: only sha256 is accepted")]
+    UnsupportedAlgorithm(String),
+
+    /// A layer media type we do not decompress/apply.
+    #[error("unsupported layer media type {0:?}")]
+    UnsupportedMediaType(String),
+
+    /// A computed digest (compressed `digest` or uncompressed `diff_id`) differs.
+    #[error("{what} mismatch: expected {expected}, computed {actual}")]
+    DigestMismatch {
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
+
+    /// The byte count differs from the descriptor's size.
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch { expected: u64, actual: u64 },
+
+    /// A tar entry that would escape the root or misuse a link/whiteout.
+    #[error("unsafe layer entry {path:?}: {reason}")]
+    UnsafePath { path: String, reason: String },
+
+    /// Malformed compression stream or tar archive.
+    #[error("corrupt layer{}: {reason}", entry.as_ref().map(|e| format!(" at entry {e:?}")).unwrap_or_default())]
+    Corrupt {
+        reason: String,
+        entry: Option<String>,
+    },
+
+    /// A configured limit was exceeded.
+    #[error("limit exceeded: {limit} is {actual}, the maximum is {max}")]
+    Limit {
+        limit: &'static str,
+        max: u64,
+        actual: u64,
+    },
+
+    /// An I/O error on the destination tree or a local file.
+    #[error("{op} {path:?}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Misuse of a streaming object (write after finish, worker gone).
+    #[error("{0}")]
+    State(String),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(reason: impl Into<String>, entry: Option<&str>) -> Self {
+        Error::Corrupt {
+            reason: reason.into(),
+            entry: entry.map(str::to_owned),
+        }
+    }
+
+    pub(crate) fn unsafe_path(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::UnsafePath {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,41 @@
+//! Resource limits for one layer (design.md §7). Defaults are safe for real images; every
+//! breach is `Error::Limit` naming the limit.
+
+/// Limits applied while decompressing and applying one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Tar entries per layer.
+    pub max_entries: u64,
+    /// Uncompressed (tar stream) bytes per layer.
+    pub max_layer_bytes: u64,
+    /// Bytes of one regular file.
+    pub max_entry_bytes: u64,
+    /// Bytes of one PAX extended header or GNU long name/link record.
+    pub max_header_bytes: u64,
+    /// Bytes of one entry path or link target.
+    pub max_path_len: u64,
+    /// Components of one entry path.
+    pub max_path_depth: u64,
+    /// Uncompressed / compressed ratio, checked once `ratio_grace_bytes` are out.
+    pub max_ratio: u64,
+    /// Uncompressed bytes allowed before the ratio is enforced.
+    pub ratio_grace_bytes: u64,
+    /// zstd `window_log_max` (2^N bytes of decoder window).
+    pub zstd_window_log_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entries: 1_000_000,
+            max_layer_bytes: 64 << 30,
+            max_entry_bytes: 32 << 30,
+            max_header_bytes: 1 << 20,
+            max_path_len: 4096,
+            max_path_depth: 128,
+            max_ratio: 1000,
+            ratio_grace_bytes: 256 << 20,
+            zstd_window_log_max: 27,
+        }
+    }
+}
