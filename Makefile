@@ -1,0 +1,50 @@
+# fastdist developer targets. `make check` is exactly what CI runs (.ci/run).
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check demo bench bench-micro fuzz clean
+
+setup:            ## install system packages, the venv and build the extension
+	scripts/setup.sh
+
+dev build: setup
+
+fmt:              ## format Rust and Python
+	cargo fmt --all
+	$(PY) -m ruff format python tests benches examples
+	$(PY) -m ruff check --fix python tests benches examples
+
+fmt-check:
+	cargo fmt --all -- --check
+	$(PY) -m ruff format --check python tests benches examples
+
+lint:
+	cargo clippy --all-targets --release -- -D warnings
+	$(PY) -m ruff check python tests benches examples
+
+typecheck:
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest fastdist._native --allowlist tests/stubtest-allowlist.txt
+
+test-rust:
+	cargo test --release
+
+test-python:
+	$(PY) -m pytest -q tests
+
+test: setup test-rust test-python   ## all tests (Rust and Python: unit, conformance, integration, e2e)
+
+check: setup fmt-check lint typecheck test-rust test-python   ## what CI runs
+
+demo: setup       ## end to end: local registry + demo image, pull with live display, images, run
+	$(PY) examples/demo.py
+
+bench: setup      ## pull benchmarks against ctr and skopeo+umoci (see benches/README.md)
+	$(PY) benches/pull.py
+
+bench-micro: setup
+	$(PY) benches/micro.py
+
+clean:
+	rm -rf target .venv .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,121 @@
+"""Run Debian's ``docker-registry`` (CNCF distribution) on a free loopback port."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import requests
+
+from ..errors import FastdistError
+
+log = logging.getLogger(__name__)
+
+_CONFIG = """version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+def free_port() -> int:
+    """A currently unused loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LocalRegistry:
+    """A ``docker-registry serve`` process with its own storage, for tests, benchmarks and demos.
+
+    Use as a context manager; ``host`` is ``127.0.0.1:PORT`` (loopback, so plain HTTP).
+    """
+
+    def __init__(self, storage: Path | None = None, binary: str = "docker-registry") -> None:
+        exe = shutil.which(binary)
+        if exe is None:
+            raise FastdistError(
+                f"{binary} not found on PATH",
+                hint="install Debian's registry: apt-get install docker-registry",
+            )
+        self._exe = exe
+        self._own_storage = storage is None
+        self._dir = Path(tempfile.mkdtemp(prefix="fastdist-registry-"))
+        self.storage = storage or self._dir / "storage"
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> LocalRegistry:
+        self.storage.mkdir(parents=True, exist_ok=True)
+        cfg = self._dir / "config.yml"
+        cfg.write_text(_CONFIG.format(storage=self.storage, port=self.port))
+        logf = open(self._dir / "registry.log", "wb")  # noqa: SIM115 (owned by the process)
+        self._proc = subprocess.Popen(
+            [self._exe, "serve", str(cfg)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+            env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
+        )
+        logf.close()
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.host}/v2/"
+        while True:
+            if self._proc.poll() is not None:
+                raise FastdistError(
+                    f"docker-registry exited with status {self._proc.returncode}: "
+                    + (self._dir / "registry.log").read_text(errors="replace")[-2000:]
+                )
+            try:
+                if requests.get(url, timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise FastdistError(f"docker-registry did not answer on {url} in {timeout}s")
+            time.sleep(0.05)  # polling a process we just started, not synchronising tests
+        log.debug("registry up on %s (storage %s)", self.host, self.storage)
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalRegistry:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up of a Debian machine for fastdist development, tests and the demo:
+# system packages (runc, Debian's docker-registry, umoci, busybox-static, redis, compressors),
+# a Python virtualenv in .venv with the dev tools, and the Rust extension built into it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(runc docker-registry umoci busybox-static redis-server redis-tools pigz zstd gzip
+              tar openssl ca-certificates iproute2 python3-venv)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing system packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts no services here (no systemd in containers/CI); make sure the packaged registry and
+# redis are not holding their default ports if an init system did start them.
+command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required: https://rustup.rs" >&2; exit 1; }
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q "maturin>=1.5,<2" "requests>=2.28" pytest pytest-timeout ruff mypy types-requests typing_extensions
+# Build the extension (release: the hot path is what we ship) and install fastdist in the venv.
+VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH" .venv/bin/maturin develop --release -q
+echo "setup: ok ($(.venv/bin/python -c 'import fastdist, fastdist._native; print("fastdist", fastdist.__version__)'))"
