@@ -1,0 +1,307 @@
+"""Registry credentials and the pieces of the token flow that do not touch the network.
+
+Credentials come from docker's ``config.json`` (``$DOCKER_CONFIG`` or ``~/.docker``): ``auths``
+(base64 ``auth`` or ``username``/``password``, ``identitytoken``), ``credHelpers`` per host and
+a default ``credsStore``, the helpers run as ``docker-credential-<name> get`` (host on stdin, JSON
+out). The transport performs the HTTP side of the flow (distribution token spec, ``token.md`` and
+``oauth.md``); this module parses challenges and token answers and caches tokens per (host, scope).
+Nothing here logs or formats a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AuthenticationError
+
+log = logging.getLogger(__name__)
+
+DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+_HELPER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+HELPER_TIMEOUT = 30.0
+# A token without expires_in lives 60 s (token.md#token-response-fields); refresh a bit early.
+DEFAULT_TOKEN_LIFETIME = 60.0
+TOKEN_EXPIRY_MARGIN = 5.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username/password pair, or an identity (refresh) token. ``repr`` hides secrets."""
+
+    username: str = ""
+    password: str = field(default="", repr=False)
+    identity_token: str | None = field(default=None, repr=False)
+
+
+def normalize_host(key: str) -> str:
+    """``https://index.docker.io/v1/`` → ``index.docker.io``; ``host:5000`` unchanged."""
+    k = key.strip()
+    for prefix in ("https://", "http://"):
+        if k.startswith(prefix):
+            k = k[len(prefix) :]
+    return k.split("/", 1)[0].lower()
+
+
+def _candidate_keys(host: str) -> list[str]:
+    h = normalize_host(host)
+    if h in _HUB_HOSTS:
+        return [DOCKER_HUB_AUTH_KEY, "index.docker.io", "docker.io", "registry-1.docker.io"]
+    return [h]
+
+
+class CredentialStore:
+    """Looks up credentials per registry host, as docker does."""
+
+    def __init__(
+        self,
+        auths: Mapping[str, Credentials] | None = None,
+        cred_helpers: Mapping[str, str] | None = None,
+        creds_store: str | None = None,
+    ) -> None:
+        self._auths = {normalize_host(k): v for k, v in (auths or {}).items()}
+        self._helpers = {normalize_host(k): v for k, v in (cred_helpers or {}).items()}
+        self._store = creds_store or None
+        self._lock = threading.Lock()
+        self._helper_cache: dict[tuple[str, str], Credentials | None] = {}
+
+    @classmethod
+    def from_docker_config(cls, path: str | None = None) -> CredentialStore:
+        """Read ``path`` (a ``config.json`` or a directory holding one), else ``$DOCKER_CONFIG``
+        or ``~/.docker/config.json``. A missing file means no credentials."""
+        if path is None:
+            base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+            path = base
+        p = Path(path)
+        if p.is_dir():
+            p = p / "config.json"
+        try:
+            raw = p.read_bytes()
+        except FileNotFoundError:
+            return cls()
+        except OSError as e:
+            raise AuthenticationError(
+                f"cannot read docker config {p}: {e.strerror}",
+                hint="check the file's permissions or set DOCKER_CONFIG",
+            ) from None
+        try:
+            obj = json.loads(raw)
+        except ValueError as e:
+            raise AuthenticationError(f"docker config {p} is not valid JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise AuthenticationError(f"docker config {p} is not a JSON object")
+        auths: dict[str, Credentials] = {}
+        for key, entry in (obj.get("auths") or {}).items():
+            if isinstance(entry, dict):
+                creds = _credentials_from_auth_entry(entry, str(p), key)
+                if creds is not None:
+                    auths[key] = creds
+        helpers_raw = obj.get("credHelpers") or {}
+        helpers = {k: v for k, v in helpers_raw.items() if isinstance(v, str) and v}
+        store = obj.get("credsStore")
+        return cls(auths, helpers, store if isinstance(store, str) else None)
+
+    def get(self, host: str) -> Credentials | None:
+        """Credentials for a registry host (``docker.io`` and ``registry-1.docker.io`` share
+        Docker Hub's entry), or None to go anonymous."""
+        keys = _candidate_keys(host)
+        for key in keys:
+            helper = self._helpers.get(normalize_host(key))
+            if helper:
+                return self._from_helper(helper, key)
+        if self._store:
+            creds = self._from_helper(self._store, keys[0])
+            if creds is not None:
+                return creds
+        for key in keys:
+            found = self._auths.get(normalize_host(key))
+            if found is not None:
+                return found
+        return None
+
+    def _from_helper(self, helper: str, server: str) -> Credentials | None:
+        with self._lock:
+            if (helper, server) in self._helper_cache:
+                return self._helper_cache[(helper, server)]
+        creds = run_credential_helper(helper, server)
+        with self._lock:
+            self._helper_cache[(helper, server)] = creds
+        return creds
+
+
+def _credentials_from_auth_entry(entry: dict[str, Any], where: str, key: str) -> Credentials | None:
+    username = entry.get("username") or ""
+    password = entry.get("password") or ""
+    auth = entry.get("auth")
+    if isinstance(auth, str) and auth:
+        try:
+            decoded = base64.b64decode(auth, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthenticationError(
+                f"docker config {where}: auths[{key!r}].auth is not valid base64"
+            ) from None
+        username, sep, password = decoded.partition(":")
+        if not sep:
+            raise AuthenticationError(
+                f"docker config {where}: auths[{key!r}].auth is not 'user:password'"
+            )
+    token = entry.get("identitytoken") or None
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise AuthenticationError(f"docker config {where}: auths[{key!r}] has non-string fields")
+    if not (username or password or token):
+        return None
+    return Credentials(username, password, token if isinstance(token, str) else None)
+
+
+def run_credential_helper(name: str, server: str) -> Credentials | None:
+    """``docker-credential-<name> get`` with the server on stdin (docker-credential-helpers)."""
+    if not _HELPER_NAME_RE.fullmatch(name):
+        raise AuthenticationError(f"invalid credential helper name {name!r}")
+    program = f"docker-credential-{name}"
+    try:
+        proc = subprocess.run(
+            [program, "get"],
+            input=server.encode(),
+            capture_output=True,
+            timeout=HELPER_TIMEOUT,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise AuthenticationError(
+            f"credential helper {program} not found",
+            hint="install it or remove it from credHelpers/credsStore in docker's config.json",
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise AuthenticationError(f"credential helper {program} timed out") from None
+    out = proc.stdout.decode(errors="replace").strip()
+    if proc.returncode != 0:
+        if "credentials not found" in out.lower() or "credentials not found" in (
+            proc.stderr.decode(errors="replace").lower()
+        ):
+            return None
+        # The helper's output may echo secrets: do not quote it.
+        raise AuthenticationError(
+            f"credential helper {program} failed with exit status {proc.returncode}"
+        )
+    try:
+        obj = json.loads(out)
+    except ValueError:
+        raise AuthenticationError(f"credential helper {program} printed invalid JSON") from None
+    if not isinstance(obj, dict):
+        raise AuthenticationError(f"credential helper {program} printed a non-object")
+    username = obj.get("Username") or ""
+    secret = obj.get("Secret") or ""
+    if not isinstance(username, str) or not isinstance(secret, str):
+        raise AuthenticationError(f"credential helper {program} printed non-string fields")
+    if not secret:
+        return None
+    if username == "<token>":
+        return Credentials(identity_token=secret)
+    return Credentials(username, secret)
+
+
+# --- challenges and tokens ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Challenge:
+    """One ``WWW-Authenticate`` challenge: ``Bearer realm="…",service="…",scope="…"``."""
+
+    scheme: str  # lowercase: "bearer" or "basic"
+    params: Mapping[str, str]
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+
+_PARAM_RE = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*(,|$)')
+_SCHEME_RE = re.compile(r"\s*,*\s*([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$)")
+
+
+def parse_www_authenticate(header: str) -> list[Challenge]:
+    """Parse the challenges in a ``WWW-Authenticate`` header (RFC 7235 §4.1), leniently."""
+    challenges: list[Challenge] = []
+    pos = 0
+    n = len(header)
+    while pos < n:
+        m = _SCHEME_RE.match(header, pos)
+        if not m:
+            break
+        scheme = m.group(1).lower()
+        pos = m.end()
+        params: dict[str, str] = {}
+        while pos < n:
+            pm = _PARAM_RE.match(header, pos)
+            if not pm:
+                break
+            key, value = pm.group(1).lower(), pm.group(2)
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            params[key] = value
+            pos = pm.end()
+        challenges.append(Challenge(scheme, params))
+        # Whatever follows must start the next challenge (a bare scheme word); else stop.
+        if pos < n and not _SCHEME_RE.match(header, pos):
+            break
+    return challenges
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str = field(repr=False)
+    expires_at: float
+
+
+def parse_token_response(body: bytes, *, now: float | None = None) -> Token:
+    """``{"token": …}`` or ``{"access_token": …}`` with optional ``expires_in`` (seconds)."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise AuthenticationError("token server answered with invalid JSON") from None
+    if not isinstance(obj, dict):
+        raise AuthenticationError("token server answered with a non-object")
+    value = obj.get("token") or obj.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise AuthenticationError("token server answer has no token")
+    lifetime = obj.get("expires_in")
+    if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
+        lifetime = DEFAULT_TOKEN_LIFETIME
+    start = time.monotonic() if now is None else now
+    return Token(value, start + float(lifetime) - TOKEN_EXPIRY_MARGIN)
+
+
+class TokenCache:
+    """Bearer tokens per (registry host, scope), dropped when they expire. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokens: dict[tuple[str, str], Token] = {}
+
+    def get(self, host: str, scope: str) -> str | None:
+        with self._lock:
+            tok = self._tokens.get((host, scope))
+            if tok is None:
+                return None
+            if tok.expires_at <= time.monotonic():
+                del self._tokens[(host, scope)]
+                return None
+            return tok.value
+
+    def put(self, host: str, scope: str, token: Token) -> None:
+        with self._lock:
+            self._tokens[(host, scope)] = token
+
+    def drop(self, host: str, scope: str) -> None:
+        with self._lock:
+            self._tokens.pop((host, scope), None)

@@ -1,0 +1,264 @@
+"""Stream blobs from a registry into a sink, resuming with Range after a dropped connection.
+
+distribution-spec ``#pulling-blobs``: ``GET /v2/<name>/blobs/<digest>``, usually redirected to
+storage on another host (credentials are dropped there by the transport). The fetcher never
+delivers more than ``desc.size`` bytes; verifying the digest is the sink's job (the content store
+hashes while it writes). A body cut mid-stream is resumed from the sink's offset with
+``Range: bytes=N-``; a server that ignores Range (200) has the already-held prefix skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Protocol
+
+import requests
+
+from .errors import DigestMismatchError, ManifestError, RegistryError, SizeMismatchError
+from .oci import NONDISTRIBUTABLE_TYPES, Descriptor, sha256_digest
+from .progress import Phase, Progress, ProgressEvent, no_progress
+from .reference import Reference
+from .transport import BODY_ERRORS, Transport, redact_url
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 512 << 10
+PROGRESS_EVERY = 256 << 10
+_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class BlobSink(Protocol):
+    """Where fetched bytes go (a content-store ingest, the native unpack pipeline…)."""
+
+    @property
+    def offset(self) -> int:
+        """Bytes already held: where a (resumed) fetch starts."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Take the next bytes; may raise (the consumer failed), which stops the fetch."""
+        ...
+
+
+class BytesSink:
+    """An in-memory sink for small blobs (configs)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    @property
+    def offset(self) -> int:
+        return len(self._buf)
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+
+    def getvalue(self) -> bytes:
+        return bytes(self._buf)
+
+
+class _Truncated(Exception):
+    """The body ended before ``desc.size`` bytes arrived."""
+
+
+def pull_scope(ref: Reference) -> str:
+    return f"repository:{ref.path}:pull"
+
+
+class Fetcher:
+    """Fetches blobs named by descriptors. Safe to use from several threads at once."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def fetch(
+        self,
+        ref: Reference,
+        desc: Descriptor,
+        sink: BlobSink,
+        progress: Progress = no_progress,
+    ) -> None:
+        """Stream ``desc``'s blob into ``sink`` from ``sink.offset`` to ``desc.size``."""
+        if desc.urls and desc.media_type in NONDISTRIBUTABLE_TYPES:
+            if self.transport.config.allow_foreign_urls:
+                for url in desc.urls:
+                    try:
+                        self._fetch_from(url, None, None, desc, sink, progress)
+                        return
+                    except RegistryError as e:
+                        log.warning(
+                            "foreign URL %s failed (%s); trying the registry", redact_url(url), e
+                        )
+            else:
+                log.info(
+                    "%s: not using foreign URLs (not allowed); fetching from the registry",
+                    desc.digest,
+                )
+        url = self.transport.url(ref.registry, f"/v2/{ref.path}/blobs/{desc.digest}")
+        self._fetch_from(url, ref.registry, pull_scope(ref), desc, sink, progress)
+
+    def fetch_bytes(self, ref: Reference, desc: Descriptor, limit: int) -> bytes:
+        """A small blob whole, verified (size and sha256); over ``limit`` is refused unread."""
+        if desc.size > limit:
+            raise ManifestError(
+                f"blob {desc.digest} is {desc.size} bytes, over the {limit}-byte limit"
+            )
+        sink = BytesSink()
+        self.fetch(ref, desc, sink)
+        data = sink.getvalue()
+        if len(data) != desc.size:
+            raise SizeMismatchError(
+                f"blob {desc.digest}: got {len(data)} bytes, expected {desc.size}"
+            )
+        actual = sha256_digest(data)
+        if actual != desc.digest:
+            raise DigestMismatchError(f"blob {desc.digest}: content hashes to {actual}")
+        return data
+
+    def _fetch_from(
+        self,
+        url: str,
+        registry: str | None,
+        scope: str | None,
+        desc: Descriptor,
+        sink: BlobSink,
+        progress: Progress,
+    ) -> None:
+        attempt = 0
+        while True:
+            start = sink.offset
+            if start > desc.size:
+                raise SizeMismatchError(
+                    f"blob {desc.digest}: sink already holds {start} bytes, more than {desc.size}"
+                )
+            if start == desc.size and desc.size > 0:
+                return
+            try:
+                self._stream_once(url, registry, scope, desc, sink, progress, start)
+                return
+            except _Truncated as e:
+                err = RegistryError(
+                    f"GET {redact_url(url)}: body cut at byte {sink.offset} of {desc.size}: {e}",
+                    url=redact_url(url),
+                    temporary=True,
+                )
+            attempt += 1
+            delay = self.transport.retry_delay(err, attempt)
+            if delay is None:
+                raise err
+            log.info("%s: resuming from byte %d in %.2fs", desc.digest, sink.offset, delay)
+            progress(
+                ProgressEvent(
+                    Phase.RETRYING,
+                    digest=desc.digest,
+                    media_type=desc.media_type,
+                    current=sink.offset,
+                    total=desc.size,
+                    message=err.message,
+                )
+            )
+            self.transport.sleep(delay)
+
+    def _stream_once(
+        self,
+        url: str,
+        registry: str | None,
+        scope: str | None,
+        desc: Descriptor,
+        sink: BlobSink,
+        progress: Progress,
+        start: int,
+    ) -> None:
+        headers = {"Range": f"bytes={start}-"} if start > 0 else {}
+
+        def on_retry(err: RegistryError, _attempt: int, _delay: float) -> None:
+            progress(
+                ProgressEvent(
+                    Phase.RETRYING,
+                    digest=desc.digest,
+                    media_type=desc.media_type,
+                    current=start,
+                    total=desc.size,
+                    message=err.message,
+                )
+            )
+
+        resp = self.transport.request(
+            "GET",
+            url,
+            registry=registry,
+            scope=scope,
+            headers=headers,
+            stall=True,
+            on_retry=on_retry,
+        )
+        with resp:
+            skip = self._prefix_to_skip(resp, desc, start, url)
+            self._check_length(resp, desc, start, skip)
+            received = start
+            last_report = start
+            raw = resp.raw
+            while True:
+                try:
+                    chunk = raw.read(CHUNK_SIZE, decode_content=False)
+                except BODY_ERRORS as e:
+                    # Only read errors are retried; a failing sink.write propagates as is.
+                    raise _Truncated(f"{type(e).__name__}") from e
+                if not chunk:
+                    break
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk = chunk[skip:]
+                    skip = 0
+                if received + len(chunk) > desc.size:
+                    raise SizeMismatchError(
+                        f"blob {desc.digest}: {redact_url(url)} sent more than the "
+                        f"{desc.size} bytes the descriptor promises"
+                    )
+                sink.write(chunk)
+                received += len(chunk)
+                if received - last_report >= PROGRESS_EVERY or received == desc.size:
+                    last_report = received
+                    progress(
+                        ProgressEvent(
+                            Phase.DOWNLOADING,
+                            digest=desc.digest,
+                            media_type=desc.media_type,
+                            current=received,
+                            total=desc.size,
+                        )
+                    )
+            if received < desc.size:
+                raise _Truncated(f"connection closed after {received} of {desc.size} bytes")
+
+    @staticmethod
+    def _prefix_to_skip(resp: requests.Response, desc: Descriptor, start: int, url: str) -> int:
+        if start == 0:
+            return 0
+        if resp.status_code == 206:
+            m = _CONTENT_RANGE_RE.fullmatch(resp.headers.get("Content-Range", "").strip())
+            if m is None or int(m.group(1)) != start:
+                raise RegistryError(
+                    f"GET {redact_url(url)}: 206 with Content-Range "
+                    f"{resp.headers.get('Content-Range', '')[:80]!r}, asked for bytes={start}-",
+                    url=redact_url(url),
+                    status=206,
+                )
+            return 0
+        log.info("%s: server ignored Range; skipping %d held bytes", desc.digest, start)
+        return start
+
+    @staticmethod
+    def _check_length(resp: requests.Response, desc: Descriptor, start: int, skip: int) -> None:
+        declared = resp.headers.get("Content-Length")
+        if declared is None or not declared.isdigit():
+            return
+        total = start - skip + int(declared)
+        if total > desc.size:
+            raise SizeMismatchError(
+                f"blob {desc.digest}: {redact_url(resp.url or '')} announces {total} bytes, "
+                f"the descriptor says {desc.size}"
+            )

@@ -1,0 +1,145 @@
+"""Parse and normalise image references the way docker does (distribution/reference).
+
+``redis`` → ``docker.io/library/redis:latest``; ``index.docker.io/x`` → ``docker.io/x``;
+``localhost:5000/a`` keeps its domain. The grammar follows distribution's ``reference.go``:
+a domain is recognised only when the first component contains ``.`` or ``:`` or is
+``localhost``; path components are lowercase; a tag is ``[\\w][\\w.-]{0,127}``; the digest is
+validated by :func:`fastdist.oci.parse_digest` (sha256 only).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from .errors import InvalidReferenceError
+from .oci import Digest, parse_digest
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+_LEGACY_HUB = "index.docker.io"
+DEFAULT_TAG = "latest"
+NAME_TOTAL_LENGTH_MAX = 255
+
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN_RE = re.compile(
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+)
+_PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A normalised image reference: where an image lives and which version of it."""
+
+    domain: str
+    path: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        """Parse ``[domain/]path[:tag][@digest]`` with docker's normalisation."""
+        if not isinstance(text, str) or not text:
+            raise InvalidReferenceError("invalid reference: empty string")
+        if text != text.strip() or any(c.isspace() for c in text):
+            raise InvalidReferenceError(f"invalid reference {text[:100]!r}: contains whitespace")
+
+        rest = text
+        digest: Digest | None = None
+        if "@" in rest:
+            rest, _, raw_digest = rest.partition("@")
+            try:
+                digest = parse_digest(raw_digest)
+            except InvalidReferenceError as e:
+                raise InvalidReferenceError(
+                    f"invalid reference {text[:100]!r}: {e.message}",
+                    hint="a digest looks like sha256:<64 lowercase hex digits>",
+                ) from None
+
+        # A tag follows the last ':' only when no '/' comes after it (else it is a port).
+        tag: str | None = None
+        colon = rest.rfind(":")
+        if colon > rest.rfind("/"):
+            rest, tag = rest[:colon], rest[colon + 1 :]
+            if not _TAG_RE.fullmatch(tag):
+                raise InvalidReferenceError(
+                    f"invalid reference {text[:100]!r}: bad tag {tag[:130]!r}",
+                    hint="a tag is up to 128 letters, digits, '_', '.' or '-', "
+                    "not starting with '.' or '-'",
+                )
+
+        domain, path = _split_domain(rest)
+        if not _DOMAIN_RE.fullmatch(domain):
+            raise InvalidReferenceError(f"invalid reference {text[:100]!r}: bad domain {domain!r}")
+        if not path:
+            raise InvalidReferenceError(f"invalid reference {text[:100]!r}: empty repository")
+        for component in path.split("/"):
+            if _PATH_COMPONENT_RE.fullmatch(component):
+                continue
+            if _PATH_COMPONENT_RE.fullmatch(component.lower()):
+                raise InvalidReferenceError(
+                    f"invalid reference {text[:100]!r}: repository name must be lowercase",
+                    hint=f"try {text.lower()!r}",
+                )
+            raise InvalidReferenceError(
+                f"invalid reference {text[:100]!r}: bad repository component {component[:60]!r}",
+                hint="repository components are lowercase letters and digits separated by "
+                "'.', '_', '__' or '-'",
+            )
+        if len(domain) + 1 + len(path) > NAME_TOTAL_LENGTH_MAX:
+            raise InvalidReferenceError(
+                f"invalid reference {text[:100]!r}: repository name longer than "
+                f"{NAME_TOTAL_LENGTH_MAX} characters"
+            )
+        if tag is None and digest is None:
+            tag = DEFAULT_TAG
+        return cls(domain=domain, path=path, tag=tag, digest=digest)
+
+    @property
+    def name(self) -> str:
+        """The fully qualified repository name: ``docker.io/library/redis``."""
+        return f"{self.domain}/{self.path}"
+
+    @property
+    def registry(self) -> str:
+        """The registry API host (``registry-1.docker.io`` for Docker Hub)."""
+        return DOCKER_HUB_API if self.domain == DOCKER_HUB else self.domain
+
+    @property
+    def object(self) -> str:
+        """What goes into ``/v2/<path>/manifests/<object>``: the digest if set, else the tag."""
+        if self.digest is not None:
+            return self.digest
+        return self.tag or DEFAULT_TAG
+
+    def with_digest(self, d: Digest) -> Reference:
+        return replace(self, digest=parse_digest(d))
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag is not None:
+            out += f":{self.tag}"
+        if self.digest is not None:
+            out += f"@{self.digest}"
+        return out
+
+
+def _split_domain(name: str) -> tuple[str, str]:
+    """distribution's ``splitDockerDomain``."""
+    first, sep, remainder = name.partition("/")
+    # The first component is a domain only if it has '.' or ':' or is localhost, or is not
+    # lowercase (docker's rule: an uppercase first component can never be a repository).
+    looks_like_domain = (
+        "." in first or ":" in first or first == "localhost" or first.lower() != first
+    )
+    if not sep or not looks_like_domain:
+        domain, remainder = DOCKER_HUB, name
+    else:
+        domain = first
+    if domain == _LEGACY_HUB:
+        domain = DOCKER_HUB
+    if domain == DOCKER_HUB and "/" not in remainder:
+        remainder = f"library/{remainder}"
+    return domain, remainder

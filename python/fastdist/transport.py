@@ -1,0 +1,591 @@
+"""HTTP to registries: TLS policy, authentication, redirects, typed errors and retries.
+
+One pooled ``requests.Session`` shared by every stage (safe for concurrent blob fetches). This is
+the only place that retries (design.md §4): temporary failures (connection errors, 5xx, 429) are
+retried with exponential backoff and jitter; 429's ``Retry-After`` is honoured within a bounded
+total wait. Authentication follows distribution's token spec: on a 401 the ``WWW-Authenticate``
+challenge is answered once (Bearer token, or Basic), tokens are cached per (host, scope).
+Redirects are followed by hand so credentials never travel to another host (security rule §7),
+and plain HTTP is used only for loopback and explicitly allowed hosts, never as a fallback.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import ipaddress
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO, Union
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import requests
+import requests.adapters
+import requests.utils
+import urllib3.exceptions
+
+from .auth import (
+    Challenge,
+    Credentials,
+    CredentialStore,
+    Token,
+    TokenCache,
+    parse_token_response,
+)
+from .auth import parse_www_authenticate as _parse_challenges
+from .errors import AuthenticationError, ManifestError, NotFoundError, RegistryError
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+MAX_ERROR_BODY = 64 << 10
+MAX_TOKEN_BODY = 1 << 20
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_TEMPORARY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_TEMPORARY_CODES = frozenset({"TOOMANYREQUESTS", "UNAVAILABLE"})
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+
+# A request body: bytes, or a factory opening a fresh stream (so a retry can resend a file).
+Body = Union[bytes, Callable[[], BinaryIO]]
+# Called before sleeping for a retry: (error, attempt number starting at 1, delay in seconds).
+RetryHook = Callable[[RegistryError, int, float], None]
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Network policy. Loopback registries are always reachable over plain HTTP."""
+
+    plain_http_hosts: frozenset[str] = frozenset()
+    ca_file: str | None = None
+    insecure_skip_verify_hosts: frozenset[str] = frozenset()
+    connect_timeout: float = 10
+    read_timeout: float = 60
+    stall_timeout: float = 30
+    max_retries: int = 5
+    backoff_base: float = 0.2
+    backoff_max: float = 10
+    max_retry_after: float = 60
+    allow_foreign_urls: bool = False
+    user_agent: str = "fastdist/0.1"
+
+
+def redact_url(url: str) -> str:
+    """Drop userinfo and the query (signed CDN URLs carry credentials there)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "<unparseable url>"
+    out = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return out + ("?…" if parts.query else "")
+
+
+def hostname_of(host: str) -> str:
+    """``host:5000`` → ``host``; ``[::1]:5000`` → ``::1``."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+def is_loopback(host: str) -> bool:
+    name = hostname_of(host).lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _netloc(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc.rsplit("@", 1)[-1].lower()
+
+
+def _clean(text: str, limit: int = 200) -> str:
+    """Registry-supplied text goes into our messages: strip control characters, bound it."""
+    text = _CONTROL_RE.sub(" ", text).strip()
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds (RFC 9110 §10.2.3): delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+class Transport:
+    """Registry HTTP client shared by the resolver, fetcher and pusher. Thread-safe."""
+
+    def __init__(
+        self,
+        config: TransportConfig = TransportConfig(),
+        credentials: CredentialStore | None = None,
+        *,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.config = config
+        self._credentials = credentials
+        self.session = session or requests.Session()
+        # No ~/.netrc, no environment CA bundle: credentials and trust come from our config only.
+        # Proxies from the environment are still honoured, per request (see _proxies).
+        self.session.trust_env = False
+        adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.session.headers.update(
+            {"User-Agent": config.user_agent, "Accept-Encoding": "identity"}
+        )
+        self._tokens = TokenCache()
+        self._lock = threading.Lock()
+        self._basic_hosts: set[str] = set()
+        self.sleep: Callable[[float], None] = time.sleep
+
+    # --- URL policy ----------------------------------------------------------------------------
+    def plain_http_allowed(self, host: str) -> bool:
+        """Loopback hosts, and hosts the user listed (``host`` or ``host:port``)."""
+        h = host.lower()
+        allowed = {x.lower() for x in self.config.plain_http_hosts}
+        return is_loopback(h) or h in allowed or hostname_of(h) in allowed
+
+    def base_url(self, registry_host: str) -> str:
+        scheme = "http" if self.plain_http_allowed(registry_host) else "https"
+        return f"{scheme}://{registry_host}"
+
+    def url(self, registry_host: str, path: str) -> str:
+        return self.base_url(registry_host) + path
+
+    def _check_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            return
+        if parts.scheme == "http" and self.plain_http_allowed(parts.netloc.rsplit("@", 1)[-1]):
+            return
+        raise RegistryError(
+            f"refusing {redact_url(url)}: only https is allowed for this host",
+            hint="add the host to the plain-HTTP allow list only if you trust the network",
+            url=redact_url(url),
+        )
+
+    def _verify(self, url: str) -> bool | str:
+        host = _netloc(url)
+        skip = {h.lower() for h in self.config.insecure_skip_verify_hosts}
+        if host in skip or hostname_of(host) in skip:
+            return False
+        return self.config.ca_file or True
+
+    @staticmethod
+    def _proxies(url: str) -> dict[str, str]:
+        return dict(requests.utils.get_environ_proxies(url))
+
+    # --- public request API --------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        registry: str | None,
+        scope: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Body | None = None,
+        accept_status: Collection[int] = (),
+        stall: bool = False,
+        on_retry: RetryHook | None = None,
+    ) -> requests.Response:
+        """Send a request and return the (streamed) response once its status is 2xx or listed
+        in ``accept_status``; the caller closes it. ``registry`` is the host whose credentials
+        apply (None: anonymous, for foreign URLs); they are sent only while the URL is on that
+        host. Temporary failures are retried here; other failures raise typed errors."""
+        attempt = 0
+        waited_for_retry_after = 0.0
+        while True:
+            retry_after: float | None = None
+            try:
+                resp = self._send(method, url, registry, scope, headers, body, stall)
+            except requests.exceptions.SSLError as e:
+                raise RegistryError(
+                    f"{method} {redact_url(url)}: TLS failure: {_clean(str(e))}",
+                    hint="pass a CA file, or allow the host to skip verification if you must",
+                    url=redact_url(url),
+                ) from None
+            except (
+                requests.exceptions.ConnectionError,
+                requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as e:
+                err: RegistryError = RegistryError(
+                    f"{method} {redact_url(url)}: {type(e).__name__}: {_clean(str(e))}",
+                    url=redact_url(url),
+                    temporary=True,
+                )
+            else:
+                if 200 <= resp.status_code < 300 or resp.status_code in accept_status:
+                    return resp
+                try:
+                    err = self.error_from_response(method, resp)
+                    if err.temporary:
+                        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                finally:
+                    resp.close()
+            attempt += 1
+            delay = self.retry_delay(err, attempt, retry_after, waited_for_retry_after)
+            if delay is None:
+                raise err
+            if retry_after is not None:
+                waited_for_retry_after += delay
+            log.info("retrying %s (attempt %d in %.2fs): %s", method, attempt, delay, err)
+            if on_retry is not None:
+                on_retry(err, attempt, delay)
+            self.sleep(delay)
+
+    def get_bytes(
+        self,
+        url: str,
+        *,
+        registry: str | None,
+        scope: str | None,
+        limit: int,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[bytes, Mapping[str, str]]:
+        """GET a small document whole (manifests, configs, tokens): capped at ``limit`` before
+        reading past it, retried when the body is cut. Returns the body and response headers."""
+        attempt = 0
+        while True:
+            resp = self.request("GET", url, registry=registry, scope=scope, headers=headers)
+            try:
+                return read_capped(resp, limit, what), resp.headers
+            except BODY_ERRORS as e:
+                err = RegistryError(
+                    f"GET {redact_url(url)}: body cut: {_clean(str(e))}",
+                    url=redact_url(url),
+                    temporary=True,
+                )
+            finally:
+                resp.close()
+            attempt += 1
+            delay = self.retry_delay(err, attempt)
+            if delay is None:
+                raise err
+            self.sleep(delay)
+
+    def retry_delay(
+        self,
+        err: RegistryError,
+        attempt: int,
+        retry_after: float | None = None,
+        waited_for_retry_after: float = 0.0,
+    ) -> float | None:
+        """How long to wait before retry number ``attempt`` (from 1), or None to give up.
+        The fetcher uses this too when a body is cut mid-stream, so one policy applies."""
+        if not err.temporary or attempt > self.config.max_retries:
+            return None
+        if retry_after is not None:
+            if waited_for_retry_after + retry_after > self.config.max_retry_after:
+                err.hint = err.hint or (
+                    f"the registry asks to wait {retry_after:.0f}s, longer than the "
+                    f"{self.config.max_retry_after:.0f}s allowed; try again later"
+                )
+                return None
+            return retry_after
+        cap = min(self.config.backoff_max, self.config.backoff_base * 2.0 ** (attempt - 1))
+        return cap / 2 + random.uniform(0, cap / 2)
+
+    def error_from_response(self, method: str, resp: requests.Response) -> RegistryError:
+        """Map a failed response (distribution-spec error JSON, ``#error-codes``) to a typed
+        error. Reads at most 64 KiB of the body."""
+        url = redact_url(resp.url or "")
+        status = resp.status_code
+        code: str | None = None
+        detail = ""
+        try:
+            raw = resp.raw.read(MAX_ERROR_BODY, decode_content=True) if resp.raw else b""
+        except (requests.exceptions.RequestException, OSError, ValueError) as e:
+            log.debug("could not read error body from %s: %s", url, e)
+            raw = b""
+        try:
+            obj = json.loads(raw) if raw else None
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("errors"), list) and obj["errors"]:
+            first = obj["errors"][0]
+            if isinstance(first, dict):
+                code = first.get("code") if isinstance(first.get("code"), str) else None
+                msg = first.get("message")
+                detail = msg if isinstance(msg, str) else ""
+        reason = " ".join(x for x in (code or resp.reason or "", _clean(detail)) if x)
+        message = f"{method} {url}: {status} {reason}".rstrip()
+        if status == 401 or code == "UNAUTHORIZED":
+            return AuthenticationError(
+                message,
+                status=status,
+                code=code,
+                url=url,
+                hint="check your credentials (docker login) and the repository name",
+            )
+        if status == 403 or code == "DENIED":
+            return AuthenticationError(
+                message,
+                status=status,
+                code=code,
+                url=url,
+                hint="access denied: check that your account may use this repository",
+            )
+        if status == 404 or (code is not None and code.endswith("_UNKNOWN")):
+            return NotFoundError(message, status=status, code=code, url=url)
+        temporary = status in _TEMPORARY_STATUSES or code in _TEMPORARY_CODES
+        return RegistryError(message, status=status, code=code, url=url, temporary=temporary)
+
+    # --- one attempt: auth + redirects -----------------------------------------------------------
+    def _send(
+        self,
+        method: str,
+        url: str,
+        registry: str | None,
+        scope: str | None,
+        headers: Mapping[str, str] | None,
+        body: Body | None,
+        stall: bool,
+    ) -> requests.Response:
+        origin = registry.lower() if registry else None
+        authorized = False
+        current = url
+        timeout = (
+            self.config.connect_timeout,
+            self.config.stall_timeout if stall else self.config.read_timeout,
+        )
+        for _hop in range(MAX_REDIRECTS + 1):
+            self._check_url(current)
+            same_origin = origin is not None and _netloc(current) == origin
+            hdrs = dict(headers or {})
+            if same_origin and origin is not None:
+                auth = self._auth_header(origin, scope)
+                if auth:
+                    hdrs["Authorization"] = auth
+            stream = body() if callable(body) else None
+            data: BinaryIO | bytes | None = stream if callable(body) else body
+            try:
+                resp = self.session.request(
+                    method,
+                    current,
+                    headers=hdrs,
+                    data=data,
+                    allow_redirects=False,
+                    stream=True,
+                    timeout=timeout,
+                    verify=self._verify(current),
+                    proxies=self._proxies(current),
+                )
+            finally:
+                if stream is not None:
+                    stream.close()
+            if resp.status_code in _REDIRECT_STATUSES and resp.headers.get("Location"):
+                target = urljoin(current, resp.headers["Location"])
+                resp.close()
+                log.debug("redirect %s → %s", redact_url(current), redact_url(target))
+                if resp.status_code == 303:
+                    method, body = "GET", None
+                current = target
+                continue
+            if resp.status_code == 401 and same_origin and origin is not None and not authorized:
+                challenge = resp.headers.get("WWW-Authenticate", "")
+                resp.close()
+                self._tokens.drop(origin, scope or "")
+                self._answer_challenge(origin, scope, challenge, current)
+                authorized = True
+                continue
+            return resp
+        raise RegistryError(
+            f"{method} {redact_url(url)}: more than {MAX_REDIRECTS} redirects",
+            url=redact_url(url),
+        )
+
+    # --- authentication ----------------------------------------------------------------------
+    def _creds(self, host: str) -> Credentials | None:
+        return self._credentials.get(host) if self._credentials is not None else None
+
+    def _auth_header(self, host: str, scope: str | None) -> str | None:
+        token = self._tokens.get(host, scope or "")
+        if token is not None:
+            return f"Bearer {token}"
+        with self._lock:
+            basic = host in self._basic_hosts
+        if basic:
+            creds = self._creds(host)
+            if creds is not None and creds.username:
+                return _basic(creds)
+        return None
+
+    def _answer_challenge(self, host: str, scope: str | None, header: str, url: str) -> None:
+        challenges = _parse_challenges(header)
+        bearer = next((c for c in challenges if c.scheme == "bearer"), None)
+        if bearer is not None:
+            token = self._fetch_token(host, scope, bearer)
+            self._tokens.put(host, scope or "", token)
+            return
+        if any(c.scheme == "basic" for c in challenges):
+            creds = self._creds(host)
+            if creds is None or not creds.username:
+                raise AuthenticationError(
+                    f"{redact_url(url)}: the registry requires a login (Basic)",
+                    status=401,
+                    url=redact_url(url),
+                    hint=f"log in first: docker login {host}",
+                )
+            with self._lock:
+                self._basic_hosts.add(host)
+            return
+        raise AuthenticationError(
+            f"{redact_url(url)}: 401 with no usable WWW-Authenticate challenge",
+            status=401,
+            url=redact_url(url),
+        )
+
+    def _fetch_token(self, host: str, scope: str | None, challenge: Challenge) -> Token:
+        """distribution token spec: GET realm?service&scope (anonymous or Basic), or the OAuth2
+        refresh_token grant (POST) when we hold an identity token."""
+        realm = challenge.realm
+        if not realm:
+            raise AuthenticationError(f"registry {host}: Bearer challenge without a realm")
+        parts = urlsplit(realm)
+        realm_host = parts.netloc.rsplit("@", 1)[-1]
+        if parts.scheme == "http":
+            if not self.plain_http_allowed(host):
+                raise AuthenticationError(
+                    f"registry {host}: refusing token realm {redact_url(realm)} over plain http",
+                    url=redact_url(realm),
+                    hint="the registry must use an https token realm",
+                )
+        elif parts.scheme != "https":
+            raise AuthenticationError(f"registry {host}: bad token realm {redact_url(realm)}")
+        scopes: list[str] = []
+        for s in (scope, challenge.params.get("scope")):
+            for item in (s or "").split(" "):
+                if item and item not in scopes:
+                    scopes.append(item)
+        service = challenge.params.get("service")
+        creds = self._creds(host)
+        # Credentials go to the realm (docker does this) only over https, or to a host the user
+        # allowed over plain http; never across a redirect (we do not follow any here).
+        if creds is not None and parts.scheme == "http" and not self.plain_http_allowed(realm_host):
+            log.warning("not sending credentials to plain-http token realm %s", redact_url(realm))
+            creds = None
+        headers: dict[str, str] = {}
+        timeout = (self.config.connect_timeout, self.config.read_timeout)
+        try:
+            if creds is not None and creds.identity_token:
+                form = {
+                    "grant_type": "refresh_token",
+                    "refresh_token": creds.identity_token,
+                    "client_id": "fastdist",
+                    "access_type": "offline",
+                }
+                if service:
+                    form["service"] = service
+                if scopes:
+                    form["scope"] = " ".join(scopes)
+                resp = self.session.post(
+                    realm,
+                    data=form,
+                    headers=headers,
+                    allow_redirects=False,
+                    stream=True,
+                    timeout=timeout,
+                    verify=self._verify(realm),
+                    proxies=self._proxies(realm),
+                )
+            else:
+                if creds is not None and creds.username:
+                    headers["Authorization"] = _basic(creds)
+                params: list[tuple[str, str]] = []
+                if service:
+                    params.append(("service", service))
+                params.extend(("scope", s) for s in scopes)
+                resp = self.session.get(
+                    realm,
+                    params=params,
+                    headers=headers,
+                    allow_redirects=False,
+                    stream=True,
+                    timeout=timeout,
+                    verify=self._verify(realm),
+                    proxies=self._proxies(realm),
+                )
+        except requests.exceptions.SSLError as e:
+            raise AuthenticationError(
+                f"token realm {redact_url(realm)}: TLS failure: {_clean(str(e))}",
+                url=redact_url(realm),
+            ) from None
+        with resp:
+            if resp.status_code != 200:
+                err = self.error_from_response("GET", resp)
+                if resp.status_code in (401, 403):
+                    raise AuthenticationError(
+                        f"token realm {redact_url(realm)} refused: {resp.status_code}",
+                        status=resp.status_code,
+                        url=redact_url(realm),
+                        hint=f"check your credentials for {host} (docker login {host})",
+                    )
+                err.message = f"token request failed: {err.message}"
+                raise err
+            raw = read_capped(resp, MAX_TOKEN_BODY, "token response")
+        return parse_token_response(raw)
+
+
+# Errors raised while reading a response body: the connection dropped or stalled mid-stream.
+BODY_ERRORS: tuple[type[BaseException], ...] = (
+    urllib3.exceptions.HTTPError,
+    requests.exceptions.RequestException,
+    OSError,
+)
+
+
+def _basic(creds: Credentials) -> str:
+    raw = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def read_capped(resp: requests.Response, limit: int, what: str) -> bytes:
+    """Read a whole body, refusing (before reading past it) anything over ``limit`` bytes."""
+    declared = resp.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ManifestError(
+            f"{what} from {redact_url(resp.url or '')} is {int(declared)} bytes, "
+            f"over the {limit}-byte limit"
+        )
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = resp.raw.read(min(65536, limit + 1 - total), decode_content=True)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise ManifestError(
+                f"{what} from {redact_url(resp.url or '')} is over the {limit}-byte limit"
+            )
+    return b"".join(chunks)
