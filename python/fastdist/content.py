@@ -1,0 +1,367 @@
+"""The content store: blobs addressed by digest, written through resumable, verified ingests.
+
+Layout under the store root (design.md §5)::
+
+    content/blobs/sha256/<hex>        committed blobs, read-only (0444)
+    content/ingest/<hex>/data         a partial download, kept across crashes for a Range resume
+    content/ingest/<hex>/lock         flock: one writer per digest across processes and threads
+
+A blob becomes visible only by ``rename`` after its digest and size were proved (containerd's
+``content.Writer.Commit``); "already exists" is success, so ingesting is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from . import _native
+from .errors import DigestMismatchError, FastdistError, SizeMismatchError, StoreError
+from .oci import Descriptor, Digest, parse_digest, sha256_digest
+from .store import FileLock, ensure_dir, ensure_root, fsync_dir, rmtree
+
+log = logging.getLogger(__name__)
+
+BLOB_MODE = 0o444
+
+
+def _hex(digest: Digest) -> str:
+    # Re-validated here because the hex becomes a path component.
+    return parse_digest(digest).split(":", 1)[1]
+
+
+class ContentStore:
+    """Blobs on disk under ``<root>/content``; safe for concurrent processes on one root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        ensure_root(self.root)
+        self.blobs_dir = ensure_dir(self.root / "content" / "blobs" / "sha256")
+        self.ingest_dir = ensure_dir(self.root / "content" / "ingest")
+
+    # --- reading ------------------------------------------------------------------------------
+    def blob_path(self, digest: Digest) -> Path:
+        """Where the blob of ``digest`` lives once committed (it may not exist)."""
+        return self.blobs_dir / _hex(digest)
+
+    def exists(self, digest: Digest) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def path(self, digest: Digest) -> Path:
+        """The path of a committed blob; StoreError if it is not in the store."""
+        p = self.blob_path(digest)
+        if not p.is_file():
+            raise StoreError(f"blob {digest} is not in the content store")
+        return p
+
+    def size(self, digest: Digest) -> int:
+        try:
+            return self.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is not in the content store") from None
+
+    def read_bytes(self, digest: Digest, limit: int) -> bytes:
+        """Read a small blob (manifest, config) and verify it again: the disk is not trusted."""
+        try:
+            with open(self.path(digest), "rb") as f:
+                data = f.read(limit + 1)
+        except OSError as e:
+            raise StoreError(f"cannot read blob {digest}: {e.strerror}") from e
+        if len(data) > limit:
+            raise StoreError(f"blob {digest} is over the {limit}-byte limit for this read")
+        actual = sha256_digest(data)
+        if actual != digest:
+            raise DigestMismatchError(
+                f"blob {digest} in the content store is corrupt: its content hashes to {actual}",
+                hint="delete it (fastdist prune) and pull again",
+            )
+        return data
+
+    def digests(self) -> Iterator[Digest]:
+        """Every committed blob's digest."""
+        for name in os.listdir(self.blobs_dir):
+            d = f"sha256:{name}"
+            try:
+                yield parse_digest(d)
+            except FastdistError:
+                continue  # a stray file name is not a digest; skip it
+
+    # --- writing ------------------------------------------------------------------------------
+    def write_blob(self, digest: Digest, data: bytes) -> None:
+        """Store an in-memory blob after checking it hashes to ``digest``; atomic and idempotent."""
+        actual = sha256_digest(data)
+        if actual != digest:
+            raise DigestMismatchError(f"blob {digest}: content hashes to {actual}")
+        dest = self.blob_path(digest)
+        if dest.is_file():
+            return
+        tmp = self.ingest_dir / f".write-{_hex(digest)}.{os.getpid()}.{id(data):x}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fchmod(f.fileno(), BLOB_MODE)
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)  # identical content if another writer won the race
+            fsync_dir(self.blobs_dir)
+        except OSError as e:
+            raise StoreError(f"cannot write blob {digest}: {e.strerror}") from e
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def ingest(self, desc: Descriptor) -> Ingest:
+        """Open (or resume) the ingest of ``desc``, waiting for any other writer of that digest.
+
+        When this returns, the caller holds the digest's lock; it should check ``exists`` (or
+        ``Ingest.committed``) first: another process may have just finished the same blob.
+        """
+        return Ingest(self, desc)
+
+    def delete(self, digest: Digest) -> None:
+        """Remove a committed blob (missing is fine). GC decides what is unreferenced."""
+        try:
+            os.unlink(self.blob_path(digest))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StoreError(f"cannot delete blob {digest}: {e.strerror}") from e
+
+    def ingests(self) -> list[Digest]:
+        """Digests that have an ingest directory (in progress or interrupted)."""
+        out: list[Digest] = []
+        for name in os.listdir(self.ingest_dir):
+            if name.startswith("."):
+                continue
+            try:
+                out.append(parse_digest(f"sha256:{name}"))
+            except FastdistError:
+                continue  # a stray name
+        return out
+
+    def prune_ingests(self, older_than: float) -> int:
+        """Remove partial ingests untouched for ``older_than`` seconds and not in use.
+
+        An ingest whose lock is held by a live writer is skipped. Returns how many were removed.
+        """
+        now = time.time()
+        removed = 0
+        for name in os.listdir(self.ingest_dir):
+            path = self.ingest_dir / name
+            if name.startswith(".write-"):
+                # A crashed write_blob left its temp file behind.
+                try:
+                    if now - path.stat().st_mtime >= older_than:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+                continue
+            lock = FileLock(path / "lock")
+            data = path / "data"
+            try:
+                mtime = data.stat().st_mtime
+            except FileNotFoundError:
+                try:
+                    mtime = path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+            if now - mtime < older_than:
+                continue
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                for child in path.iterdir():
+                    if child.name != "lock":
+                        rmtree(child)
+                removed += 1
+                lock.release(unlink=True)
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # fails if someone started a new ingest of it meanwhile
+            finally:
+                lock.release()
+        return removed
+
+
+class Ingest:
+    """A partial blob at ``content/ingest/<hex>/data``, held under the digest's lock.
+
+    It is a fetcher ``BlobSink``: ``offset`` says where a resumed download continues and
+    ``write`` appends and hashes. A ``LayerWriter`` may instead tee into ``path`` itself and
+    ``commit(verified=True)`` once it proved digest and size.
+    """
+
+    def __init__(self, store: ContentStore, desc: Descriptor) -> None:
+        self.store = store
+        self.desc = desc
+        self.dir = store.ingest_dir / _hex(desc.digest)
+        self.path = self.dir / "data"
+        self._lock = FileLock(self.dir / "lock")
+        self._lock.acquire()
+        self._file: io.FileIO | None = None
+        self._hasher: _native.Sha256 | None = None
+        self._done = False
+        try:
+            ensure_dir(self.dir)
+            self._offset = self.path.stat().st_size if self.path.exists() else 0
+        except BaseException:
+            self._lock.release()
+            raise
+
+    # --- state --------------------------------------------------------------------------------
+    @property
+    def offset(self) -> int:
+        """Bytes of the blob already present (where a Range request resumes)."""
+        if self._file is None:
+            try:
+                self._offset = self.path.stat().st_size
+            except FileNotFoundError:
+                self._offset = 0
+        return self._offset
+
+    @property
+    def committed(self) -> bool:
+        """Whether the blob is already in the store (then nothing needs to be fetched)."""
+        return self.store.exists(self.desc.digest)
+
+    # --- writing ------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Append ``data`` and hash it; refuses to grow past the descriptor's size."""
+        self._check_open()
+        if self._file is None:
+            self._open_for_append()
+        assert self._file is not None
+        assert self._hasher is not None
+        if self._offset + len(data) > self.desc.size:
+            size = self._offset + len(data)
+            self.discard()
+            raise SizeMismatchError(
+                f"blob {self.desc.digest}: got at least {size} bytes, expected {self.desc.size}"
+            )
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise StoreError(f"cannot write ingest of {self.desc.digest}: {e.strerror}") from e
+        self._hasher.update(data)
+        self._offset += len(data)
+
+    def _open_for_append(self) -> None:
+        hasher = _native.Sha256()
+        try:
+            fd = os.open(
+                self.path,
+                os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+            )
+            f = os.fdopen(fd, "r+b", buffering=0)
+            # A resumed ingest: hash the prefix once so the digest covers the whole blob.
+            while chunk := f.read(1 << 20):
+                hasher.update(chunk)
+        except OSError as e:
+            raise StoreError(f"cannot open ingest of {self.desc.digest}: {e.strerror}") from e
+        self._file = f
+        self._hasher = hasher
+        self._offset = hasher.size
+
+    def commit(self, verified: bool = False) -> None:
+        """Move the blob into the store after checking size and (unless ``verified``) digest.
+
+        ``verified=True`` means the caller already hashed the same bytes (a LayerWriter tee).
+        An existing blob means success. On success the ingest is removed and the lock released;
+        on a mismatch the wrong bytes are discarded and the error raised.
+        """
+        self._check_open()
+        digest = self.desc.digest
+        if self.store.exists(digest):
+            self._finish()
+            return
+        try:
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
+            size = self.path.stat().st_size if self.path.exists() else 0
+            if size != self.desc.size:
+                if size > self.desc.size:
+                    self.discard()
+                raise SizeMismatchError(
+                    f"blob {digest}: have {size} bytes, expected {self.desc.size}"
+                )
+            if not verified:
+                if self._hasher is not None and self._hasher.size == size:
+                    actual = self._hasher.digest()
+                else:
+                    actual, _ = _native.sha256_file(str(self.path))
+                if actual != digest:
+                    self.discard()
+                    raise DigestMismatchError(
+                        f"blob {digest}: content hashes to {actual}",
+                        hint="the registry sent wrong bytes; pull again or report it",
+                    )
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.fchmod(fd, BLOB_MODE)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self.path, self.store.blob_path(digest))
+            fsync_dir(self.store.blobs_dir)
+        except OSError as e:
+            raise StoreError(f"cannot commit blob {digest}: {e.strerror}") from e
+        log.debug("committed blob %s (%d bytes)", digest, self.desc.size)
+        self._finish()
+
+    def discard(self) -> None:
+        """Throw the partial data away (its bytes are wrong); the lock is kept until close."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._hasher = None
+        self._offset = 0
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def close(self) -> None:
+        """Release the lock, keeping partial data for a later resume."""
+        if self._file is not None:
+            try:
+                self._file.flush()
+            finally:
+                self._file.close()
+                self._file = None
+        self._lock.release()
+
+    def _finish(self) -> None:
+        # Committed (by us or by someone else): remove the ingest dir under the lock.
+        self._done = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._lock.release(unlink=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()  # fails if a waiter already recreated its lock file here
+
+    def _check_open(self) -> None:
+        if self._done or not self._lock.held:
+            raise StoreError(f"ingest of {self.desc.digest} is already closed")
+
+    def __enter__(self) -> Ingest:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,467 @@
+"""The metadata database (``meta.db``, SQLite in WAL mode): images, snapshots, containers, GC roots.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction, so concurrent fastdist processes on one root
+serialise on SQLite's lock (a busy timeout plus a bounded retry) and a reader never sees half an
+image. Each thread uses its own connection.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ContainerNotFoundError, InUseError, StoreError
+from .oci import Descriptor, Digest, parse_digest
+from .store import ensure_root
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+_RETRIES = 20
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    name TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    config_digest TEXT NOT NULL,
+    layer_digests TEXT NOT NULL,
+    chain_ids TEXT NOT NULL,
+    snapshotter TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    unpacked_size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    snapshotter TEXT NOT NULL,
+    chain_id TEXT NOT NULL,
+    parent TEXT,
+    diff_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (snapshotter, chain_id)
+);
+CREATE TABLE IF NOT EXISTS containers (
+    id TEXT PRIMARY KEY,
+    image TEXT NOT NULL,
+    snapshotter TEXT NOT NULL,
+    snapshot_key TEXT NOT NULL,
+    bundle TEXT NOT NULL,
+    command TEXT NOT NULL,
+    status TEXT NOT NULL,
+    pid INTEGER,
+    exit_code INTEGER,
+    created REAL NOT NULL,
+    log_path TEXT,
+    rm INTEGER NOT NULL
+);
+"""
+
+CONTAINER_STATUSES = frozenset({"created", "running", "stopped"})
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A local image: its name, what it resolved to, and where its layers are unpacked."""
+
+    name: str
+    target: Descriptor
+    manifest_digest: Digest
+    config_digest: Digest
+    layer_digests: tuple[Digest, ...]
+    chain_ids: tuple[Digest, ...]
+    snapshotter: str
+    size: int  # manifest + config + compressed layers
+    unpacked_size: int
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A committed snapshot as the database knows it."""
+
+    snapshotter: str
+    chain_id: Digest
+    parent: Digest | None
+    diff_id: Digest
+    size: int
+    created: float
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """A container fastdist created (runc bundle + active snapshot)."""
+
+    id: str
+    image: str
+    snapshotter: str
+    snapshot_key: str
+    bundle: str
+    command: tuple[str, ...]
+    status: str  # "created" | "running" | "stopped"
+    pid: int | None
+    exit_code: int | None
+    created: float
+    log_path: str | None
+    rm: bool
+
+
+class MetadataDB:
+    """``<root>/meta.db``; thread-safe (a connection per thread), multi-process safe (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        """``path`` is the database file (``*.db``) or a store root (then ``<root>/meta.db``)."""
+        path = Path(path)
+        if path.is_dir() or path.suffix != ".db":
+            path = path / "meta.db"
+        ensure_root(path.parent)
+        self.path = path
+        self._local = threading.local()
+        self._write(self._init_schema)
+        self.images = ImageStore(self)
+        self.containers = ContainerStore(self)
+
+    # --- connections and transactions ---------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                )
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                mode = self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
+                if mode is None or str(mode[0]).lower() != "wal":
+                    raise StoreError(f"cannot enable WAL on {self.path}: got {mode!r}")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot open metadata database {self.path}: {e}") from e
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread's local dies)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @staticmethod
+    def _retry(fn: Callable[[], T]) -> T:
+        for attempt in range(_RETRIES):
+            try:
+                return fn()
+            except sqlite3.OperationalError as e:
+                msg = str(e).lower()
+                if ("locked" not in msg and "busy" not in msg) or attempt == _RETRIES - 1:
+                    raise
+                time.sleep(min(0.01 * 2**attempt, 0.5))  # back-off, not synchronisation
+        raise AssertionError("unreachable")
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction (BEGIN IMMEDIATE), retried while busy."""
+        conn = self._conn()
+
+        def attempt() -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return out
+
+        try:
+            return self._retry(attempt)
+        except sqlite3.Error as e:
+            raise StoreError(f"metadata write failed ({self.path}): {e}") from e
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        conn = self._conn()
+        try:
+            cur = self._retry(lambda: conn.execute(sql, args))
+            cur.row_factory = sqlite3.Row
+            rows: list[sqlite3.Row] = cur.fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(f"metadata read failed ({self.path}): {e}") from e
+        return rows
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this fastdist's "
+                f"{SCHEMA_VERSION}",
+                hint="upgrade fastdist or use another --root",
+            )
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def journal_mode(self) -> str:
+        return str(self._conn().execute("PRAGMA journal_mode").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A raw write transaction for callers that must update several tables atomically."""
+        conn = self._conn()
+        self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+# --- images -------------------------------------------------------------------------------------
+def _digests(raw: str) -> tuple[Digest, ...]:
+    return tuple(parse_digest(d) for d in json.loads(raw))
+
+
+def _image_from_row(r: sqlite3.Row) -> ImageRecord:
+    return ImageRecord(
+        name=r["name"],
+        target=Descriptor.from_json(json.loads(r["target"]), "image.target"),
+        manifest_digest=parse_digest(r["manifest_digest"]),
+        config_digest=parse_digest(r["config_digest"]),
+        layer_digests=_digests(r["layer_digests"]),
+        chain_ids=_digests(r["chain_ids"]),
+        snapshotter=r["snapshotter"],
+        size=r["size"],
+        unpacked_size=r["unpacked_size"],
+        created=r["created"],
+        updated=r["updated"],
+    )
+
+
+def _snapshot_from_row(r: sqlite3.Row) -> SnapshotRecord:
+    return SnapshotRecord(
+        snapshotter=r["snapshotter"],
+        chain_id=parse_digest(r["chain_id"]),
+        parent=parse_digest(r["parent"]) if r["parent"] else None,
+        diff_id=parse_digest(r["diff_id"]),
+        size=r["size"],
+        created=r["created"],
+    )
+
+
+class ImageStore:
+    """Images by name (``docker.io/library/alpine:3.19``), plus the snapshots table."""
+
+    def __init__(self, db: MetadataDB) -> None:
+        self.db = db
+
+    def put(self, rec: ImageRecord) -> None:
+        """Insert or replace the image ``rec.name``; an update keeps the original ``created``."""
+        if len(rec.layer_digests) != len(rec.chain_ids):
+            raise StoreError(
+                f"image {rec.name}: {len(rec.layer_digests)} layers but {len(rec.chain_ids)} "
+                "chain ids"
+            )
+        row = (
+            rec.name,
+            json.dumps(rec.target.to_json(), sort_keys=True),
+            rec.manifest_digest,
+            rec.config_digest,
+            json.dumps(list(rec.layer_digests)),
+            json.dumps(list(rec.chain_ids)),
+            rec.snapshotter,
+            rec.size,
+            rec.unpacked_size,
+            rec.created,
+            rec.updated,
+        )
+        self.db._write(
+            lambda c: c.execute(
+                """INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                ON CONFLICT(name) DO UPDATE SET target=excluded.target,
+                  manifest_digest=excluded.manifest_digest, config_digest=excluded.config_digest,
+                  layer_digests=excluded.layer_digests, chain_ids=excluded.chain_ids,
+                  snapshotter=excluded.snapshotter, size=excluded.size,
+                  unpacked_size=excluded.unpacked_size, updated=excluded.updated""",
+                row,
+            )
+        )
+
+    def get(self, name: str) -> ImageRecord | None:
+        rows = self.db._read("SELECT * FROM images WHERE name = ?", (name,))
+        return _image_from_row(rows[0]) if rows else None
+
+    def list(self) -> list[ImageRecord]:
+        return [_image_from_row(r) for r in self.db._read("SELECT * FROM images ORDER BY name")]
+
+    def delete(self, name: str) -> bool:
+        """Remove the image ``name``; False if there was none."""
+        n: int = self.db._write(
+            lambda c: c.execute("DELETE FROM images WHERE name = ?", (name,)).rowcount
+        )
+        return n > 0
+
+    def referenced_blobs(self) -> set[Digest]:
+        """GC roots among blobs: targets (index or manifest), manifests, configs, layers."""
+        out: set[Digest] = set()
+        for rec in self.list():
+            out.add(rec.target.digest)
+            out.add(rec.manifest_digest)
+            out.add(rec.config_digest)
+            out.update(rec.layer_digests)
+        return out
+
+    def referenced_snapshots(self) -> set[tuple[str, Digest]]:
+        """GC roots among snapshots: every chain_id of every image, with its snapshotter."""
+        return {(rec.snapshotter, c) for rec in self.list() for c in rec.chain_ids}
+
+    # --- snapshots table ----------------------------------------------------------------------
+    def record_snapshot(self, rec: SnapshotRecord) -> None:
+        """Insert or replace a committed snapshot's row (keeps the first ``created``)."""
+        row = (rec.snapshotter, rec.chain_id, rec.parent, rec.diff_id, rec.size, rec.created)
+        self.db._write(
+            lambda c: c.execute(
+                """INSERT INTO snapshots VALUES (?,?,?,?,?,?)
+                ON CONFLICT(snapshotter, chain_id) DO UPDATE SET parent=excluded.parent,
+                  diff_id=excluded.diff_id, size=excluded.size""",
+                row,
+            )
+        )
+
+    def get_snapshot(self, snapshotter: str, chain_id: Digest) -> SnapshotRecord | None:
+        rows = self.db._read(
+            "SELECT * FROM snapshots WHERE snapshotter = ? AND chain_id = ?",
+            (snapshotter, chain_id),
+        )
+        return _snapshot_from_row(rows[0]) if rows else None
+
+    def list_snapshots(self, snapshotter: str | None = None) -> builtins.list[SnapshotRecord]:
+        if snapshotter is None:
+            rows = self.db._read("SELECT * FROM snapshots ORDER BY snapshotter, chain_id")
+        else:
+            rows = self.db._read(
+                "SELECT * FROM snapshots WHERE snapshotter = ? ORDER BY chain_id", (snapshotter,)
+            )
+        return [_snapshot_from_row(r) for r in rows]
+
+    def delete_snapshot(self, snapshotter: str, chain_id: Digest) -> bool:
+        n: int = self.db._write(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM snapshots WHERE snapshotter = ? AND chain_id = ?",
+                    (snapshotter, chain_id),
+                ).rowcount
+            )
+        )
+        return n > 0
+
+
+# --- containers ---------------------------------------------------------------------------------
+def _container_from_row(r: sqlite3.Row) -> ContainerRecord:
+    return ContainerRecord(
+        id=r["id"],
+        image=r["image"],
+        snapshotter=r["snapshotter"],
+        snapshot_key=r["snapshot_key"],
+        bundle=r["bundle"],
+        command=tuple(json.loads(r["command"])),
+        status=r["status"],
+        pid=r["pid"],
+        exit_code=r["exit_code"],
+        created=r["created"],
+        log_path=r["log_path"],
+        rm=bool(r["rm"]),
+    )
+
+
+def _check_status(status: str) -> None:
+    if status not in CONTAINER_STATUSES:
+        raise StoreError(
+            f"invalid container status {status!r}: expected {sorted(CONTAINER_STATUSES)}"
+        )
+
+
+class ContainerStore:
+    """Containers by id."""
+
+    def __init__(self, db: MetadataDB) -> None:
+        self.db = db
+
+    def add(self, rec: ContainerRecord) -> None:
+        """Record a new container; InUseError if the id is taken."""
+        _check_status(rec.status)
+        row = (
+            rec.id,
+            rec.image,
+            rec.snapshotter,
+            rec.snapshot_key,
+            rec.bundle,
+            json.dumps(list(rec.command)),
+            rec.status,
+            rec.pid,
+            rec.exit_code,
+            rec.created,
+            rec.log_path,
+            int(rec.rm),
+        )
+        try:
+            self.db._write(
+                lambda c: c.execute("INSERT INTO containers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            )
+        except StoreError as e:
+            if isinstance(e.__cause__, sqlite3.IntegrityError):
+                raise InUseError(
+                    f"container id {rec.id!r} is already in use",
+                    hint="choose another --name or remove the old container",
+                ) from None
+            raise
+
+    def get(self, id: str) -> ContainerRecord | None:
+        rows = self.db._read("SELECT * FROM containers WHERE id = ?", (id,))
+        return _container_from_row(rows[0]) if rows else None
+
+    def list(self) -> list[ContainerRecord]:
+        rows = self.db._read("SELECT * FROM containers ORDER BY created, id")
+        return [_container_from_row(r) for r in rows]
+
+    def update_status(
+        self, id: str, status: str, pid: int | None = None, exit_code: int | None = None
+    ) -> ContainerRecord:
+        """Set status, pid and exit code; ContainerNotFoundError if there is no such container."""
+        _check_status(status)
+        n: int = self.db._write(
+            lambda c: (
+                c.execute(
+                    "UPDATE containers SET status = ?, pid = ?, exit_code = ? WHERE id = ?",
+                    (status, pid, exit_code, id),
+                ).rowcount
+            )
+        )
+        rec = self.get(id) if n else None
+        if rec is None:
+            raise ContainerNotFoundError(f"no container {id!r}")
+        return rec
+
+    def delete(self, id: str) -> bool:
+        n: int = self.db._write(
+            lambda c: c.execute("DELETE FROM containers WHERE id = ?", (id,)).rowcount
+        )
+        return n > 0
+
+    def images_in_use(self) -> set[str]:
+        """Image names some container (in any state) was created from."""
+        return {r["image"] for r in self.db._read("SELECT DISTINCT image FROM containers")}
