@@ -1,0 +1,1110 @@
+"""Run containers: image config → OCI runtime spec (``build_spec``), runc lifecycle (``Runtime``).
+
+The spec follows docker's rules for what an image asks for (Entrypoint + Cmd, Env, WorkingDir,
+User, Volumes) and containerd/docker's defaults for what a container gets (mounts, capabilities,
+masked and read-only kernel paths, namespaces, rlimits). Names in ``User`` are looked up in the
+image's *own* ``/etc/passwd`` and ``/etc/group``, read through :mod:`fastdist.rootfs` so a
+symlink can never make us read the host's files (design.md §7).
+
+Networking: the default is ``net="none"``: a new network namespace in which runc brings up only
+``lo`` (like ``ctr run``). ``net="host"`` is opt-in because sharing the host's network namespace
+hands the container every service bound to the host's loopback and every abstract unix socket
+(CVE-2020-15257 was exactly that), which an untrusted image must not get by default.
+
+On disk (under the fastdist root)::
+
+    <root>/runc/                 runc's state (--root), so we never clash with other runc users
+    <root>/containers/<id>/      the bundle: config.json, fastdist.json, log, exit, runc.log,
+                                 hostname, hosts, volumes/<n>/, rootfs/ (the caller mounts here)
+
+Detached containers are watched by a small supervisor (``python -m fastdist.runtime supervise``,
+double-forked into its own session, a child subreaper) that runs ``runc create`` + ``runc start``
+with stdout/stderr going to ``<bundle>/log``, reaps the container's init and records its exit status
+in ``<bundle>/exit``. It holds an exclusive ``flock`` on ``<bundle>/supervisor.lock`` while it
+lives, so ``wait``/``delete``/``logs -f`` synchronise on the lock instead of polling a pid.
+
+No fastdist file descriptor leaks into a container (CVE-2024-21626): Python opens everything
+``O_CLOEXEC`` and every subprocess gets ``close_fds=True``; the spec's ``cwd`` is the canonical
+in-root path of the working directory, never anything under ``/proc`` or ``/sys``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import posixpath
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Union
+
+from . import oci, rootfs
+from .errors import ContainerNotFoundError, ContainerRunError, InUseError
+
+log = logging.getLogger(__name__)
+
+
+# --- errors (all ContainerRunError, so the CLI maps them to one exit code) ----------------------
+class NoCommandError(ContainerRunError):
+    """The image has neither Entrypoint nor Cmd and no command was given."""
+
+
+class UnknownUserError(ContainerRunError):
+    """A user or group name is not in the image's /etc/passwd or /etc/group."""
+
+
+class WorkdirError(ContainerRunError):
+    """The working directory cannot be used (not absolute, not a directory, a kernel fs)."""
+
+
+class InvalidRunOptionError(ContainerRunError):
+    """A run option is malformed (env entry, mount, network mode, container id)."""
+
+
+# --- options ------------------------------------------------------------------------------------
+NET_MODES = ("none", "host")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_ACCOUNT_FILE_BYTES = 1 << 20  # /etc/passwd and /etc/group are read whole; cap them
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_MAX_ID = (1 << 31) - 1  # libcontainer's limit for uids and gids
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind mount from the host: ``src`` (absolute host path) on ``dst`` inside the container."""
+
+    src: str
+    dst: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``fastdist run`` was asked for, on top of the image config.
+
+    ``command`` replaces the image's Cmd (``None`` or empty: keep it); ``entrypoint`` replaces the
+    Entrypoint and clears Cmd (``""`` clears the Entrypoint). ``env_file`` entries (already parsed
+    by the caller) apply before ``env``; both are ``KEY=VALUE``. ``net`` is ``"none"`` (default, see
+    the module docstring) or ``"host"``. ``rm`` is for the caller (remove on exit).
+    """
+
+    id: str
+    command: tuple[str, ...] | None = None
+    entrypoint: str | None = None
+    env: tuple[str, ...] = ()
+    env_file: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    tty: bool = False
+    interactive: bool = False
+    detach: bool = False
+    net: str = "none"
+    mounts: tuple[Mount, ...] = ()
+    hostname: str | None = None
+    read_only: bool = False
+    rm: bool = False
+
+
+@dataclass(frozen=True)
+class ResolvedUser:
+    """The container process's numeric identity; ``home`` from passwd when the user has an entry."""
+
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...] = ()
+    home: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """What runc and the exit file say about a container.
+
+    ``status`` is ``created`` (bundle written, or runc created it but it has not started),
+    ``running``, ``paused`` or ``stopped``; ``pid`` is the host pid of its init while it exists;
+    ``exit_code`` is known once it stopped (128+N when killed by signal N).
+    """
+
+    id: str
+    status: str
+    pid: int | None
+    exit_code: int | None
+    bundle: Path
+
+
+def validate_id(container_id: str) -> str:
+    """A container id becomes a directory name and a runc id: keep it boring."""
+    if not _ID_RE.fullmatch(container_id):
+        raise InvalidRunOptionError(
+            f"invalid container id {container_id[:80]!r}: "
+            "use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return container_id
+
+
+# --- user resolution ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _PasswdEntry:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+@dataclass(frozen=True)
+class _GroupEntry:
+    name: str
+    gid: int
+    members: tuple[str, ...]
+
+
+def _read_account_file(root: Path, path: str) -> str:
+    try:
+        data = rootfs.read_file(root, path, MAX_ACCOUNT_FILE_BYTES)
+    except OSError as e:
+        raise UnknownUserError(
+            f"cannot read {path} in the image: {e.strerror or e}",
+            hint="use a numeric uid[:gid] with -u",
+        ) from None
+    return "" if data is None else data.decode("utf-8", errors="replace")
+
+
+def _int_field(text: str) -> int | None:
+    if text.isascii() and text.isdigit():
+        value = int(text)
+        if value <= _MAX_ID:
+            return value
+    return None
+
+
+def _parse_passwd(text: str) -> list[_PasswdEntry]:
+    out: list[_PasswdEntry] = []
+    for line in text.splitlines():
+        f = line.strip().split(":")
+        if len(f) < 4 or not f[0] or f[0].startswith(("#", "+", "-")):
+            continue
+        uid, gid = _int_field(f[2]), _int_field(f[3])
+        if uid is None or gid is None:
+            continue
+        out.append(_PasswdEntry(f[0], uid, gid, f[5] if len(f) > 5 else ""))
+    return out
+
+
+def _parse_group(text: str) -> list[_GroupEntry]:
+    out: list[_GroupEntry] = []
+    for line in text.splitlines():
+        f = line.strip().split(":")
+        if len(f) < 3 or not f[0] or f[0].startswith(("#", "+", "-")):
+            continue
+        gid = _int_field(f[2])
+        if gid is None:
+            continue
+        members = tuple(m for m in (f[3].split(",") if len(f) > 3 else []) if m)
+        out.append(_GroupEntry(f[0], gid, members))
+    return out
+
+
+def _numeric(text: str, what: str) -> int | None:
+    if text.isascii() and text.isdigit():
+        value = int(text)
+        if value > _MAX_ID:
+            raise InvalidRunOptionError(f"invalid {what} {text!r}: must be at most {_MAX_ID}")
+        return value
+    return None
+
+
+def resolve_user(root: Path, user: str) -> ResolvedUser:
+    """Resolve ``user``, ``uid``, ``user:group`` or ``uid:gid`` the way docker (libcontainer) does.
+
+    The user part matches a passwd entry by name or uid (first match wins); a numeric uid without
+    an entry is fine (gid 0, no home). ``""`` means root. An explicit group must match
+    ``/etc/group`` by name or gid, or be numeric; without one, the gid comes from passwd and the
+    supplementary groups are every group listing the user's name (docker gives none when the group
+    is explicit). The files are read inside ``root`` only.
+    """
+    user_part, _, group_part = user.partition(":")
+    passwd = _parse_passwd(_read_account_file(root, "/etc/passwd"))
+    if user_part:
+        entry = next((p for p in passwd if p.name == user_part or str(p.uid) == user_part), None)
+    else:
+        entry = next((p for p in passwd if p.uid == 0), None)
+    if entry is not None:
+        uid, gid, home, name = entry.uid, entry.gid, entry.home or None, entry.name
+    else:
+        number = _numeric(user_part, "uid") if user_part else 0
+        if number is None:
+            raise UnknownUserError(
+                f"unknown user {user_part!r}: no matching entry in the image's /etc/passwd",
+                hint="use a user that exists in the image, or a numeric uid[:gid]",
+            )
+        uid, gid, home, name = number, 0, None, ""
+    if not group_part and not name:
+        return ResolvedUser(uid, gid, (), home)
+    groups = _parse_group(_read_account_file(root, "/etc/group"))
+    if group_part:
+        g = next((g for g in groups if g.name == group_part or str(g.gid) == group_part), None)
+        if g is not None:
+            return ResolvedUser(uid, g.gid, (), home)
+        number = _numeric(group_part, "gid")
+        if number is None:
+            raise UnknownUserError(
+                f"unknown group {group_part!r}: no matching entry in the image's /etc/group",
+                hint="use a group that exists in the image, or a numeric gid",
+            )
+        return ResolvedUser(uid, number, (), home)
+    extra: list[int] = []
+    for g in groups:
+        if name in g.members and g.gid not in extra:
+            extra.append(g.gid)
+    return ResolvedUser(uid, gid, tuple(extra), home)
+
+
+# --- the spec -----------------------------------------------------------------------------------
+# docker's default capability set (moby oci/caps/defaults.go), in its order.
+DEFAULT_CAPABILITIES = tuple(
+    "CAP_" + c
+    for c in (
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FSETID",
+        "FOWNER",
+        "MKNOD",
+        "NET_RAW",
+        "SETGID",
+        "SETUID",
+        "SETFCAP",
+        "SETPCAP",
+        "NET_BIND_SERVICE",
+        "SYS_CHROOT",
+        "KILL",
+        "AUDIT_WRITE",
+    )
+)
+# Kernel interfaces a container must not read or write (moby oci/defaults.go).
+MASKED_PATHS = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+_KERNEL_FS = ("/proc", "/sys")
+
+
+def _default_mounts() -> list[dict[str, Any]]:
+    def m(dst: str, typ: str, src: str, *options: str) -> dict[str, Any]:
+        return {"destination": dst, "type": typ, "source": src, "options": list(options)}
+
+    return [
+        m("/proc", "proc", "proc", "nosuid", "noexec", "nodev"),
+        m("/dev", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k"),
+        m(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+            "gid=5",
+        ),
+        m("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro"),
+        m("/sys/fs/cgroup", "cgroup", "cgroup", "ro", "nosuid", "noexec", "nodev"),
+        m("/dev/mqueue", "mqueue", "mqueue", "nosuid", "noexec", "nodev"),
+        m("/dev/shm", "tmpfs", "shm", "nosuid", "noexec", "nodev", "mode=1777", "size=65536k"),
+    ]
+
+
+def _env_key(entry: str) -> str:
+    return entry.split("=", 1)[0]
+
+
+def _merge_env(base: list[str], overrides: tuple[str, ...], where: str | None) -> list[str]:
+    """docker's ReplaceOrAppendEnvValues: an entry replaces the same key in place, else appends.
+
+    ``where`` names user input, which must be ``KEY=VALUE``; the image's own Env (``None``) is
+    taken as it is.
+    """
+    out = list(base)
+    index = {_env_key(e): i for i, e in enumerate(out)}
+    for entry in overrides:
+        key = _env_key(entry)
+        if where is not None and ("=" not in entry or not key):
+            raise InvalidRunOptionError(
+                f"invalid environment entry {entry[:80]!r} in {where}: expected KEY=VALUE"
+            )
+        if key in index:
+            out[index[key]] = entry
+        else:
+            index[key] = len(out)
+            out.append(entry)
+    return out
+
+
+def _args(config: oci.ContainerConfig, opts: RunOptions) -> list[str]:
+    """docker's rules: --entrypoint replaces Entrypoint and drops the image's Cmd; args replace Cmd."""
+    if opts.entrypoint is not None:
+        entrypoint: tuple[str, ...] = (opts.entrypoint,) if opts.entrypoint else ()
+        cmd: tuple[str, ...] = ()
+    else:
+        entrypoint = config.entrypoint or ()
+        cmd = config.cmd or ()
+    if opts.command:
+        cmd = opts.command
+    args = list(entrypoint + cmd)
+    if not args:
+        raise NoCommandError(
+            "nothing to run: the image has no Entrypoint or Cmd and no command was given",
+            hint="give a command after the image name, e.g. `fastdist run IMAGE sh -c '…'`",
+        )
+    return args
+
+
+def _clean_dst(path: str, what: str) -> str:
+    if not path.startswith("/"):
+        raise InvalidRunOptionError(f"invalid {what} {path!r}: must be an absolute path")
+    clean = posixpath.normpath(path)
+    if clean.startswith("//"):
+        clean = "/" + clean.lstrip("/")
+    return clean
+
+
+def _workdir(config: oci.ContainerConfig, opts: RunOptions, root: Path) -> str:
+    if opts.workdir is not None:
+        if not opts.workdir.startswith("/"):
+            raise WorkdirError(
+                f"invalid working directory {opts.workdir!r}: it must be an absolute path"
+            )
+        wanted = opts.workdir
+    else:
+        # An image's relative WorkingDir is taken relative to / (what buildkit writes anyway).
+        wanted = "/" + (config.working_dir or "/").lstrip("/")
+    try:
+        cwd = rootfs.resolve_dir(root, wanted, create=True)
+    except OSError as e:
+        raise WorkdirError(
+            f"cannot use working directory {wanted!r} in the image: {e.strerror or e}",
+            hint="pick another directory with -w",
+        ) from None
+    if any(cwd == k or cwd.startswith(k + "/") for k in _KERNEL_FS):
+        raise WorkdirError(
+            f"refusing working directory {wanted!r}: it resolves to {cwd!r}, "
+            "inside a kernel filesystem mounted by the runtime",
+            hint="pick another directory with -w",
+        )
+    return cwd
+
+
+def _volume_mounts(
+    config: oci.ContainerConfig, root: Path, taken: set[str], state_dir: Path | None
+) -> list[dict[str, Any]]:
+    """Anonymous scratch mounts for the image's Volumes, owned and moded like the image's dir.
+
+    With a ``state_dir`` each is a fresh directory under ``<state_dir>/volumes`` (on disk, removed
+    with the bundle); without one, a tmpfs. The image's content at that path is not copied in.
+    """
+    out: list[dict[str, Any]] = []
+    for i, raw in enumerate(config.volumes):
+        dst = _clean_dst("/" + raw.lstrip("/"), "volume")
+        if dst in taken or dst == "/":
+            continue
+        taken.add(dst)
+        st = rootfs.stat_in_root(root, dst)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        else:
+            mode, uid, gid = 0o755, 0, 0
+        if state_dir is None:
+            out.append(
+                {
+                    "destination": dst,
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["nosuid", "nodev", f"mode={mode:o}", f"uid={uid}", f"gid={gid}"],
+                }
+            )
+            continue
+        src = state_dir / "volumes" / str(i)
+        src.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        out.append(
+            {
+                "destination": dst,
+                "type": "bind",
+                "source": str(src),
+                "options": ["rbind", "rprivate"],
+            }
+        )
+    return out
+
+
+def build_spec(
+    config: oci.ImageConfig,
+    opts: RunOptions,
+    root: Path,
+    *,
+    state_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The OCI runtime spec (config.json) for running ``config`` with ``opts`` on ``root``.
+
+    Reads ``/etc/passwd`` and ``/etc/group`` inside ``root`` and creates the working directory
+    inside it if missing. With a ``state_dir`` (the bundle), Volumes become directories under it
+    and the spec binds ``<state_dir>/hostname`` (and ``hosts`` for ``net="none"``), which
+    :meth:`Runtime.create` writes; without one, Volumes are tmpfs mounts.
+    """
+    validate_id(opts.id)
+    if opts.net not in NET_MODES:
+        raise InvalidRunOptionError(
+            f"invalid network mode {opts.net!r}: expected one of {', '.join(NET_MODES)}"
+        )
+    c = config.config
+    args = _args(c, opts)
+    user = resolve_user(root, opts.user if opts.user is not None else c.user)
+    hostname = opts.hostname or (socket.gethostname() if opts.net == "host" else opts.id[:12])
+
+    # docker's order: defaults (PATH, HOSTNAME, TERM), then the image's Env, then the env file,
+    # then -e; a later entry replaces an earlier one with the same key, in place. HOME last.
+    defaults = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"] + (
+        ["TERM=xterm"] if opts.tty else []
+    )
+    env = _merge_env(defaults, c.env, None)
+    env = _merge_env(env, opts.env_file, "the env file")
+    env = _merge_env(env, opts.env, "-e")
+    if not any(_env_key(e) == "HOME" for e in env):
+        env.append(f"HOME={user.home or '/'}")
+
+    cwd = _workdir(c, opts, root)
+
+    user_mounts: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    for mnt in opts.mounts:
+        dst = _clean_dst(mnt.dst, "mount destination")
+        if dst == "/":
+            raise InvalidRunOptionError(f"invalid mount {mnt.src}:{mnt.dst}: cannot mount over /")
+        if not mnt.src.startswith("/") or not os.path.exists(mnt.src):
+            raise InvalidRunOptionError(
+                f"invalid mount {mnt.src}:{mnt.dst}: the source must be an existing absolute path"
+            )
+        options = ["rbind", "rprivate"] + (["ro"] if mnt.readonly else [])
+        user_mounts.append(
+            {"destination": dst, "type": "bind", "source": mnt.src, "options": options}
+        )
+        taken.add(dst)
+
+    files: list[tuple[str, str]] = []  # (destination, host source), read-only binds
+    if opts.net == "host":
+        files += [(p, p) for p in ("/etc/resolv.conf", "/etc/hosts") if os.path.isfile(p)]
+    elif state_dir is not None:
+        files.append(("/etc/hosts", str(state_dir / "hosts")))
+    if state_dir is not None:
+        files.append(("/etc/hostname", str(state_dir / "hostname")))
+    file_mounts = [
+        {"destination": d, "type": "bind", "source": s, "options": ["rbind", "rprivate", "ro"]}
+        for d, s in files
+        if d not in taken
+    ]
+    taken.update(d for d, _ in files)
+    volumes = _volume_mounts(c, root, taken, state_dir)
+
+    extra = sorted(volumes + user_mounts, key=lambda m: m["destination"].count("/"))
+    mounts = [m for m in _default_mounts() if m["destination"] not in taken]
+    mounts += file_mounts + extra
+
+    namespaces = ["pid", "ipc", "uts", "mount"] + (["network"] if opts.net == "none" else [])
+    process_user: dict[str, Any] = {"uid": user.uid, "gid": user.gid}
+    if user.additional_gids:
+        process_user["additionalGids"] = list(user.additional_gids)
+    caps = list(DEFAULT_CAPABILITIES)
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": opts.tty,
+            "user": process_user,
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": list(caps)},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(root.absolute()), "readonly": opts.read_only},
+        "hostname": hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [{"type": t} for t in namespaces],
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            # Relative: runc nests it under its own cgroup, so limits on fastdist still apply.
+            "cgroupsPath": f"fastdist/{opts.id}",
+        },
+    }
+
+
+# --- the runc lifecycle -------------------------------------------------------------------------
+_BUNDLE_FILES = (
+    "config.json",
+    "fastdist.json",
+    "log",
+    "exit",
+    "exit.tmp",
+    "pid",
+    "runc.log",
+    "hostname",
+    "hosts",
+    "supervisor.lock",
+    "supervisor.log",
+)
+_PR_SET_CHILD_SUBREAPER = 36
+_FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_TAIL = 4000
+StdStream = Union[int, IO[Any], None]
+
+
+def _exit_code(status: int) -> int:
+    """A wait status as a shell would report it: 128+N when killed by signal N."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _runc_errors(runc_log: Path) -> str:
+    """The error messages runc logged (``--log-format json``), newest last, trimmed to a tail."""
+    try:
+        with open(runc_log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    msgs: list[str] = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            msgs.append(str(entry.get("msg", "")))
+    return "\n".join(msgs)[-_TAIL:]
+
+
+class Runtime:
+    """Containers on runc, one bundle per container under ``<root>/containers``.
+
+    The caller's flow: ``prepare(id)`` → mount the container's snapshot at ``rootfs_dir(id)`` →
+    ``create(config, opts)`` → ``run(id)`` (foreground) or ``start(id)`` (detached) → ``state``,
+    ``wait``, ``logs``, ``kill`` → ``delete(id)`` (runc forgets it) → unmount → ``remove(id)``.
+    """
+
+    def __init__(self, root: Path, *, runc: str = "runc") -> None:
+        self.root = Path(root)
+        self.runc = runc
+        self.state_root = self.root / "runc"
+        self.containers_dir = self.root / "containers"
+
+    # -- paths ---------------------------------------------------------------------------------
+    def bundle(self, container_id: str) -> Path:
+        return self.containers_dir / validate_id(container_id)
+
+    def rootfs_dir(self, container_id: str) -> Path:
+        """Where the caller mounts the container's root filesystem."""
+        return self.bundle(container_id) / "rootfs"
+
+    def ids(self) -> list[str]:
+        """Every container that has a bundle, sorted."""
+        try:
+            return sorted(p.name for p in self.containers_dir.iterdir() if _ID_RE.fullmatch(p.name))
+        except FileNotFoundError:
+            return []
+
+    def _existing(self, container_id: str) -> Path:
+        b = self.bundle(container_id)
+        if not b.is_dir():
+            raise ContainerNotFoundError(f"no such container: {container_id}")
+        return b
+
+    # -- preconditions -------------------------------------------------------------------------
+    def _runc_cmd(self, *args: str, bundle: Path | None = None) -> list[str]:
+        path = shutil.which(self.runc)
+        if path is None:
+            raise ContainerRunError(
+                f"cannot run containers: runc not found ({self.runc!r} is not on PATH)",
+                hint="install it (apt-get install runc) or point fastdist at it",
+            )
+        if os.geteuid() != 0:
+            raise ContainerRunError(
+                "cannot run containers: fastdist must run as root to use runc",
+                hint="run it again with sudo",
+            )
+        cmd = [path, "--root", str(self.state_root)]
+        if bundle is not None:
+            cmd += ["--log", str(bundle / "runc.log"), "--log-format", "json"]
+        return cmd + list(args)
+
+    def _runc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run(
+            self._runc_cmd(*args),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            close_fds=True,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            tail = proc.stderr.decode("utf-8", errors="replace").strip()[-_TAIL:]
+            raise ContainerRunError(
+                f"runc {args[0]} failed: {tail.splitlines()[-1] if tail else 'no message'}",
+                status=proc.returncode,
+                stderr_tail=tail,
+            )
+        return proc
+
+    # -- setup ---------------------------------------------------------------------------------
+    def prepare(self, container_id: str) -> Path:
+        """Create the bundle directory (0700) and its empty ``rootfs`` mount point.
+
+        Raises InUseError when the id is taken.
+        """
+        b = self.bundle(container_id)
+        for d in (self.root, self.containers_dir, self.state_root):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            b.mkdir(mode=0o700)
+        except FileExistsError:
+            raise InUseError(
+                f"container id {container_id!r} is already in use",
+                hint="pick another --id, or remove the old container",
+            ) from None
+        (b / "rootfs").mkdir(mode=0o755)
+        return b
+
+    def create(
+        self, config: oci.ImageConfig, opts: RunOptions, rootfs_path: Path | None = None
+    ) -> dict[str, Any]:
+        """Write the bundle's config.json (and hostname/hosts) for ``opts.id``; return the spec.
+
+        ``rootfs_path`` defaults to ``rootfs_dir(opts.id)``, which must already be mounted.
+        """
+        b = self._existing(opts.id)
+        root = rootfs_path if rootfs_path is not None else b / "rootfs"
+        spec = build_spec(config, opts, root, state_dir=b)
+        hostname = str(spec["hostname"])
+        _write_atomic(b / "hostname", f"{hostname}\n".encode(), 0o644)
+        hosts = (
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n"
+        )
+        _write_atomic(b / "hosts", hosts.encode(), 0o644)
+        meta = {"id": opts.id, "interactive": opts.interactive, "tty": opts.tty}
+        _write_atomic(b / "fastdist.json", json.dumps(meta).encode())
+        _write_atomic(b / "config.json", json.dumps(spec, indent=1).encode())
+        return spec
+
+    def _meta(self, b: Path) -> Mapping[str, Any]:
+        try:
+            data = (
+                json.loads((b / "config.json").read_bytes()),
+                json.loads((b / "fastdist.json").read_bytes()),
+            )
+        except FileNotFoundError:
+            raise ContainerRunError(
+                f"container {b.name} has no spec yet", hint="call create() before starting it"
+            ) from None
+        spec, meta = data
+        return {"tty": bool(spec["process"]["terminal"]), "interactive": bool(meta["interactive"])}
+
+    # -- running -------------------------------------------------------------------------------
+    def run(
+        self,
+        container_id: str,
+        *,
+        stdin: StdStream = None,
+        stdout: StdStream = None,
+        stderr: StdStream = None,
+    ) -> int:
+        """Run in the foreground with ``runc run`` and return the container's exit status.
+
+        stdio is inherited unless given (stdin is /dev/null unless the container is interactive).
+        SIGINT, SIGTERM, SIGHUP and SIGQUIT received meanwhile (main thread only) are forwarded:
+        runc, in its own session so a terminal's ^C reaches it once, relays them to the
+        container. A runc failure (not the container's own exit) raises ContainerRunError.
+        """
+        b = self._existing(container_id)
+        meta = self._meta(b)
+        cmd = self._runc_cmd("run", "--bundle", str(b), container_id, bundle=b)
+        if not meta["interactive"] and stdin is None:
+            stdin = subprocess.DEVNULL
+        if meta["tty"]:
+            fds = [
+                s if isinstance(s, int) else (s.fileno() if s is not None else d)
+                for s, d in ((stdin, 0), (stdout, 1), (stderr, 2))
+            ]
+            if not any(fd >= 0 and os.isatty(fd) for fd in fds):
+                raise ContainerRunError(
+                    "cannot allocate a terminal: none of stdin, stdout, stderr is a TTY",
+                    hint="drop -t, or run from a terminal",
+                )
+        with contextlib.suppress(FileNotFoundError):
+            (b / "exit").unlink()
+        (b / "runc.log").write_bytes(b"")
+        proc = subprocess.Popen(
+            cmd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            close_fds=True,
+            start_new_session=True,
+        )
+        previous: dict[int, Any] = {}
+
+        def forward(signum: int, _frame: object) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+        try:
+            if _in_main_thread():
+                for sig in _FORWARDED_SIGNALS:
+                    previous[sig] = signal.signal(sig, forward)
+            code = proc.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        code = 128 - code if code < 0 else code
+        errors = _runc_errors(b / "runc.log")
+        if errors:
+            raise ContainerRunError(
+                f"runc could not run container {container_id}: {errors.splitlines()[-1]}",
+                hint=_hint_for(errors),
+                status=code,
+                stderr_tail=errors,
+            )
+        _write_atomic(b / "exit", f"{code}\n".encode())
+        return code
+
+    def start(self, container_id: str) -> ContainerState:
+        """Start detached: output goes to ``<bundle>/log``; returns once the container runs.
+
+        A supervisor process (see the module docstring) owns the container from here on.
+        """
+        b = self._existing(container_id)
+        meta = self._meta(b)
+        if meta["tty"]:
+            raise ContainerRunError(
+                "a detached container cannot have a terminal yet", hint="drop -t when using -d"
+            )
+        cmd = self._runc_cmd("state", container_id)  # checks runc and root up front
+        runc_path = cmd[0]
+        for name in ("exit", "pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (b / name).unlink()
+        (b / "runc.log").write_bytes(b"")
+        read_fd, write_fd = os.pipe()  # both O_CLOEXEC; the write end is passed explicitly
+        env = dict(os.environ)
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_parent, env.get("PYTHONPATH", "")) if p
+        )
+        try:
+            with open(b / "supervisor.log", "ab") as err:
+                intermediate = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "fastdist.runtime",
+                        "supervise",
+                        str(self.root),
+                        runc_path,
+                        container_id,
+                        str(write_fd),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    close_fds=True,
+                    pass_fds=(write_fd,),
+                    start_new_session=True,
+                    env=env,
+                )
+            os.close(write_fd)
+            write_fd = -1
+            intermediate.wait()  # it forks the supervisor and exits at once
+            with os.fdopen(read_fd, "rb") as r:
+                read_fd = -1
+                report = r.read(1 << 20)
+        finally:
+            for fd in (read_fd, write_fd):
+                if fd >= 0:
+                    os.close(fd)
+        try:
+            result = json.loads(report) if report else {}
+        except ValueError:
+            result = {}
+        if not result.get("ok"):
+            errors = str(result.get("error") or "the supervisor died; see supervisor.log")
+            raise ContainerRunError(
+                f"runc could not start container {container_id}: {errors.splitlines()[-1]}",
+                hint=_hint_for(errors),
+                status=result.get("status"),
+                stderr_tail=errors[-_TAIL:],
+            )
+        return self.state(container_id)
+
+    # -- inspection ----------------------------------------------------------------------------
+    def state(self, container_id: str) -> ContainerState:
+        b = self._existing(container_id)
+        exit_code: int | None = None
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            exit_code = int((b / "exit").read_text().strip())
+        proc = self._runc("state", container_id, check=False)
+        if proc.returncode == 0:
+            info = json.loads(proc.stdout)
+            status = str(info.get("status", "unknown"))
+            pid = info.get("pid") or None
+            if status == "stopped":
+                pid = None
+            return ContainerState(container_id, status, pid, exit_code, b)
+        status = "stopped" if exit_code is not None else "created"
+        return ContainerState(container_id, status, None, exit_code, b)
+
+    def wait(self, container_id: str) -> int | None:
+        """Block until a detached container's supervisor is done; its exit status, if known."""
+        b = self._existing(container_id)
+        self._wait_supervisor(b)
+        return self.state(container_id).exit_code
+
+    def _wait_supervisor(self, b: Path, *, block: bool = True) -> bool:
+        """Whether no supervisor holds the bundle (waiting for it to finish when ``block``)."""
+        try:
+            fd = os.open(b / "supervisor.lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | (0 if block else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return False
+            return True
+        finally:
+            os.close(fd)
+
+    def logs(self, container_id: str, *, follow: bool = False) -> Iterator[bytes]:
+        """The output of a detached container, in chunks; with ``follow``, until it stops."""
+        b = self._existing(container_id)
+        try:
+            f = open(b / "log", "rb")  # noqa: SIM115 - closed in the generator's finally
+        except FileNotFoundError:
+            return iter(())
+        return self._read_log(b, f, follow)
+
+    def _read_log(self, b: Path, f: IO[bytes], follow: bool) -> Iterator[bytes]:
+        try:
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    yield chunk
+                    continue
+                if not follow:
+                    return
+                if self._wait_supervisor(b, block=False):
+                    rest = f.read()
+                    if rest:
+                        yield rest
+                    return
+                time.sleep(0.1)  # like tail -f; the supervisor gives no write notifications
+        finally:
+            f.close()
+
+    # -- control -------------------------------------------------------------------------------
+    def kill(self, container_id: str, sig: int | str = signal.SIGTERM) -> None:
+        """Send ``sig`` (a number, or a name like ``KILL``/``SIGKILL``) to the container's init."""
+        self._existing(container_id)
+        name = str(int(sig)) if isinstance(sig, int) else sig.upper().removeprefix("SIG")
+        self._runc("kill", container_id, name)
+
+    def delete(self, container_id: str, *, force: bool = False) -> None:
+        """Make runc forget the container (``force`` kills a running one first).
+
+        Waits for a detached container's supervisor to record the exit status. The bundle stays
+        until :meth:`remove`, so the caller can unmount the rootfs first.
+        """
+        b = self._existing(container_id)
+        proc = self._runc("state", container_id, check=False)
+        if proc.returncode == 0:
+            status = json.loads(proc.stdout).get("status")
+            if status in ("running", "paused") and not force:
+                raise InUseError(
+                    f"container {container_id} is {status}",
+                    hint="stop it first (kill), or force the removal",
+                )
+            self._runc("delete", *(["--force"] if force else []), container_id)
+        self._wait_supervisor(b)
+
+    def remove(self, container_id: str) -> None:
+        """Remove the bundle: only the files fastdist wrote, never through a mounted rootfs."""
+        b = self._existing(container_id)
+        if self._runc("state", container_id, check=False).returncode == 0:
+            raise InUseError(
+                f"container {container_id} still exists in runc", hint="delete it first"
+            )
+        rootfs_dir = b / "rootfs"
+        if os.path.ismount(rootfs_dir):
+            raise InUseError(
+                f"cannot remove container {container_id}: {rootfs_dir} is still mounted",
+                hint="unmount the container's rootfs first",
+            )
+        for name in _BUNDLE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (b / name).unlink()
+        if (b / "volumes").exists():
+            shutil.rmtree(b / "volumes")  # fd-based on Linux: never follows symlinks out
+        for d in (rootfs_dir, b):
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise ContainerRunError(
+                    f"cannot remove {d}: {e.strerror}",
+                    hint="it holds files fastdist did not write; inspect and remove it by hand",
+                ) from None
+
+
+def _hint_for(errors: str) -> str | None:
+    if "executable file not found" in errors or "no such file or directory" in errors:
+        return "check the command: it must exist in the image (and on its PATH)"
+    if "permission denied" in errors:
+        return "check the command's permissions and the user it runs as"
+    return None
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# --- the supervisor of a detached container -----------------------------------------------------
+def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) -> int:
+    """Body of the detached supervisor (runs in its own session, see Runtime.start)."""
+    if os.fork() != 0:
+        os._exit(0)  # the intermediate: Runtime.start reaps it, we are reparented to init
+    b = root / "containers" / validate_id(container_id)
+    lock_fd = os.open(
+        b / "supervisor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+    )
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    report = os.fdopen(report_fd, "wb")
+
+    def send(obj: Mapping[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            report.write(json.dumps(obj).encode())
+            report.close()
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        send({"ok": False, "error": f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}"})
+        return 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    base = [runc_path, "--root", str(root / "runc"), "--log", str(b / "runc.log")]
+    base += ["--log-format", "json"]
+    log_fd = os.open(b / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    created = subprocess.run(
+        [*base, "create", "--bundle", str(b), "--pid-file", str(b / "pid"), container_id],
+        stdin=subprocess.DEVNULL,
+        stdout=log_fd,
+        stderr=log_fd,
+        close_fds=True,
+        check=False,
+    )
+    os.close(log_fd)
+    if created.returncode != 0:
+        send({"ok": False, "status": created.returncode, "error": _runc_errors(b / "runc.log")})
+        return 1
+    pid = int((b / "pid").read_text().strip())
+    started = subprocess.run(
+        [*base, "start", container_id],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        close_fds=True,
+        check=False,
+    )
+    if started.returncode != 0:
+        error = _runc_errors(b / "runc.log") or started.stderr.decode(errors="replace")
+        subprocess.run(
+            [*base, "delete", "--force", container_id],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            close_fds=True,
+            check=False,
+        )
+        send({"ok": False, "status": started.returncode, "error": error})
+        _reap(pid)
+        return 1
+    send({"ok": True, "pid": pid})
+    code = _reap(pid)
+    if code is not None:
+        _write_atomic(b / "exit", f"{code}\n".encode())
+    return 0
+
+
+def _reap(pid: int) -> int | None:
+    """Reap children (we are a subreaper) until ``pid`` exits; its exit code."""
+    while True:
+        try:
+            wpid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return None
+        if wpid == pid:
+            return _exit_code(status)
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) == 5 and argv[0] == "supervise":
+        logging.basicConfig(level=logging.INFO)
+        return _supervise(Path(argv[1]), argv[2], argv[3], int(argv[4]))
+    log.error("usage: python -m fastdist.runtime supervise ROOT RUNC ID REPORT_FD")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
