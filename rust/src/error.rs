@@ -80,6 +80,49 @@ impl Error {
         }
     }
 
+    /// A copy of this error for a second caller (a failed `write` and the later `finish` both
+    /// report it); an I/O source keeps its kind and message.
+    #[cold]
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Error::InvalidDigest(s) => Error::InvalidDigest(s.clone()),
+            Error::UnsupportedAlgorithm(s) => Error::UnsupportedAlgorithm(s.clone()),
+            Error::UnsupportedMediaType(s) => Error::UnsupportedMediaType(s.clone()),
+            Error::DigestMismatch {
+                what,
+                expected,
+                actual,
+            } => Error::DigestMismatch {
+                what,
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            Error::SizeMismatch { expected, actual } => Error::SizeMismatch {
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::UnsafePath { path, reason } => Error::UnsafePath {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::Corrupt { reason, entry } => Error::Corrupt {
+                reason: reason.clone(),
+                entry: entry.clone(),
+            },
+            Error::Limit { limit, max, actual } => Error::Limit {
+                limit,
+                max: *max,
+                actual: *actual,
+            },
+            Error::Io { op, path, source } => Error::Io {
+                op,
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::State(s) => Error::State(s.clone()),
+        }
+    }
+
     pub(crate) fn unsafe_path(path: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::UnsafePath {
             path: path.into(),

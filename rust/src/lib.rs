@@ -1,4 +1,7 @@
 //! fastdist's native core. Module registration only; the bindings live in py.rs.
 
+pub mod decompress;
+pub mod digest;
 pub mod error;
 pub mod limits;
+pub mod pipeline;

@@ -1,0 +1,303 @@
+//! Strict digest parsing and streaming sha256 that checks size and digest at EOF.
+//!
+//! A digest is `sha256:` followed by 64 lowercase hex digits (image-spec `descriptor.md#digests`).
+//! Other well-formed algorithms (`sha512:…`) are refused as unsupported, anything else is
+//! invalid. Hashing uses the `sha2` crate, which on x86_64 detects SHA-NI at run time
+//! (cpufeatures) and uses the intrinsics; its `asm` feature only swaps the non-SHA-NI fallback.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use sha2::Digest as _;
+
+use crate::error::{Error, Result};
+
+const SHA256_PREFIX: &str = "sha256:";
+
+/// Read buffer of `sha256_file`: large enough that syscalls vanish next to hashing.
+const FILE_BUF: usize = 1 << 20;
+
+/// Validate `digest` (`sha256:` + 64 lowercase hex) and return its hex part.
+pub fn parse_digest(digest: &str) -> Result<&str> {
+    if let Some(hex) = digest.strip_prefix(SHA256_PREFIX) {
+        if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Ok(hex);
+        }
+        return Err(invalid(digest));
+    }
+    if is_well_formed(digest) {
+        return Err(unsupported(digest));
+    }
+    Err(invalid(digest))
+}
+
+#[cold]
+fn invalid(digest: &str) -> Error {
+    Error::InvalidDigest(digest.to_owned())
+}
+
+#[cold]
+fn unsupported(digest: &str) -> Error {
+    Error::UnsupportedAlgorithm(digest.to_owned())
+}
+
+/// The image-spec digest grammar: `algorithm ":" encoded`, algorithm components `[a-z0-9]+`
+/// joined by `[+._-]`, encoded `[a-zA-Z0-9=_-]+`.
+fn is_well_formed(digest: &str) -> bool {
+    let Some((algorithm, encoded)) = digest.split_once(':') else {
+        return false;
+    };
+    let components_ok = algorithm.split(['+', '.', '_', '-']).all(|c| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    });
+    let encoded_ok = !encoded.is_empty()
+        && encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
+    components_ok && encoded_ok
+}
+
+/// Streaming sha256 with a byte count.
+#[derive(Clone, Default)]
+pub struct Sha256 {
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl Sha256 {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[inline]
+    pub fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+    }
+
+    /// Bytes hashed so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// `sha256:<hex>` of everything so far (does not reset).
+    pub fn digest(&self) -> String {
+        format_sha256(&self.hasher.clone().finalize())
+    }
+}
+
+/// `sha256:` + lowercase hex of a raw 32-byte hash.
+pub(crate) fn format_sha256(raw: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(SHA256_PREFIX.len() + 2 * raw.len());
+    s.push_str(SHA256_PREFIX);
+    for b in raw {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// Check a computed (digest, size) against expectations: size first (a truncated download is
+/// better reported as short than as a different hash), then the digest.
+pub fn verify(
+    what: &'static str,
+    actual_digest: &str,
+    actual_size: u64,
+    expected_digest: Option<&str>,
+    expected_size: Option<u64>,
+) -> Result<()> {
+    if let Some(expected) = expected_size {
+        if expected != actual_size {
+            return Err(size_mismatch(expected, actual_size));
+        }
+    }
+    if let Some(expected) = expected_digest {
+        if expected != actual_digest {
+            return Err(digest_mismatch(what, expected, actual_digest));
+        }
+    }
+    Ok(())
+}
+
+#[cold]
+pub(crate) fn size_mismatch(expected: u64, actual: u64) -> Error {
+    Error::SizeMismatch { expected, actual }
+}
+
+#[cold]
+fn digest_mismatch(what: &'static str, expected: &str, actual: &str) -> Error {
+    Error::DigestMismatch {
+        what,
+        expected: expected.to_owned(),
+        actual: actual.to_owned(),
+    }
+}
+
+/// A reader that hashes and counts everything read through it.
+pub struct HashingReader<R> {
+    inner: R,
+    sha: Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            sha: Sha256::new(),
+        }
+    }
+
+    pub fn hasher(&self) -> &Sha256 {
+        &self.sha
+    }
+
+    /// Read the rest of the stream, then check size and digest; returns (digest, size).
+    pub fn finish_verify(
+        mut self,
+        what: &'static str,
+        expected_digest: Option<&str>,
+        expected_size: Option<u64>,
+    ) -> io::Result<Result<(String, u64)>> {
+        io::copy(&mut self, &mut io::sink())?;
+        let digest = self.sha.digest();
+        let size = self.sha.size();
+        Ok(verify(what, &digest, size, expected_digest, expected_size).map(|()| (digest, size)))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A writer that hashes and counts everything written through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    sha: Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            sha: Sha256::new(),
+        }
+    }
+
+    /// Check size and digest of everything written; returns (inner writer, digest, size).
+    pub fn finish_verify(
+        self,
+        what: &'static str,
+        expected_digest: Option<&str>,
+        expected_size: Option<u64>,
+    ) -> Result<(W, String, u64)> {
+        let digest = self.sha.digest();
+        let size = self.sha.size();
+        verify(what, &digest, size, expected_digest, expected_size)?;
+        Ok((self.inner, digest, size))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Hash a whole file; returns (`sha256:<hex>`, size).
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let shown = || path.display().to_string();
+    let mut file = File::open(path).map_err(|e| Error::io("open", shown(), e))?;
+    let mut buf = vec![0u8; FILE_BUF];
+    let mut sha = Sha256::new();
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => sha.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", shown(), e)),
+        }
+    }
+    Ok((sha.digest(), sha.size()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn parse_accepts_lowercase_sha256_only() {
+        assert_eq!(parse_digest(EMPTY).ok(), Some(&EMPTY[7..]));
+        let upper = EMPTY.to_uppercase().replace("SHA256", "sha256");
+        assert!(matches!(parse_digest(&upper), Err(Error::InvalidDigest(_))));
+        assert!(matches!(
+            parse_digest("sha256:abc"),
+            Err(Error::InvalidDigest(_))
+        ));
+        assert!(matches!(parse_digest(""), Err(Error::InvalidDigest(_))));
+        assert!(matches!(
+            parse_digest("sha512:abcd"),
+            Err(Error::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            parse_digest("multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8"),
+            Err(Error::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            parse_digest("SHA512:abcd"),
+            Err(Error::InvalidDigest(_))
+        ));
+        assert!(matches!(
+            parse_digest("sha512:"),
+            Err(Error::InvalidDigest(_))
+        ));
+    }
+
+    #[test]
+    fn hashing_reader_checks_size_before_digest() {
+        let r = HashingReader::new(&b"abc"[..]);
+        let res = r.finish_verify("digest", Some(EMPTY), Some(4)).unwrap();
+        assert!(matches!(
+            res,
+            Err(Error::SizeMismatch {
+                expected: 4,
+                actual: 3
+            })
+        ));
+        let r = HashingReader::new(&b""[..]);
+        let (d, n) = r
+            .finish_verify("digest", Some(EMPTY), Some(0))
+            .unwrap()
+            .unwrap();
+        assert_eq!((d.as_str(), n), (EMPTY, 0));
+    }
+
+    #[test]
+    fn hashing_writer_reports_digest_mismatch() {
+        let mut w = HashingWriter::new(Vec::new());
+        w.write_all(b"x").unwrap();
+        let err = w.finish_verify("diff_id", Some(EMPTY), None).err();
+        assert!(matches!(
+            err,
+            Some(Error::DigestMismatch {
+                what: "diff_id",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,721 @@
+//! The single streaming pass of one layer: compressed chunks → tee + sha256 (digest) →
+//! decompress → sha256 (diff_id) → tar sink (the applier), with bounded memory (design.md §6).
+//!
+//! Threads: the caller hands chunks to a *worker* over a bounded channel; the worker tees,
+//! hashes and decompresses, and passes decompressed buffers over a second bounded channel to
+//! an *apply* thread, which hashes the tar and feeds the sink. Inflate and apply each get a
+//! core; buffers are recycled both ways so the steady state does not allocate. No Python here.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+
+use crate::decompress::Decoder;
+use crate::digest::{self, Sha256};
+use crate::error::{Error, Result};
+use crate::limits::Limits;
+
+/// Largest chunk the writer queues; bigger writes are split so the queue stays bounded.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Chunks queued between the writer and the worker (≤ 4 MiB).
+const WRITE_QUEUE: usize = 4;
+/// Decompressed buffer size and count queued between the worker and the apply thread.
+const TAR_CHUNK: usize = 256 << 10;
+const TAR_QUEUE: usize = 8;
+/// Read size of a blob or resumed tee prefix on disk.
+const FILE_CHUNK: usize = 1 << 20;
+
+/// What to expect of one layer and how to bound it.
+#[derive(Debug, Clone)]
+pub struct LayerSpec {
+    pub media_type: String,
+    pub expected_digest: Option<String>,
+    pub expected_size: Option<u64>,
+    pub expected_diff_id: Option<String>,
+    pub limits: Limits,
+}
+
+impl LayerSpec {
+    /// Validate the expected digests and the media type up front (before any byte flows).
+    pub fn check(&self) -> Result<()> {
+        crate::decompress::codec_for(&self.media_type)?;
+        for d in [&self.expected_digest, &self.expected_diff_id]
+            .into_iter()
+            .flatten()
+        {
+            digest::parse_digest(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// The verified outcome of one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerOutcome {
+    pub digest: String,
+    pub diff_id: String,
+    pub compressed_size: u64,
+    pub uncompressed_size: u64,
+    pub entries: u64,
+}
+
+/// Consumes the tar stream (normally `apply::apply_tar`); returns the number of entries.
+pub trait TarSink: FnOnce(&mut TarStream) -> Result<u64> + Send + 'static {}
+impl<F: FnOnce(&mut TarStream) -> Result<u64> + Send + 'static> TarSink for F {}
+
+/// State shared by the writer, the worker and the compressed source.
+#[derive(Default)]
+struct Shared {
+    aborted: AtomicBool,
+    failed: AtomicBool,
+    /// A failure of the source itself (tee write, read of the blob): it outranks the
+    /// decoder's view of it, which only sees an I/O error.
+    source_error: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    #[cold]
+    fn set_source_error(&self, e: Error) -> io::Error {
+        let err = io::Error::other(e.to_string());
+        if let Ok(mut slot) = self.source_error.lock() {
+            slot.get_or_insert(e);
+        }
+        err
+    }
+
+    fn take_source_error(&self) -> Option<Error> {
+        self.source_error.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+/// The compressed byte source of the worker: an optional file prefix (a blob on disk or a
+/// resumed tee file, never re-written), then chunks from the writer, each teed and hashed.
+struct Source {
+    file: Option<(io::Take<File>, String)>,
+    rx: Option<Receiver<Vec<u8>>>,
+    recycle: Option<SyncSender<Vec<u8>>>,
+    tee: Option<(File, String)>,
+    buf: Vec<u8>,
+    len: usize,
+    pos: usize,
+    sha: Sha256,
+    shared: Arc<Shared>,
+}
+
+impl Source {
+    fn load(&mut self) -> io::Result<()> {
+        if self.shared.aborted.load(Ordering::Relaxed) {
+            return Err(self
+                .shared
+                .set_source_error(Error::State("layer writer aborted".into())));
+        }
+        if let Some((file, path)) = &mut self.file {
+            if self.buf.len() < FILE_CHUNK {
+                self.buf.resize(FILE_CHUNK, 0);
+            }
+            let n = loop {
+                match file.read(&mut self.buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let e = Error::io("read", path.clone(), e);
+                        return Err(self.shared.set_source_error(e));
+                    }
+                    Ok(n) => break n,
+                }
+            };
+            if n > 0 {
+                self.sha.update(&self.buf[..n]);
+                (self.len, self.pos) = (n, 0);
+                return Ok(());
+            }
+            self.file = None;
+        }
+        let Some(rx) = &self.rx else {
+            (self.len, self.pos) = (0, 0);
+            return Ok(());
+        };
+        match rx.recv() {
+            Ok(chunk) => {
+                if let Some((tee, path)) = &mut self.tee {
+                    if let Err(e) = tee.write_all(&chunk) {
+                        let e = Error::io("write", path.clone(), e);
+                        return Err(self.shared.set_source_error(e));
+                    }
+                }
+                self.sha.update(&chunk);
+                let old = std::mem::replace(&mut self.buf, chunk);
+                if let Some(r) = &self.recycle {
+                    let _ = r.try_send(old);
+                }
+                (self.len, self.pos) = (self.buf.len(), 0);
+            }
+            // The writer closed the channel: end of the blob, unless it aborted.
+            Err(_) => {
+                if self.shared.aborted.load(Ordering::Relaxed) {
+                    let e = Error::State("layer writer aborted".into());
+                    return Err(self.shared.set_source_error(e));
+                }
+                self.rx = None;
+                (self.len, self.pos) = (0, 0);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for Source {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Source {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        // Loop: a writer may send an empty chunk; only a real end returns empty.
+        while self.pos >= self.len && (self.file.is_some() || self.rx.is_some()) {
+            self.load()?;
+        }
+        Ok(&self.buf[self.pos..self.len])
+    }
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.len);
+    }
+}
+
+/// Decompressed tar bytes as the apply thread sees them; hashes them (diff_id) on arrival.
+pub struct TarStream {
+    rx: Receiver<Msg>,
+    recycle: SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+    len: usize,
+    pos: usize,
+    ended: bool,
+    sha: Sha256,
+}
+
+enum Msg {
+    Data(Vec<u8>, usize),
+    End,
+}
+
+impl TarStream {
+    fn next(&mut self) -> io::Result<()> {
+        match self.rx.recv() {
+            Ok(Msg::Data(buf, len)) => {
+                self.sha.update(&buf[..len]);
+                let old = std::mem::replace(&mut self.buf, buf);
+                if !old.is_empty() {
+                    let _ = self.recycle.try_send(old);
+                }
+                (self.len, self.pos) = (len, 0);
+                Ok(())
+            }
+            Ok(Msg::End) => {
+                self.ended = true;
+                Ok(())
+            }
+            // The worker failed; its error is the one reported.
+            Err(_) => Err(io::Error::other("layer decompression stopped")),
+        }
+    }
+
+    /// Read to the end (trailing tar padding counts towards the diff_id).
+    fn drain(&mut self) -> io::Result<()> {
+        while !self.ended {
+            self.next()?;
+        }
+        self.pos = self.len;
+        Ok(())
+    }
+}
+
+impl Read for TarStream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for TarStream {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos >= self.len && !self.ended {
+            self.next()?;
+        }
+        Ok(&self.buf[self.pos..self.len])
+    }
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.len);
+    }
+}
+
+/// Why the worker side stopped.
+enum Stop {
+    /// Its own failure (decode, limit, source I/O): the error to report.
+    Own(Error),
+    /// The apply thread went away: its error is the one to report.
+    Downstream,
+}
+
+/// Run the pass over `source` on this thread (decode) plus an apply thread (hash + sink).
+fn run(source: Source, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutcome> {
+    let shared = Arc::clone(&source.shared);
+    let (tx, rx) = mpsc::sync_channel::<Msg>(TAR_QUEUE);
+    let (recycle_tx, recycle_rx) = mpsc::sync_channel::<Vec<u8>>(TAR_QUEUE + 2);
+    let apply = thread::Builder::new()
+        .name("fastdist-apply".into())
+        .spawn(move || {
+            let mut reader = TarStream {
+                rx,
+                recycle: recycle_tx,
+                buf: Vec::new(),
+                len: 0,
+                pos: 0,
+                ended: false,
+                sha: Sha256::new(),
+            };
+            let entries = sink(&mut reader)?;
+            reader
+                .drain()
+                .map_err(|e| Error::corrupt(format!("reading layer: {e}"), None))?;
+            Ok::<_, Error>((entries, reader.sha.digest(), reader.sha.size()))
+        })
+        .map_err(|e| Error::io("spawn", "apply thread", e))?;
+
+    let decoded = decode(source, spec, &tx, &recycle_rx);
+    if decoded.is_err() {
+        shared.failed.store(true, Ordering::Relaxed);
+    }
+    drop(tx);
+    let applied = apply
+        .join()
+        .unwrap_or_else(|_| Err(Error::State("layer apply thread panicked".into())));
+
+    let (digest, compressed_size, entries, diff_id, uncompressed_size) = match (decoded, applied) {
+        (Ok((d, cs)), Ok((n, di, us))) => (d, cs, n, di, us),
+        (Err(Stop::Own(e)), _) | (Err(Stop::Downstream) | Ok(_), Err(e)) => return Err(e),
+        (Err(Stop::Downstream), Ok(_)) => {
+            return Err(Error::State("layer applier stopped before the end".into()))
+        }
+    };
+    digest::verify(
+        "digest",
+        &digest,
+        compressed_size,
+        spec.expected_digest.as_deref(),
+        spec.expected_size,
+    )?;
+    digest::verify(
+        "diff_id",
+        &diff_id,
+        uncompressed_size,
+        spec.expected_diff_id.as_deref(),
+        None,
+    )?;
+    Ok(LayerOutcome {
+        digest,
+        diff_id,
+        compressed_size,
+        uncompressed_size,
+        entries,
+    })
+}
+
+/// The worker half: decode `source` into buffers for the apply thread.
+fn decode(
+    source: Source,
+    spec: &LayerSpec,
+    tx: &SyncSender<Msg>,
+    recycled: &Receiver<Vec<u8>>,
+) -> std::result::Result<(String, u64), Stop> {
+    let shared = Arc::clone(&source.shared);
+    let own = |e: Error| Stop::Own(shared.take_source_error().unwrap_or(e));
+    let mut dec = Decoder::new(&spec.media_type, source, &spec.limits).map_err(own)?;
+    loop {
+        let mut buf = match recycled.try_recv() {
+            Ok(b) => b,
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => vec![0u8; TAR_CHUNK],
+        };
+        // Fill the buffer: decoders return small pieces, the apply side wants big ones.
+        let mut len = 0;
+        while len < buf.len() {
+            let n = dec.read(&mut buf[len..]).map_err(own)?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        if len == 0 {
+            break;
+        }
+        tx.send(Msg::Data(buf, len)).map_err(|_| Stop::Downstream)?;
+    }
+    let source = dec.finish().map_err(own)?;
+    tx.send(Msg::End).map_err(|_| Stop::Downstream)?;
+    Ok((source.sha.digest(), source.sha.size()))
+}
+
+/// Apply a blob already on disk, on this thread plus one apply thread.
+pub fn apply_blob(blob: &Path, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutcome> {
+    spec.check()?;
+    let shown = blob.display().to_string();
+    let file = File::open(blob).map_err(|e| Error::io("open", shown.clone(), e))?;
+    let source = Source {
+        file: Some((file.take(u64::MAX), shown)),
+        rx: None,
+        recycle: None,
+        tee: None,
+        buf: Vec::new(),
+        len: 0,
+        pos: 0,
+        sha: Sha256::new(),
+        shared: Arc::default(),
+    };
+    run(source, spec, sink)
+}
+
+/// The streaming form: `write` compressed chunks as they arrive, then `finish`.
+pub struct LayerWriter {
+    tx: Option<SyncSender<Vec<u8>>>,
+    recycled: Receiver<Vec<u8>>,
+    worker: Option<JoinHandle<Result<LayerOutcome>>>,
+    shared: Arc<Shared>,
+    offset: u64,
+    expected_size: Option<u64>,
+    failed: Option<Error>,
+    done: bool,
+}
+
+impl LayerWriter {
+    /// Start the worker. If `tee_path` already holds bytes, they are fed through first (read,
+    /// not re-written) and `offset()` starts at their length.
+    pub fn new(spec: LayerSpec, tee_path: Option<&Path>, sink: impl TarSink) -> Result<Self> {
+        spec.check()?;
+        let shared = Arc::<Shared>::default();
+        let mut prefix = None;
+        let mut tee = None;
+        let mut offset = 0;
+        if let Some(path) = tee_path {
+            let shown = path.display().to_string();
+            let file = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map_err(|e| Error::io("open", shown.clone(), e))?;
+            offset = file
+                .metadata()
+                .map_err(|e| Error::io("stat", shown.clone(), e))?
+                .len();
+            if offset > 0 {
+                let reader = File::open(path).map_err(|e| Error::io("open", shown.clone(), e))?;
+                prefix = Some((reader.take(offset), shown.clone()));
+            }
+            tee = Some((file, shown));
+        }
+        if let Some(expected) = spec.expected_size {
+            if offset > expected {
+                return Err(digest::size_mismatch(expected, offset));
+            }
+        }
+        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
+        let (recycle_tx, recycled) = mpsc::sync_channel(WRITE_QUEUE + 2);
+        let source = Source {
+            file: prefix,
+            rx: Some(rx),
+            recycle: Some(recycle_tx),
+            tee,
+            buf: Vec::new(),
+            len: 0,
+            pos: 0,
+            sha: Sha256::new(),
+            shared: Arc::clone(&shared),
+        };
+        let expected_size = spec.expected_size;
+        let worker = thread::Builder::new()
+            .name("fastdist-layer".into())
+            .spawn(move || {
+                let shared = Arc::clone(&source.shared);
+                let res = run(source, &spec, sink);
+                if res.is_err() {
+                    shared.failed.store(true, Ordering::Relaxed);
+                }
+                res
+            })
+            .map_err(|e| Error::io("spawn", "layer worker", e))?;
+        Ok(Self {
+            tx: Some(tx),
+            recycled,
+            worker: Some(worker),
+            shared,
+            offset,
+            expected_size,
+            failed: None,
+            done: false,
+        })
+    }
+
+    /// Compressed bytes accepted so far (including a resumed tee prefix).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Copy `data` into owned chunks ready for `send` (reusing returned buffers).
+    pub fn copy_chunks(&self, data: &[u8]) -> Vec<Vec<u8>> {
+        data.chunks(WRITE_CHUNK)
+            .map(|piece| {
+                let mut buf = self.recycled.try_recv().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(piece);
+                buf
+            })
+            .collect()
+    }
+
+    /// Queue chunks for the worker; blocks while the queue is full. Fails as soon as the
+    /// pipeline has failed, with the pipeline's error.
+    pub fn send(&mut self, chunks: Vec<Vec<u8>>) -> Result<()> {
+        self.check_usable()?;
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        if let Some(expected) = self.expected_size {
+            if self.offset + len > expected {
+                let err = digest::size_mismatch(expected, self.offset + len);
+                self.stop_worker();
+                return Err(self.fail(err));
+            }
+        }
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(self.collect_failure());
+        }
+        let Some(tx) = &self.tx else {
+            return Err(Error::State("layer writer is closed".into()));
+        };
+        for chunk in chunks {
+            if tx.send(chunk).is_err() {
+                return Err(self.collect_failure());
+            }
+        }
+        self.offset += len;
+        Ok(())
+    }
+
+    /// `copy_chunks` + `send`.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let chunks = self.copy_chunks(data);
+        self.send(chunks)
+    }
+
+    /// Close the stream, wait for the worker, verify and return the outcome.
+    pub fn finish(&mut self) -> Result<LayerOutcome> {
+        if let Some(e) = self.failed.take() {
+            self.done = true;
+            return Err(e);
+        }
+        self.check_usable()?;
+        self.done = true;
+        self.tx = None;
+        self.join()
+    }
+
+    /// Stop the worker and release files; idempotent.
+    pub fn abort(&mut self) {
+        if !self.done {
+            self.stop_worker();
+            self.done = true;
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(e.duplicate());
+        }
+        if self.done {
+            return Err(Error::State(
+                "layer writer already finished or aborted".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn join(&mut self) -> Result<LayerOutcome> {
+        match self.worker.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(Error::State("layer worker panicked".into()))),
+            None => Err(Error::State("layer worker already joined".into())),
+        }
+    }
+
+    #[cold]
+    fn stop_worker(&mut self) {
+        self.shared.aborted.store(true, Ordering::Relaxed);
+        self.tx = None;
+        let _ = self.join();
+    }
+
+    #[cold]
+    fn collect_failure(&mut self) -> Error {
+        self.tx = None;
+        let err = match self.join() {
+            Err(e) => e,
+            Ok(_) => Error::State("layer worker ended early".into()),
+        };
+        self.fail(err)
+    }
+
+    #[cold]
+    fn fail(&mut self, err: Error) -> Error {
+        let copy = err.duplicate();
+        self.failed = Some(err);
+        copy
+    }
+}
+
+impl Drop for LayerWriter {
+    fn drop(&mut self) {
+        if self.worker.is_some() {
+            self.stop_worker();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TGZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+    fn spec() -> LayerSpec {
+        LayerSpec {
+            media_type: TGZ.into(),
+            expected_digest: None,
+            expected_size: None,
+            expected_diff_id: None,
+            limits: Limits::default(),
+        }
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn sha(data: &[u8]) -> String {
+        let mut s = Sha256::new();
+        s.update(data);
+        s.digest()
+    }
+
+    fn drain_sink(r: &mut TarStream) -> Result<u64> {
+        io::copy(r, &mut io::sink()).map_err(|e| Error::io("read", "tar", e))?;
+        Ok(1)
+    }
+
+    fn payload() -> Vec<u8> {
+        (0..3_000_000u32).map(|i| (i * 7 / 13) as u8).collect()
+    }
+
+    #[test]
+    fn writer_hashes_both_sides() {
+        let tar = payload();
+        let blob = gz(&tar);
+        let mut w = LayerWriter::new(spec(), None, drain_sink).unwrap();
+        for c in blob.chunks(77_777) {
+            w.write(c).unwrap();
+        }
+        let out = w.finish().unwrap();
+        assert_eq!(out.digest, sha(&blob));
+        assert_eq!(out.diff_id, sha(&tar));
+        assert_eq!(out.compressed_size, blob.len() as u64);
+        assert_eq!(out.uncompressed_size, tar.len() as u64);
+        assert!(w.finish().is_err());
+    }
+
+    #[test]
+    fn resume_feeds_tee_prefix_and_appends_rest() {
+        let tar = payload();
+        let blob = gz(&tar);
+        let dir = tempfile::tempdir().unwrap();
+        let tee = dir.path().join("ingest");
+        std::fs::write(&tee, &blob[..blob.len() / 3]).unwrap();
+        let mut s = spec();
+        s.expected_digest = Some(sha(&blob));
+        s.expected_size = Some(blob.len() as u64);
+        let mut w = LayerWriter::new(s, Some(&tee), drain_sink).unwrap();
+        let off = w.offset() as usize;
+        assert_eq!(off, blob.len() / 3);
+        w.write(&blob[off..]).unwrap();
+        let out = w.finish().unwrap();
+        assert_eq!(out.diff_id, sha(&tar));
+        assert_eq!(std::fs::read(&tee).unwrap(), blob);
+    }
+
+    #[test]
+    fn corrupt_stream_fails_write_promptly_and_finish() {
+        let mut blob = gz(&payload());
+        let mid = blob.len() / 2;
+        blob[mid..mid + 64].fill(0xff);
+        let mut w = LayerWriter::new(spec(), None, drain_sink).unwrap();
+        let mut write_err = None;
+        for c in blob.chunks(4096) {
+            if let Err(e) = w.write(c) {
+                write_err = Some(e);
+                break;
+            }
+        }
+        let fin = w.finish();
+        if let Some(e) = write_err {
+            assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        }
+        assert!(matches!(fin, Err(Error::Corrupt { .. })), "{fin:?}");
+    }
+
+    #[test]
+    fn oversize_write_is_a_size_mismatch() {
+        let mut s = spec();
+        s.expected_size = Some(10);
+        let mut w = LayerWriter::new(s, None, drain_sink).unwrap();
+        let err = w.write(&[0u8; 11]).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::SizeMismatch {
+                expected: 10,
+                actual: 11
+            }
+        ));
+        assert!(matches!(w.finish(), Err(Error::SizeMismatch { .. })));
+    }
+
+    #[test]
+    fn abort_is_idempotent_and_finish_after_abort_fails() {
+        let mut w = LayerWriter::new(spec(), None, drain_sink).unwrap();
+        w.write(&gz(b"abc")[..5]).unwrap();
+        w.abort();
+        w.abort();
+        assert!(matches!(w.finish(), Err(Error::State(_))));
+    }
+
+    #[test]
+    fn sink_error_is_reported() {
+        let blob = gz(&payload());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, &blob).unwrap();
+        let res = apply_blob(&path, &spec(), |_r: &mut TarStream| {
+            Err(Error::unsafe_path("../x", "escapes the root"))
+        });
+        assert!(matches!(res, Err(Error::UnsafePath { .. })), "{res:?}");
+        let ok = apply_blob(&path, &spec(), drain_sink).unwrap();
+        assert_eq!(ok.digest, sha(&blob));
+    }
+}
