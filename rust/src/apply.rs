@@ -1,0 +1,863 @@
+//! Apply one uncompressed layer tar stream to a directory: OCI whiteouts become overlay
+//! whiteouts (`Mode::Layer`) or deletions (`Mode::Flatten`) (image-spec `layer.md`).
+//!
+//! Every filesystem operation goes through a parent-directory fd resolved inside the root by
+//! `safepath`; the final component is never followed: entries are created with
+//! `O_EXCL|O_NOFOLLOW` (or `mkdirat`/`symlinkat`/`mknodat`/`linkat(…, 0)`) after unlinking what
+//! was there, and metadata is set through the new fd or with `AT_SYMLINK_NOFOLLOW`.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode as FsMode, OFlags, Timespec, Timestamps, Uid};
+use rustix::fs::{XattrFlags, CWD};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::limits::Limits;
+use crate::safepath::{normalize, split_parent, Root};
+use crate::tar::{EntryMeta, Kind, TarReader};
+
+/// How whiteouts are materialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `dest` is an empty directory holding this layer alone (an overlayfs lowerdir):
+    /// `.wh.NAME` becomes a 0/0 char device, `.wh..wh..opq` sets `trusted.overlay.opaque=y`.
+    Layer,
+    /// `dest` is the full tree of the layers below: whiteouts delete inside it.
+    Flatten,
+}
+
+/// Options of one `apply_tar` call.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    pub mode: Mode,
+    pub limits: Limits,
+    /// chown entries to their numeric uid/gid and create device nodes (needs root).
+    pub preserve_owner: bool,
+}
+
+/// What one `apply_tar` call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Tar entries (metadata records not counted).
+    pub entries: u64,
+    /// Tar bytes consumed, including padding and the trailer.
+    pub bytes: u64,
+}
+
+const WH_PREFIX: &[u8] = b".wh.";
+const WH_OPAQUE: &[u8] = b".wh..wh..opq";
+const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
+/// Parent directory fds kept open between entries.
+const DIR_CACHE: usize = 8;
+/// Largest device numbers Linux can encode (12-bit major, 20-bit minor).
+const MAX_MAJOR: u64 = (1 << 12) - 1;
+const MAX_MINOR: u64 = (1 << 20) - 1;
+
+/// Apply the uncompressed tar stream `tar` under the existing directory `dest`.
+///
+/// The stream is read to its very end (the caller hashes it for the diff_id). On error `dest`
+/// is left partially written and must be discarded by the caller; nothing outside it is touched.
+pub fn apply_tar<R: Read>(tar: R, dest: &Path, opts: &ApplyOptions) -> Result<ApplyStats> {
+    let root = Root::open(dest)?;
+    let mut reader = TarReader::new(tar, opts.limits);
+    let mut applier = Applier {
+        root,
+        opts,
+        cache: Vec::with_capacity(DIR_CACHE),
+        cache_dirty: false,
+        deferred: Vec::new(),
+        layer_paths: HashSet::new(),
+        path: Vec::new(),
+        link: Vec::new(),
+    };
+    let mut meta = EntryMeta::default();
+    while reader.next_entry(&mut meta)? {
+        applier.entry(&mut reader, &meta)?;
+    }
+    applier.finish()?;
+    Ok(ApplyStats {
+        entries: reader.entries(),
+        bytes: reader.consumed(),
+    })
+}
+
+/// Directory metadata applied once all entries are written (children change a dir's mtime, and
+/// a read-only mode must not stop later entries).
+struct DeferredDir {
+    path: Vec<u8>,
+    mode: u32,
+    mtime: (i64, u32),
+}
+
+struct Applier<'a> {
+    root: Root,
+    opts: &'a ApplyOptions,
+    /// Small MRU cache of (normalised path, dir fd); most recent last.
+    cache: Vec<(Vec<u8>, OwnedFd)>,
+    /// Something was removed: cached fds may now be stale.
+    cache_dirty: bool,
+    deferred: Vec<DeferredDir>,
+    /// Flatten mode: paths this layer created or wrote beneath (with all their ancestors), so
+    /// that an opaque marker or whiteout only removes what came from lower layers.
+    layer_paths: HashSet<Vec<u8>>,
+    /// Scratch: the current entry's normalised path and link target.
+    path: Vec<u8>,
+    link: Vec<u8>,
+}
+
+fn io_err(op: &'static str, meta: &EntryMeta, e: impl Into<io::Error>) -> Error {
+    Error::io(op, meta.display(), e.into())
+}
+
+fn ts(sec: i64, nsec: u32) -> Timestamps {
+    let t = Timespec {
+        tv_sec: sec,
+        tv_nsec: i64::from(nsec),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+fn uid_gid(meta: &EntryMeta) -> Result<(Uid, Gid)> {
+    // -1 means "unchanged" to chown: refuse it (and anything else out of range).
+    let bad = || Error::corrupt("uid/gid out of range", Some(&meta.display()));
+    let uid = u32::try_from(meta.uid)
+        .ok()
+        .filter(|&u| u != u32::MAX)
+        .ok_or_else(bad)?;
+    let gid = u32::try_from(meta.gid)
+        .ok()
+        .filter(|&g| g != u32::MAX)
+        .ok_or_else(bad)?;
+    Ok((Uid::from_raw(uid), Gid::from_raw(gid)))
+}
+
+/// Where xattrs go: an fd we hold open, or (symlinks, devices) a name in a directory fd.
+enum XattrTarget<'a> {
+    Fd(BorrowedFd<'a>),
+    At(BorrowedFd<'a>, &'a [u8]),
+}
+
+impl<'a> Applier<'a> {
+    fn entry<R: Read>(&mut self, reader: &mut TarReader<R>, meta: &EntryMeta) -> Result<()> {
+        if self.cache_dirty {
+            self.cache.clear();
+            self.cache_dirty = false;
+        }
+        let mut path = std::mem::take(&mut self.path);
+        let res = self.entry_at(reader, meta, &mut path);
+        self.path = path;
+        res
+    }
+
+    fn entry_at<R: Read>(
+        &mut self,
+        reader: &mut TarReader<R>,
+        meta: &EntryMeta,
+        path: &mut Vec<u8>,
+    ) -> Result<()> {
+        let norm = normalize(&meta.path, path);
+        if norm.depth as u64 > self.opts.limits.max_path_depth {
+            return Err(Error::Limit {
+                limit: "max_path_depth",
+                max: self.opts.limits.max_path_depth,
+                actual: norm.depth as u64,
+            });
+        }
+        let kind = meta.kind();
+        if path.is_empty() {
+            // The root itself ("./"): only a directory entry makes sense; it updates metadata.
+            if kind != Kind::Dir {
+                return Err(Error::unsafe_path(meta.display(), "entry names the root"));
+            }
+            let fd = self
+                .take_dir(b"", false)
+                .map_err(|e| io_err("open root", meta, e))?;
+            let r = self.dir_metadata(fd.1.as_fd(), meta, b"");
+            self.put_dir(fd);
+            return r;
+        }
+        let (parent, name) = split_parent(path);
+        if parent
+            .split(|&b| b == b'/')
+            .any(|c| c.starts_with(WH_PREFIX))
+        {
+            return Err(Error::unsafe_path(
+                meta.display(),
+                "a whiteout name used as a directory",
+            ));
+        }
+        if name.starts_with(WH_PREFIX) {
+            if norm.escaped {
+                return Err(Error::unsafe_path(
+                    meta.display(),
+                    "whiteout path climbs above the root with '..'",
+                ));
+            }
+            return self.whiteout(meta, parent, name);
+        }
+
+        let pfd = self
+            .take_dir(parent, true)
+            .map_err(|e| io_err("open parent directory", meta, e))?;
+        let res = match kind {
+            Kind::Regular => self.regular(reader, meta, pfd.1.as_fd(), name),
+            Kind::Dir => self.directory(meta, pfd.1.as_fd(), path, name),
+            Kind::Symlink => self.symlink(meta, pfd.1.as_fd(), name),
+            Kind::HardLink => self.hardlink(meta, pfd.1.as_fd(), path, name),
+            Kind::Char | Kind::Block | Kind::Fifo => self.special(meta, pfd.1.as_fd(), name),
+        };
+        self.put_dir(pfd);
+        res?;
+        if self.opts.mode == Mode::Flatten && !self.layer_paths.contains(path.as_slice()) {
+            self.layer_paths.insert(path.clone());
+        }
+        Ok(())
+    }
+
+    // ---- directory fd cache ------------------------------------------------------------
+
+    fn take_dir(&mut self, rel: &[u8], create: bool) -> io::Result<(Vec<u8>, OwnedFd)> {
+        if let Some(i) = self.cache.iter().position(|(p, _)| p == rel) {
+            return Ok(self.cache.remove(i));
+        }
+        self.take_dir_owned(rel.to_vec(), create)
+    }
+
+    fn take_dir_owned(&mut self, rel: Vec<u8>, create: bool) -> io::Result<(Vec<u8>, OwnedFd)> {
+        let fd = self.root.open_dir(&rel, create)?;
+        if self.opts.mode == Mode::Flatten && create {
+            // Everything on the way is now "touched" by this layer.
+            let mut end = rel.len();
+            while end > 0 {
+                if !self.layer_paths.insert(rel[..end].to_vec()) {
+                    break;
+                }
+                end = rel[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
+            }
+        }
+        Ok((rel, fd))
+    }
+
+    fn put_dir(&mut self, entry: (Vec<u8>, OwnedFd)) {
+        if self.cache_dirty {
+            return;
+        }
+        if self.cache.len() >= DIR_CACHE {
+            self.cache.remove(0);
+        }
+        self.cache.push(entry);
+    }
+
+    // ---- replacing what is there -------------------------------------------------------
+
+    /// Remove whatever is at `name` in `dir` (a whole tree for a directory) without
+    /// following a symlink.
+    fn remove(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+        self.cache_dirty = true;
+        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            remove_tree(dir, name)
+        } else {
+            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+
+    /// Run `create`; if the name exists, remove it and run `create` once more.
+    fn create_replacing<T>(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        mut create: impl FnMut() -> rustix::io::Result<T>,
+    ) -> io::Result<T> {
+        match create() {
+            Err(Errno::EXIST) => {
+                self.remove(dir, name)?;
+                create().map_err(Into::into)
+            }
+            r => r.map_err(Into::into),
+        }
+    }
+
+    // ---- entry kinds ------------------------------------------------------------------
+
+    fn regular<R: Read>(
+        &mut self,
+        reader: &mut TarReader<R>,
+        meta: &EntryMeta,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+    ) -> Result<()> {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = self
+            .create_replacing(dir, name, || {
+                rustix::fs::openat(dir, name, flags, FsMode::from_raw_mode(0o600))
+            })
+            .map_err(|e| io_err("create file", meta, e))?;
+        let mut file = File::from(fd);
+        if meta.size > 0 {
+            reader.copy_data(&mut file)?;
+        }
+        let fd = file.as_fd();
+        if self.opts.preserve_owner {
+            let (uid, gid) = uid_gid(meta)?;
+            rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io_err("chown", meta, e))?;
+        }
+        self.set_xattrs(XattrTarget::Fd(fd), meta, false)?;
+        rustix::fs::fchmod(fd, FsMode::from_raw_mode(meta.mode))
+            .map_err(|e| io_err("chmod", meta, e))?;
+        rustix::fs::futimens(fd, &ts(meta.mtime_sec, meta.mtime_nsec))
+            .map_err(|e| io_err("set times", meta, e))?;
+        Ok(())
+    }
+
+    fn directory(
+        &mut self,
+        meta: &EntryMeta,
+        dir: BorrowedFd<'_>,
+        path: &[u8],
+        name: &[u8],
+    ) -> Result<()> {
+        match rustix::fs::mkdirat(dir, name, FsMode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err("stat", meta, e))?;
+                // A directory over a directory keeps it (and its contents); anything else,
+                // including a symlink to a directory, is replaced.
+                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                    self.remove(dir, name)
+                        .map_err(|e| io_err("remove", meta, e))?;
+                    rustix::fs::mkdirat(dir, name, FsMode::from_raw_mode(0o700))
+                        .map_err(|e| io_err("create directory", meta, e))?;
+                }
+            }
+            Err(e) => return Err(io_err("create directory", meta, e)),
+        }
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            FsMode::empty(),
+        )
+        .map_err(|e| io_err("open directory", meta, e))?;
+        self.dir_metadata(fd.as_fd(), meta, path)?;
+        self.put_dir((path.to_vec(), fd));
+        Ok(())
+    }
+
+    /// Owner and xattrs now; mode and mtime once the layer is written.
+    fn dir_metadata(&mut self, fd: BorrowedFd<'_>, meta: &EntryMeta, path: &[u8]) -> Result<()> {
+        if self.opts.preserve_owner {
+            let (uid, gid) = uid_gid(meta)?;
+            rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io_err("chown", meta, e))?;
+        }
+        self.set_xattrs(XattrTarget::Fd(fd), meta, false)?;
+        self.deferred.push(DeferredDir {
+            path: path.to_vec(),
+            mode: meta.mode,
+            mtime: (meta.mtime_sec, meta.mtime_nsec),
+        });
+        Ok(())
+    }
+
+    fn symlink(&mut self, meta: &EntryMeta, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+        if meta.link.is_empty() {
+            return Err(Error::corrupt(
+                "symlink with an empty target",
+                Some(&meta.display()),
+            ));
+        }
+        let target: &[u8] = &meta.link;
+        self.create_replacing(dir, name, || rustix::fs::symlinkat(target, dir, name))
+            .map_err(|e| io_err("create symlink", meta, e))?;
+        self.name_metadata(meta, dir, name, false)
+    }
+
+    /// Owner, xattrs and times of a symlink or special file, by name with NOFOLLOW.
+    fn name_metadata(
+        &mut self,
+        meta: &EntryMeta,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        chmod: bool,
+    ) -> Result<()> {
+        if self.opts.preserve_owner {
+            let (uid, gid) = uid_gid(meta)?;
+            rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_err("chown", meta, e))?;
+        }
+        self.set_xattrs(XattrTarget::At(dir, name), meta, true)?;
+        if chmod {
+            chmod_nofollow(dir, name, meta.mode).map_err(|e| io_err("chmod", meta, e))?;
+        }
+        rustix::fs::utimensat(
+            dir,
+            name,
+            &ts(meta.mtime_sec, meta.mtime_nsec),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err("set times", meta, e))?;
+        Ok(())
+    }
+
+    fn hardlink(
+        &mut self,
+        meta: &EntryMeta,
+        dir: BorrowedFd<'_>,
+        path: &[u8],
+        name: &[u8],
+    ) -> Result<()> {
+        let mut link = std::mem::take(&mut self.link);
+        let r = self.hardlink_to(meta, dir, path, name, &mut link);
+        self.link = link;
+        r
+    }
+
+    fn hardlink_to(
+        &mut self,
+        meta: &EntryMeta,
+        dir: BorrowedFd<'_>,
+        path: &[u8],
+        name: &[u8],
+        link: &mut Vec<u8>,
+    ) -> Result<()> {
+        let norm = normalize(&meta.link, link);
+        if norm.escaped {
+            return Err(Error::unsafe_path(
+                meta.display(),
+                format!(
+                    "hardlink target {:?} climbs above the root",
+                    String::from_utf8_lossy(&meta.link)
+                ),
+            ));
+        }
+        if link.is_empty() {
+            return Err(Error::unsafe_path(meta.display(), "hardlink to the root"));
+        }
+        if link.as_slice() == path {
+            return Err(Error::corrupt("hardlink to itself", Some(&meta.display())));
+        }
+        let (tparent, tname) = split_parent(link);
+        let missing = || {
+            Error::corrupt(
+                format!(
+                    "hardlink target {:?} does not exist",
+                    String::from_utf8_lossy(&meta.link)
+                ),
+                Some(&meta.display()),
+            )
+        };
+        let tdir = match self.root.open_dir(tparent, false) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                return Err(missing())
+            }
+            Err(e) => return Err(io_err("open hardlink target directory", meta, e)),
+        };
+        let st = match rustix::fs::statat(&tdir, tname, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Err(missing()),
+            Err(e) => return Err(io_err("stat hardlink target", meta, e)),
+        };
+        let ft = FileType::from_raw_mode(st.st_mode);
+        if ft == FileType::Directory {
+            return Err(Error::unsafe_path(
+                meta.display(),
+                "hardlink to a directory",
+            ));
+        }
+        if self.opts.mode == Mode::Layer && ft == FileType::CharacterDevice && st.st_rdev == 0 {
+            return Err(Error::unsafe_path(meta.display(), "hardlink to a whiteout"));
+        }
+        // If the new name is the target itself (through a symlinked parent), unlinking it first
+        // would destroy the target: compare inodes.
+        if let Ok(cur) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            if cur.st_dev == st.st_dev && cur.st_ino == st.st_ino {
+                return Ok(());
+            }
+        }
+        let tdir = tdir.as_fd();
+        self.create_replacing(dir, name, || {
+            rustix::fs::linkat(tdir, tname, dir, name, AtFlags::empty())
+        })
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => missing(),
+            _ => io_err("create hardlink", meta, e),
+        })
+    }
+
+    fn special(&mut self, meta: &EntryMeta, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+        let kind = meta.kind();
+        let (ft, dev) = match kind {
+            Kind::Fifo => (FileType::Fifo, 0),
+            _ => {
+                if meta.dev_major > MAX_MAJOR || meta.dev_minor > MAX_MINOR {
+                    return Err(Error::corrupt(
+                        format!(
+                            "device number {}:{} out of range",
+                            meta.dev_major, meta.dev_minor
+                        ),
+                        Some(&meta.display()),
+                    ));
+                }
+                if !self.opts.preserve_owner {
+                    // Unprivileged: device nodes cannot be made; skip them like rootless tar.
+                    return Ok(());
+                }
+                let ft = if kind == Kind::Char {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
+                (
+                    ft,
+                    rustix::fs::makedev(meta.dev_major as u32, meta.dev_minor as u32),
+                )
+            }
+        };
+        self.create_replacing(dir, name, || {
+            rustix::fs::mknodat(dir, name, ft, FsMode::from_raw_mode(0o600), dev)
+        })
+        .map_err(|e| io_err("create device node", meta, e))?;
+        self.name_metadata(meta, dir, name, true)
+    }
+
+    fn set_xattrs(
+        &self,
+        target: XattrTarget<'_>,
+        meta: &EntryMeta,
+        non_regular: bool,
+    ) -> Result<()> {
+        if meta.xattrs.is_empty() {
+            return Ok(());
+        }
+        let proc_path;
+        let target = match target {
+            XattrTarget::Fd(fd) => Ok(fd),
+            XattrTarget::At(dir, name) => {
+                // lsetxattr on /proc/self/fd/DIR/NAME: the directory is ours, NAME not followed.
+                let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+                p.extend_from_slice(name);
+                proc_path = p;
+                Err(proc_path.as_slice())
+            }
+        };
+        for (key, value) in &meta.xattrs {
+            // Overlay metadata in a layer would be honoured by overlayfs: never apply it.
+            if key.starts_with(b"trusted.overlay.") || key.starts_with(b"user.overlay.") {
+                continue;
+            }
+            let r = match target {
+                Ok(fd) => rustix::fs::fsetxattr(fd, key.as_slice(), value, XattrFlags::empty()),
+                Err(p) => rustix::fs::lsetxattr(p, key.as_slice(), value, XattrFlags::empty()),
+            };
+            match r {
+                Ok(()) => {}
+                // The filesystem has no xattrs of this kind: skip, as containerd does.
+                Err(Errno::NOTSUP) => {}
+                // user.* is not allowed on symlinks and device nodes.
+                Err(Errno::PERM) if non_regular && key.starts_with(b"user.") => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        "set xattr",
+                        format!("{} ({})", meta.display(), String::from_utf8_lossy(key)),
+                        e.into(),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- whiteouts --------------------------------------------------------------------
+
+    fn whiteout(&mut self, meta: &EntryMeta, parent: &[u8], name: &[u8]) -> Result<()> {
+        if name == WH_OPAQUE {
+            return self.opaque(meta, parent);
+        }
+        let target = &name[WH_PREFIX.len()..];
+        if target.is_empty() || target == b"." || target == b".." || target.starts_with(WH_PREFIX) {
+            return Err(Error::unsafe_path(meta.display(), "invalid whiteout name"));
+        }
+        if name.starts_with(b".wh..wh.") {
+            return Err(Error::unsafe_path(
+                meta.display(),
+                "unknown .wh..wh. marker",
+            ));
+        }
+        match self.opts.mode {
+            Mode::Layer => {
+                let pfd = self
+                    .take_dir(parent, true)
+                    .map_err(|e| io_err("open parent directory", meta, e))?;
+                let r = self.layer_whiteout(meta, pfd.1.as_fd(), target);
+                self.put_dir(pfd);
+                r
+            }
+            Mode::Flatten => {
+                let mut key = Vec::with_capacity(parent.len() + 1 + target.len());
+                key.extend_from_slice(parent);
+                if !parent.is_empty() {
+                    key.push(b'/');
+                }
+                key.extend_from_slice(target);
+                // Whiteouts apply to lower layers only (layer.md#whiteouts).
+                if self.layer_paths.contains(&key) {
+                    return Ok(());
+                }
+                let pfd = match self.take_dir(parent, false) {
+                    Ok(fd) => fd,
+                    Err(e)
+                        if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) =>
+                    {
+                        return Ok(())
+                    }
+                    Err(e) => return Err(io_err("open parent directory", meta, e)),
+                };
+                let r = self
+                    .remove(pfd.1.as_fd(), target)
+                    .map_err(|e| io_err("remove whited-out path", meta, e));
+                self.put_dir(pfd);
+                r
+            }
+        }
+    }
+
+    fn layer_whiteout(
+        &mut self,
+        meta: &EntryMeta,
+        dir: BorrowedFd<'_>,
+        target: &[u8],
+    ) -> Result<()> {
+        match rustix::fs::statat(dir, target, AtFlags::SYMLINK_NOFOLLOW) {
+            // Already written by this layer: a whiteout only hides lower layers.
+            Ok(_) => return Ok(()),
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(io_err("stat", meta, e)),
+        }
+        rustix::fs::mknodat(
+            dir,
+            target,
+            FileType::CharacterDevice,
+            FsMode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .map_err(|e| {
+            Error::io(
+                "create overlay whiteout (a 0/0 char device, needs root)",
+                meta.display(),
+                e.into(),
+            )
+        })
+    }
+
+    fn opaque(&mut self, meta: &EntryMeta, parent: &[u8]) -> Result<()> {
+        let pfd = self
+            .take_dir(parent, true)
+            .map_err(|e| io_err("open opaque directory", meta, e))?;
+        let r = match self.opts.mode {
+            Mode::Layer => {
+                rustix::fs::fsetxattr(pfd.1.as_fd(), OVERLAY_OPAQUE, b"y", XattrFlags::empty())
+                    .map_err(|e| io_err("set trusted.overlay.opaque", meta, e))
+            }
+            Mode::Flatten => {
+                let mut prefix = parent.to_vec();
+                self.cache_dirty = true;
+                purge_lower(pfd.1.as_fd(), &mut prefix, &self.layer_paths)
+                    .map_err(|e| io_err("remove lower entries of opaque directory", meta, e))
+            }
+        };
+        self.put_dir(pfd);
+        r
+    }
+
+    // ---- end of layer -----------------------------------------------------------------
+
+    fn finish(&mut self) -> Result<()> {
+        if self.cache_dirty {
+            self.cache.clear();
+            self.cache_dirty = false;
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        for d in &deferred {
+            let shown = || String::from_utf8_lossy(&d.path).into_owned();
+            let fd = if d.path.is_empty() {
+                self.take_dir(b"", false).map(|(_, fd)| fd)
+            } else {
+                let (parent, name) = split_parent(&d.path);
+                let pfd = match self.take_dir(parent, false) {
+                    Ok(p) => p,
+                    // Removed or replaced later in the layer: nothing to do.
+                    Err(_) => continue,
+                };
+                let r = rustix::fs::openat(
+                    pfd.1.as_fd(),
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    FsMode::empty(),
+                );
+                self.put_dir(pfd);
+                match r {
+                    Ok(fd) => Ok(fd),
+                    Err(_) => continue,
+                }
+            };
+            let fd = fd.map_err(|e| Error::io("open directory", shown(), e))?;
+            rustix::fs::fchmod(&fd, FsMode::from_raw_mode(d.mode))
+                .map_err(|e| Error::io("chmod", shown(), e.into()))?;
+            rustix::fs::futimens(&fd, &ts(d.mtime.0, d.mtime.1))
+                .map_err(|e| Error::io("set times", shown(), e.into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// chmod a just-created special file without following a symlink: open it O_PATH|O_NOFOLLOW,
+/// check it is not a symlink, chmod through its /proc/self/fd magic link.
+fn chmod_nofollow(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        FsMode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::chmodat(
+        CWD,
+        p.as_str(),
+        FsMode::from_raw_mode(mode),
+        AtFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// Remove the directory `name` in `dir` and everything below it, never following symlinks.
+fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let fd = match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        FsMode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        // Not a directory after all (swapped): unlink it.
+        Err(Errno::NOTDIR | Errno::LOOP) => {
+            return rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(Into::into)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    clear_dir(fd.as_fd(), |_| false)?;
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// List a directory's entries (name, is a real directory).
+fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, bool)>> {
+    let dup = rustix::fs::openat(
+        fd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        FsMode::empty(),
+    )?;
+    let mut dir = rustix::fs::Dir::new(dup)?;
+    let mut out = Vec::new();
+    while let Some(ent) = dir.read() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let is_dir = match ent.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => {
+                let st = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            }
+            _ => false,
+        };
+        out.push((name.to_vec(), is_dir));
+    }
+    Ok(out)
+}
+
+/// Remove every entry of `fd` for which `keep` is false.
+fn clear_dir(fd: BorrowedFd<'_>, keep: impl Fn(&[u8]) -> bool) -> io::Result<()> {
+    for (name, is_dir) in list_dir(fd)? {
+        if keep(&name) {
+            continue;
+        }
+        if is_dir {
+            remove_tree(fd, &name)?;
+        } else {
+            match rustix::fs::unlinkat(fd, name.as_slice(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opaque directory in Flatten mode: remove everything below `dir` (at normalised `prefix`)
+/// that this layer did not write. Directories this layer wrote into are kept and purged
+/// recursively, so lower contents vanish while this layer's entries stay.
+fn purge_lower(
+    dir: BorrowedFd<'_>,
+    prefix: &mut Vec<u8>,
+    layer: &HashSet<Vec<u8>>,
+) -> io::Result<()> {
+    let base = prefix.len();
+    for (name, is_dir) in list_dir(dir)? {
+        prefix.truncate(base);
+        if base > 0 {
+            prefix.push(b'/');
+        }
+        prefix.extend_from_slice(&name);
+        if layer.contains(prefix.as_slice()) {
+            if is_dir {
+                if let Ok(sub) = rustix::fs::openat(
+                    dir,
+                    name.as_slice(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    FsMode::empty(),
+                ) {
+                    purge_lower(sub.as_fd(), prefix, layer)?;
+                }
+            }
+            continue;
+        }
+        if is_dir {
+            remove_tree(dir, &name)?;
+        } else {
+            match rustix::fs::unlinkat(dir, name.as_slice(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    prefix.truncate(base);
+    Ok(())
+}
