@@ -115,7 +115,7 @@ class Snapshotter(ABC):
 
     def lock(self, chain_id: Digest) -> FileLock:
         """The per-chain_id lock (re-entrant within a thread); use as a context manager."""
-        return FileLock(self.locks_dir / f"{_hex(chain_id)}.lock")
+        return FileLock(self.locks_dir / f"{_hex(chain_id)}.lock", reentrant=True)
 
     def _info(self, chain_id: Digest) -> dict[str, object]:
         try:

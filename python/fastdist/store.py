@@ -36,8 +36,21 @@ def default_root() -> Path:
 
 def ensure_dir(path: Path) -> Path:
     """Create ``path`` (and missing parents) with mode 0700; an existing directory is kept."""
+    # Path.mkdir(parents=True) would give the parents the umask's mode; make each one 0700.
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
     try:
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, DIR_MODE)
+            except FileExistsError:
+                if not d.is_dir():
+                    raise
     except OSError as e:
         raise StoreError(f"cannot create store directory {path}: {e.strerror}") from e
     return path
@@ -97,29 +110,32 @@ def _held_counts() -> dict[str, tuple[int, int]]:
 
 
 class FileLock:
-    """An exclusive ``flock`` on ``path`` (created if missing), re-entrant within one thread.
+    """An exclusive ``flock`` on ``path`` (created if missing).
+
+    With ``reentrant=True`` a thread already holding the lock gets it again at once (a count);
+    otherwise every acquisition is a separate flock, which conflicts even within one thread.
 
     If ``unlink_on_release`` was requested by the holder (see ``release(unlink=True)``), the lock
     file is removed while still held; a waiter that then acquires the old, unlinked inode notices
     (its fd no longer matches the path) and retries on a fresh file, so two holders never coexist.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, reentrant: bool = False) -> None:
         self.path = path
+        self.reentrant = reentrant
         self._fd: int | None = None
-        self._reentered = False
 
     def acquire(self, blocking: bool = True) -> bool:
         key = str(self.path)
         counts = _held_counts()
-        if key in counts:
+        if self.reentrant and key in counts:
             fd, n = counts[key]
             counts[key] = (fd, n + 1)
-            self._fd, self._reentered = fd, True
+            self._fd = fd
             return True
         while True:
             try:
-                self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                ensure_dir(self.path.parent)
                 fd = os.open(
                     self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
                 )
@@ -140,8 +156,9 @@ class FileLock:
             except FileNotFoundError:
                 same = False
             if same:
-                counts[key] = (fd, 1)
-                self._fd, self._reentered = fd, False
+                if self.reentrant:
+                    counts[key] = (fd, 1)
+                self._fd = fd
                 return True
             os.close(fd)
 
@@ -149,14 +166,16 @@ class FileLock:
         """Drop the lock; ``unlink`` removes the lock file first (only by the outermost holder)."""
         if self._fd is None:
             return
-        key = str(self.path)
-        counts = _held_counts()
-        fd, n = counts.get(key, (self._fd, 1))
+        fd, n = self._fd, 1
         self._fd = None
-        if n > 1:
-            counts[key] = (fd, n - 1)
-            return
-        counts.pop(key, None)
+        if self.reentrant:
+            key = str(self.path)
+            counts = _held_counts()
+            fd, n = counts.get(key, (fd, 1))
+            if n > 1:
+                counts[key] = (fd, n - 1)
+                return
+            counts.pop(key, None)
         try:
             if unlink:
                 with _suppress_missing():
