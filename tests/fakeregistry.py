@@ -243,10 +243,12 @@ class FakeRegistry:
             self.faults.append(fault)
         return fault
 
-    def take_fault(self, method: str, path: str) -> Fault | None:
+    def take_fault(self, method: str, path: str, *, status: bool) -> Fault | None:
+        """The first live fault matching the request, of the status kind or the other kinds
+        (status faults act before authentication, like a load balancer; others after it)."""
         with self._lock:
             for f in self.faults:
-                if f.times != 0 and f.matches(method, path):
+                if f.times != 0 and (f.status is not None) == status and f.matches(method, path):
                     if f.times > 0:
                         f.times -= 1
                     return f
@@ -326,17 +328,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._token(method, body)
             return
         fake.record(rec)
-        fault = fake.take_fault(method, path)
-        if fault is not None and fault.status is not None:
+        fault = fake.take_fault(method, path, status=True)
+        if fault is not None:
             hdrs = dict(fault.headers)
             if fault.retry_after is not None:
                 hdrs["Retry-After"] = fault.retry_after
             self._error(fault.status, fault.code, headers=hdrs)
             return
+        if not self._authorized(method):
+            return
+        fault = fake.take_fault(method, path, status=False)
         if fault is not None and fault.redirect_to is not None:
             self._send(fault.redirect_status, headers={"Location": fault.redirect_to + self.path})
-            return
-        if not self._authorized(method):
             return
         if path in ("/v2", "/v2/"):
             self._send(200, b"{}", {"Content-Type": "application/json"})
