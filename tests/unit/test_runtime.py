@@ -1,0 +1,468 @@
+"""build_spec and user resolution: docker's rules for image configs, on rootfs trees built here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastdist import oci, rootfs
+from fastdist.errors import ContainerRunError
+from fastdist.runtime import (
+    DEFAULT_CAPABILITIES,
+    DEFAULT_PATH,
+    MASKED_PATHS,
+    READONLY_PATHS,
+    InvalidRunOptionError,
+    Mount,
+    NoCommandError,
+    ResolvedUser,
+    RunOptions,
+    UnknownUserError,
+    WorkdirError,
+    build_spec,
+    resolve_user,
+)
+
+PASSWD = """\
+root:x:0:0:root:/root:/bin/sh
+# a comment line is skipped
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+app:x:1000:1000:App:/home/app:/bin/sh
+broken:x:notanumber:1::/:/bin/sh
+"""
+GROUP = """\
+root:x:0:
+daemon:x:1:
+app:x:1000:
+audio:x:29:app,daemon
+video:x:44:app
+staff:x:50:
+"""
+
+
+def image(
+    *,
+    entrypoint: tuple[str, ...] | None = None,
+    cmd: tuple[str, ...] | None = ("sh",),
+    env: tuple[str, ...] = (),
+    user: str = "",
+    working_dir: str = "",
+    volumes: tuple[str, ...] = (),
+) -> oci.ImageConfig:
+    return oci.ImageConfig(
+        architecture="amd64",
+        os="linux",
+        diff_ids=(),
+        config=oci.ContainerConfig(
+            user=user,
+            env=env,
+            entrypoint=entrypoint,
+            cmd=cmd,
+            working_dir=working_dir,
+            volumes=volumes,
+        ),
+    )
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "rootfs"
+    (r / "etc").mkdir(parents=True)
+    (r / "etc" / "passwd").write_text(PASSWD)
+    (r / "etc" / "group").write_text(GROUP)
+    return r
+
+
+def spec_for(root: Path, cfg: oci.ImageConfig | None = None, **opts: Any) -> dict[str, Any]:
+    return build_spec(cfg or image(), RunOptions(id=opts.pop("id", "c1"), **opts), root)
+
+
+def env_of(spec: dict[str, Any]) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in spec["process"]["env"])
+
+
+def mount_at(spec: dict[str, Any], dst: str) -> dict[str, Any]:
+    found = [m for m in spec["mounts"] if m["destination"] == dst]
+    assert len(found) == 1, f"{dst}: {found}"
+    return found[0]
+
+
+# --- Entrypoint and Cmd ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("entrypoint", "cmd", "opt_entrypoint", "opt_command", "expected"),
+    [
+        (None, ("sh",), None, None, ["sh"]),
+        (("/init",), ("--serve",), None, None, ["/init", "--serve"]),
+        (("/init",), ("--serve",), None, ("--debug", "x"), ["/init", "--debug", "x"]),
+        (("/init",), None, None, None, ["/init"]),
+        (None, ("sh",), None, ("echo", "hi"), ["echo", "hi"]),
+        (None, ("sh",), None, (), ["sh"]),
+        (("/init",), ("--serve",), "/bin/other", None, ["/bin/other"]),
+        (("/init",), ("--serve",), "/bin/other", ("-v",), ["/bin/other", "-v"]),
+        (("/init",), ("--serve",), "", ("ls", "/"), ["ls", "/"]),
+    ],
+)
+def test_entrypoint_and_cmd_follow_docker_rules(
+    root: Path,
+    entrypoint: tuple[str, ...] | None,
+    cmd: tuple[str, ...] | None,
+    opt_entrypoint: str | None,
+    opt_command: tuple[str, ...] | None,
+    expected: list[str],
+) -> None:
+    spec = spec_for(
+        root,
+        image(entrypoint=entrypoint, cmd=cmd),
+        entrypoint=opt_entrypoint,
+        command=opt_command,
+    )
+    assert spec["process"]["args"] == expected
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "cmd", "opt_entrypoint"),
+    [(None, None, None), ((), (), None), (("/init",), ("--serve",), "")],
+)
+def test_nothing_to_run_is_a_clear_error(
+    root: Path,
+    entrypoint: tuple[str, ...] | None,
+    cmd: tuple[str, ...] | None,
+    opt_entrypoint: str | None,
+) -> None:
+    with pytest.raises(NoCommandError) as exc:
+        spec_for(root, image(entrypoint=entrypoint, cmd=cmd), entrypoint=opt_entrypoint)
+    assert isinstance(exc.value, ContainerRunError)
+    assert exc.value.hint
+    assert "command" in exc.value.hint
+
+
+# --- Env ------------------------------------------------------------------------------------
+def test_default_path_hostname_and_home_when_the_image_sets_none(root: Path) -> None:
+    env = env_of(spec_for(root, id="web1"))
+    assert env == {"PATH": DEFAULT_PATH, "HOSTNAME": "web1", "HOME": "/root"}
+
+
+def test_image_path_is_kept_and_e_overrides_by_key_in_place(root: Path) -> None:
+    cfg = image(env=("PATH=/opt/bin:/bin", "A=image", "B=image"))
+    spec = spec_for(root, cfg, env=("B=cli", "C=cli"), env_file=("A=file", "B=file"))
+    env = spec["process"]["env"]
+    assert env.index("PATH=/opt/bin:/bin") < env.index("A=file") < env.index("B=cli")
+    assert env_of(spec)["C"] == "cli"
+    assert [e for e in env if e.startswith(("A=", "B="))] == ["A=file", "B=cli"]
+    assert env.count("PATH=/opt/bin:/bin") == 1
+    assert not any(e == f"PATH={DEFAULT_PATH}" for e in env)
+
+
+def test_home_comes_from_passwd_and_is_not_overridden_when_set(root: Path) -> None:
+    assert env_of(spec_for(root, user="app"))["HOME"] == "/home/app"
+    assert env_of(spec_for(root, user="4242"))["HOME"] == "/"
+    assert env_of(spec_for(root, user="app", env=("HOME=/x",)))["HOME"] == "/x"
+
+
+def test_tty_sets_term_and_terminal(root: Path) -> None:
+    spec = spec_for(root, tty=True)
+    assert spec["process"]["terminal"] is True
+    assert env_of(spec)["TERM"] == "xterm"
+    assert "TERM" not in env_of(spec_for(root))
+
+
+@pytest.mark.parametrize("bad", ["NOEQUALS", "=value"])
+def test_malformed_env_entry_is_refused(root: Path, bad: str) -> None:
+    with pytest.raises(InvalidRunOptionError, match="KEY=VALUE"):
+        spec_for(root, env=(bad,))
+
+
+# --- User -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ("", ResolvedUser(0, 0, (), "/root")),
+        ("root", ResolvedUser(0, 0, (), "/root")),
+        ("app", ResolvedUser(1000, 1000, (29, 44), "/home/app")),
+        ("1000", ResolvedUser(1000, 1000, (29, 44), "/home/app")),
+        ("daemon", ResolvedUser(1, 1, (29,), "/usr/sbin")),
+        ("4242", ResolvedUser(4242, 0, (), None)),
+        ("app:staff", ResolvedUser(1000, 50, (), "/home/app")),
+        ("app:50", ResolvedUser(1000, 50, (), "/home/app")),
+        ("1000:777", ResolvedUser(1000, 777, (), "/home/app")),
+        ("4242:4343", ResolvedUser(4242, 4343, (), None)),
+        ("4242:video", ResolvedUser(4242, 44, (), None)),
+    ],
+)
+def test_user_forms_resolve_from_the_image_files(
+    root: Path, user: str, expected: ResolvedUser
+) -> None:
+    assert resolve_user(root, user) == expected
+
+
+def test_user_lands_in_the_spec_with_supplementary_groups(root: Path) -> None:
+    spec = spec_for(root, image(user="app"))
+    assert spec["process"]["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [29, 44]}
+    spec = spec_for(root, image(user="app"), user="0:0")
+    assert spec["process"]["user"] == {"uid": 0, "gid": 0}
+
+
+def test_numeric_user_works_without_account_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert resolve_user(empty, "123:456") == ResolvedUser(123, 456, (), None)
+    assert resolve_user(empty, "") == ResolvedUser(0, 0, (), None)
+
+
+@pytest.mark.parametrize(("user", "what"), [("nobody", "user"), ("app:wheel", "group")])
+def test_unknown_user_or_group_is_a_clear_error(root: Path, user: str, what: str) -> None:
+    with pytest.raises(UnknownUserError, match=f"unknown {what}") as exc:
+        resolve_user(root, user)
+    assert exc.value.hint
+
+
+def test_out_of_range_uid_is_refused(root: Path) -> None:
+    with pytest.raises(InvalidRunOptionError, match="at most"):
+        resolve_user(root, str(1 << 32))
+
+
+def test_absolute_passwd_symlink_resolves_inside_the_rootfs(tmp_path: Path) -> None:
+    # A hostile image points /etc/passwd at an absolute path; the image's own file must be read.
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "secret").mkdir()
+    (root / "secret" / "pw").write_text("img:x:7:8:from image:/img:/bin/sh\n")
+    (root / "etc" / "passwd").symlink_to("/../../../secret/pw")
+    (root / "etc" / "group").symlink_to("/etc/group-host-does-not-matter")
+    assert resolve_user(root, "img") == ResolvedUser(7, 8, (), "/img")
+
+
+def test_passwd_symlink_to_host_file_never_reads_the_host(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").symlink_to("/etc/shadow")  # absent inside the image
+    with pytest.raises(UnknownUserError, match="unknown user 'daemon'"):
+        resolve_user(root, "daemon")
+    assert resolve_user(root, "") == ResolvedUser(0, 0, (), None)
+
+
+def test_passwd_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    os.mkfifo(root / "etc" / "passwd")  # opening it would block; it must not be opened
+    with pytest.raises(UnknownUserError, match="cannot read /etc/passwd"):
+        resolve_user(root, "app")
+
+
+def test_oversized_passwd_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_bytes(b"#" * ((1 << 20) + 1))
+    with pytest.raises(UnknownUserError, match="larger than"):
+        resolve_user(root, "app")
+
+
+# --- WorkingDir -----------------------------------------------------------------------------
+def test_workdir_defaults_to_root_and_missing_dirs_are_created(root: Path) -> None:
+    assert spec_for(root)["process"]["cwd"] == "/"
+    assert spec_for(root, image(working_dir="/srv/app"))["process"]["cwd"] == "/srv/app"
+    assert (root / "srv" / "app").is_dir()
+    assert spec_for(root, workdir="/opt/x")["process"]["cwd"] == "/opt/x"
+
+
+def test_workdir_through_escaping_symlink_is_created_inside_the_root(
+    root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "tmp" / "x"
+    (root / "data").symlink_to("/../../tmp/x")
+    cwd = spec_for(root, workdir="/data/sub")["process"]["cwd"]
+    assert cwd == "/tmp/x/sub"
+    assert (root / "tmp" / "x" / "sub").is_dir()
+    assert not outside.exists()
+
+
+def test_workdir_with_dotdot_stays_inside_the_root(root: Path) -> None:
+    assert spec_for(root, workdir="/../../../w")["process"]["cwd"] == "/w"
+    assert (root / "w").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("workdir", "message"),
+    [
+        ("relative/dir", "absolute"),
+        ("/etc/passwd", "Not a directory|not a directory"),
+        ("/proc/self", "kernel filesystem"),
+        ("/sys", "kernel filesystem"),
+    ],
+)
+def test_unusable_workdir_is_a_clear_error(root: Path, workdir: str, message: str) -> None:
+    with pytest.raises(WorkdirError, match=message):
+        spec_for(root, workdir=workdir)
+
+
+def test_workdir_symlink_to_proc_is_refused(root: Path) -> None:
+    (root / "w").symlink_to("/proc/1/cwd")
+    with pytest.raises(WorkdirError, match="kernel filesystem"):
+        spec_for(root, workdir="/w")
+
+
+def test_symlink_loop_in_workdir_is_an_error(root: Path) -> None:
+    (root / "a").symlink_to("b")
+    (root / "b").symlink_to("a")
+    with pytest.raises(WorkdirError):
+        spec_for(root, workdir="/a")
+
+
+# --- mounts, namespaces, security -----------------------------------------------------------
+def test_default_mounts_match_docker(root: Path) -> None:
+    spec = spec_for(root)
+    dsts = [m["destination"] for m in spec["mounts"]]
+    for d in ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"):
+        assert d in dsts
+    pts = mount_at(spec, "/dev/pts")["options"]
+    assert {"newinstance", "ptmxmode=0666", "gid=5"} <= set(pts)
+    assert "ro" in mount_at(spec, "/sys")["options"]
+    assert "ro" in mount_at(spec, "/sys/fs/cgroup")["options"]
+
+
+def test_net_none_gets_its_own_network_namespace(root: Path) -> None:
+    spec = spec_for(root)
+    types = [n["type"] for n in spec["linux"]["namespaces"]]
+    assert sorted(types) == ["ipc", "mount", "network", "pid", "uts"]
+    assert "/etc/resolv.conf" not in [m["destination"] for m in spec["mounts"]]
+    assert spec["hostname"] == "c1"
+
+
+def test_net_host_shares_the_network_and_binds_resolv_conf_and_hosts(root: Path) -> None:
+    spec = spec_for(root, net="host", hostname="h")
+    types = [n["type"] for n in spec["linux"]["namespaces"]]
+    assert sorted(types) == ["ipc", "mount", "pid", "uts"]
+    for f in ("/etc/resolv.conf", "/etc/hosts"):
+        if os.path.isfile(f):
+            m = mount_at(spec, f)
+            assert m["source"] == f
+            assert "ro" in m["options"]
+            assert m["type"] == "bind"
+    assert spec["hostname"] == "h"
+
+
+def test_unknown_net_mode_is_refused(root: Path) -> None:
+    with pytest.raises(InvalidRunOptionError, match="network mode"):
+        spec_for(root, net="bridge")
+
+
+def test_state_dir_adds_hostname_and_hosts_files(root: Path, tmp_path: Path) -> None:
+    state = tmp_path / "bundle"
+    state.mkdir()
+    spec = build_spec(image(), RunOptions(id="c1"), root, state_dir=state)
+    assert mount_at(spec, "/etc/hosts")["source"] == str(state / "hosts")
+    assert mount_at(spec, "/etc/hostname")["source"] == str(state / "hostname")
+
+
+def test_read_only_root_and_default_security(root: Path) -> None:
+    spec = spec_for(root, read_only=True)
+    assert spec["root"] == {"path": str(root), "readonly": True}
+    assert spec_for(root)["root"]["readonly"] is False
+    caps = spec["process"]["capabilities"]
+    assert caps["bounding"] == list(DEFAULT_CAPABILITIES) == caps["effective"] == caps["permitted"]
+    assert "CAP_SYS_ADMIN" not in caps["bounding"]
+    assert "inheritable" not in caps
+    assert len(DEFAULT_CAPABILITIES) == 14
+    assert spec["process"]["noNewPrivileges"] is True
+    assert spec["process"]["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
+    assert spec["linux"]["maskedPaths"] == list(MASKED_PATHS)
+    assert "/proc/kcore" in MASKED_PATHS
+    assert "/sys/firmware" in MASKED_PATHS
+    assert spec["linux"]["readonlyPaths"] == list(READONLY_PATHS)
+    assert "/proc/sysrq-trigger" in READONLY_PATHS
+    assert spec["linux"]["resources"]["devices"] == [{"allow": False, "access": "rwm"}]
+
+
+def test_user_mounts_are_binds_ordered_parent_first_and_replace_defaults(
+    root: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "host"
+    src.mkdir()
+    spec = spec_for(
+        root,
+        mounts=(
+            Mount(str(src), "/data/sub", readonly=True),
+            Mount(str(src), "/data/"),
+            Mount(str(src), "/dev/shm"),
+        ),
+    )
+    dsts = [m["destination"] for m in spec["mounts"]]
+    assert dsts.index("/data") < dsts.index("/data/sub")
+    assert "ro" in mount_at(spec, "/data/sub")["options"]
+    assert "ro" not in mount_at(spec, "/data")["options"]
+    shm = mount_at(spec, "/dev/shm")
+    assert shm["type"] == "bind"
+    assert shm["source"] == str(src)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [("relative", "/x"), ("/nonexistent/src", "/x"), ("/", "relative"), ("/", "/")]
+)
+def test_bad_mounts_are_refused(root: Path, src: str, dst: str) -> None:
+    with pytest.raises(InvalidRunOptionError):
+        spec_for(root, mounts=(Mount(src, dst),))
+
+
+def test_volumes_become_tmpfs_scratch_mounts_owned_like_the_image_dir(root: Path) -> None:
+    (root / "data").mkdir(mode=0o750)
+    os.chown(root / "data", 1000, 1000) if os.geteuid() == 0 else None
+    spec = spec_for(root, image(volumes=("/data", "/cache")))
+    data = mount_at(spec, "/data")
+    assert data["type"] == "tmpfs"
+    st = os.stat(root / "data")
+    assert f"mode={st.st_mode & 0o7777:o}" in data["options"]
+    assert f"uid={st.st_uid}" in data["options"]
+    assert "mode=755" in mount_at(spec, "/cache")["options"]
+
+
+def test_volumes_with_state_dir_are_fresh_directories_in_the_bundle(
+    root: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "bundle"
+    state.mkdir()
+    (root / "data").mkdir(mode=0o700)
+    (root / "data" / "image-file").write_text("x")
+    spec = build_spec(image(volumes=("/data",)), RunOptions(id="c1"), root, state_dir=state)
+    m = mount_at(spec, "/data")
+    assert m["type"] == "bind"
+    src = Path(m["source"])
+    assert src.parent == state / "volumes"
+    assert src.is_dir()
+    assert list(src.iterdir()) == []
+    assert os.stat(src).st_mode & 0o7777 == 0o700
+
+
+def test_user_mount_wins_over_a_volume_at_the_same_place(root: Path, tmp_path: Path) -> None:
+    spec = spec_for(root, image(volumes=("/data",)), mounts=(Mount(str(tmp_path), "/data"),))
+    assert mount_at(spec, "/data")["source"] == str(tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["", "-x", "a/b", "..", "x" * 129, "a b"])
+def test_invalid_container_id_is_refused(root: Path, bad: str) -> None:
+    with pytest.raises(InvalidRunOptionError, match="container id"):
+        spec_for(root, id=bad)
+
+
+# --- rootfs helpers -------------------------------------------------------------------------
+def test_read_file_follows_relative_and_absolute_links_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_text("inside")
+    (root / "rel").symlink_to("a/b/../b/f")
+    (root / "abs").symlink_to("/a/./b/f")
+    (root / "up").symlink_to("../../../../a/b/f")
+    for name in ("rel", "abs", "up"):
+        assert rootfs.read_file(root, name, 100) == b"inside"
+    assert rootfs.read_file(root, "/missing", 100) is None
+    assert rootfs.read_file(root, "/a/b/f/not-a-dir", 100) is None
+
+
+def test_resolve_dir_reports_missing_without_creating(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    with pytest.raises(FileNotFoundError):
+        rootfs.resolve_dir(root, "/nope")
+    assert not (root / "nope").exists()
