@@ -65,7 +65,7 @@ class Fault:
     ``retry_after`` header), ``redirect_to`` (base URL; Location = base + same path),
     ``body`` (serve these bytes instead of the blob), then body tweaks that may combine:
     ``ignore_range``, ``cut_after`` (close after N body bytes), ``drip`` (seconds between
-    ``drip_chunk``-byte writes).
+    ``drip_chunk``-byte writes), ``no_content_length`` (body delimited by closing).
     """
 
     path_contains: str = ""
@@ -82,6 +82,7 @@ class Fault:
     cut_after: int | None = None
     drip: float | None = None
     drip_chunk: int = 1024
+    no_content_length: bool = False  # blob GETs: no Content-Length, body ends at close
     headers: dict[str, str] = field(default_factory=dict)
 
     def matches(self, method: str, path: str) -> bool:
@@ -445,7 +446,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"", {**headers, "Content-Length": str(len(data))}, head=True)
             return
         self.send_response(status)
-        headers["Content-Length"] = str(len(payload))
+        if fault is not None and fault.no_content_length:
+            headers["Connection"] = "close"
+            self.close_connection = True
+        else:
+            headers["Content-Length"] = str(len(payload))
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
