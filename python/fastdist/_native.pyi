@@ -8,7 +8,7 @@ LimitExceededError, StoreError for I/O on the destination).
 
 from typing import Literal, final
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, Self
 
 ApplyMode = Literal["layer", "flatten"]
 
@@ -26,7 +26,7 @@ def sha256_file(path: str) -> tuple[str, int]:
 class Sha256:
     """Streaming sha256 (SHA-NI where the CPU has it); releases the GIL for large updates."""
 
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     def update(self, data: Buffer) -> None: ...
     def digest(self) -> str:
         """``sha256:<hex>`` of everything so far (does not reset)."""
@@ -37,8 +37,8 @@ class Sha256:
 class Limits:
     """Resource limits for one layer. Every breach raises LimitExceededError naming the limit."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         max_entries: int = 1_000_000,
         max_layer_bytes: int = 64 << 30,
@@ -49,7 +49,7 @@ class Limits:
         max_ratio: int = 1000,
         ratio_grace_bytes: int = 256 << 20,
         zstd_window_log_max: int = 27,
-    ) -> None: ...
+    ) -> Self: ...
     max_entries: int
     max_layer_bytes: int
     max_entry_bytes: int
@@ -92,8 +92,8 @@ class LayerWriter:
     ``preserve_owner=None`` means "chown only when running as root".
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         media_type: str,
         dest: str,
         *,
@@ -104,7 +104,7 @@ class LayerWriter:
         tee_path: str | None = None,
         limits: Limits | None = None,
         preserve_owner: bool | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     def write(self, data: Buffer) -> None: ...
     @property
     def offset(self) -> int:

@@ -6,5 +6,6 @@ pub mod digest;
 pub mod error;
 pub mod limits;
 pub mod pipeline;
+mod py;
 pub mod safepath;
 pub mod tar;

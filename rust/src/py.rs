@@ -1,0 +1,440 @@
+//! The Python bindings of the native core (the only file that touches pyo3): conversions, GIL
+//! release, and `Error` → the classes of `fastdist.errors` (python/fastdist/_native.pyi).
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, TryLockError};
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+
+use crate::apply::{self, ApplyOptions, Mode};
+use crate::decompress::LAYER_MEDIA_TYPES;
+use crate::digest;
+use crate::error::Error;
+use crate::limits;
+use crate::pipeline::{self, LayerOutcome, LayerSpec, TarStream};
+
+/// Updates at least this big release the GIL (hashing 64 KiB takes ~30 µs with SHA-NI).
+const DETACH_MIN: usize = 64 << 10;
+
+impl From<Error> for PyErr {
+    #[cold]
+    fn from(err: Error) -> PyErr {
+        let class = match &err {
+            Error::InvalidDigest(_) => "InvalidDigestError",
+            Error::UnsupportedAlgorithm(_) | Error::UnsupportedMediaType(_) => {
+                "UnsupportedMediaTypeError"
+            }
+            Error::DigestMismatch { .. } => "DigestMismatchError",
+            Error::SizeMismatch { .. } => "SizeMismatchError",
+            Error::UnsafePath { .. } => "UnsafePathError",
+            Error::Corrupt { .. } => "CorruptLayerError",
+            Error::Limit { .. } => "LimitExceededError",
+            Error::Io { .. } => "StoreError",
+            Error::State(_) => "FastdistError",
+        };
+        let message = err.to_string();
+        Python::attach(|py| {
+            let made = py
+                .import("fastdist.errors")
+                .and_then(|m| m.getattr(class))
+                .and_then(|cls| cls.call1((message.as_str(),)));
+            match made {
+                Ok(exc) => PyErr::from_value(exc),
+                Err(import_failed) => import_failed,
+            }
+        })
+    }
+}
+
+/// Run `f` on the bytes of a bytes-like object. `bytes` is borrowed (immutable, so safe to
+/// read with the GIL released); a `bytearray` is copied (it could change under us); any other
+/// buffer goes through `memoryview(...).tobytes()` because the buffer protocol is not in the
+/// abi3-py39 limited API.
+fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return Ok(f(b.as_bytes()));
+    }
+    if let Ok(ba) = data.cast::<PyByteArray>() {
+        return Ok(f(&ba.to_vec()));
+    }
+    let view = PyMemoryView::from(data)?;
+    let copy = view.call_method0("tobytes")?;
+    let b = copy.cast::<PyBytes>()?;
+    Ok(f(b.as_bytes()))
+}
+
+/// Lock a binding's inner state without ever waiting while holding the GIL (the holder may
+/// be waiting for the GIL to return from a detached call).
+fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> PyResult<MutexGuard<'a, T>> {
+    match m.try_lock() {
+        Ok(g) => Ok(g),
+        Err(TryLockError::WouldBlock) => Err(PyRuntimeError::new_err(format!(
+            "{what} is in use by another thread"
+        ))),
+        Err(TryLockError::Poisoned(_)) => Err(PyRuntimeError::new_err(format!(
+            "{what} is unusable after a panic"
+        ))),
+    }
+}
+
+#[pyfunction]
+fn validate_digest(digest: &str) -> PyResult<String> {
+    digest::parse_digest(digest)?;
+    Ok(digest.to_owned())
+}
+
+#[pyfunction]
+fn sha256_file(py: Python<'_>, path: PathBuf) -> PyResult<(String, u64)> {
+    Ok(py.detach(|| digest::sha256_file(&path))?)
+}
+
+#[pyclass(module = "fastdist._native", name = "Sha256", frozen)]
+struct PySha256 {
+    inner: Mutex<digest::Sha256>,
+}
+
+#[pymethods]
+impl PySha256 {
+    #[new]
+    fn new() -> Self {
+        Self {
+            inner: Mutex::new(digest::Sha256::new()),
+        }
+    }
+
+    fn update(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut sha = lock(&self.inner, "Sha256")?;
+        let sha: &mut digest::Sha256 = &mut sha;
+        with_bytes(data, |bytes| {
+            if bytes.len() >= DETACH_MIN {
+                py.detach(|| sha.update(bytes));
+            } else {
+                sha.update(bytes);
+            }
+        })
+    }
+
+    fn digest(&self) -> PyResult<String> {
+        Ok(lock(&self.inner, "Sha256")?.digest())
+    }
+
+    #[getter]
+    fn size(&self) -> PyResult<u64> {
+        Ok(lock(&self.inner, "Sha256")?.size())
+    }
+}
+
+#[pyclass(module = "fastdist._native", name = "Limits", get_all, set_all)]
+#[derive(Clone)]
+struct PyLimits {
+    max_entries: u64,
+    max_layer_bytes: u64,
+    max_entry_bytes: u64,
+    max_header_bytes: u64,
+    max_path_len: u64,
+    max_path_depth: u64,
+    max_ratio: u64,
+    ratio_grace_bytes: u64,
+    zstd_window_log_max: u32,
+}
+
+#[pymethods]
+impl PyLimits {
+    #[new]
+    #[pyo3(signature = (
+        *,
+        max_entries = 1_000_000,
+        max_layer_bytes = 64 << 30,
+        max_entry_bytes = 32 << 30,
+        max_header_bytes = 1 << 20,
+        max_path_len = 4096,
+        max_path_depth = 128,
+        max_ratio = 1000,
+        ratio_grace_bytes = 256 << 20,
+        zstd_window_log_max = 27,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        max_entries: u64,
+        max_layer_bytes: u64,
+        max_entry_bytes: u64,
+        max_header_bytes: u64,
+        max_path_len: u64,
+        max_path_depth: u64,
+        max_ratio: u64,
+        ratio_grace_bytes: u64,
+        zstd_window_log_max: u32,
+    ) -> PyResult<Self> {
+        if !(10..=31).contains(&zstd_window_log_max) {
+            return Err(PyValueError::new_err(format!(
+                "zstd_window_log_max must be within 10..=31, got {zstd_window_log_max}"
+            )));
+        }
+        Ok(Self {
+            max_entries,
+            max_layer_bytes,
+            max_entry_bytes,
+            max_header_bytes,
+            max_path_len,
+            max_path_depth,
+            max_ratio,
+            ratio_grace_bytes,
+            zstd_window_log_max,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Limits(max_entries={}, max_layer_bytes={}, max_entry_bytes={}, max_header_bytes={}, \
+             max_path_len={}, max_path_depth={}, max_ratio={}, ratio_grace_bytes={}, \
+             zstd_window_log_max={})",
+            self.max_entries,
+            self.max_layer_bytes,
+            self.max_entry_bytes,
+            self.max_header_bytes,
+            self.max_path_len,
+            self.max_path_depth,
+            self.max_ratio,
+            self.ratio_grace_bytes,
+            self.zstd_window_log_max
+        )
+    }
+}
+
+impl PyLimits {
+    fn to_limits(&self) -> limits::Limits {
+        limits::Limits {
+            max_entries: self.max_entries,
+            max_layer_bytes: self.max_layer_bytes,
+            max_entry_bytes: self.max_entry_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_path_len: self.max_path_len,
+            max_path_depth: self.max_path_depth,
+            max_ratio: self.max_ratio,
+            ratio_grace_bytes: self.ratio_grace_bytes,
+            zstd_window_log_max: self.zstd_window_log_max,
+        }
+    }
+}
+
+#[pyclass(module = "fastdist._native", name = "LayerResult", frozen, get_all)]
+struct PyLayerResult {
+    digest: String,
+    diff_id: String,
+    compressed_size: u64,
+    uncompressed_size: u64,
+    entries: u64,
+}
+
+#[pymethods]
+impl PyLayerResult {
+    fn __repr__(&self) -> String {
+        format!(
+            "LayerResult(digest={:?}, diff_id={:?}, compressed_size={}, uncompressed_size={}, \
+             entries={})",
+            self.digest, self.diff_id, self.compressed_size, self.uncompressed_size, self.entries
+        )
+    }
+}
+
+impl From<LayerOutcome> for PyLayerResult {
+    fn from(o: LayerOutcome) -> Self {
+        Self {
+            digest: o.digest,
+            diff_id: o.diff_id,
+            compressed_size: o.compressed_size,
+            uncompressed_size: o.uncompressed_size,
+            entries: o.entries,
+        }
+    }
+}
+
+/// The arguments shared by `LayerWriter` and `apply_layer`.
+struct LayerArgs {
+    spec: LayerSpec,
+    dest: PathBuf,
+    opts: ApplyOptions,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn layer_args(
+    media_type: String,
+    dest: PathBuf,
+    mode: &str,
+    expected_digest: Option<String>,
+    expected_size: Option<u64>,
+    expected_diff_id: Option<String>,
+    limits: Option<PyRef<'_, PyLimits>>,
+    preserve_owner: Option<bool>,
+) -> PyResult<LayerArgs> {
+    let mode = match mode {
+        "layer" => Mode::Layer,
+        "flatten" => Mode::Flatten,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "mode must be \"layer\" or \"flatten\", got {other:?}"
+            )))
+        }
+    };
+    let limits = limits.map(|l| l.to_limits()).unwrap_or_default();
+    let preserve_owner = preserve_owner.unwrap_or_else(|| rustix::process::geteuid().is_root());
+    let spec = LayerSpec {
+        media_type,
+        expected_digest,
+        expected_size,
+        expected_diff_id,
+        limits,
+    };
+    spec.check()?;
+    Ok(LayerArgs {
+        spec,
+        dest,
+        opts: ApplyOptions {
+            mode,
+            limits,
+            preserve_owner,
+        },
+    })
+}
+
+/// The tar sink that applies under `dest`.
+fn applier(dest: PathBuf, opts: ApplyOptions) -> impl pipeline::TarSink {
+    move |tar: &mut TarStream| apply::apply_tar(tar, &dest, &opts).map(|s| s.entries)
+}
+
+#[pyclass(module = "fastdist._native", name = "LayerWriter", frozen)]
+struct PyLayerWriter {
+    inner: Mutex<pipeline::LayerWriter>,
+}
+
+#[pymethods]
+impl PyLayerWriter {
+    #[new]
+    #[pyo3(signature = (
+        media_type,
+        dest,
+        *,
+        mode = "layer",
+        expected_digest = None,
+        expected_size = None,
+        expected_diff_id = None,
+        tee_path = None,
+        limits = None,
+        preserve_owner = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        media_type: String,
+        dest: PathBuf,
+        mode: &str,
+        expected_digest: Option<String>,
+        expected_size: Option<u64>,
+        expected_diff_id: Option<String>,
+        tee_path: Option<PathBuf>,
+        limits: Option<PyRef<'_, PyLimits>>,
+        preserve_owner: Option<bool>,
+    ) -> PyResult<Self> {
+        let a = layer_args(
+            media_type,
+            dest,
+            mode,
+            expected_digest,
+            expected_size,
+            expected_diff_id,
+            limits,
+            preserve_owner,
+        )?;
+        let sink = applier(a.dest, a.opts);
+        let spec = a.spec;
+        let writer =
+            py.detach(move || pipeline::LayerWriter::new(spec, tee_path.as_deref(), sink))?;
+        Ok(Self {
+            inner: Mutex::new(writer),
+        })
+    }
+
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut w = lock(&self.inner, "LayerWriter")?;
+        let w: &mut pipeline::LayerWriter = &mut w;
+        let chunks = with_bytes(data, |bytes| w.copy_chunks(bytes))?;
+        Ok(py.detach(|| w.send(chunks))?)
+    }
+
+    #[getter]
+    fn offset(&self) -> PyResult<u64> {
+        Ok(lock(&self.inner, "LayerWriter")?.offset())
+    }
+
+    fn finish(&self, py: Python<'_>) -> PyResult<PyLayerResult> {
+        let mut w = lock(&self.inner, "LayerWriter")?;
+        let w: &mut pipeline::LayerWriter = &mut w;
+        Ok(py.detach(|| w.finish())?.into())
+    }
+
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        let mut w = lock(&self.inner, "LayerWriter")?;
+        let w: &mut pipeline::LayerWriter = &mut w;
+        py.detach(|| w.abort());
+        Ok(())
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (
+    blob_path,
+    media_type,
+    dest,
+    *,
+    mode = "layer",
+    expected_digest = None,
+    expected_size = None,
+    expected_diff_id = None,
+    limits = None,
+    preserve_owner = None,
+))]
+#[allow(clippy::too_many_arguments)]
+fn apply_layer(
+    py: Python<'_>,
+    blob_path: PathBuf,
+    media_type: String,
+    dest: PathBuf,
+    mode: &str,
+    expected_digest: Option<String>,
+    expected_size: Option<u64>,
+    expected_diff_id: Option<String>,
+    limits: Option<PyRef<'_, PyLimits>>,
+    preserve_owner: Option<bool>,
+) -> PyResult<PyLayerResult> {
+    let a = layer_args(
+        media_type,
+        dest,
+        mode,
+        expected_digest,
+        expected_size,
+        expected_diff_id,
+        limits,
+        preserve_owner,
+    )?;
+    let sink = applier(a.dest, a.opts);
+    let spec = a.spec;
+    Ok(py
+        .detach(move || pipeline::apply_blob(&blob_path, &spec, sink))?
+        .into())
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(validate_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(sha256_file, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_layer, m)?)?;
+    m.add_class::<PySha256>()?;
+    m.add_class::<PyLimits>()?;
+    m.add_class::<PyLayerResult>()?;
+    m.add_class::<PyLayerWriter>()?;
+    let types: Vec<&str> = LAYER_MEDIA_TYPES.iter().map(|(t, _)| *t).collect();
+    m.add("LAYER_MEDIA_TYPES", types)?;
+    Ok(())
+}
