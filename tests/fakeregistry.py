@@ -181,9 +181,7 @@ class FakeRegistry:
         self.blobs[d] = data
         return d
 
-    def add_manifest(
-        self, repo: str, data: bytes, media_type: str, tag: str | None = None
-    ) -> str:
+    def add_manifest(self, repo: str, data: bytes, media_type: str, tag: str | None = None) -> str:
         d = digest_of(data)
         self.manifests[(repo, d)] = (data, media_type)
         if tag is not None:
@@ -215,7 +213,11 @@ class FakeRegistry:
         manifest = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": self.add_blob(config), "size": len(config)},
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": self.add_blob(config),
+                "size": len(config),
+            },
             "layers": [
                 {"mediaType": OCI_LAYER_GZIP, "digest": self.add_blob(x), "size": len(x)}
                 for x in layers
@@ -289,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
     fake: FakeRegistry
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     # --- plumbing ----------------------------------------------------------------------------
@@ -359,7 +361,10 @@ class _Handler(BaseHTTPRequestHandler):
             fake.uploads[uid] = bytearray()
             self._send(
                 202,
-                headers={"Location": f"/v2/{m['repo']}/blobs/uploads/{uid}?_state=x", "Docker-Upload-UUID": uid},
+                headers={
+                    "Location": f"/v2/{m['repo']}/blobs/uploads/{uid}?_state=x",
+                    "Docker-Upload-UUID": uid,
+                },
             )
             return
         m = _UPLOAD_RE.match(path)
@@ -468,9 +473,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(payload)
 
-    def _manifest(
-        self, method: str, repo: str, ref: str, body: bytes, fault: Fault | None
-    ) -> None:
+    def _manifest(self, method: str, repo: str, ref: str, body: bytes, fault: Fault | None) -> None:
         fake = self.fake
         if method == "PUT":
             media_type = self.headers.get("Content-Type", "")
@@ -480,7 +483,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             fake.manifests[(repo, d)] = (body, media_type)
             fake.manifests[(repo, ref)] = (body, media_type)
-            self._send(201, headers={"Docker-Content-Digest": d, "Location": f"/v2/{repo}/manifests/{d}"})
+            self._send(
+                201, headers={"Docker-Content-Digest": d, "Location": f"/v2/{repo}/manifests/{d}"}
+            )
             return
         found = fake.manifests.get((repo, ref))
         if found is None:
@@ -548,7 +553,8 @@ class _RewriteAdapter(requests.adapters.HTTPAdapter):
         self.target = target
 
     def send(self, request, **kwargs):  # type: ignore[no-untyped-def,override]
-        assert request.url is not None and request.url.startswith(self.prefix)
+        assert request.url is not None
+        assert request.url.startswith(self.prefix)
         request.url = self.target + request.url[len(self.prefix) :]
         kwargs["verify"] = True
         return super().send(request, **kwargs)

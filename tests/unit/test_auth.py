@@ -9,8 +9,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from fakeregistry import FakeRegistry, route_https
 
+from fakeregistry import FakeRegistry, route_https
 from fastdist.auth import (
     Credentials,
     CredentialStore,
@@ -53,7 +53,8 @@ def test_config_auths_base64_and_plain_fields_are_read(tmp_path: Path) -> None:
     assert store.get("docker.io") == Credentials("hubuser", "hubpass")
     assert store.get("registry.example:5000") == Credentials("u", "p:with:colons")
     ghcr = store.get("ghcr.io")
-    assert ghcr is not None and ghcr.identity_token == "refresh-me"
+    assert ghcr is not None
+    assert ghcr.identity_token == "refresh-me"
     assert store.get("other.example") is None
 
 
@@ -77,7 +78,9 @@ def test_corrupt_auth_field_is_an_authentication_error(tmp_path: Path) -> None:
 
 def test_credentials_repr_hides_secrets() -> None:
     text = repr(Credentials("user", "hunter2", "idtok"))
-    assert "hunter2" not in text and "idtok" not in text and "user" in text
+    assert "hunter2" not in text
+    assert "idtok" not in text
+    assert "user" in text
 
 
 @pytest.fixture
@@ -93,8 +96,8 @@ def fake_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "read host\n"
         f'echo "$host" >> {log}\n'
         'case "$host" in\n'
-        '  helped.example) echo \'{"ServerURL":"helped.example","Username":"hu","Secret":"hs"}\' ;;\n'
-        '  token.example) echo \'{"ServerURL":"token.example","Username":"<token>","Secret":"rt"}\' ;;\n'
+        '  helped.example) echo \'{"Username":"hu","Secret":"hs"}\' ;;\n'
+        '  token.example) echo \'{"Username":"<token>","Secret":"rt"}\' ;;\n'
         "  *) echo 'credentials not found in native keychain'; exit 1 ;;\n"
         "esac\n"
     )
@@ -108,12 +111,20 @@ def test_cred_helpers_run_the_named_helper_with_the_host_on_stdin(
 ) -> None:
     path = _write_config(
         tmp_path,
-        {"credHelpers": {"helped.example": "test", "token.example": "test", "gone.example": "test"}},
+        {
+            "credHelpers": {
+                "helped.example": "test",
+                "token.example": "test",
+                "gone.example": "test",
+            }
+        },
     )
     store = CredentialStore.from_docker_config(str(path))
     assert store.get("helped.example") == Credentials("hu", "hs")
     tok = store.get("token.example")
-    assert tok is not None and tok.identity_token == "rt" and tok.username == ""
+    assert tok is not None
+    assert tok.identity_token == "rt"
+    assert tok.username == ""
     assert store.get("gone.example") is None
     assert store.get("helped.example") == Credentials("hu", "hs")  # cached: not asked again
     assert fake_helper.read_text().split() == ["helped.example", "token.example", "gone.example"]
@@ -132,7 +143,8 @@ def test_missing_helper_is_an_authentication_error_with_hint(tmp_path: Path) -> 
     store = CredentialStore(cred_helpers={"x.example": "definitely-not-installed"})
     with pytest.raises(AuthenticationError) as info:
         store.get("x.example")
-    assert info.value.hint is not None and "credHelpers" in info.value.hint
+    assert info.value.hint is not None
+    assert "credHelpers" in info.value.hint
 
 
 # --- challenge and token parsing -----------------------------------------------------------------
@@ -142,7 +154,8 @@ def test_www_authenticate_parses_multiple_challenges_and_quoted_commas() -> None
         'service="registry.example",scope="repository:a/b:pull,push"'
     )
     basic, bearer = parse_www_authenticate(header)
-    assert basic.scheme == "basic" and basic.realm == "a, b"
+    assert basic.scheme == "basic"
+    assert basic.realm == "a, b"
     assert bearer.scheme == "bearer"
     assert bearer.params == {
         "realm": "https://auth.example/token",
@@ -153,7 +166,8 @@ def test_www_authenticate_parses_multiple_challenges_and_quoted_commas() -> None
 
 def test_token_response_accepts_access_token_and_default_lifetime() -> None:
     tok = parse_token_response(b'{"access_token": "abc"}', now=1000.0)
-    assert tok.value == "abc" and 1000.0 < tok.expires_at <= 1060.0
+    assert tok.value == "abc"
+    assert 1000.0 < tok.expires_at <= 1060.0
     with pytest.raises(AuthenticationError):
         parse_token_response(b'{"nothing": 1}')
 
@@ -178,7 +192,8 @@ def test_anonymous_token_flow_then_cached_token_is_reused() -> None:
         assert len(reg.token_requests) == 1
         tr = reg.token_requests[0]
         assert tr.authorization is None
-        assert "scope=repository%3Aapp%3Apull" in tr.path and "service=fake-registry" in tr.path
+        assert "scope=repository%3Aapp%3Apull" in tr.path
+        assert "service=fake-registry" in tr.path
         auths = [r.authorization for r in reg.requests]
         assert auths[0] is None  # the first request meets the challenge
         assert all(a is not None and a.startswith("Bearer tok-") for a in auths[1:])
@@ -192,7 +207,9 @@ def test_token_flow_with_credentials_sends_basic_to_the_realm_only() -> None:
         _resolve(reg, Transport(FAST, creds))
         (tr,) = reg.token_requests
         assert tr.authorization == "Basic " + _b64("alice:pw")
-        assert all(r.authorization is None or r.authorization.startswith("Bearer ") for r in reg.requests)
+        assert all(
+            r.authorization is None or r.authorization.startswith("Bearer ") for r in reg.requests
+        )
 
 
 def test_wrong_credentials_at_the_realm_raise_authentication_error() -> None:
@@ -201,7 +218,8 @@ def test_wrong_credentials_at_the_realm_raise_authentication_error() -> None:
         creds = CredentialStore(auths={reg.host: Credentials("alice", "wrong")})
         with pytest.raises(AuthenticationError) as info:
             _resolve(reg, Transport(FAST, creds))
-        assert "refused" in info.value.message and info.value.hint
+        assert "refused" in info.value.message
+        assert info.value.hint
         assert "wrong" not in info.value.message
         assert len(reg.token_requests) == 1  # not retried
 
@@ -213,18 +231,21 @@ def test_identity_token_uses_the_oauth2_refresh_grant() -> None:
         _resolve(reg, Transport(FAST, creds))
         (tr,) = reg.token_requests
         assert tr.method == "POST"
-        assert b"grant_type=refresh_token" in tr.body and b"refresh_token=rt-1" in tr.body
+        assert b"grant_type=refresh_token" in tr.body
+        assert b"refresh_token=rt-1" in tr.body
 
 
 def test_realm_on_another_host_issues_tokens_the_registry_accepts() -> None:
-    with FakeRegistry(hostname="localhost", users={"alice": "pw"}, anonymous_pull=False) as ts:
-        with FakeRegistry(auth="token", realm=ts.realm, token_issuer=ts) as reg:
-            reg.add_image("app")
-            creds = CredentialStore(auths={reg.host: Credentials("alice", "pw")})
-            _resolve(reg, Transport(FAST, creds))
-            (tr,) = ts.token_requests
-            assert tr.authorization == "Basic " + _b64("alice:pw")
-            assert not ts.requests  # nothing but the token endpoint was asked there
+    with (
+        FakeRegistry(hostname="localhost", users={"alice": "pw"}, anonymous_pull=False) as ts,
+        FakeRegistry(auth="token", realm=ts.realm, token_issuer=ts) as reg,
+    ):
+        reg.add_image("app")
+        creds = CredentialStore(auths={reg.host: Credentials("alice", "pw")})
+        _resolve(reg, Transport(FAST, creds))
+        (tr,) = ts.token_requests
+        assert tr.authorization == "Basic " + _b64("alice:pw")
+        assert not ts.requests  # nothing but the token endpoint was asked there
 
 
 def test_basic_auth_is_answered_once_then_sent_up_front() -> None:
@@ -243,7 +264,8 @@ def test_basic_challenge_without_credentials_hints_at_login() -> None:
         reg.add_image("app")
         with pytest.raises(AuthenticationError) as info:
             _resolve(reg, Transport(FAST))
-        assert info.value.hint is not None and "login" in info.value.hint
+        assert info.value.hint is not None
+        assert "login" in info.value.hint
         assert len(reg.requests) == 1
 
 
@@ -258,13 +280,15 @@ def test_rejected_basic_credentials_are_not_retried() -> None:
 
 
 def test_http_realm_is_refused_for_an_https_registry() -> None:
-    with FakeRegistry(hostname="localhost") as ts:
-        with FakeRegistry(auth="token", realm=ts.realm, token_issuer=ts) as reg:
-            reg.add_image("app")
-            creds = CredentialStore(auths={"registry.example": Credentials("alice", "pw")})
-            t = Transport(FAST, creds)
-            route_https(t.session, "registry.example", reg)
-            with pytest.raises(AuthenticationError, match="plain http"):
-                Resolver(t).resolve(Reference.parse("registry.example/app"))
-            assert ts.token_requests == []  # neither credentials nor a token request went out
-            assert len(reg.requests) == 1
+    with (
+        FakeRegistry(hostname="localhost") as ts,
+        FakeRegistry(auth="token", realm=ts.realm, token_issuer=ts) as reg,
+    ):
+        reg.add_image("app")
+        creds = CredentialStore(auths={"registry.example": Credentials("alice", "pw")})
+        t = Transport(FAST, creds)
+        route_https(t.session, "registry.example", reg)
+        with pytest.raises(AuthenticationError, match="plain http"):
+            Resolver(t).resolve(Reference.parse("registry.example/app"))
+        assert ts.token_requests == []  # neither credentials nor a token request went out
+        assert len(reg.requests) == 1

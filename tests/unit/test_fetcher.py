@@ -7,8 +7,8 @@ import os
 import threading
 
 import pytest
-from fakeregistry import FakeRegistry, Fault
 
+from fakeregistry import FakeRegistry, Fault
 from fastdist.errors import DigestMismatchError, ManifestError, RegistryError, SizeMismatchError
 from fastdist.fetcher import BytesSink, Fetcher
 from fastdist.oci import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ND_GZIP, Descriptor, Digest
@@ -19,11 +19,17 @@ from fastdist.transport import Transport, TransportConfig
 BLOB = os.urandom(700_000)
 
 
-def _setup(reg: FakeRegistry, data: bytes = BLOB, **config: object) -> tuple[Fetcher, Reference, Descriptor]:
+def _setup(
+    reg: FakeRegistry, data: bytes = BLOB, **config: object
+) -> tuple[Fetcher, Reference, Descriptor]:
     d = reg.add_blob(data)
     t = Transport(TransportConfig(backoff_base=0.001, backoff_max=0.01, **config))  # type: ignore[arg-type]
     t.sleep = lambda _s: None
-    return Fetcher(t), Reference.parse(f"{reg.host}/app"), Descriptor(OCI_LAYER_GZIP, Digest(d), len(data))
+    return (
+        Fetcher(t),
+        Reference.parse(f"{reg.host}/app"),
+        Descriptor(OCI_LAYER_GZIP, Digest(d), len(data)),
+    )
 
 
 class PrefilledSink(BytesSink):
@@ -40,7 +46,8 @@ def test_fetch_streams_the_whole_blob_and_reports_progress() -> None:
         fetcher.fetch(ref, desc, sink, events.append)
         assert sink.getvalue() == BLOB
         downloading = [e for e in events if e.phase is Phase.DOWNLOADING]
-        assert downloading and downloading[-1].current == len(BLOB) == downloading[-1].total
+        assert downloading
+        assert downloading[-1].current == len(BLOB) == downloading[-1].total
         assert all(e.digest == desc.digest for e in downloading)
         assert "range" not in reg.requests[0].headers
 
@@ -58,7 +65,8 @@ def test_cut_connection_resumes_with_range_from_the_sink_offset() -> None:
         assert 0 < resumed_at <= 100_000
         assert reg.requests[1].headers["range"] == f"bytes={resumed_at}-"
         retrying = [e for e in events if e.phase is Phase.RETRYING]
-        assert len(retrying) == 1 and retrying[0].current == resumed_at
+        assert len(retrying) == 1
+        assert retrying[0].current == resumed_at
 
 
 def test_server_ignoring_range_has_the_held_prefix_skipped() -> None:
@@ -152,7 +160,9 @@ def test_fetch_bytes_refuses_a_blob_over_the_limit_unread() -> None:
         assert reg.requests == []
 
 
-def _foreign(reg: FakeRegistry, cdn: FakeRegistry, allow: bool) -> tuple[Fetcher, Reference, Descriptor]:
+def _foreign(
+    reg: FakeRegistry, cdn: FakeRegistry, allow: bool
+) -> tuple[Fetcher, Reference, Descriptor]:
     fetcher, ref, desc = _setup(reg, allow_foreign_urls=allow)
     cdn.blobs[desc.digest] = BLOB
     url = f"{cdn.url}/v2/elsewhere/blobs/{desc.digest}"
@@ -165,7 +175,8 @@ def test_foreign_urls_are_ignored_unless_allowed() -> None:
         sink = BytesSink()
         fetcher.fetch(ref, desc, sink)
         assert sink.getvalue() == BLOB
-        assert cdn.requests == [] and len(reg.requests) == 1
+        assert cdn.requests == []
+        assert len(reg.requests) == 1
 
 
 def test_allowed_foreign_urls_are_fetched_without_credentials() -> None:
@@ -175,7 +186,8 @@ def test_allowed_foreign_urls_are_fetched_without_credentials() -> None:
         fetcher.fetch(ref, desc, sink)
         assert sink.getvalue() == BLOB
         assert [r.authorization for r in cdn.requests] == [None]
-        assert reg.requests == [] and reg.token_requests == []
+        assert reg.requests == []
+        assert reg.token_requests == []
 
 
 def test_concurrent_fetches_share_one_transport() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastdist.errors import InvalidReferenceError
+from fastdist.errors import InvalidReferenceError, UnsupportedMediaTypeError
 from fastdist.oci import Digest
 from fastdist.reference import Reference
 
@@ -77,13 +77,13 @@ def test_invalid_references_raise_with_reason(text: str, fragment: str) -> None:
 def test_uppercase_repository_hints_the_lowercase_form() -> None:
     with pytest.raises(InvalidReferenceError) as info:
         Reference.parse("docker.io/Library/Redis")
-    assert info.value.hint is not None and "docker.io/library/redis" in info.value.hint
+    assert info.value.hint is not None
+    assert "docker.io/library/redis" in info.value.hint
 
 
 def test_other_digest_algorithms_are_refused() -> None:
-    with pytest.raises(Exception, match="only sha256") as info:
+    with pytest.raises(UnsupportedMediaTypeError, match="only sha256"):
         Reference.parse("redis@sha512:" + "ab" * 64)
-    assert not isinstance(info.value, InvalidReferenceError) or "sha256" in str(info.value)
 
 
 def test_registry_maps_docker_hub_to_its_api_host() -> None:
@@ -96,4 +96,7 @@ def test_object_prefers_the_digest_over_the_tag() -> None:
     assert Reference.parse("redis:7").object == "7"
     assert Reference.parse(f"redis:7@{D}").object == D
     assert Reference.parse("redis").with_digest(Digest(D)).object == D
-    assert str(Reference.parse("redis").with_digest(Digest(D))) == f"docker.io/library/redis:latest@{D}"
+    assert (
+        str(Reference.parse("redis").with_digest(Digest(D)))
+        == f"docker.io/library/redis:latest@{D}"
+    )

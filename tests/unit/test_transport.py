@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from fakeregistry import FakeRegistry, Fault, route_https
 
+from fakeregistry import FakeRegistry, Fault, route_https
 from fastdist.auth import Credentials, CredentialStore
 from fastdist.errors import AuthenticationError, NotFoundError, RegistryError
 from fastdist.transport import Transport, TransportConfig, parse_retry_after, redact_url
@@ -34,8 +34,16 @@ def _get(t: Transport, reg: FakeRegistry, path: str, **kw: object) -> bytes:
         ("registry.example", TransportConfig(), "https://registry.example"),
         ("127.0.0.1.example.com", TransportConfig(), "https://127.0.0.1.example.com"),
         ("10.0.0.5:5000", TransportConfig(), "https://10.0.0.5:5000"),
-        ("10.0.0.5:5000", TransportConfig(plain_http_hosts=frozenset({"10.0.0.5:5000"})), "http://10.0.0.5:5000"),
-        ("lan.example:80", TransportConfig(plain_http_hosts=frozenset({"lan.example"})), "http://lan.example:80"),
+        (
+            "10.0.0.5:5000",
+            TransportConfig(plain_http_hosts=frozenset({"10.0.0.5:5000"})),
+            "http://10.0.0.5:5000",
+        ),
+        (
+            "lan.example:80",
+            TransportConfig(plain_http_hosts=frozenset({"lan.example"})),
+            "http://lan.example:80",
+        ),
     ],
 )
 def test_plain_http_only_for_loopback_and_allowed_hosts(
@@ -60,7 +68,8 @@ def test_https_registry_never_falls_back_to_http() -> None:
     with pytest.raises(RegistryError) as info:
         # Nothing listens there over https; the error must not come from an http attempt.
         t.request("GET", t.url("127.0.0.2.invalid", "/v2/"), registry="127.0.0.2.invalid")
-    assert info.value.url is not None and info.value.url.startswith("https://")
+    assert info.value.url is not None
+    assert info.value.url.startswith("https://")
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -98,7 +107,8 @@ def test_retries_503_then_succeeds() -> None:
         t = _transport()
         body = _get(t, reg, f"/v2/app/blobs/{d}", on_retry=lambda e, n, s: retries.append(n))
         assert body == b"payload"
-        assert len(reg.requests) == 3 and retries == [1, 2]
+        assert len(reg.requests) == 3
+        assert retries == [1, 2]
 
 
 def test_gives_up_after_max_retries_with_a_temporary_error() -> None:
@@ -107,28 +117,37 @@ def test_gives_up_after_max_retries_with_a_temporary_error() -> None:
         t = _transport(TransportConfig(max_retries=2, backoff_base=0.001))
         with pytest.raises(RegistryError) as info:
             _get(t, reg, "/v2/app/manifests/latest")
-        assert info.value.temporary and info.value.status == 500
+        assert info.value.temporary
+        assert info.value.status == 500
         assert len(reg.requests) == 3
 
 
 def test_429_honours_retry_after() -> None:
     with FakeRegistry() as reg:
         d = reg.add_blob(b"payload")
-        reg.add_fault(Fault(path_contains="/blobs/", status=429, code="TOOMANYREQUESTS", retry_after="0.05"))
+        reg.add_fault(
+            Fault(path_contains="/blobs/", status=429, code="TOOMANYREQUESTS", retry_after="0.05")
+        )
         delays: list[float] = []
         t = _transport()
-        assert _get(t, reg, f"/v2/app/blobs/{d}", on_retry=lambda e, n, s: delays.append(s)) == b"payload"
+        assert (
+            _get(t, reg, f"/v2/app/blobs/{d}", on_retry=lambda e, n, s: delays.append(s))
+            == b"payload"
+        )
         assert delays == [0.05]
         assert len(reg.requests) == 2
 
 
 def test_retry_after_beyond_the_budget_fails_fast_with_a_hint() -> None:
     with FakeRegistry() as reg:
-        reg.add_fault(Fault(path_contains="/v2/", status=429, code="TOOMANYREQUESTS", retry_after="3600"))
+        reg.add_fault(
+            Fault(path_contains="/v2/", status=429, code="TOOMANYREQUESTS", retry_after="3600")
+        )
         t = _transport()
         with pytest.raises(RegistryError) as info:
             _get(t, reg, "/v2/app/manifests/latest")
-        assert info.value.hint is not None and "3600" in info.value.hint
+        assert info.value.hint is not None
+        assert "3600" in info.value.hint
         assert len(reg.requests) == 1
 
 
@@ -145,20 +164,27 @@ def test_connection_refused_is_temporary_and_retried() -> None:
     t = _transport(TransportConfig(max_retries=1, backoff_base=0.001))
     retries: list[int] = []
     with pytest.raises(RegistryError) as info:
-        t.request("GET", t.url(host, "/v2/"), registry=host, on_retry=lambda e, n, s: retries.append(n))
-    assert info.value.temporary and retries == [1]
+        t.request(
+            "GET", t.url(host, "/v2/"), registry=host, on_retry=lambda e, n, s: retries.append(n)
+        )
+    assert info.value.temporary
+    assert retries == [1]
 
 
 # --- redirects and credentials --------------------------------------------------------------------
 def test_redirect_to_another_host_drops_authorization() -> None:
-    with FakeRegistry(hostname="localhost") as cdn, FakeRegistry(auth="basic", users={"u": "p"}) as reg:
+    with (
+        FakeRegistry(hostname="localhost") as cdn,
+        FakeRegistry(auth="basic", users={"u": "p"}) as reg,
+    ):
         d = reg.add_blob(b"blob bytes")
         cdn.blobs[d] = b"blob bytes"
         reg.add_fault(Fault(path_contains="/blobs/", method="GET", redirect_to=cdn.url, times=-1))
         t = _transport(creds=CredentialStore(auths={reg.host: Credentials("u", "p")}))
         assert _get(t, reg, f"/v2/app/blobs/{d}") == b"blob bytes"
         assert [r.authorization is not None for r in reg.requests] == [False, True]
-        assert len(cdn.requests) == 1 and cdn.requests[0].authorization is None
+        assert len(cdn.requests) == 1
+        assert cdn.requests[0].authorization is None
 
 
 def test_bearer_token_does_not_follow_a_redirect_to_the_cdn() -> None:
@@ -179,7 +205,9 @@ def test_https_registry_redirect_to_loopback_http_is_allowed_without_credentials
         reg.add_fault(Fault(path_contains="/blobs/", method="GET", redirect_to=cdn.url, times=-1))
         t = _transport(creds=CredentialStore(auths={"registry.example": Credentials("u", "p")}))
         route_https(t.session, "registry.example", reg)
-        resp = t.request("GET", f"https://registry.example/v2/app/blobs/{d}", registry="registry.example")
+        resp = t.request(
+            "GET", f"https://registry.example/v2/app/blobs/{d}", registry="registry.example"
+        )
         with resp:
             assert resp.content == b"z"
         assert [r.authorization for r in cdn.requests] == [None]
@@ -189,7 +217,8 @@ def test_https_registry_redirect_to_loopback_http_is_allowed_without_credentials
 def test_redact_url_drops_userinfo_and_query() -> None:
     url = "https://user:secret@cdn.example:8443/blobs/x?X-Amz-Signature=abc&token=t"
     assert redact_url(url) == "https://cdn.example:8443/blobs/x?…"
-    assert "secret" not in redact_url(url) and "abc" not in redact_url(url)
+    assert "secret" not in redact_url(url)
+    assert "abc" not in redact_url(url)
 
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:

@@ -1,0 +1,108 @@
+"""Pushing blobs (monolithic, skip when present) and manifests, then resolving them back."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fakeregistry import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, FakeRegistry, digest_of
+from fastdist.errors import DigestMismatchError, RegistryError
+from fastdist.fetcher import BytesSink, Fetcher
+from fastdist.oci import Descriptor, Digest, Platform
+from fastdist.pusher import Pusher
+from fastdist.reference import Reference
+from fastdist.resolver import Resolver
+from fastdist.transport import Transport, TransportConfig
+
+
+def _transport() -> Transport:
+    return Transport(TransportConfig(backoff_base=0.001))
+
+
+def test_push_blob_uploads_then_skips_when_present() -> None:
+    with FakeRegistry() as reg:
+        pusher = Pusher(_transport())
+        ref = Reference.parse(f"{reg.host}/app")
+        data = os.urandom(50_000)
+        d = Digest(digest_of(data))
+        pusher.push_blob(ref, d, data)
+        assert reg.blobs[d] == data
+        assert [r.method for r in reg.requests] == ["HEAD", "POST", "PUT"]
+        put = reg.requests[2]
+        assert f"digest={d.replace(':', '%3A')}" in put.path
+        assert "_state=x" in put.path
+        pusher.push_blob(ref, d, data)
+        assert [r.method for r in reg.requests] == ["HEAD", "POST", "PUT", "HEAD"]
+
+
+def test_push_blob_streams_a_file(tmp_path: Path) -> None:
+    with FakeRegistry() as reg:
+        data = os.urandom(3 << 20)
+        path = tmp_path / "layer.tar.gz"
+        path.write_bytes(data)
+        d = Digest(digest_of(data))
+        Pusher(_transport()).push_blob(Reference.parse(f"{reg.host}/app"), d, str(path))
+        assert reg.blobs[d] == data
+
+
+def test_push_blob_with_wrong_digest_is_rejected_by_the_registry() -> None:
+    with FakeRegistry() as reg, pytest.raises(RegistryError, match="DIGEST_INVALID"):
+        Pusher(_transport()).push_blob(
+            Reference.parse(f"{reg.host}/app"), Digest(digest_of(b"a")), b"b"
+        )
+
+
+def test_pushed_image_resolves_and_fetches_back_with_token_auth() -> None:
+    with FakeRegistry(auth="token") as reg:
+        t = _transport()
+        pusher = Pusher(t)
+        ref = Reference.parse(f"{reg.host}/team/app:v1")
+        layer = os.urandom(10_000)
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [digest_of(layer)]},
+            }
+        ).encode()
+        for blob in (layer, config):
+            pusher.push_blob(ref, Digest(digest_of(blob)), blob)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": OCI_CONFIG,
+                    "digest": digest_of(config),
+                    "size": len(config),
+                },
+                "layers": [
+                    {"mediaType": OCI_LAYER_GZIP, "digest": digest_of(layer), "size": len(layer)}
+                ],
+            }
+        ).encode()
+        d = pusher.push_manifest(ref, manifest, OCI_MANIFEST)
+        assert d == digest_of(manifest)
+        assert reg.requests_to("/manifests/v1", "PUT")[-1].headers["content-type"] == OCI_MANIFEST
+        assert any("pull%2Cpush" in r.path or "pull,push" in r.path for r in reg.token_requests)
+
+        res = Resolver(t).resolve(ref, Platform("linux", "amd64"))
+        assert res.target.digest == d
+        desc: Descriptor = res.manifest.layers[0]
+        sink = BytesSink()
+        Fetcher(t).fetch(ref, desc, sink)
+        assert sink.getvalue() == layer
+
+
+def test_push_manifest_by_digest_checks_the_reference_digest() -> None:
+    with FakeRegistry() as reg:
+        d, data = reg.add_image("app", tag=None)
+        pusher = Pusher(_transport())
+        ref = Reference.parse(f"{reg.host}/app@{d}")
+        assert pusher.push_manifest(ref, data, OCI_MANIFEST) == d
+        assert reg.requests[-1].path == f"/v2/app/manifests/{d}"
+        with pytest.raises(DigestMismatchError):
+            pusher.push_manifest(ref, data + b" ", OCI_MANIFEST)
