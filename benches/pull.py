@@ -1,0 +1,596 @@
+#!/usr/bin/env python3
+"""Side-by-side pull benchmark: fastdist against containerd's ctr, skopeo + umoci and the naive
+unverified ``curl | decompress | tar -x`` floor (design.md §9, issue 5).
+
+One command builds the fixture images (once; cached under benches/work/), starts Debian's registry
+on loopback, times cold pulls interleaved across tools on tmpfs, then the warm case and the pull of
+an image whose base layer is already present, and writes benches/results/latest.json, a markdown
+table, benches/pull.png and (with --update-readme) the results block of benches/README.md.
+
+    make bench                                  # everything, 5 runs
+    python benches/pull.py --runs 3 --images usr,small-files --tools fastdist,ctr
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+if (REPO / "python" / "fastdist").is_dir():
+    sys.path.insert(1, str(REPO / "python"))
+
+from fixtures import Fixture, ensure_fixtures  # noqa: E402
+from peers import BenchError, Ctr, Fastdist, Naive, Sample, SkopeoUmoci, tree_stats  # noqa: E402
+
+from fastdist.testing.registry import LocalRegistry  # noqa: E402
+
+log = logging.getLogger("bench")
+
+IMAGES = ["usr", "small-files", "big-files", "whiteouts"]
+TOOLS = ["fastdist", "ctr", "skopeo+umoci", "curl|tar"]
+README_BEGIN = "<!-- pull-bench:results:begin -->"
+README_END = "<!-- pull-bench:results:end -->"
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "unknown"
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem = f"{int(f.readline().split()[1]) / (1 << 20):.1f} GiB"
+
+    def version(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=20)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "missing"
+
+    commit = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "memory": mem,
+        "os": version(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "fastdist_commit": commit,
+        "containerd": version(["containerd", "--version"]),
+        "skopeo": version(["skopeo", "--version"]),
+        "umoci": version(["umoci", "--version"]),
+        "pigz": version(["pigz", "--version"]),
+        "zstd": version(["zstd", "--version"]),
+        "python": platform.python_version(),
+    }
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A private tmpfs for target directories; falls back to /dev/shm if mounting is refused."""
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if r.returncode == 0:
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+        return
+    log.warning("cannot mount tmpfs (%s); using /dev/shm", r.stderr.decode().strip())
+    alt = Path("/dev/shm") / f"fastdist-bench-{os.getpid()}"
+    alt.mkdir()
+    try:
+        yield alt
+    finally:
+        shutil.rmtree(alt, ignore_errors=True)
+
+
+def fastdist_ready() -> str | None:
+    """None if fastdist can be benchmarked, else why not."""
+    r = subprocess.run(
+        [sys.executable, "-c", "import fastdist.client, fastdist._native, fastdist.cli"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return None if r.returncode == 0 else r.stderr.strip().splitlines()[-1]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, host: str, tmp: Path) -> None:
+        self.args = args
+        self.host = host
+        self.tmp = tmp
+        self.results: list[dict[str, Any]] = []
+        self.seq = 0
+        tools: dict[str, Any] = {
+            "fastdist": Fastdist(args.fastdist_snapshotter),
+            "ctr": Ctr(),
+            "skopeo+umoci": SkopeoUmoci(),
+            "curl|tar": Naive(host),
+        }
+        self.tools = {k: v for k, v in tools.items() if k in args.tools}
+
+    def ref(self, fx: Fixture) -> str:
+        return f"{self.host}/{fx.repo}:{fx.tag}"
+
+    def _workdir(self, tool: str) -> Path:
+        self.seq += 1
+        return self.tmp / f"{self.seq:04d}-{tool.replace('|', '-').replace('+', '-')}"
+
+    def _record(
+        self, scenario: str, fx: Fixture, tool: str, run: int, s: Sample | None, err: str = ""
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {"scenario": scenario, "image": fx.name, "tool": tool, "run": run}
+        if s is not None:
+            row.update(
+                wall=s.wall,
+                user=s.user,
+                sys=s.sys,
+                daemon_cpu=s.daemon_cpu,
+                cpu=s.cpu,
+                maxrss_kb=s.maxrss_kb,
+                daemon_rss_kb=s.daemon_rss_kb,
+                rss_kb=s.rss_kb,
+            )
+        if err:
+            row["error"] = err
+        self.results.append(row)
+        return row
+
+    def supports(self, tool: str, fx: Fixture, scenario: str) -> bool:
+        t = self.tools[tool]
+        return scenario in t.scenarios and fx.compression in getattr(
+            t, "compressions", ("gzip", "zstd")
+        )
+
+    def cold(self, fixtures: list[Fixture]) -> None:
+        failed: set[tuple[str, str]] = set()
+        names = list(self.tools)
+        for fx in fixtures:
+            for run in range(self.args.runs):
+                order = names[run % len(names) :] + names[: run % len(names)]  # interleave
+                for tool in order:
+                    if not self.supports(tool, fx, "cold") or (tool, fx.name) in failed:
+                        continue
+                    try:
+                        with self.tools[tool].session(self._workdir(tool)) as sess:
+                            s = sess.pull(fx, self.ref(fx))
+                            row = self._record("cold", fx, tool, run, s)
+                            if run == 0:
+                                row["files"], row["bytes"] = tree_stats(sess.output())
+                    except BenchError as e:
+                        log.error("%s cold %s failed: %s", tool, fx.name, e)
+                        failed.add((tool, fx.name))
+                        self._record("cold", fx, tool, run, None, str(e)[-600:])
+                        continue
+                    log.info(
+                        "cold %-18s %-13s run %d: %6.2f s wall %6.2f s cpu %5.0f MB",
+                        fx.name,
+                        tool,
+                        run,
+                        s.wall,
+                        s.cpu,
+                        s.rss_kb / 1024,
+                    )
+
+    def warm(self, jobs: list[tuple[str, Fixture, Fixture]]) -> None:
+        """(scenario, image, first): pull ``first`` untimed, then time the pull of ``image``.
+        warm: first is the image itself; base: first is an image sharing its bottom layer."""
+        for scenario, fx, first in jobs:
+            for run in range(self.args.warm_runs):
+                for tool in self.tools:
+                    if not self.supports(tool, fx, scenario):
+                        continue
+                    try:
+                        with self.tools[tool].session(self._workdir(tool)) as sess:
+                            sess.pull(first, self.ref(first))
+                            s = sess.pull(fx, self.ref(fx))
+                    except BenchError as e:
+                        log.error("%s %s %s failed: %s", tool, scenario, fx.name, e)
+                        self._record(scenario, fx, tool, run, None, str(e)[-600:])
+                        break
+                    self._record(scenario, fx, tool, run, s)
+                    log.info(
+                        "%s %-18s %-13s run %d: %6.3f s wall %6.3f s cpu %5.0f MB",
+                        scenario,
+                        fx.name,
+                        tool,
+                        run,
+                        s.wall,
+                        s.cpu,
+                        s.rss_kb / 1024,
+                    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting.
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["scenario"], r["image"], r["tool"]), []).append(r)
+    out = []
+    for (scenario, image, tool), rows in groups.items():
+        ok = [r for r in rows if "error" not in r]
+        s: dict[str, Any] = {"scenario": scenario, "image": image, "tool": tool, "runs": len(ok)}
+        if ok:
+            for k in ("wall", "cpu", "user", "sys", "daemon_cpu", "rss_kb"):
+                s[k] = statistics.median(r[k] for r in ok)
+            s["wall_min"] = min(r["wall"] for r in ok)
+            s["wall_max"] = max(r["wall"] for r in ok)
+            s["rss_kb_max"] = max(r["rss_kb"] for r in ok)
+            first = next((r for r in ok if "files" in r), None)
+            if first:
+                s["files"], s["bytes"] = first["files"], first["bytes"]
+        errs = [r["error"] for r in rows if "error" in r]
+        if errs:
+            s["error"] = errs[0].strip().splitlines()[-1][:200] if errs[0].strip() else "failed"
+        out.append(s)
+    return out
+
+
+def _md(name: str) -> str:
+    return name.replace("|", "\\|")
+
+
+def _cell(s: dict[str, Any] | None, key: str, fmt: str) -> str:
+    if s is None:
+        return "-"
+    if key not in s:
+        return "fail" if "error" in s else "-"
+    return fmt.format(s[key])
+
+
+def markdown(
+    summary: list[dict[str, Any]], fixtures: dict[str, Fixture], meta: dict[str, Any]
+) -> str:
+    by = {(s["scenario"], s["image"], s["tool"]): s for s in summary}
+    tools = [t for t in TOOLS if any(s["tool"] == t for s in summary)]
+    peers = [t for t in tools if t != "fastdist"]
+    images = [
+        n for n in fixtures if any(s["image"] == n and s["scenario"] == "cold" for s in summary)
+    ]
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']['cpu']}, {meta['machine']['nproc']} cores, "
+        f"{meta['machine']['memory']}, Linux {meta['machine']['kernel']}; fastdist "
+        f"{meta['machine']['fastdist_commit']}, {meta['machine']['containerd']}, "
+        f"{meta['machine']['skopeo']}, umoci {meta['machine']['umoci']}. "
+        f"{meta['runs']} cold runs per tool and image (medians), "
+        f"{meta['warm_runs']} for warm/base.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        "**Cold pull, median wall time (s)** — ratio = fastdist / peer (< 1: fastdist faster)",
+        "",
+        "| image | compressed → raw MB | "
+        + " | ".join(tools)
+        + " | "
+        + " | ".join(f"÷ {_md(p)}" for p in peers)
+        + " |",
+        "|---|---|" + "---:|" * (len(tools) + len(peers)),
+    ]
+    for name in images:
+        fx = fixtures[name]
+        size = f"{sum(x.size for x in fx.layers) / 2**20:.0f} → {fx.uncompressed / 2**20:.0f}"
+        row = [name, size]
+        row += [_cell(by.get(("cold", name, t)), "wall", "{:.2f}") for t in tools]
+        fd = by.get(("cold", name, "fastdist"), {})
+        for p in peers:
+            ps = by.get(("cold", name, p), {})
+            if "wall" in fd and "wall" in ps:
+                row.append(f"{fd['wall'] / ps['wall']:.2f}x")
+            else:
+                row.append("-")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "**Cold pull, median CPU time (s, user+sys; ctr includes the containerd daemon and its "
+        "unpigz) / peak RSS (MB)**",
+        "",
+        "| image | " + " | ".join(map(_md, tools)) + " |",
+        "|---|" + "---:|" * len(tools),
+    ]
+    for name in images:
+        row = [name]
+        for t in tools:
+            s = by.get(("cold", name, t))
+            if s is None or "cpu" not in s:
+                row.append(_cell(s, "cpu", ""))
+            else:
+                row.append(f"{s['cpu']:.2f} / {s['rss_kb'] / 1024:.0f}")
+        lines.append("| " + " | ".join(row) + " |")
+    warm = [s for s in summary if s["scenario"] in ("warm", "base")]
+    if warm:
+        wt = [t for t in tools if any(s["tool"] == t for s in warm)]
+        lines += [
+            "",
+            "**Warm (image already present) and base (bottom layer already present), median wall "
+            "time (s)**",
+            "",
+            "| scenario | image | " + " | ".join(map(_md, wt)) + " |",
+            "|---|---|" + "---:|" * len(wt),
+        ]
+        keys = sorted(
+            {(s["scenario"], s["image"]) for s in warm}, key=lambda k: (k[0] != "warm", k[1])
+        )
+        for sc, name in keys:
+            row = [sc, name] + [_cell(by.get((sc, name, t)), "wall", "{:.3f}") for t in wt]
+            lines.append("| " + " | ".join(row) + " |")
+    failures = [s for s in summary if "error" in s]
+    if failures:
+        lines += ["", "Failures:", ""]
+        lines += [f"- {s['scenario']} {s['image']} {s['tool']}: `{s['error']}`" for s in failures]
+    return "\n".join(lines) + "\n"
+
+
+def chart(summary: list[dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib missing (benches/setup.sh installs it): no chart")
+        return False
+    cold = [s for s in summary if s["scenario"] == "cold" and "wall" in s]
+    images = list(dict.fromkeys(s["image"] for s in cold))
+    tools = [t for t in TOOLS if any(s["tool"] == t for s in cold)]
+    by = {(s["image"], s["tool"]): s for s in cold}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * len(images) + 1.8), sharey=True)
+    width = 0.8 / max(1, len(tools))
+    colors = {
+        "fastdist": "#d62728",
+        "ctr": "#1f77b4",
+        "skopeo+umoci": "#9467bd",
+        "curl|tar": "#7f7f7f",
+    }
+    for ax, key, label in (
+        (axes[0], "wall", "median wall time (s)"),
+        (axes[1], "cpu", "median CPU time (s)"),
+    ):
+        for i, t in enumerate(tools):
+            ys = [j + i * width for j in range(len(images))]
+            vals = [by[(im, t)][key] if (im, t) in by else 0 for im in images]
+            ax.barh(ys, vals, height=width, label=t, color=colors.get(t))
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks([j + width * (len(tools) - 1) / 2 for j in range(len(images))])
+    axes[0].set_yticklabels(images)
+    axes[0].invert_yaxis()
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Cold pull from a loopback registry (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def update_readme(table: str) -> None:
+    """Replace only the results block of the "Pull benchmarks" section (others own the rest)."""
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        log.warning("benches/README.md has no pull results markers; not updated")
+        return
+    a = text.index(README_BEGIN) + len(README_BEGIN)
+    b = text.index(README_END)
+    readme.write_text(text[:a] + "\n" + table + text[b:])
+    log.info("updated %s", readme)
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiling (--profile): where fastdist's time goes on one cold pull.
+
+
+def profile(fx: Fixture, host: str, tmp: Path, out: Path) -> None:
+    ref = f"{host}/{fx.repo}:{fx.tag}"
+    root = tmp / "profile-root"
+    cmd = [sys.executable, "-m", "fastdist", "--root", str(root), "pull", "-q", ref]
+    if shutil.which("py-spy"):
+        raw = out / f"profile-{fx.name}.pyspy.txt"
+        subprocess.run(
+            [
+                "py-spy",
+                "record",
+                "--native",
+                "--subprocesses",
+                "-r",
+                "200",
+                "--format",
+                "raw",
+                "-o",
+                str(raw),
+                "--",
+                *cmd,
+            ],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+        if raw.exists():
+            log.info("py-spy (collapsed stacks) → %s\n%s", raw, top_frames(raw))
+    if shutil.which("perf"):
+        data = tmp / "perf.data"
+        subprocess.run(
+            ["perf", "record", "-F", "499", "-g", "-o", str(data), "--", *cmd],
+            check=False,
+            capture_output=True,
+        )
+        rep = subprocess.run(
+            [
+                "perf",
+                "report",
+                "-i",
+                str(data),
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "comm,dso,sym",
+                "--percent-limit",
+                "1.5",
+                "-g",
+                "none",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        (out / f"profile-{fx.name}.perf.txt").write_text(rep.stdout)
+        log.info(
+            "perf report → %s\n%s",
+            out / f"profile-{fx.name}.perf.txt",
+            "\n".join(x for x in rep.stdout.splitlines() if x and not x.startswith("#"))[:4000],
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def top_frames(raw: Path, n: int = 25) -> str:
+    """Self-time leaders from py-spy's collapsed stacks."""
+    leaf: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        frame = stack.split(";")[-1]
+        leaf[frame] = leaf.get(frame, 0) + c
+    top = sorted(leaf.items(), key=lambda kv: -kv[1])[:n]
+    return "\n".join(f"{100 * c / max(total, 1):5.1f}%  {f}" for f, c in top)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--runs", type=int, default=5, help="cold runs per tool and image (default 5)")
+    ap.add_argument("--warm-runs", type=int, default=3, help="runs of the warm/base cases")
+    ap.add_argument("--images", default=",".join(IMAGES), help="comma list of " + ",".join(IMAGES))
+    ap.add_argument("--compressions", default="gzip,zstd")
+    ap.add_argument("--tools", default=",".join(TOOLS), help="comma list of " + ",".join(TOOLS))
+    ap.add_argument("--scenarios", default="cold,warm,base", help="comma list of cold,warm,base")
+    ap.add_argument("--scale", type=float, default=1.0, help="shrink fixtures (smoke runs)")
+    ap.add_argument("--work", type=Path, default=HERE / "work", help="fixture cache + tmpfs")
+    ap.add_argument("--tmpfs-size", default="10g")
+    ap.add_argument("--fastdist-snapshotter", default="overlayfs", choices=("overlayfs", "native"))
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--chart", type=Path, default=HERE / "pull.png")
+    ap.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--profile", metavar="IMAGE", help="profile one fastdist pull (py-spy, perf)")
+    ap.add_argument("--no-setup", action="store_true", help="skip benches/setup.sh")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    args.images = [x for x in args.images.split(",") if x]
+    args.compressions = [x for x in args.compressions.split(",") if x]
+    args.tools = [x for x in args.tools.split(",") if x]
+    args.scenarios = [x for x in args.scenarios.split(",") if x]
+    unknown = set(args.tools) - set(TOOLS)
+    if unknown:
+        ap.error(f"unknown tools: {', '.join(sorted(unknown))}")
+    if os.geteuid() != 0:
+        ap.error("run as root (containerd, umoci and overlay mounts need it)")
+    if not args.no_setup:
+        subprocess.run([str(HERE / "setup.sh"), sys.executable], check=True)
+    if "fastdist" in args.tools and (why := fastdist_ready()):
+        log.warning("fastdist not benchmarkable yet (%s): skipping it", why)
+        args.tools.remove("fastdist")
+
+    command = "python benches/pull.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with (
+        LocalRegistry(storage=args.work / "registry") as reg,
+        tmpfs(args.work / "tmp", args.tmpfs_size) as tmp,
+    ):
+        names = list(args.images)
+        if "base" in args.scenarios and "usr" in names:
+            names.append("usr-app")
+        fixtures = ensure_fixtures(names, args.compressions, args.work, reg.host, args.scale)
+        log.info("fixtures ready in %.0f s", time.monotonic() - t0)
+        if args.profile:
+            for comp in args.compressions:
+                profile(fixtures[f"{args.profile}-{comp}"], reg.host, tmp, args.out)
+            return 0
+        main_fx = [fixtures[f"{n}-{c}"] for n in args.images for c in args.compressions]
+        bench = Bench(args, reg.host, tmp)
+        if "cold" in args.scenarios:
+            bench.cold(main_fx)
+        jobs: list[tuple[str, Fixture, Fixture]] = []
+        if "warm" in args.scenarios:
+            jobs += [("warm", fx, fx) for fx in main_fx]
+        base_fx = [
+            fixtures[f"usr-app-{c}"] for c in args.compressions if f"usr-app-{c}" in fixtures
+        ]
+        if "base" in args.scenarios:
+            jobs += [("base", fx, fixtures[fx.name.replace("usr-app", "usr")]) for fx in base_fx]
+        bench.warm(jobs)
+
+    summary = summarise(bench.results)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "machine": machine(),
+        "runs": args.runs,
+        "warm_runs": args.warm_runs,
+        "tools": args.tools,
+        "scale": args.scale,
+        "duration_s": round(time.monotonic() - t0),
+    }
+    table = markdown(summary, {f.name: f for f in main_fx + base_fx}, meta)
+    (args.out / "latest.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "summary": summary,
+                "runs": bench.results,
+                "fixtures": {f.name: f.to_json() for f in main_fx + base_fx},
+            },
+            indent=1,
+        )
+    )
+    (args.out / "latest.md").write_text(table)
+    if chart(summary, args.chart):
+        table += f"\n![cold pull medians]({args.chart.name})\n"
+    if args.update_readme:
+        update_readme(table)
+    sys.stdout.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

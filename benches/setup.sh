@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what the pull benchmark (benches/pull.py) compares against and needs, from Debian's packages:
+# containerd (ctr), skopeo + umoci, the naive pipeline's curl/pigz/zstd/tar, GNU time (peak RSS)
+# and Debian's registry;
+# matplotlib (the chart) and py-spy (--profile) from PyPI into the benchmark's Python.
+# Idempotent: installs only what is missing. Usage: benches/setup.sh [PYTHON]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(containerd skopeo umoci pigz zstd curl tar time docker-registry)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "bench-setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# containerd decompresses gzip layers with unpigz when it is on PATH (pigz ships it).
+command -v unpigz >/dev/null || { echo "bench-setup: unpigz missing (package pigz)" >&2; exit 1; }
+
+PY=${1:-${PYTHON:-}}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+"$PY" -c 'import matplotlib' 2>/dev/null || "$PY" -m pip install -q matplotlib
+"$PY" -c 'import shutil, sys; sys.exit(shutil.which("py-spy") is None)' 2>/dev/null \
+  || "$PY" -m pip install -q py-spy || echo "bench-setup: py-spy unavailable (only --profile needs it)" >&2
+echo "bench-setup: ok"
