@@ -1,0 +1,118 @@
+"""snapshots.py specifics: overlay mount options, short links, info files, key checks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fastdist.errors import InvalidDigestError, StoreError
+from fastdist.oci import Digest, sha256_digest
+from fastdist.snapshots import (
+    NativeSnapshotter,
+    OverlaySnapshotter,
+    snapshotter_by_name,
+)
+
+
+def chain(i: int) -> Digest:
+    return sha256_digest(f"layer {i}".encode())
+
+
+def commit_empty(snap: OverlaySnapshotter | NativeSnapshotter, c: Digest, p: Digest | None) -> None:
+    s = snap.prepare_layer(c, p)
+    (s.path / f"f-{c[7:15]}").write_bytes(b"x")
+    snap.commit(s)
+
+
+def test_committed_layer_records_parent_and_size_in_info(tmp_path: Path) -> None:
+    snap = OverlaySnapshotter(tmp_path)
+    commit_empty(snap, chain(0), None)
+    commit_empty(snap, chain(1), chain(0))
+    info = json.loads((snap.layer_dir(chain(1)) / "info.json").read_text())
+    assert info["parent"] == chain(0)
+    assert info["chain_id"] == chain(1)
+    assert isinstance(info["size"], int)
+    assert snap.chain(chain(1)) == [chain(1), chain(0)]
+
+
+def test_overlay_options_use_short_relative_lowerdirs_top_first(tmp_path: Path) -> None:
+    snap = OverlaySnapshotter(tmp_path)
+    parent: Digest | None = None
+    for i in range(3):
+        commit_empty(snap, chain(i), parent)
+        parent = chain(i)
+    active = snap.prepare_active("ctr", parent)
+    opts = snap.mount_options(active)
+    lower = opts.split(",")[0].removeprefix("lowerdir=").split(":")
+    assert len(lower) == 3
+    assert all(p.startswith("l/") and len(p) == 12 for p in lower)
+    tops = [os.path.realpath(snap.root / p) for p in lower]
+    assert tops == [str(snap.fs_path(c).resolve()) for c in (chain(2), chain(1), chain(0))]
+    assert "upperdir=active/ctr/upper" in opts
+    assert "workdir=active/ctr/work" in opts
+    ro = snap.mount_options(active, readonly=True)
+    assert ro.startswith("lowerdir=active/ctr/upper:l/")
+    assert "upperdir" not in ro
+
+
+def test_overlay_options_over_the_page_limit_are_refused(tmp_path: Path) -> None:
+    snap = OverlaySnapshotter(tmp_path)
+    parent: Digest | None = None
+    for i in range(320):  # 320 x len("l/xxxxxxxxxx:") > 4095
+        commit_empty(snap, chain(i), parent)
+        parent = chain(i)
+    active = snap.prepare_active("deep", parent)
+    with pytest.raises(StoreError, match="option limit"):
+        snap.mount_options(active)
+
+
+def test_a_lost_short_link_is_recreated_and_sweep_drops_dangling_ones(tmp_path: Path) -> None:
+    snap = OverlaySnapshotter(tmp_path)
+    commit_empty(snap, chain(0), None)
+    (link,) = os.listdir(snap.links_dir)
+    os.unlink(snap.links_dir / link)
+    snap.mount_options(snap.prepare_active("a", chain(0)))
+    assert os.listdir(snap.links_dir) == [link]
+    os.symlink("../layers/gone/fs", snap.links_dir / "abcdefghij")
+    snap.sweep_staging()
+    assert os.listdir(snap.links_dir) == [link]
+
+
+def test_remove_drops_the_short_link(tmp_path: Path) -> None:
+    snap = OverlaySnapshotter(tmp_path)
+    commit_empty(snap, chain(0), None)
+    snap.remove(chain(0))
+    assert os.listdir(snap.links_dir) == []
+    assert os.listdir(snap.staging_dir) == []
+
+
+def test_native_staging_is_a_copy_of_the_parent(tmp_path: Path) -> None:
+    snap = NativeSnapshotter(tmp_path)
+    s0 = snap.prepare_layer(chain(0), None)
+    (s0.path / "a").write_bytes(b"base")
+    os.link(s0.path / "a", s0.path / "hard")
+    os.symlink("/abs/target", s0.path / "sym")
+    snap.commit(s0)
+    s1 = snap.prepare_layer(chain(1), chain(0))
+    assert (s1.path / "a").read_bytes() == b"base"
+    assert os.readlink(s1.path / "sym") == "/abs/target"
+    assert os.stat(s1.path / "a").st_ino == os.stat(s1.path / "hard").st_ino
+    (s1.path / "a").unlink()
+    assert (snap.fs_path(chain(0)) / "a").read_bytes() == b"base"
+    snap.abort(s1)
+
+
+def test_snapshotter_by_name(tmp_path: Path) -> None:
+    assert snapshotter_by_name("native", tmp_path).name == "native"
+    assert snapshotter_by_name("overlayfs", tmp_path).apply_mode == "layer"
+    with pytest.raises(StoreError, match="unknown snapshotter"):
+        snapshotter_by_name("zfs", tmp_path)
+
+
+def test_chain_ids_are_validated_before_becoming_paths(tmp_path: Path) -> None:
+    snap = NativeSnapshotter(tmp_path)
+    with pytest.raises(InvalidDigestError):
+        snap.exists("sha256:../../x")  # type: ignore[arg-type]
