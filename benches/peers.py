@@ -121,6 +121,13 @@ def _rm(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def fastdist_env() -> dict[str, str]:
+    """The environment for fastdist subprocesses: this checkout's package first on the path."""
+    src = Path(__file__).resolve().parent.parent / "python"
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": f"{src}:{path}" if path else str(src)}
+
+
 class FastdistSession:
     def __init__(self, workdir: Path, snapshotter: str) -> None:
         self.root = workdir / "root"
@@ -130,7 +137,7 @@ class FastdistSession:
     def pull(self, fx: Fixture, ref: str) -> Sample:
         cmd = [sys.executable, "-m", "fastdist", "--root", str(self.root), "pull", "-q"]
         cmd += ["--snapshotter", self.snapshotter, ref]
-        return run_timed(cmd, self.log)
+        return run_timed(cmd, self.log, env=fastdist_env())
 
     def output(self) -> Path:
         return self.root

@@ -37,7 +37,16 @@ if (REPO / "python" / "fastdist").is_dir():
     sys.path.insert(1, str(REPO / "python"))
 
 from fixtures import Fixture, ensure_fixtures  # noqa: E402
-from peers import BenchError, Ctr, Fastdist, Naive, Sample, SkopeoUmoci, tree_stats  # noqa: E402
+from peers import (  # noqa: E402
+    BenchError,
+    Ctr,
+    Fastdist,
+    Naive,
+    Sample,
+    SkopeoUmoci,
+    fastdist_env,
+    tree_stats,
+)
 
 from fastdist.testing.registry import LocalRegistry  # noqa: E402
 
@@ -112,6 +121,7 @@ def fastdist_ready() -> str | None:
     """None if fastdist can be benchmarked, else why not."""
     r = subprocess.run(
         [sys.executable, "-c", "import fastdist.client, fastdist._native, fastdist.cli"],
+        env=fastdist_env(),
         capture_output=True,
         text=True,
         check=False,
@@ -288,7 +298,7 @@ def markdown(
         "**Cold pull, median wall time (s)** — ratio = fastdist / peer (< 1: fastdist faster)",
         "",
         "| image | compressed → raw MB | "
-        + " | ".join(tools)
+        + " | ".join(map(_md, tools))
         + " | "
         + " | ".join(f"÷ {_md(p)}" for p in peers)
         + " |",
