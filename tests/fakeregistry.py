@@ -328,6 +328,10 @@ class _Handler(BaseHTTPRequestHandler):
         rec = Recorded(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
         if path == "/token":
             fake.record(rec, token=True)
+            fault = fake.take_fault(method, path, status=True)
+            if fault is not None:
+                self._error(fault.status or 500, fault.code)
+                return
             self._token(method, body)
             return
         fake.record(rec)

@@ -241,6 +241,11 @@ class Transport:
                     url=redact_url(url),
                     temporary=True,
                 )
+            except RegistryError as e:
+                # Raised by the token flow inside _send: retry only what is temporary.
+                if not e.temporary:
+                    raise
+                err = e
             else:
                 if 200 <= resp.status_code < 300 or resp.status_code in accept_status:
                     return resp

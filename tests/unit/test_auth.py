@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fakeregistry import FakeRegistry, route_https
+from fakeregistry import FakeRegistry, Fault, route_https
 from fastdist.auth import (
     Credentials,
     CredentialStore,
@@ -198,6 +198,16 @@ def test_anonymous_token_flow_then_cached_token_is_reused() -> None:
         assert auths[0] is None  # the first request meets the challenge
         assert all(a is not None and a.startswith("Bearer tok-") for a in auths[1:])
         assert len(reg.requests) == 3  # 401, manifest, manifest (cached token)
+
+
+def test_token_server_outage_is_retried() -> None:
+    with FakeRegistry(auth="token") as reg:
+        reg.add_image("app")
+        reg.add_fault(Fault(path_contains="/token", status=503))
+        t = Transport(FAST)
+        t.sleep = lambda _s: None
+        _resolve(reg, t)
+        assert len(reg.token_requests) == 2
 
 
 def test_token_flow_with_credentials_sends_basic_to_the_realm_only() -> None:
