@@ -362,7 +362,7 @@ def _merge_env(base: list[str], overrides: tuple[str, ...], where: str | None) -
 
 
 def _args(config: oci.ContainerConfig, opts: RunOptions) -> list[str]:
-    """docker's rules: --entrypoint replaces Entrypoint and drops the image's Cmd; args replace Cmd."""
+    """docker's rules: --entrypoint replaces Entrypoint, dropping Cmd; args replace Cmd."""
     if opts.entrypoint is not None:
         entrypoint: tuple[str, ...] = (opts.entrypoint,) if opts.entrypoint else ()
         cmd: tuple[str, ...] = ()
@@ -572,7 +572,6 @@ _BUNDLE_FILES = (
     "fastdist.json",
     "log",
     "exit",
-    "exit.tmp",
     "pid",
     "runc.log",
     "hostname",
@@ -992,8 +991,9 @@ class Runtime:
                 hint="unmount the container's rootfs first",
             )
         for name in _BUNDLE_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                (b / name).unlink()
+            for leftover in (name, name + ".tmp"):  # .tmp: an interrupted _write_atomic
+                with contextlib.suppress(FileNotFoundError):
+                    (b / leftover).unlink()
         if (b / "volumes").exists():
             shutil.rmtree(b / "volumes")  # fd-based on Linux: never follows symlinks out
         for d in (rootfs_dir, b):

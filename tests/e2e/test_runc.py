@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -311,3 +312,35 @@ def test_id_in_use_is_refused(runtime: Runtime, make: Any) -> None:
     cid = make(("true",))
     with pytest.raises(InUseError, match="already in use"):
         runtime.prepare(cid)
+
+
+def test_tty_gives_the_container_a_terminal(runtime: Runtime, make: Any) -> None:
+    cid = make(("sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty; echo TERM=$TERM"), tty=True)
+    master, slave = pty.openpty()
+    try:
+        code = runtime.run(cid, stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO once the last writer is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert code == 0
+    assert out.replace(b"\r\n", b"\n") == b"is-a-tty\nTERM=xterm\n"
+
+
+def test_tty_without_a_terminal_is_refused(runtime: Runtime, make: Any, tmp_path: Path) -> None:
+    cid = make(("true",), tty=True)
+    with pytest.raises(ContainerRunError, match="TTY"):
+        run(runtime, cid, tmp_path)
+    with pytest.raises(ContainerRunError, match="terminal"):
+        runtime.start(cid)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fastdist import oci, rootfs
-from fastdist.errors import ContainerRunError
+from fastdist.errors import ContainerNotFoundError, ContainerRunError, InUseError
 from fastdist.runtime import (
     DEFAULT_CAPABILITIES,
     DEFAULT_PATH,
@@ -20,6 +21,7 @@ from fastdist.runtime import (
     NoCommandError,
     ResolvedUser,
     RunOptions,
+    Runtime,
     UnknownUserError,
     WorkdirError,
     build_spec,
@@ -466,3 +468,42 @@ def test_resolve_dir_reports_missing_without_creating(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         rootfs.resolve_dir(root, "/nope")
     assert not (root / "nope").exists()
+
+
+# --- Runtime preconditions ------------------------------------------------------------------
+def test_missing_runc_is_a_clear_error_with_an_install_hint(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path / "store", runc="fastdist-no-such-runc")
+    rt.prepare("c1")
+    with pytest.raises(ContainerRunError, match="runc not found") as exc:
+        rt.state("c1")
+    assert exc.value.hint is not None
+    assert "apt-get install runc" in exc.value.hint
+
+
+def test_not_root_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = Runtime(tmp_path / "store", runc=sys.executable)  # any existing binary
+    rt.prepare("c1")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ContainerRunError, match="root") as exc:
+        rt.kill("c1")
+    assert exc.value.hint is not None
+    assert "sudo" in exc.value.hint
+
+
+def test_prepare_makes_private_bundle_and_refuses_a_taken_id(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path / "store")
+    bundle = rt.prepare("web")
+    assert bundle == rt.containers_dir / "web"
+    assert rt.rootfs_dir("web").is_dir()
+    assert os.stat(bundle).st_mode & 0o777 == 0o700
+    assert os.stat(rt.root).st_mode & 0o777 == 0o700
+    with pytest.raises(InUseError, match="already in use"):
+        rt.prepare("web")
+    with pytest.raises(InvalidRunOptionError):
+        rt.prepare("../escape")
+    assert rt.ids() == ["web"]
+
+
+def test_unknown_container_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(ContainerNotFoundError):
+        Runtime(tmp_path / "store").state("nope")
