@@ -93,7 +93,9 @@ class Snapshotter(ABC):
     name: ClassVar[str]
     apply_mode: ClassVar[ApplyMode]
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sync: bool = True) -> None:
+        """``sync=False`` skips the ``syncfs`` before each commit (tests, throwaway stores)."""
+        self.sync = sync
         self.store_root = Path(root)
         ensure_root(self.store_root)
         self.root = ensure_dir(self.store_root / "snapshots" / self.name)
@@ -199,6 +201,8 @@ class Snapshotter(ABC):
             }
             info.update(self._commit_info())
             try:
+                if self.sync:
+                    _syncfs(staging.dir)  # the files must be on disk before the rename is
                 write_file_atomic(staging.dir / "info.json", json.dumps(info).encode())
                 os.rename(staging.dir, self.layer_dir(chain_id))
                 fsync_dir(self.layers_dir)
@@ -347,6 +351,19 @@ def _umount2(target: bytes, flags: int) -> int:
     return rc
 
 
+def _syncfs(path: Path) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(ctypes.c_int(fd)) != 0:
+            err = ctypes.get_errno()
+            raise StoreError(f"cannot sync {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
     try:
         proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
@@ -372,8 +389,8 @@ class OverlaySnapshotter(Snapshotter):
     name = "overlayfs"
     apply_mode = "layer"
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, *, sync: bool = True) -> None:
+        super().__init__(root, sync=sync)
         self.links_dir = ensure_dir(self.root / "l")
 
     def prepare_layer(self, chain_id: Digest, parent: Digest | None) -> Staging:

@@ -170,7 +170,7 @@ def test_aborted_sink_keeps_a_true_prefix_that_a_new_sink_finishes(
     assert (snap.fs_path(C1) / "etc" / "conf").read_bytes() == b"one"
 
 
-def test_truncated_stream_cannot_finish_but_keeps_its_prefix(
+def test_truncated_stream_cannot_finish_and_commits_nothing(
     unpacker: Unpacker, content: ContentStore, snap: Snapshotter
 ) -> None:
     ingest = content.ingest(L1.desc)
