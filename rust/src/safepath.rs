@@ -105,7 +105,7 @@ impl Root {
     /// inside the root. With `create`, missing directories are created with mode 0755.
     pub fn open_dir(&self, rel: &[u8], create: bool) -> io::Result<OwnedFd> {
         if !FORCE_WALK.load(Ordering::Relaxed) && !OPENAT2_MISSING.load(Ordering::Relaxed) {
-            match self.open_dir_openat2(rel, create) {
+            match self.open_dir_openat2(rel, create, 0) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                     OPENAT2_MISSING.store(true, Ordering::Relaxed);
                 }
@@ -133,11 +133,11 @@ impl Root {
         }
     }
 
-    fn open_dir_openat2(&self, rel: &[u8], create: bool) -> io::Result<OwnedFd> {
+    fn open_dir_openat2(&self, rel: &[u8], create: bool, links: usize) -> io::Result<OwnedFd> {
         match self.openat2_in_root(rel) {
             Err(e) if create && e.kind() == io::ErrorKind::NotFound && !rel.is_empty() => {
                 let (parent, name) = split_parent(rel);
-                let pfd = self.open_dir_openat2(parent, true)?;
+                let pfd = self.open_dir_openat2(parent, true, links)?;
                 match rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(e.into()),
@@ -145,9 +145,25 @@ impl Root {
                 match rustix::fs::openat(&pfd, name, dir_flags() | OFlags::NOFOLLOW, Mode::empty())
                 {
                     Ok(fd) => Ok(fd),
-                    // Something other than a plain dir appeared (e.g. a dangling symlink):
-                    // resolve it again through the root.
-                    Err(_) => self.openat2_in_root(rel),
+                    // Something other than a plain dir is there: resolve it again through the
+                    // root; a dangling symlink has its target created (as containerd does).
+                    Err(_) => match self.openat2_in_root(rel) {
+                        Err(e) if e.kind() == io::ErrorKind::NotFound && links < MAX_SYMLINKS => {
+                            let target = rustix::fs::readlinkat(&pfd, name, Vec::new())
+                                .map_err(|_| e)?
+                                .into_bytes();
+                            let mut joined = Vec::with_capacity(parent.len() + 1 + target.len());
+                            if target.first() != Some(&b'/') {
+                                joined.extend_from_slice(parent);
+                                joined.push(b'/');
+                            }
+                            joined.extend_from_slice(&target);
+                            let mut resolved = Vec::new();
+                            normalize(&joined, &mut resolved);
+                            self.open_dir_openat2(&resolved, true, links + 1)
+                        }
+                        r => r,
+                    },
                 }
             }
             r => r,
