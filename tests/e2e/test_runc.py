@@ -344,3 +344,35 @@ def test_tty_without_a_terminal_is_refused(runtime: Runtime, make: Any, tmp_path
         run(runtime, cid, tmp_path)
     with pytest.raises(ContainerRunError, match="terminal"):
         runtime.start(cid)
+
+
+def test_net_host_shares_the_network_and_the_hosts_resolver_files(
+    runtime: Runtime, make: Any, tmp_path: Path
+) -> None:
+    cid = make(("sh", "-c", "cat /etc/hosts; echo ---; ls /sys/class/net"), net="host")
+    _, out, _ = run(runtime, cid, tmp_path)
+    hosts, _, links = out.partition("---\n")
+    assert hosts == Path("/etc/hosts").read_text()
+    assert sorted(links.split()) == sorted(os.listdir("/sys/class/net"))
+
+
+def test_volumes_are_writable_scratch_space_even_with_a_read_only_root(
+    runtime: Runtime, busybox_tree: Path, tmp_path: Path
+) -> None:
+    rootfs = tmp_path / "r"
+    shutil.copytree(busybox_tree, rootfs, symlinks=True)
+    config = oci.ImageConfig(
+        "amd64",
+        "linux",
+        (),
+        oci.ContainerConfig(
+            cmd=("sh", "-c", "echo kept > /data/f && cat /data/f"), volumes=("/data",)
+        ),
+    )
+    runtime.prepare("vol")
+    runtime.create(config, RunOptions(id="vol", read_only=True), rootfs_path=rootfs)
+    assert run(runtime, "vol", tmp_path) == (0, "kept\n", "")
+    assert not (rootfs / "data" / "f").exists()  # the image's tree is untouched
+    runtime.delete("vol")
+    runtime.remove("vol")
+    assert not (runtime.containers_dir / "vol").exists()
