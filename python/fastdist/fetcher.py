@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from typing import Protocol
 
 import requests
@@ -60,6 +61,35 @@ class BytesSink:
 
 class _Truncated(Exception):
     """The body ended before ``desc.size`` bytes arrived."""
+
+
+def _read_chunks(resp: requests.Response) -> Iterator[bytes]:
+    """The raw body in ~CHUNK_SIZE pieces. ``read1`` returns what has arrived, so bytes received
+    before a drop or a stall still reach the sink (and the resume starts after them); pieces are
+    gathered so the sink sees large writes. A read error ends the stream with _Truncated."""
+    raw = resp.raw
+    read1 = getattr(raw, "read1", None)  # urllib3 >= 2
+    buf = bytearray()
+    while True:
+        want = CHUNK_SIZE - len(buf)
+        try:
+            if read1 is not None:
+                piece = read1(want, decode_content=False)
+            else:
+                piece = raw.read(want, decode_content=False)
+        except BODY_ERRORS as e:
+            # Only read errors become retries; a failing sink.write propagates as it is.
+            if buf:
+                yield bytes(buf)
+            raise _Truncated(type(e).__name__) from e
+        if not piece:
+            if buf:
+                yield bytes(buf)
+            return
+        buf += piece
+        if len(buf) >= CHUNK_SIZE:
+            yield bytes(buf)
+            buf.clear()
 
 
 def pull_scope(ref: Reference) -> str:
@@ -198,15 +228,7 @@ class Fetcher:
             self._check_length(resp, desc, start, skip)
             received = start
             last_report = start
-            raw = resp.raw
-            while True:
-                try:
-                    chunk = raw.read(CHUNK_SIZE, decode_content=False)
-                except BODY_ERRORS as e:
-                    # Only read errors are retried; a failing sink.write propagates as is.
-                    raise _Truncated(f"{type(e).__name__}") from e
-                if not chunk:
-                    break
+            for chunk in _read_chunks(resp):
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)

@@ -61,12 +61,24 @@ def test_cut_connection_resumes_with_range_from_the_sink_offset() -> None:
         fetcher.fetch(ref, desc, sink, events.append)
         assert sink.getvalue() == BLOB
         assert len(reg.requests) == 2
-        resumed_at = int(reg.requests[1].headers["range"].removeprefix("bytes=").rstrip("-"))
-        assert 0 < resumed_at <= 100_000
-        assert reg.requests[1].headers["range"] == f"bytes={resumed_at}-"
+        # Every byte that arrived before the cut was kept: the resume starts right after them.
+        assert reg.requests[1].headers["range"] == "bytes=100000-"
+        resumed_at = 100_000
         retrying = [e for e in events if e.phase is Phase.RETRYING]
         assert len(retrying) == 1
         assert retrying[0].current == resumed_at
+
+
+def test_stalled_body_is_abandoned_and_resumed() -> None:
+    with FakeRegistry() as reg:
+        fetcher, ref, desc = _setup(reg, stall_timeout=0.2)
+        # First answer: 100 kB, then silence far longer than the stall timeout.
+        reg.add_fault(Fault(path_contains="/blobs/", drip=3.0, drip_chunk=100_000))
+        sink = BytesSink()
+        fetcher.fetch(ref, desc, sink)
+        assert sink.getvalue() == BLOB
+        assert len(reg.requests) == 2
+        assert reg.requests[1].headers["range"] == "bytes=100000-"  # the 100 kB were kept
 
 
 def test_server_ignoring_range_has_the_held_prefix_skipped() -> None:
