@@ -7,6 +7,7 @@ snapshotter's own mode ("layer" for overlayfs, "flatten" for native).
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import stat
 import tarfile
@@ -346,3 +347,28 @@ def test_default_snapshotter_is_overlayfs_exactly_when_overlay_works(tmp_path: P
     assert s.name == expected
     assert s.apply_mode == ("layer" if expected == "overlayfs" else "flatten")
     assert os.listdir(tmp_path / "r" / "tmp") == []  # the probe cleaned up after itself
+
+
+def _stage_and_commit(name: str, root: str, who: str) -> None:
+    snap = IMPLEMENTATIONS[name](Path(root))
+    staging = snap.prepare_layer(CHAINS[0], None)
+    (staging.path / "who").write_text(who)
+    snap.commit(staging)
+
+
+def test_two_processes_committing_one_chain_id_both_succeed_and_one_wins(
+    snap: Snapshotter,
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_stage_and_commit, args=(snap.name, str(snap.store_root), who))
+        for who in ("a", "b")
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert (snap.fs_path(CHAINS[0]) / "who").read_text() in ("a", "b")
+    assert snap.list() == [CHAINS[0]]
+    assert os.listdir(snap.staging_dir) == []
