@@ -798,7 +798,10 @@ class Runtime:
 
         try:
             if _in_main_thread():
-                for sig in _FORWARDED_SIGNALS:
+                # SIGWINCH too with a terminal: it reaches our process group, not runc's session,
+                # and runc resizes the container's terminal when it gets it.
+                forwarded = _FORWARDED_SIGNALS + ((signal.SIGWINCH,) if meta["tty"] else ())
+                for sig in forwarded:
                     previous[sig] = signal.signal(sig, forward)
             code = proc.wait()
         finally:
@@ -861,6 +864,7 @@ class Runtime:
                     close_fds=True,
                     pass_fds=(write_fd,),
                     start_new_session=True,
+                    cwd="/",  # never pin the caller's working directory (or its mount)
                     env=env,
                 )
             os.close(write_fd)
