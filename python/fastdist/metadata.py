@@ -456,6 +456,14 @@ class ContainerStore:
             raise ContainerNotFoundError(f"no container {id!r}")
         return rec
 
+    def update_command(self, id: str, command: tuple[str, ...]) -> None:
+        """Record the command the container really runs (after Entrypoint/Cmd resolution)."""
+        self.db._write(
+            lambda c: c.execute(
+                "UPDATE containers SET command = ? WHERE id = ?", (json.dumps(list(command)), id)
+            )
+        )
+
     def delete(self, id: str) -> bool:
         n: int = self.db._write(
             lambda c: c.execute("DELETE FROM containers WHERE id = ?", (id,)).rowcount

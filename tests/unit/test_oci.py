@@ -1,4 +1,4 @@
-"""oci: strict parsing of untrusted manifests, indexes and configs; digests; platforms; chain ids."""
+"""oci: strict parsing of untrusted manifests, indexes and configs; digests; platforms."""
 
 from __future__ import annotations
 
@@ -107,8 +107,12 @@ def test_index_parses_platforms() -> None:
             "schemaVersion": 2,
             "mediaType": oci.OCI_INDEX,
             "manifests": [
-                {"mediaType": oci.OCI_MANIFEST, "digest": D1, "size": 1,
-                 "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {
+                    "mediaType": oci.OCI_MANIFEST,
+                    "digest": D1,
+                    "size": 1,
+                    "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+                },
             ],
         }
     ).encode()
@@ -123,8 +127,14 @@ def test_config_parses_container_settings_and_diff_ids() -> None:
             {
                 "architecture": "amd64",
                 "os": "linux",
-                "config": {"Entrypoint": ["/bin/sh"], "Cmd": ["-c", "true"], "Env": ["A=1"],
-                           "WorkingDir": "/w", "User": "1000:1000", "Volumes": {"/data": {}}},
+                "config": {
+                    "Entrypoint": ["/bin/sh"],
+                    "Cmd": ["-c", "true"],
+                    "Env": ["A=1"],
+                    "WorkingDir": "/w",
+                    "User": "1000:1000",
+                    "Volumes": {"/data": {}},
+                },
                 "rootfs": {"type": "layers", "diff_ids": [D1, D2]},
             }
         ).encode()
@@ -139,8 +149,12 @@ def test_config_parses_container_settings_and_diff_ids() -> None:
 def test_config_with_null_cmd_means_none() -> None:
     cfg = oci.parse_config(
         json.dumps(
-            {"architecture": "amd64", "os": "linux", "config": {"Cmd": None},
-             "rootfs": {"type": "layers", "diff_ids": []}}
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Cmd": None},
+                "rootfs": {"type": "layers", "diff_ids": []},
+            }
         ).encode()
     )
     assert cfg.config.cmd is None

@@ -44,30 +44,30 @@ class Entry:
     xattrs: Mapping[str, str] = field(default_factory=dict)
 
 
-def File(path: str, data: bytes | str = b"", mode: int = 0o644, **kw: object) -> Entry:  # noqa: N802
+def File(path: str, data: bytes | str = b"", mode: int = 0o644, **kw: object) -> Entry:
     raw = data.encode() if isinstance(data, str) else data
     return Entry(path, "file", raw, mode, **kw)  # type: ignore[arg-type]
 
 
-def Dir(path: str, mode: int = 0o755, **kw: object) -> Entry:  # noqa: N802
+def Dir(path: str, mode: int = 0o755, **kw: object) -> Entry:
     return Entry(path, "dir", mode=mode, **kw)  # type: ignore[arg-type]
 
 
-def Symlink(path: str, target: str, **kw: object) -> Entry:  # noqa: N802
+def Symlink(path: str, target: str, **kw: object) -> Entry:
     return Entry(path, "symlink", target=target, mode=0o777, **kw)  # type: ignore[arg-type]
 
 
-def Hardlink(path: str, target: str, **kw: object) -> Entry:  # noqa: N802
+def Hardlink(path: str, target: str, **kw: object) -> Entry:
     return Entry(path, "hardlink", target=target, **kw)  # type: ignore[arg-type]
 
 
-def Whiteout(path: str) -> Entry:  # noqa: N802
+def Whiteout(path: str) -> Entry:
     """Delete ``path`` from lower layers (image-spec layer.md#whiteouts)."""
     parent, _, name = path.rstrip("/").rpartition("/")
     return File(f"{parent}/.wh.{name}" if parent else f".wh.{name}")
 
 
-def Opaque(directory: str) -> Entry:  # noqa: N802
+def Opaque(directory: str) -> Entry:
     """Hide everything lower layers put in ``directory`` (layer.md#opaque-whiteout)."""
     return File(f"{directory.rstrip('/')}/.wh..wh..opq")
 
@@ -199,7 +199,7 @@ def build_image(
     labels: Mapping[str, str] | None = None,
     diff_ids: Sequence[str] | None = None,
 ) -> BuiltImage:
-    """Config + manifest for ``layers``. ``diff_ids`` overrides the config's (to build bad images)."""
+    """Config + manifest for ``layers``; ``diff_ids`` overrides the config's (for bad images)."""
     plat = platform or Platform.host()
     container: dict[str, object] = {}
     if entrypoint is not None:
@@ -275,8 +275,9 @@ def push_image(pusher: object, ref: str, image: BuiltImage | BuiltIndex) -> Dige
         for digest, blob in img.blobs().items():
             pusher.push_blob(reference, digest, blob)
         if isinstance(image, BuiltIndex):
-            pusher.push_manifest(by_digest(img.descriptor.digest), img.manifest,
-                                 img.descriptor.media_type)
+            pusher.push_manifest(
+                by_digest(img.descriptor.digest), img.manifest, img.descriptor.media_type
+            )
     top = image.index if isinstance(image, BuiltIndex) else image.manifest
     return pusher.push_manifest(reference, top, image.descriptor.media_type)
 
@@ -303,12 +304,17 @@ def tree_snapshot(root: Path) -> dict[str, tuple[object, ...]]:
                 content = (os.major(st.st_rdev), os.minor(st.st_rdev))
             try:
                 names = sorted(os.listxattr(p, follow_symlinks=False))
-                xattrs = tuple(
-                    (n, os.getxattr(p, n, follow_symlinks=False)) for n in names
-                )
+                xattrs = tuple((n, os.getxattr(p, n, follow_symlinks=False)) for n in names)
             except OSError:
                 xattrs = ()
             size = st.st_size if stat.S_ISREG(st.st_mode) else 0
-            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
-                        st.st_gid, size, content, xattrs)
+            out[rel] = (
+                stat.S_IFMT(st.st_mode),
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                size,
+                content,
+                xattrs,
+            )
     return out

@@ -1,0 +1,387 @@
+"""The ``fastdist`` command line: parse arguments, call ``Client``, print. The only module that
+prints or exits (design.md §1); errors become ``error: …`` / ``hint: …`` and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from . import __version__
+from .errors import FastdistError
+from .progress import Phase, ProgressEvent
+
+log = logging.getLogger("fastdist")
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+# --- progress display -----------------------------------------------------------------------
+@dataclass
+class _Row:
+    label: str
+    phase: Phase
+    current: int = 0
+    total: int = 0
+
+
+_DONE_PHASES = (Phase.DONE, Phase.EXISTS)
+
+
+class PullDisplay:
+    """containerd ``dist pull``-style live display: a row per blob, elapsed time, total and rate.
+
+    On a terminal the rows are redrawn in place ten times a second; otherwise one plain line is
+    printed per change of phase (never one per chunk), so logs stay readable.
+    """
+
+    def __init__(self, out: IO[str], live: bool, json_events: bool = False) -> None:
+        self._out = out
+        self._live = live
+        self._json = json_events
+        self._rows: dict[str, _Row] = {}
+        self._title = ""
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._drawn = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PullDisplay:
+        if self._live:
+            self._thread = threading.Thread(target=self._loop, name="fastdist-display", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._draw(final=True)
+
+    def __call__(self, ev: ProgressEvent) -> None:
+        if self._json:
+            self._emit_json(ev)
+            return
+        with self._lock:
+            if ev.digest is None:
+                if ev.phase is Phase.RESOLVING and ev.message != self._title:
+                    self._title = ev.message
+                    self._start = time.monotonic()
+                    self._plain(f"{ev.message}: resolving")
+                return
+            row = self._rows.get(ev.digest)
+            label = _label(ev)
+            if row is None:
+                row = self._rows[ev.digest] = _Row(label, ev.phase)
+                changed = True
+            else:
+                changed = row.phase is not ev.phase
+                # A retry or a late event must not move a finished row backwards.
+                if row.phase in _DONE_PHASES and ev.phase not in (Phase.FAILED,):
+                    return
+                row.phase = ev.phase
+            row.current = max(ev.current, row.current if ev.phase is Phase.DOWNLOADING else 0)
+            row.total = ev.total or row.total
+            if ev.phase is Phase.RETRYING:
+                self._plain(f"{row.label}: retrying: {ev.message}", force=True)
+            elif changed and ev.phase is not Phase.WAITING:
+                self._plain(f"{row.label}: {ev.phase.value}")
+
+    def _emit_json(self, ev: ProgressEvent) -> None:
+        if ev.phase is Phase.DOWNLOADING and ev.current != ev.total:
+            # Throttle per-chunk events to one per MiB-ish step to keep the stream small.
+            with self._lock:
+                row = self._rows.setdefault(ev.digest or "", _Row("", ev.phase))
+                if ev.current - row.current < (1 << 20):
+                    return
+                row.current = ev.current
+        obj = {
+            "time": round(time.monotonic() - self._start, 4),
+            "phase": ev.phase.value,
+            "digest": ev.digest,
+            "media_type": ev.media_type,
+            "current": ev.current,
+            "total": ev.total,
+            "message": ev.message,
+        }
+        with self._lock:
+            self._out.write(json.dumps(obj) + "\n")
+            self._out.flush()
+
+    def _plain(self, line: str, force: bool = False) -> None:
+        if self._live or self._json:
+            return
+        self._out.write(line + "\n")
+        self._out.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            self._draw()
+
+    def _draw(self, final: bool = False) -> None:
+        with self._lock:
+            rows = list(self._rows.values())
+            title = self._title
+        width = shutil.get_terminal_size((100, 20)).columns
+        lines = []
+        if title:
+            lines.append(_fit(f"{title}: {'done' if final else 'pulling'}", width))
+        done_bytes = 0
+        for r in rows:
+            cur = r.total if r.phase in _DONE_PHASES else r.current
+            done_bytes += cur if r.phase is not Phase.EXISTS else 0
+            bar = _bar(cur, r.total, 30)
+            size = f"{_human(cur)}/{_human(r.total)}" if r.total else ""
+            lines.append(_fit(f"{r.label:<28} {r.phase.value:<12} {bar} {size}", width))
+        elapsed = time.monotonic() - self._start
+        rate = done_bytes / elapsed if elapsed > 0 else 0
+        lines.append(
+            _fit(
+                f"elapsed: {elapsed:5.1f} s   total: {_human(done_bytes)} ({_human(int(rate))}/s)",
+                width,
+            )
+        )
+        buf = []
+        if self._drawn:
+            buf.append(f"\x1b[{self._drawn}F")
+        for line in lines:
+            buf.append("\x1b[2K" + line + "\n")
+        self._out.write("".join(buf))
+        self._out.flush()
+        self._drawn = len(lines)
+
+
+def _label(ev: ProgressEvent) -> str:
+    kind = "layer"
+    mt = ev.media_type or ""
+    if "manifest" in mt:
+        kind = "manifest"
+    elif "index" in mt or "list" in mt:
+        kind = "index"
+    elif "config" in mt or "container.image" in mt:
+        kind = "config"
+    digest = (ev.digest or "").removeprefix("sha256:")
+    return f"{kind}-sha256:{digest[:12]}"
+
+
+def _bar(cur: int, total: int, width: int) -> str:
+    if total <= 0:
+        return "|" + " " * width + "|"
+    filled = min(width, int(width * cur / total))
+    return "|" + "+" * filled + "-" * (width - filled) + "|"
+
+
+def _fit(line: str, width: int) -> str:
+    return line if len(line) < width else line[: max(10, width - 1)]
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+# --- commands ---------------------------------------------------------------------------------
+def _client(args: argparse.Namespace, **kw: Any) -> Any:
+    from .client import Client
+    from .transport import TransportConfig
+
+    plain = frozenset(getattr(args, "plain_http", None) or ())
+    cfg = TransportConfig(plain_http_hosts=plain)
+    return Client(
+        args.root, snapshotter=getattr(args, "snapshotter", None), transport_config=cfg, **kw
+    )
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    client = _client(args)
+    out = sys.stdout
+    live = out.isatty() and not args.quiet and not args.json
+    display = PullDisplay(out, live=live, json_events=args.json)
+    if args.quiet:
+        img = client.pull(args.ref, platform=args.platform)
+    else:
+        with display:
+            img = client.pull(args.ref, platform=args.platform, progress=display)
+    if not args.json:
+        print(f"{img.name}: {img.target.digest}" if not args.quiet else img.target.digest)
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    client = _client(args)
+    rows = [("REF", "TYPE", "DIGEST", "SIZE", "UNPACKED", "PLATFORM")]
+    for img in client.images():
+        try:
+            plat = str(img.config().platform)
+        except FastdistError:
+            plat = "?"
+        rows.append(
+            (
+                img.name,
+                img.target.media_type,
+                img.target.digest,
+                _human(img.size()),
+                _human(img.unpacked_size()),
+                plat,
+            )
+        )
+    if args.quiet:
+        for r in rows[1:]:
+            print(r[0])
+        return 0
+    _table(rows)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    client = _client(args)
+    print(json.dumps(client.inspect(args.ref), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_rmi(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for ref in args.refs:
+        client.remove(ref)
+        print(f"removed {ref}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    client = _client(args)
+    rep = client.prune()
+    print(
+        f"removed {rep.blobs} blob(s), {rep.snapshots} snapshot(s), {rep.leftovers} leftover(s); "
+        f"freed {_human(rep.bytes_freed)}"
+    )
+    return 0
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    client = _client(args)
+    out = client.unpack(args.ref, args.dest)
+    print(f"unpacked {args.ref} into {out}")
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+# --- entry point ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastdist", description="Fast, verified container-image pulls and runs."
+    )
+    p.add_argument(
+        "--root", default=None, help="store root (default: $FASTDIST_ROOT or /var/lib/fastdist)"
+    )
+    p.add_argument("--debug", action="store_true", help="log HTTP requests; show tracebacks")
+    p.add_argument("--version", action="version", version=f"fastdist {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sp = sub.add_parser("pull", help="fetch, verify and unpack an image")
+    sp.add_argument("ref", metavar="REF")
+    sp.add_argument("--platform", help="os/arch[/variant] (default: this host)")
+    sp.add_argument(
+        "--plain-http",
+        action="append",
+        metavar="HOST",
+        help="allow plain HTTP to HOST[:PORT] (loopback is always allowed)",
+    )
+    sp.add_argument("--snapshotter", choices=("overlayfs", "native"))
+    sp.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
+    sp.add_argument("--json", action="store_true", help="one JSON progress event per line")
+    sp.set_defaults(func=cmd_pull)
+
+    sp = sub.add_parser("images", aliases=["ls"], help="list local images")
+    sp.add_argument("-q", "--quiet", action="store_true", help="names only")
+    sp.set_defaults(func=cmd_images)
+
+    sp = sub.add_parser("inspect", help="show an image's record, manifest and config as JSON")
+    sp.add_argument("ref", metavar="REF")
+    sp.set_defaults(func=cmd_inspect)
+
+    sp = sub.add_parser("rmi", help="remove images (content stays until prune)")
+    sp.add_argument("refs", nargs="+", metavar="REF")
+    sp.set_defaults(func=cmd_rmi)
+
+    sp = sub.add_parser("prune", help="delete blobs and snapshots no image uses")
+    sp.set_defaults(func=cmd_prune)
+
+    sp = sub.add_parser("unpack", help="write an image's flattened root filesystem into DIR")
+    sp.add_argument("ref", metavar="REF")
+    sp.add_argument("dest", metavar="DIR")
+    sp.set_defaults(func=cmd_unpack)
+
+    _add_run_commands(sub)
+    return p
+
+
+def _add_run_commands(sub: Any) -> None:
+    try:
+        from . import cli_run
+    except ImportError:  # pragma: no cover - cli_run ships with the package
+        return
+    cli_run.add_commands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if args.root is None and os.environ.get("FASTDIST_ROOT"):
+        args.root = os.environ["FASTDIST_ROOT"]
+    try:
+        rc: int = args.func(args)
+        return rc
+    except FastdistError as e:
+        if args.debug:
+            log.exception("command failed")
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return type(e).exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        print(
+            "hint: run the same command again; finished downloads are kept and partial ones resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except PermissionError as e:
+        if args.debug:
+            log.exception("command failed")
+        print(f"error: permission denied: {e.filename or e}", file=sys.stderr)
+        print(
+            "hint: fastdist needs root for its default store and for overlayfs; "
+            "run it as root or pass --root DIR --snapshotter native",
+            file=sys.stderr,
+        )
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

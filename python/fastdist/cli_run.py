@@ -1,0 +1,196 @@
+"""``fastdist run / ps / logs / kill / rm``: the container half of the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from .errors import FastdistError
+from .runtime import Mount
+
+
+def add_commands(sub: Any) -> None:
+    sp = sub.add_parser("run", help="run a command in a new container from an image")
+    sp.add_argument("--id", help="container id (default: a readable generated one)")
+    sp.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    sp.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    sp.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    sp.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    sp.add_argument("--env-file", action="append", default=[], metavar="FILE")
+    sp.add_argument("-w", "--workdir", metavar="DIR")
+    sp.add_argument("-u", "--user", metavar="USER[:GROUP]")
+    sp.add_argument("--entrypoint", metavar="CMD")
+    sp.add_argument(
+        "--net",
+        choices=("none", "host"),
+        default="none",
+        help="network: a new namespace with loopback only (default) or the host's",
+    )
+    sp.add_argument("--mount", action="append", default=[], metavar="SRC:DST[:ro]")
+    sp.add_argument("--hostname")
+    sp.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
+    sp.add_argument("--platform", help="platform to pull if the image is not present")
+    sp.add_argument("--plain-http", action="append", metavar="HOST")
+    sp.add_argument("--snapshotter", choices=("overlayfs", "native"))
+    sp.add_argument("image", metavar="IMAGE")
+    sp.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("ps", help="list containers")
+    sp.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    sp.set_defaults(func=cmd_ps)
+
+    sp = sub.add_parser("logs", help="print a detached container's output")
+    sp.add_argument("-f", "--follow", action="store_true")
+    sp.add_argument("id", metavar="ID")
+    sp.set_defaults(func=cmd_logs)
+
+    sp = sub.add_parser("kill", help="send a signal to a container")
+    sp.add_argument("-s", "--signal", default="TERM")
+    sp.add_argument("id", metavar="ID")
+    sp.set_defaults(func=cmd_kill)
+
+    sp = sub.add_parser("rm", help="remove containers and their snapshots")
+    sp.add_argument("-f", "--force", action="store_true", help="kill running containers first")
+    sp.add_argument("ids", nargs="+", metavar="ID")
+    sp.set_defaults(func=cmd_rm)
+
+
+def parse_mount(text: str) -> Mount:
+    parts = text.split(":")
+    if (
+        len(parts) not in (2, 3)
+        or not parts[0]
+        or not parts[1]
+        or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
+    ):
+        raise FastdistError(f"invalid --mount {text!r}", hint="use SRC:DST or SRC:DST:ro")
+    return Mount(os.path.abspath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
+
+
+def parse_env_file(path: str) -> list[str]:
+    """docker's --env-file: KEY=VALUE lines; a bare KEY takes the host's value; # comments."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise FastdistError(f"cannot read --env-file {path}: {e.strerror}") from None
+    out = []
+    for line in lines:
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if "=" in s:
+            out.append(s)
+        elif s in os.environ:
+            out.append(f"{s}={os.environ[s]}")
+    return out
+
+
+def _env(entries: list[str]) -> list[str]:
+    out = []
+    for e in entries:
+        if "=" in e:
+            out.append(e)
+        elif e in os.environ:  # docker: -e NAME passes the host's value through
+            out.append(f"{e}={os.environ[e]}")
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .cli import PullDisplay, _client
+
+    client = _client(args)
+    env_file: list[str] = []
+    for path in args.env_file:
+        env_file += parse_env_file(path)
+    live = sys.stderr.isatty()
+    display = PullDisplay(sys.stderr, live=live)
+    with display:
+        container = client.run(
+            args.image,
+            args.command or None,
+            id=args.id,
+            detach=args.detach,
+            rm=args.rm,
+            platform=args.platform,
+            progress=display,
+            entrypoint=args.entrypoint,
+            env=_env(args.env),
+            env_file=env_file,
+            workdir=args.workdir,
+            user=args.user,
+            tty=args.tty,
+            interactive=args.interactive,
+            net=args.net,
+            mounts=[parse_mount(m) for m in args.mount],
+            hostname=args.hostname,
+            read_only=args.read_only,
+        )
+    if args.detach:
+        print(container.id)
+        return 0
+    return container.exit_code if container.exit_code is not None else 1
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from .cli import _client, _table
+
+    client = _client(args)
+    rows = [("ID", "IMAGE", "COMMAND", "STATUS", "CREATED")]
+    now = time.time()
+    for c in client.containers(all=args.all):
+        status = c.status if c.exit_code is None else f"{c.status} ({c.exit_code})"
+        cmd = " ".join(c.command)
+        rows.append((c.id, c.image, cmd[:40], status, _ago(now - c.created)))
+    _table(rows)
+    return 0
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit} ago"
+    return f"{s}s ago"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .cli import _client
+
+    client = _client(args)
+    out = sys.stdout.buffer
+    for chunk in client.container(args.id).logs(follow=args.follow):
+        out.write(chunk)
+        out.flush()
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from .cli import _client
+
+    client = _client(args)
+    sig: int | str = int(args.signal) if args.signal.isdigit() else args.signal.upper()
+    client.container(args.id).kill(sig)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from .cli import _client
+
+    client = _client(args)
+    rc = 0
+    for cid in args.ids:
+        try:
+            client.container(cid).remove(force=args.force)
+            print(cid)
+        except FastdistError as e:
+            print(f"error: {e.message}", file=sys.stderr)
+            if e.hint:
+                print(f"hint: {e.hint}", file=sys.stderr)
+            rc = type(e).exit_code
+    return rc
