@@ -126,3 +126,13 @@ def apply_layer(
     preserve_owner: bool | None = None,
 ) -> LayerResult:
     """The one-call form for a blob already on disk (GIL released throughout)."""
+
+def layer_diff_id(
+    blob_path: str,
+    media_type: str,
+    *,
+    expected_digest: str | None = None,
+    limits: Limits | None = None,
+) -> tuple[str, int]:
+    """Decompress a layer blob on disk without applying it; returns (diff_id, uncompressed size).
+    Same checks as ``apply_layer`` (media type, magic, limits, digest); GIL released."""

@@ -198,7 +198,9 @@ pub struct TarStream {
     len: usize,
     pos: usize,
     ended: bool,
-    sha: Sha256,
+    /// `None` for an uncompressed layer: the tar is the blob, its digest is the diff_id.
+    sha: Option<Sha256>,
+    bytes: u64,
 }
 
 enum Msg {
@@ -210,7 +212,10 @@ impl TarStream {
     fn next(&mut self) -> io::Result<()> {
         match self.rx.recv() {
             Ok(Msg::Data(buf, len)) => {
-                self.sha.update(&buf[..len]);
+                if let Some(sha) = &mut self.sha {
+                    sha.update(&buf[..len]);
+                }
+                self.bytes += len as u64;
                 let old = std::mem::replace(&mut self.buf, buf);
                 if !old.is_empty() {
                     let _ = self.recycle.try_send(old);
@@ -270,6 +275,8 @@ enum Stop {
 /// Run the pass over `source` on this thread (decode) plus an apply thread (hash + sink).
 fn run(source: Source, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutcome> {
     let shared = Arc::clone(&source.shared);
+    let codec = crate::decompress::codec_for(&spec.media_type)?;
+    let hash_tar = codec != crate::decompress::Codec::None;
     let (tx, rx) = mpsc::sync_channel::<Msg>(TAR_QUEUE);
     let (recycle_tx, recycle_rx) = mpsc::sync_channel::<Vec<u8>>(TAR_QUEUE + 2);
     let apply = thread::Builder::new()
@@ -282,13 +289,15 @@ fn run(source: Source, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutc
                 len: 0,
                 pos: 0,
                 ended: false,
-                sha: Sha256::new(),
+                sha: hash_tar.then(Sha256::new),
+                bytes: 0,
             };
             let entries = sink(&mut reader)?;
             reader
                 .drain()
                 .map_err(|e| Error::corrupt(format!("reading layer: {e}"), None))?;
-            Ok::<_, Error>((entries, reader.sha.digest(), reader.sha.size()))
+            let diff_id = reader.sha.map(|s| s.digest());
+            Ok::<_, Error>((entries, diff_id, reader.bytes))
         })
         .map_err(|e| Error::io("spawn", "apply thread", e))?;
 
@@ -302,7 +311,10 @@ fn run(source: Source, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutc
         .unwrap_or_else(|_| Err(Error::State("layer apply thread panicked".into())));
 
     let (digest, compressed_size, entries, diff_id, uncompressed_size) = match (decoded, applied) {
-        (Ok((d, cs)), Ok((n, di, us))) => (d, cs, n, di, us),
+        (Ok((d, cs)), Ok((n, di, us))) => {
+            let di = di.unwrap_or_else(|| d.clone());
+            (d, cs, n, di, us)
+        }
         (Err(Stop::Own(e)), _) | (Err(Stop::Downstream) | Ok(_), Err(e)) => return Err(e),
         (Err(Stop::Downstream), Ok(_)) => {
             return Err(Error::State("layer applier stopped before the end".into()))
@@ -382,6 +394,20 @@ pub fn apply_blob(blob: &Path, spec: &LayerSpec, sink: impl TarSink) -> Result<L
         shared: Arc::default(),
     };
     run(source, spec, sink)
+}
+
+/// Decompress a blob on disk without applying it: digest and diff_id only (`entries` is 0).
+pub fn hash_blob(blob: &Path, spec: &LayerSpec) -> Result<LayerOutcome> {
+    apply_blob(blob, spec, |tar: &mut TarStream| loop {
+        let n = tar
+            .fill_buf()
+            .map_err(|e| Error::corrupt(format!("reading layer: {e}"), None))?
+            .len();
+        if n == 0 {
+            return Ok(0);
+        }
+        tar.consume(n);
+    })
 }
 
 /// The streaming form: `write` compressed chunks as they arrive, then `finish`.

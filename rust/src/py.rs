@@ -425,11 +425,32 @@ fn apply_layer(
         .into())
 }
 
+#[pyfunction]
+#[pyo3(signature = (blob_path, media_type, *, expected_digest = None, limits = None))]
+fn layer_diff_id(
+    py: Python<'_>,
+    blob_path: PathBuf,
+    media_type: String,
+    expected_digest: Option<String>,
+    limits: Option<PyRef<'_, PyLimits>>,
+) -> PyResult<(String, u64)> {
+    let spec = LayerSpec {
+        media_type,
+        expected_digest,
+        expected_size: None,
+        expected_diff_id: None,
+        limits: limits.map(|l| l.to_limits()).unwrap_or_default(),
+    };
+    let out = py.detach(move || pipeline::hash_blob(&blob_path, &spec))?;
+    Ok((out.diff_id, out.uncompressed_size))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(validate_digest, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_file, m)?)?;
     m.add_function(wrap_pyfunction!(apply_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(layer_diff_id, m)?)?;
     m.add_class::<PySha256>()?;
     m.add_class::<PyLimits>()?;
     m.add_class::<PyLayerResult>()?;

@@ -25,6 +25,7 @@ from fastdist._native import (
     Limits,
     Sha256,
     apply_layer,
+    layer_diff_id,
     sha256_file,
     validate_digest,
 )
@@ -249,6 +250,17 @@ def test_apply_layer_from_disk_equals_streaming(tmp_path: Path, media_type: str)
         str(blob), media_type, str(dest), expected_digest=sha256(lay.blob), preserve_owner=False
     )
     assert_applied(res, lay, dest)
+
+
+@pytest.mark.parametrize("media_type", [TGZ, TZST, TAR])
+def test_layer_diff_id_decompresses_without_applying(tmp_path: Path, media_type: str) -> None:
+    lay = layer(media_type)
+    blob = tmp_path / "blob"
+    blob.write_bytes(lay.blob)
+    assert layer_diff_id(str(blob), media_type) == (sha256(lay.tar), len(lay.tar))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob"]
+    with pytest.raises(errors.DigestMismatchError):
+        layer_diff_id(str(blob), media_type, expected_digest=GOOD)
 
 
 def test_gzip_multi_member_layer_is_one_stream(tmp_path: Path) -> None:
