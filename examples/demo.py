@@ -65,7 +65,6 @@ def demo_image() -> object:
     app = [Whiteout("etc/removed-by-layer-2"), Dir("app"), File("app/hello.sh", HELLO, 0o755)]
     image = build_image(
         [build_layer(tar_entries(base)), build_layer(tar_entries(app))],
-        entrypoint=["/bin/sh"],
         cmd=["/app/hello.sh"],
         env=["PATH=/bin", "GREETING=pulled, verified and unpacked by fastdist"],
         working_dir="/app",

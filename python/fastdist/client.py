@@ -23,6 +23,7 @@ from .auth import CredentialStore
 from .content import ContentStore
 from .errors import (
     ContainerNotFoundError,
+    ContainerRunError,
     FastdistError,
     ImageNotFoundError,
     InUseError,
@@ -666,6 +667,13 @@ class Container:
         return code
 
     def kill(self, sig: int | str = "TERM") -> None:
+        """Send ``sig`` to the container's init process; a stopped container is an error."""
+        state = self._client.runtime.state(self.id)
+        if state.status not in ("running", "paused", "created"):
+            raise ContainerRunError(
+                f"cannot kill container {self.id}: it is {state.status}",
+                hint=f"see its output with: fastdist logs {self.id}",
+            )
         self._client.runtime.kill(self.id, sig)
 
     def logs(self, follow: bool = False) -> Iterator[bytes]:

@@ -485,7 +485,7 @@ def build_spec(
     c = config.config
     args = _args(c, opts)
     user = resolve_user(root, opts.user if opts.user is not None else c.user)
-    hostname = opts.hostname or (socket.gethostname() if opts.net == "host" else opts.id[:12])
+    hostname = opts.hostname or (socket.gethostname() if opts.net == "host" else opts.id[:63])
 
     # docker's order: defaults (PATH, HOSTNAME, TERM), then the image's Env, then the env file,
     # then -e; a later entry replaces an earlier one with the same key, in place. HOME last.
