@@ -29,6 +29,9 @@ _PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
 
 
+_FORMS = "references look like redis, redis:7, ghcr.io/org/app:tag or name@sha256:<hex>"
+
+
 @dataclass(frozen=True)
 class Reference:
     """A normalised image reference: where an image lives and which version of it."""
@@ -42,9 +45,11 @@ class Reference:
     def parse(cls, text: str) -> Reference:
         """Parse ``[domain/]path[:tag][@digest]`` with docker's normalisation."""
         if not isinstance(text, str) or not text:
-            raise InvalidReferenceError("invalid reference: empty string")
+            raise InvalidReferenceError("invalid reference: empty string", hint=_FORMS)
         if text != text.strip() or any(c.isspace() for c in text):
-            raise InvalidReferenceError(f"invalid reference {text[:100]!r}: contains whitespace")
+            raise InvalidReferenceError(
+                f"invalid reference {text[:100]!r}: contains whitespace", hint=_FORMS
+            )
 
         rest = text
         digest: Digest | None = None
