@@ -144,39 +144,46 @@ class _Writer:
         self.dir(name.rpartition("/")[0])
         self._tf.addfile(_info(name, size=size), _ChunkReader(size, chunk))
 
-    def host_tree(self, roots: list[Path], cap: int) -> int:
-        """Add host files under ``roots`` (sorted walk, hardlinks kept) until ``cap`` bytes."""
+    def host_tree(self, root: Path, cap: int, max_file: int = 8 * MiB) -> int:
+        """Add host files under ``root`` (sorted walk, hardlinks kept) until ``cap`` bytes.
+
+        Files over ``max_file`` and host-specific trees (debug symbols, cloud SDKs) are skipped so
+        the layer looks like a distribution's: many small files, a few large libraries.
+        """
         total = 0
-        for root in roots:
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                rel_dir = os.path.relpath(dirpath, "/")
-                self.dir(rel_dir)
-                for fn in sorted(filenames):
-                    p = os.path.join(dirpath, fn)
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+            self.dir(os.path.relpath(dirpath, "/"))
+            for fn in sorted(filenames):
+                p = os.path.join(dirpath, fn)
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue
+                if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                    continue
+                if st.st_size > max_file and stat.S_ISREG(st.st_mode):
+                    continue
+                ti = self._tf.gettarinfo(p, arcname=os.path.relpath(p, "/"))
+                ti.uname = ti.gname = ""
+                if ti.isreg():
                     try:
-                        st = os.lstat(p)
+                        with open(p, "rb") as f:
+                            self._tf.addfile(ti, f)
                     except OSError:
                         continue
-                    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                        continue
-                    ti = self._tf.gettarinfo(p, arcname=os.path.relpath(p, "/"))
-                    ti.uname = ti.gname = ""
-                    if ti.isreg():
-                        try:
-                            with open(p, "rb") as f:
-                                self._tf.addfile(ti, f)
-                        except OSError:
-                            continue
-                        total += ti.size
-                    else:
-                        self._tf.addfile(ti)
-                    if total >= cap:
-                        return total
+                    total += ti.size
+                else:
+                    self._tf.addfile(ti)
+                if total >= cap:
+                    return total
         return total
 
     def close(self) -> None:
         self._tf.close()
+
+
+_SKIP_DIRS = {"debug", "google-cloud-sdk", "rustlib", "llvm-14", "llvm-15", "llvm-16"}
 
 
 class _BytesReader:
@@ -252,7 +259,8 @@ LayerRecipe = Callable[[_Writer], None]
 
 def _usr(cap: int) -> LayerRecipe:
     def write(w: _Writer) -> None:
-        got = w.host_tree([Path("/usr/lib"), Path("/usr/share")], cap)
+        got = w.host_tree(Path("/usr/lib"), cap * 3 // 5)
+        got += w.host_tree(Path("/usr/share"), cap - got)
         log.info("usr layer: %d MB of host files", got // MiB)
 
     return write

@@ -77,6 +77,14 @@ def machine() -> dict[str, str]:
             return "missing"
 
     commit = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "python", "rust"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if dirty:
+        commit += " (+ uncommitted changes in python/ or rust/)"
     return {
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
