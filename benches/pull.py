@@ -98,6 +98,7 @@ def machine() -> dict[str, str]:
         "pigz": version(["pigz", "--version"]),
         "zstd": version(["zstd", "--version"]),
         "python": platform.python_version(),
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
@@ -299,7 +300,9 @@ def markdown(
         f"{meta['machine']['fastdist_commit']}, {meta['machine']['containerd']}, "
         f"{meta['machine']['skopeo']}, umoci {meta['machine']['umoci']}. "
         f"{meta['runs']} cold runs per tool and image (medians), "
-        f"{meta['warm_runs']} for warm/base.",
+        f"{meta['warm_runs']} for warm/base. Load average at start / end: "
+        f"{meta['loadavg_start']} / {meta['machine']['loadavg']} (other work shared the machine "
+        "when the load is above ~0.5).",
         "",
         f"Command: `{meta['command']}`",
         "",
@@ -448,6 +451,7 @@ def profile(fx: Fixture, host: str, tmp: Path, out: Path) -> None:
             ],
             check=False,
             capture_output=True,
+            env=fastdist_env(),
         )
         shutil.rmtree(root, ignore_errors=True)
         if raw.exists():
@@ -458,6 +462,7 @@ def profile(fx: Fixture, host: str, tmp: Path, out: Path) -> None:
             ["perf", "record", "-F", "499", "-g", "-o", str(data), "--", *cmd],
             check=False,
             capture_output=True,
+            env=fastdist_env(),
         )
         rep = subprocess.run(
             [
@@ -551,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with (
         LocalRegistry(storage=args.work / "registry") as reg,
         tmpfs(args.work / "tmp", args.tmpfs_size) as tmp,
@@ -588,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         "tools": args.tools,
         "scale": args.scale,
         "duration_s": round(time.monotonic() - t0),
+        "loadavg_start": load_start,
     }
     table = markdown(summary, {f.name: f for f in main_fx + base_fx}, meta)
     (args.out / "latest.json").write_text(
