@@ -41,6 +41,7 @@ class LayerFile:
     diff_id: str
     media_type: str
     uncompressed: int
+    mtime_ns: int  # of the blob file, to notice a rebuild
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Fixture:
                     "diff_id": x.diff_id,
                     "media_type": x.media_type,
                     "uncompressed": x.uncompressed,
+                    "mtime_ns": x.mtime_ns,
                 }
                 for x in self.layers
             ],
@@ -88,6 +90,7 @@ class Fixture:
                 x["diff_id"],
                 x["media_type"],
                 x["uncompressed"],
+                x.get("mtime_ns", 0),
             )
             for x in d["layers"]  # type: ignore[attr-defined]
         )
@@ -371,7 +374,7 @@ def build_layer_file(recipe: LayerRecipe, tar_path: Path, compression: str) -> L
     diff_id, raw_size = _sha256_file(tar_path)
     digest, size = _sha256_file(blob)
     media_type = layer_media_type("oci", compression)  # type: ignore[arg-type]
-    return LayerFile(blob, digest, size, diff_id, media_type, raw_size)
+    return LayerFile(blob, digest, size, diff_id, media_type, raw_size, blob.stat().st_mtime_ns)
 
 
 class StreamingPusher:
@@ -474,4 +477,7 @@ def _present(pusher: StreamingPusher, fx: Fixture) -> bool:
         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
         timeout=30,
     )
-    return r.status_code == 200 and all(x.path.exists() for x in fx.layers)
+    # A rebuilt layer file (e.g. usr's, shared by usr-app) invalidates every fixture that used it.
+    return r.status_code == 200 and all(
+        x.path.exists() and x.path.stat().st_mtime_ns == x.mtime_ns for x in fx.layers
+    )

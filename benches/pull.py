@@ -22,6 +22,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -544,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.tools) - set(TOOLS)
     if unknown:
         ap.error(f"unknown tools: {', '.join(sorted(unknown))}")
+    # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so daemons stop and tmpfs is unmounted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if os.geteuid() != 0:
         ap.error("run as root (containerd, umoci and overlay mounts need it)")
     if not args.no_setup:
