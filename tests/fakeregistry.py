@@ -120,6 +120,8 @@ class FakeRegistry:
         self.issued_tokens: dict[str, tuple[str, str]] = {}  # token → (user, scope)
         self.faults: list[Fault] = []
         self._lock = threading.Lock()
+        self.sent: dict[str, int] = {}  # blob digest → body bytes written so far (all requests)
+        self._sent_changed = threading.Condition(self._lock)
         self._counter = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -260,6 +262,19 @@ class FakeRegistry:
     def record(self, rec: Recorded, token: bool = False) -> None:
         with self._lock:
             (self.token_requests if token else self.requests).append(rec)
+
+    def count_sent(self, digest: str, n: int) -> None:
+        with self._sent_changed:
+            self.sent[digest] = self.sent.get(digest, 0) + n
+            self._sent_changed.notify_all()
+
+    def wait_sent(self, digest: str, at_least: int, timeout: float = 60) -> bool:
+        """Block until ``at_least`` body bytes of ``digest`` were written (a condition, not a
+        sleep): lets a test act at a known point of a download."""
+        with self._sent_changed:
+            return self._sent_changed.wait_for(
+                lambda: self.sent.get(digest, 0) >= at_least, timeout
+            )
 
     def requests_to(self, path_contains: str, method: str | None = None) -> list[Recorded]:
         return [
@@ -466,16 +481,20 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.cut_after is not None:
             self.wfile.write(payload[: fault.cut_after])
             self.wfile.flush()
+            self.fake.count_sent(digest, len(payload[: fault.cut_after]))
             self.close_connection = True
             self.connection.shutdown(2)
             return
         if fault is not None and fault.drip is not None:
             for i in range(0, len(payload), fault.drip_chunk):
-                self.wfile.write(payload[i : i + fault.drip_chunk])
+                piece = payload[i : i + fault.drip_chunk]
+                self.wfile.write(piece)
                 self.wfile.flush()
+                self.fake.count_sent(digest, len(piece))
                 time.sleep(fault.drip)  # the fault itself: a slow server, not synchronisation
             return
         self.wfile.write(payload)
+        self.fake.count_sent(digest, len(payload))
 
     def _manifest(self, method: str, repo: str, ref: str, body: bytes, fault: Fault | None) -> None:
         fake = self.fake

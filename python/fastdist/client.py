@@ -13,13 +13,14 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import _native, oci
 from .auth import CredentialStore
+from .check import CheckReport, StoreChecker, stray_mounts
 from .content import ContentStore
 from .errors import (
     ContainerNotFoundError,
@@ -27,6 +28,7 @@ from .errors import (
     FastdistError,
     ImageNotFoundError,
     InUseError,
+    LimitExceededError,
     ManifestError,
     StoreError,
     UnsupportedMediaTypeError,
@@ -38,13 +40,15 @@ from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
 from .resolver import Resolved, Resolver
 from .runtime import Mount, RunOptions, Runtime
-from .snapshots import Snapshotter, default_snapshotter, snapshotter_by_name
+from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
 from .transport import Transport, TransportConfig
 from .unpacker import LayerSink, Unpacker
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "/var/lib/fastdist"
+# Bytes one pull may download (compressed, from the descriptors) and unpack (uncompressed).
+DEFAULT_MAX_PULL_BYTES = 256 << 30
 
 
 def default_root() -> Path:
@@ -95,7 +99,10 @@ class Client:
         limits: _native.Limits | None = None,
         max_parallel_layers: int = 8,
         runc: str = "runc",
+        max_pull_bytes: int = DEFAULT_MAX_PULL_BYTES,
     ) -> None:
+        if max_pull_bytes <= 0:
+            raise ValueError("max_pull_bytes must be positive")
         self.root = Path(root) if root is not None else default_root()
         _make_private_dir(self.root)
         self.content = ContentStore(self.root)
@@ -110,8 +117,13 @@ class Client:
         self.transport = Transport(transport_config or TransportConfig(), credentials)
         self.resolver = Resolver(self.transport)
         self.fetcher = Fetcher(self.transport)
-        self.unpacker = Unpacker(self.content, self.snapshotter, limits)
+        self.max_pull_bytes = max_pull_bytes
+        self.unpacker = Unpacker(
+            self.content, self.snapshotter, _cap_layer_bytes(limits, max_pull_bytes)
+        )
         self.limits = limits
+        self._budgets: dict[int, _PullBudget] = {}
+        self._budgets_lock = threading.Lock()
         self.runtime = Runtime(self.root, runc=runc)
         self._max_parallel = max(1, max_parallel_layers)
 
@@ -140,10 +152,61 @@ class Client:
             layers = resolved.manifest.layers
             _check_layers(layers, config)
             chains = oci.chain_ids(config.diff_ids)
-            self._pull_layers(reference, layers, config.diff_ids, chains, progress)
+            self._check_pull_size(reference, resolved.manifest.config, layers, chains)
+            with self._budgets_lock:
+                self._budgets[id(reference)] = _PullBudget(self.max_pull_bytes, str(reference))
+            try:
+                self._pull_layers(reference, layers, config.diff_ids, chains, progress)
+            finally:
+                with self._budgets_lock:
+                    self._budgets.pop(id(reference), None)
             record = self._record_image(reference, resolved, config, chains)
         progress(ProgressEvent(Phase.DONE, message=f"{record.name} {record.target.digest}"))
         return Image(record.name, record.target, record, self)
+
+    def _check_pull_size(
+        self,
+        ref: Reference,
+        config: Descriptor,
+        layers: Sequence[Descriptor],
+        chains: Sequence[Digest],
+    ) -> None:
+        """Before any layer is fetched: the per-pull limit on what the descriptors announce,
+        and enough free space for the blobs to fetch and (at least) their unpacked bytes."""
+        announced = config.size + sum(d.size for d in layers)
+        if announced > self.max_pull_bytes:
+            raise LimitExceededError(
+                f"pull of {ref}: its blobs total {announced} bytes, over the per-pull limit of "
+                f"{self.max_pull_bytes} bytes (max_pull_bytes)",
+                hint="raise Client(max_pull_bytes=...) only if you trust this image",
+            )
+        to_fetch = sum(d.size for d in layers if not self.content.exists(d.digest))
+        # A layer unpacks to at least its compressed size (a lower bound, not an estimate).
+        to_unpack = sum(d.size for d, c in zip(layers, chains) if not self.snapshotter.exists(c))
+        needs: dict[int, tuple[Path, int]] = {}
+        for path, n in ((self.content.blobs_dir, to_fetch), (self.snapshotter.root, to_unpack)):
+            dev = os.stat(path).st_dev
+            prev = needs.get(dev)
+            needs[dev] = (prev[0] if prev else path, (prev[1] if prev else 0) + n)
+        for path, need in needs.values():
+            if need == 0:
+                continue
+            st = os.statvfs(path)
+            free = st.f_bavail * st.f_frsize
+            if free < need:
+                raise StoreError(
+                    f"not enough free space to pull {ref}: at least {need} bytes needed under "
+                    f"{path}, {free} available",
+                    hint="free some space (fastdist prune removes what no image uses) or use "
+                    "a store root on a larger filesystem (--root)",
+                )
+
+    def _charge(self, ref: Reference, staged: LayerSink) -> None:
+        """Count a staged layer's unpacked bytes against its pull's limit (before its commit)."""
+        with self._budgets_lock:
+            budget = self._budgets.get(id(ref))
+        if budget is not None and staged.result is not None:
+            budget.add(staged.result.uncompressed_size, staged.desc.digest)
 
     def _store_document(self, desc: Descriptor, data: bytes) -> None:
         if not self.content.exists(desc.digest):
@@ -160,15 +223,20 @@ class Client:
                 f"config {desc.digest} is {desc.size} bytes, over the "
                 f"{oci.MAX_CONFIG_BYTES}-byte limit"
             )
-        if self.content.exists(desc.digest):
-            progress(
-                ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size)
-            )
-            return self.content.read_bytes(desc.digest, oci.MAX_CONFIG_BYTES)
-        data = self.fetcher.fetch_bytes(ref, desc, oci.MAX_CONFIG_BYTES)
-        self.content.write_blob(desc.digest, data)
-        progress(ProgressEvent(Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size))
-        return data
+        if not self.content.exists(desc.digest):
+            # Under the digest's ingest lock, so concurrent pulls fetch it once.
+            with self.content.ingest(desc):
+                if not self.content.exists(desc.digest):
+                    data = self.fetcher.fetch_bytes(ref, desc, oci.MAX_CONFIG_BYTES)
+                    self.content.write_blob(desc.digest, data)
+                    progress(
+                        ProgressEvent(
+                            Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size
+                        )
+                    )
+                    return data
+        progress(ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size))
+        return self.content.read_bytes(desc.digest, oci.MAX_CONFIG_BYTES)
 
     def _pull_layers(
         self,
@@ -196,13 +264,26 @@ class Client:
         progress: Progress,
     ) -> None:
         """overlayfs: every layer streams socket → tree into its own staging directory at once;
-        snapshots are committed bottom-up as their parents land (design.md §6)."""
+        each worker commits its snapshot as soon as its parent landed (design.md §6).
+
+        Lock order, and why two processes cannot deadlock: a worker takes its layer's chain_id
+        lock first, then (inside the fetch) the digest's ingest lock, which it releases once the
+        blob is committed, before it waits for anything else. The only wait while holding a
+        chain lock is for the parent's commit, i.e. for the lock of a chain one layer *shorter*
+        (a chain_id names its whole prefix, so its depth is fixed). Every wait-for edge goes
+        from depth d to depth d-1 and the bottom layer waits for nobody, so no cycle can form,
+        whatever prefix two images share. The pool takes tasks in layer order, so a running
+        worker's ancestors have all started too. The lock is held by the worker thread from
+        the ``exists`` re-check to the commit, so a layer is unpacked once across processes and
+        threads (a flock per open file conflicts between threads of one process as well).
+        """
         workers = min(len(layers), self._max_parallel)
         failed = threading.Event()
+        landed = [_Landing() for _ in layers]
         with ThreadPoolExecutor(workers, thread_name_prefix="fastdist-layer") as pool:
-            futures: list[Future[LayerSink | None]] = [
+            futures = [
                 pool.submit(
-                    self._stage_layer,
+                    self._pull_layer,
                     ref,
                     layers[i],
                     diff_ids[i],
@@ -210,27 +291,82 @@ class Client:
                     chains[i - 1] if i else None,
                     progress,
                     failed,
+                    landed[i - 1] if i else None,
+                    landed[i],
                 )
                 for i in range(len(layers))
             ]
-            committed = 0
             try:
-                for i, fut in enumerate(futures):
-                    staged = fut.result()
-                    if staged is not None:
-                        staged.commit()
-                        self._note_snapshot(layers[i], diff_ids[i], chains[i], progress)
-                    committed = i + 1
+                wait(futures, return_when=FIRST_EXCEPTION)
+                errors = [f.exception() for f in futures if f.done() and not f.cancelled()]
+                if any(e is not None for e in errors):
+                    failed.set()
+                    for fut in futures:
+                        fut.cancel()
+                    for landing in landed:
+                        landing.settle(False)  # wake waiters of cancelled layers
+                    wait(futures)
+                    errors = [f.exception() for f in futures if not f.cancelled()]
+                    # Raise the failure itself, not a sibling's "pull aborted" that followed it.
+                    real = [e for e in errors if e is not None and not isinstance(e, _PullAborted)]
+                    first = real[0] if real else next(e for e in errors if e is not None)
+                    raise first
             except BaseException:
                 failed.set()
-                for fut in futures[committed:]:
-                    fut.cancel()
-                for fut in futures[committed:]:
-                    with contextlib.suppress(BaseException):
-                        staged = fut.result()
-                        if staged is not None:
-                            staged.abort()
+                for landing in landed:
+                    landing.settle(False)
                 raise
+
+    def _pull_layer(
+        self,
+        ref: Reference,
+        desc: Descriptor,
+        diff_id: Digest,
+        chain: Digest,
+        parent: Digest | None,
+        progress: Progress,
+        failed: threading.Event,
+        parent_landed: _Landing | None,
+        landed: _Landing,
+    ) -> None:
+        """One overlayfs layer, start to commit, under its chain_id lock (see above)."""
+        ok = False
+        timings: list[tuple[str, float]] = []
+        try:
+            if failed.is_set():
+                raise _PullAborted("pull aborted")
+            with self.snapshotter.lock(chain):
+                have_snap = self.snapshotter.exists(chain)
+                if not have_snap:
+                    staged = self._stage_layer(
+                        ref, desc, diff_id, chain, parent, progress, failed, timings
+                    )
+                    try:
+                        self._charge(ref, staged)
+                        t = time.monotonic()
+                        if parent_landed is not None and not parent_landed.wait():
+                            raise _PullAborted("pull aborted")
+                        timings.append(("wait", time.monotonic() - t))
+                        t = time.monotonic()
+                        staged.commit()
+                        timings.append(("commit", time.monotonic() - t))
+                    except BaseException:
+                        staged.abort()
+                        raise
+            if have_snap:
+                fetched = self._fetch_blob(ref, desc, progress)
+                if not fetched:
+                    progress(
+                        ProgressEvent(
+                            Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size
+                        )
+                    )
+                    ok = True
+                    return
+            self._note_snapshot(desc, diff_id, chain, progress, tuple(timings))
+            ok = True
+        finally:
+            landed.settle(ok)
 
     def _stage_layer(
         self,
@@ -241,37 +377,35 @@ class Client:
         parent: Digest | None,
         progress: Progress,
         failed: threading.Event,
-    ) -> LayerSink | None:
-        """Bring one layer to "ready to commit" (a staged sink) or "already there" (None)."""
-        if failed.is_set():
-            raise FastdistError("pull aborted")
-        have_blob = self.content.exists(desc.digest)
-        have_snap = self.snapshotter.exists(chain)
-        if have_blob and have_snap:
-            progress(
-                ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size)
-            )
-            return None
-        if have_snap:
-            self._fetch_blob(ref, desc, progress)
-            return None
-        if have_blob:
+        timings: list[tuple[str, float]],
+    ) -> LayerSink:
+        """Bring one missing layer to "ready to commit" (a staged sink). The caller holds the
+        chain_id lock; the blob is streamed (fetch + apply in one pass) unless it is stored."""
+        t = time.monotonic()
+        if self.content.exists(desc.digest):
             progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
-            return self.unpacker.stage_blob(desc, diff_id, chain, parent)
+            staged = self.unpacker.stage_blob(desc, diff_id, chain, parent)
+            timings.append(("unpack", time.monotonic() - t))
+            return staged
         with self.content.ingest(desc) as ingest:
             if self.content.exists(desc.digest):
                 # Another process fetched it while we waited for the digest's lock.
                 progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
-                return self.unpacker.stage_blob(desc, diff_id, chain, parent)
+                staged = self.unpacker.stage_blob(desc, diff_id, chain, parent)
+                timings.append(("unpack", time.monotonic() - t))
+                return staged
             sink = self.unpacker.layer_sink(desc, diff_id, chain, parent, ingest)
             try:
-                self.fetcher.fetch(ref, desc, sink, progress)
+                self.fetcher.fetch(ref, desc, _AbortableSink(sink, failed), progress)
+                timings.append(("fetch", time.monotonic() - t))
+                t = time.monotonic()
                 progress(
                     ProgressEvent(
                         Phase.UNPACKING, desc.digest, desc.media_type, desc.size, desc.size
                     )
                 )
                 sink.finish()
+                timings.append(("unpack", time.monotonic() - t))
             except BaseException:
                 sink.abort()
                 raise
@@ -286,51 +420,77 @@ class Client:
         progress: Progress,
     ) -> None:
         """native snapshotter: a layer applies onto a copy of its parent, so blobs download in
-        parallel into the content store and apply in order as their parents commit."""
+        parallel into the content store and apply in order as their parents commit. Only this
+        thread takes chain_id locks here, one at a time, so lock order is trivially safe."""
         workers = min(len(layers), self._max_parallel)
         with ThreadPoolExecutor(workers, thread_name_prefix="fastdist-blob") as pool:
             futures = [
-                pool.submit(self._fetch_blob, ref, desc, progress)
+                pool.submit(self._timed_fetch_blob, ref, desc, progress)
                 if not self.snapshotter.exists(chains[i]) or not self.content.exists(desc.digest)
                 else None
                 for i, desc in enumerate(layers)
             ]
             for i, desc in enumerate(layers):
                 fut = futures[i]
+                timings: list[tuple[str, float]] = []
                 if fut is not None:
-                    fut.result()
-                if self.snapshotter.exists(chains[i]):
-                    progress(
-                        ProgressEvent(
-                            Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size
+                    timings.append(("fetch", fut.result()))
+                with self.snapshotter.lock(chains[i]):
+                    if self.snapshotter.exists(chains[i]):
+                        progress(
+                            ProgressEvent(
+                                Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size
+                            )
                         )
+                        continue
+                    progress(
+                        ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size)
                     )
-                    continue
-                progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
-                staged = self.unpacker.stage_blob(
-                    desc, diff_ids[i], chains[i], chains[i - 1] if i else None
-                )
-                try:
-                    staged.commit()
-                except BaseException:
-                    staged.abort()
-                    raise
-                self._note_snapshot(desc, diff_ids[i], chains[i], progress)
+                    t = time.monotonic()
+                    staged = self.unpacker.stage_blob(
+                        desc, diff_ids[i], chains[i], chains[i - 1] if i else None
+                    )
+                    timings.append(("unpack", time.monotonic() - t))
+                    t = time.monotonic()
+                    try:
+                        self._charge(ref, staged)
+                        staged.commit()
+                    except BaseException:
+                        staged.abort()
+                        raise
+                    timings.append(("commit", time.monotonic() - t))
+                self._note_snapshot(desc, diff_ids[i], chains[i], progress, tuple(timings))
 
-    def _fetch_blob(self, ref: Reference, desc: Descriptor, progress: Progress) -> None:
-        """Fetch a blob into the content store only (verified, resumable, once per digest)."""
+    def _timed_fetch_blob(self, ref: Reference, desc: Descriptor, progress: Progress) -> float:
+        t = time.monotonic()
+        self._fetch_blob(ref, desc, progress)
+        return time.monotonic() - t
+
+    def _fetch_blob(self, ref: Reference, desc: Descriptor, progress: Progress) -> bool:
+        """Fetch a blob into the content store only (verified, resumable, once per digest).
+        Returns whether this call downloaded it (False: it was there already)."""
         if self.content.exists(desc.digest):
-            return
+            return False
         with self.content.ingest(desc) as ingest:
             if self.content.exists(desc.digest):
-                return
+                return False
             self.fetcher.fetch(ref, desc, ingest, progress)
             ingest.commit()
+        return True
 
     def _note_snapshot(
-        self, desc: Descriptor, diff_id: Digest, chain: Digest, progress: Progress
+        self,
+        desc: Descriptor,
+        diff_id: Digest,
+        chain: Digest,
+        progress: Progress,
+        timings: tuple[tuple[str, float], ...] = (),
     ) -> None:
-        progress(ProgressEvent(Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size))
+        progress(
+            ProgressEvent(
+                Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size, timings=timings
+            )
+        )
 
     def _record_image(
         self,
@@ -442,7 +602,44 @@ class Client:
                     removed_snaps += 1
             swept = self.snapshotter.sweep_staging()
             ingests = self.content.prune_ingests(older_than=0)
-        return PruneReport(removed_blobs, removed_snaps, freed, swept + ingests)
+            unmounted = self._unmount_strays()
+        return PruneReport(removed_blobs, removed_snaps, freed, swept + ingests + unmounted)
+
+    def _unmount_strays(self) -> int:
+        """Unmount what a killed fastdist left mounted under the store (not containers')."""
+        n = 0
+        for mount in stray_mounts(self.root, self._container_mounts()):
+            with contextlib.suppress(StoreError):
+                self.snapshotter.unmount(Path(mount))
+                n += 1
+        return n
+
+    def _container_mounts(self) -> list[str]:
+        return [
+            os.path.realpath(self.runtime.rootfs_dir(c.id)) for c in self.metadata.containers.list()
+        ]
+
+    def check(self, verify_blobs: bool = True) -> CheckReport:
+        """Verify the store: every blob's digest (and size against its descriptors), every
+        image's blobs and snapshots, snapshot parent chains; list leftovers for prune.
+        Reads only; holds the GC lock shared, so it can run next to pulls but not prune."""
+        with self._gc_lock(shared=True):
+            snaps: dict[str, Snapshotter] = {}
+            for name in SNAPSHOTTERS:
+                if (self.root / "snapshots" / name).is_dir():
+                    snaps[name] = (
+                        self.snapshotter
+                        if name == self.snapshotter.name
+                        else snapshotter_by_name(name, self.root)
+                    )
+            return StoreChecker(
+                self.root,
+                self.content,
+                self.metadata,
+                snaps,
+                self._container_mounts(),
+                verify_blobs=verify_blobs,
+            ).run()
 
     def _depth(self, chain: Digest) -> int:
         depth = 0
@@ -767,6 +964,87 @@ def _generate_id(client: Client) -> str:
         if client.metadata.containers.get(cid) is None and not client.runtime.bundle(cid).exists():
             return cid
     raise StoreError("could not generate a free container id")
+
+
+class _PullBudget:
+    """The uncompressed bytes one pull has unpacked so far, against ``max_pull_bytes``."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int, digest: Digest) -> None:
+        with self._lock:
+            self.used += n
+            if self.used > self.limit:
+                raise LimitExceededError(
+                    f"pull of {self.what}: layer {digest} brings the unpacked total to "
+                    f"{self.used} bytes, over the per-pull limit of {self.limit} bytes "
+                    "(max_pull_bytes)",
+                    hint="raise Client(max_pull_bytes=...) only if you trust this image",
+                )
+
+
+def _cap_layer_bytes(limits: _native.Limits | None, cap: int) -> _native.Limits | None:
+    """The layer limits with ``max_layer_bytes`` no larger than the per-pull limit."""
+    base = limits or _native.Limits()
+    if base.max_layer_bytes <= cap:
+        return limits
+    return _native.Limits(
+        max_entries=base.max_entries,
+        max_layer_bytes=cap,
+        max_entry_bytes=min(base.max_entry_bytes, cap),
+        max_header_bytes=base.max_header_bytes,
+        max_path_len=base.max_path_len,
+        max_path_depth=base.max_path_depth,
+        max_ratio=base.max_ratio,
+        ratio_grace_bytes=base.ratio_grace_bytes,
+        zstd_window_log_max=base.zstd_window_log_max,
+    )
+
+
+class _PullAborted(FastdistError):
+    """A layer stopped because another layer of the same pull failed."""
+
+
+class _Landing:
+    """Whether a layer's snapshot landed (committed or already there): set once, waited on by
+    the layer above it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._ok = False
+        self._lock = threading.Lock()
+
+    def settle(self, ok: bool) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._ok = ok
+                self._event.set()
+
+    def wait(self) -> bool:
+        self._event.wait()
+        return self._ok
+
+
+class _AbortableSink:
+    """Passes bytes to a layer sink until the pull failed elsewhere, so a failed pull stops its
+    other downloads promptly instead of finishing them (the partial data stays resumable)."""
+
+    def __init__(self, sink: LayerSink, failed: threading.Event) -> None:
+        self._sink = sink
+        self._failed = failed
+
+    @property
+    def offset(self) -> int:
+        return self._sink.offset
+
+    def write(self, data: bytes) -> None:
+        if self._failed.is_set():
+            raise _PullAborted("pull aborted")
+        self._sink.write(data)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,9 @@ class ProgressEvent:
     current: int = 0
     total: int = 0
     message: str = ""
+    # Seconds spent per phase, e.g. (("fetch", 1.2), ("unpack", 0.3), ("commit", 0.01)); set on
+    # a layer's DONE event and on the pull's final DONE (("resolve", …), ("total", …)).
+    timings: tuple[tuple[str, float], ...] = ()
 
 
 Progress = Callable[[ProgressEvent], None]
