@@ -63,15 +63,22 @@ class _Truncated(Exception):
     """The body ended before ``desc.size`` bytes arrived."""
 
 
-def _read_chunks(resp: requests.Response) -> Iterator[bytes]:
-    """The raw body in ~CHUNK_SIZE pieces. ``read1`` returns what has arrived, so bytes received
-    before a drop or a stall still reach the sink (and the resume starts after them); pieces are
-    gathered so the sink sees large writes. A read error ends the stream with _Truncated."""
+def _read_chunks(resp: requests.Response, limit: int) -> Iterator[bytes]:
+    """The raw body in ~CHUNK_SIZE pieces, at most ``limit`` bytes in all (the caller passes
+    one more than it can accept, so an over-long body is detected without reading the rest).
+    ``read1`` returns what has arrived, so bytes received before a drop or a stall still reach
+    the sink (and the resume starts after them); pieces are gathered so the sink sees large
+    writes. A read error ends the stream with _Truncated."""
     raw = resp.raw
     read1 = getattr(raw, "read1", None)  # urllib3 >= 2
     buf = bytearray()
+    remaining = limit
     while True:
-        want = CHUNK_SIZE - len(buf)
+        want = min(CHUNK_SIZE - len(buf), remaining)
+        if want <= 0:
+            if buf:
+                yield bytes(buf)
+            return
         try:
             if read1 is not None:
                 piece = read1(want, decode_content=False)
@@ -87,6 +94,7 @@ def _read_chunks(resp: requests.Response) -> Iterator[bytes]:
                 yield bytes(buf)
             return
         buf += piece
+        remaining -= len(piece)
         if len(buf) >= CHUNK_SIZE:
             yield bytes(buf)
             buf.clear()
@@ -228,7 +236,8 @@ class Fetcher:
             self._check_length(resp, desc, start, skip)
             received = start
             last_report = start
-            for chunk in _read_chunks(resp):
+            # Read at most one byte past the promised size: enough to prove a blob too long.
+            for chunk in _read_chunks(resp, skip + desc.size - start + 1):
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)

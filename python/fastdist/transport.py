@@ -113,9 +113,32 @@ def _netloc(url: str) -> str:
     return parts.netloc.rsplit("@", 1)[-1].lower()
 
 
-def _clean(text: str, limit: int = 200) -> str:
-    """Registry-supplied text goes into our messages: strip control characters, bound it."""
-    text = _CONTROL_RE.sub(" ", text).strip()
+# What may carry a secret inside text we did not write (a registry's error message, a library's
+# exception text quoting a URL): a URL's query (signed CDN URLs), an Authorization value, a
+# ``token=``/``password=``-style pair.
+_QUERY_RE = re.compile(r"\?[^\s'\"<>)\]]+")
+_AUTH_VALUE_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_SECRET_PAIR_RE = re.compile(
+    r"(?i)\b((?:access_|refresh_|id_)?token|password|secret|signature|credential)"
+    r"(\s*[=:]\s*)[^\s&,;\"']+"
+)
+
+
+def redact_text(text: str, secrets: Collection[str] = ()) -> str:
+    """Remove what could be a credential from text headed for a message or a log line: URL
+    queries, Authorization values, ``token=…`` pairs and every string in ``secrets``."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "<redacted>")
+    text = _QUERY_RE.sub("?…", text)
+    text = _AUTH_VALUE_RE.sub(r"\1 <redacted>", text)
+    return _SECRET_PAIR_RE.sub(r"\1\2<redacted>", text)
+
+
+def _clean(text: str, limit: int = 200, secrets: Collection[str] = ()) -> str:
+    """Text we did not write goes into our messages: strip control characters and anything
+    that may be a credential, bound it."""
+    text = redact_text(_CONTROL_RE.sub(" ", text).strip(), secrets)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -162,6 +185,8 @@ class Transport:
         self._tokens = TokenCache()
         self._lock = threading.Lock()
         self._basic_hosts: set[str] = set()
+        # Every password and token this transport has used: scrubbed from registry-supplied text.
+        self._secrets: set[str] = set()
         self.sleep: Callable[[float], None] = time.sleep
 
     # --- URL policy ----------------------------------------------------------------------------
@@ -341,7 +366,14 @@ class Transport:
                 code = first.get("code") if isinstance(first.get("code"), str) else None
                 msg = first.get("message")
                 detail = msg if isinstance(msg, str) else ""
-        reason = " ".join(x for x in (code or resp.reason or "", _clean(detail)) if x)
+        reason = " ".join(
+            x
+            for x in (
+                _clean(code or resp.reason or "", 80, self._known_secrets()),
+                _clean(detail, 200, self._known_secrets()),
+            )
+            if x
+        )
         message = f"{method} {url}: {status} {reason}".rstrip()
         if status == 401 or code == "UNAUTHORIZED":
             return AuthenticationError(
@@ -435,14 +467,25 @@ class Transport:
     def _auth_header(self, host: str, scope: str | None) -> str | None:
         token = self._tokens.get(host, scope or "")
         if token is not None:
+            self._remember_secret(token)
             return f"Bearer {token}"
         with self._lock:
             basic = host in self._basic_hosts
         if basic:
             creds = self._creds(host)
             if creds is not None and creds.username:
+                self._remember_secret(creds.password)
                 return _basic(creds)
         return None
+
+    def _remember_secret(self, *values: str | None) -> None:
+        with self._lock:
+            self._secrets.update(v for v in values if v)
+
+    def _known_secrets(self) -> list[str]:
+        with self._lock:
+            # Longest first, so a secret containing another is replaced whole.
+            return sorted(self._secrets, key=len, reverse=True)
 
     def _answer_challenge(self, host: str, scope: str | None, header: str, url: str) -> None:
         challenges = _parse_challenges(header)
@@ -493,6 +536,8 @@ class Transport:
                     scopes.append(item)
         service = challenge.params.get("service")
         creds = self._creds(host)
+        if creds is not None:
+            self._remember_secret(creds.password, creds.identity_token)
         # Credentials go to the realm (docker does this) only over https, or to a host the user
         # allowed over plain http; never across a redirect (we do not follow any here).
         if creds is not None and parts.scheme == "http" and not self.plain_http_allowed(realm_host):
@@ -557,7 +602,9 @@ class Transport:
                 err.message = f"token request failed: {err.message}"
                 raise err
             raw = read_capped(resp, MAX_TOKEN_BODY, "token response")
-        return parse_token_response(raw)
+        token = parse_token_response(raw)
+        self._remember_secret(token.value)
+        return token
 
 
 # Errors raised while reading a response body: the connection dropped or stalled mid-stream.
