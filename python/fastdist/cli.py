@@ -78,6 +78,13 @@ class PullDisplay:
                     self._title = ev.message
                     self._start = time.monotonic()
                     self._plain(f"{ev.message}: resolving")
+                elif ev.phase is Phase.DONE:
+                    # The pull is recorded: the manifests and indexes it resolved (stored right
+                    # after resolving, with no event of their own) are done too.
+                    for row in self._rows.values():
+                        if row.phase is Phase.RESOLVED:
+                            row.phase = Phase.DONE
+                            self._plain(f"{row.label}: done")
                 return
             row = self._rows.get(ev.digest)
             label = _label(ev)
