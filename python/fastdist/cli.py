@@ -81,10 +81,10 @@ class PullDisplay:
                 elif ev.phase is Phase.DONE:
                     # The pull is recorded: the manifests and indexes it resolved (stored right
                     # after resolving, with no event of their own) are done too.
-                    for row in self._rows.values():
-                        if row.phase is Phase.RESOLVED:
-                            row.phase = Phase.DONE
-                            self._plain(f"{row.label}: done")
+                    for resolved in self._rows.values():
+                        if resolved.phase is Phase.RESOLVED:
+                            resolved.phase = Phase.DONE
+                            self._plain(f"{resolved.label}: done")
                 return
             row = self._rows.get(ev.digest)
             label = _label(ev)
