@@ -776,6 +776,11 @@ class Client:
             return container
         try:
             code = self.runtime.run(cid, stdin=stdin, stdout=stdout, stderr=stderr)
+        except ContainerRunError:
+            # It never ran (runc could not create or start it, or no terminal for -t): a
+            # "created" container nothing can start would only leak its mount and snapshot.
+            container._cleanup(force=True)
+            raise
         except BaseException:
             if rm:
                 container._cleanup(force=True)

@@ -207,6 +207,63 @@ def test_unknown_user_is_a_clear_error_and_leaves_no_snapshot_or_mount(
     assert _ps(fastdist, "-a") == {}
 
 
+@pytest.mark.parametrize("flags", [(), ("--rm",), ("-d",)])
+def test_a_command_missing_from_the_image_fails_clearly_and_leaves_nothing(
+    fastdist: FastdistCLI, img: str, flags: tuple[str, ...]
+) -> None:
+    r = fastdist("run", *flags, "--id", "broken", img, "/no/such/command")
+    assert r.rc == 8  # ContainerRunError: runc could not start it
+    assert "Traceback" not in r.stderr
+    assert "error: runc could not" in r.stderr
+    assert "/no/such/command" in r.stderr
+    assert "hint: check the command" in r.stderr
+    assert r.stdout == ""
+    assert _ps(fastdist, "-a") == {}
+    assert fastdist.leftovers() == CLEAN
+
+
+def test_tty_without_a_terminal_is_refused_and_leaves_nothing(
+    fastdist: FastdistCLI, img: str
+) -> None:
+    r = fastdist("run", "-t", img, "true")  # stdin is /dev/null, stdout/stderr are pipes
+    assert r.rc == 8
+    assert "error: cannot allocate a terminal" in r.stderr
+    assert "hint: drop -t" in r.stderr
+    assert _ps(fastdist, "-a") == {}
+    assert fastdist.leftovers() == CLEAN
+
+
+def test_detached_rm_container_is_reaped_once_it_exits(fastdist: FastdistCLI, img: str) -> None:
+    r = fastdist("run", "-d", "--rm", "--id", "brief", img, "sh", "-c", "echo bye")
+    assert r.rc == 0, r.stderr
+    assert fastdist("logs", "-f", "brief").stdout == "bye\n"  # returns once it exited
+    assert _ps(fastdist, "-a") == {}  # ps reaps stopped --rm containers
+    assert fastdist.leftovers() == CLEAN
+
+
+def test_invalid_container_id_is_refused_before_anything_is_created(
+    fastdist: FastdistCLI, img: str
+) -> None:
+    r = fastdist("run", "--id", "../escape", img, "true")
+    assert r.rc == 8
+    assert "error: invalid container id '../escape'" in r.stderr
+    assert fastdist.leftovers() == CLEAN
+    assert not (fastdist.root.parent / "escape").exists()
+
+
+def test_kill_of_a_stopped_container_and_rm_of_an_unknown_one_are_clear_errors(
+    fastdist: FastdistCLI, img: str
+) -> None:
+    assert fastdist("run", "--id", "done", img, "true").rc == 0
+    k = fastdist("kill", "done")
+    assert k.rc == 8
+    assert "error: cannot kill container done: it is stopped" in k.stderr
+    r = fastdist("rm", "ghost")
+    assert r.rc == 7
+    assert "error: no such container: ghost" in r.stderr
+    assert "hint: list them with: fastdist ps -a" in r.stderr
+
+
 # --- rootfs ----------------------------------------------------------------------------------
 def test_rm_removes_the_container_its_mount_and_its_snapshot(
     fastdist: FastdistCLI, img: str
