@@ -35,6 +35,7 @@ from .errors import (
 )
 from .fetcher import Fetcher
 from .metadata import ContainerRecord, ImageRecord, MetadataDB
+from .mirrors import Mirrors, hosts_dirs
 from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
@@ -100,6 +101,7 @@ class Client:
         max_parallel_layers: int = 8,
         runc: str = "runc",
         max_pull_bytes: int = DEFAULT_MAX_PULL_BYTES,
+        hosts_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_pull_bytes <= 0:
             raise ValueError("max_pull_bytes must be positive")
@@ -115,8 +117,10 @@ class Client:
         if credentials is None:
             credentials = CredentialStore.from_docker_config()
         self.transport = Transport(transport_config or TransportConfig(), credentials)
-        self.resolver = Resolver(self.transport)
-        self.fetcher = Fetcher(self.transport)
+        # Registry mirrors from containerd-style certs.d/<host>/hosts.toml (mirrors.py).
+        self.mirrors = Mirrors(hosts_dirs(hosts_dir), self.transport)
+        self.resolver = Resolver(self.transport, self.mirrors)
+        self.fetcher = Fetcher(self.transport, self.mirrors)
         self.max_pull_bytes = max_pull_bytes
         self.unpacker = Unpacker(
             self.content, self.snapshotter, _cap_layer_bytes(limits, max_pull_bytes)

@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 import requests
 
-from .errors import DigestMismatchError, ManifestError, RegistryError, SizeMismatchError
+from .errors import (
+    DigestMismatchError,
+    ManifestError,
+    NotFoundError,
+    RegistryError,
+    SizeMismatchError,
+)
+from .mirrors import MIRROR_RETRIES, Mirrors
 from .oci import NONDISTRIBUTABLE_TYPES, Descriptor, sha256_digest
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
-from .transport import BODY_ERRORS, Transport, redact_url
+from .transport import BODY_ERRORS, Transport, http_log, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +115,9 @@ def pull_scope(ref: Reference) -> str:
 class Fetcher:
     """Fetches blobs named by descriptors. Safe to use from several threads at once."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, mirrors: Mirrors | None = None) -> None:
         self.transport = transport
+        self.mirrors = mirrors
 
     def fetch(
         self,
@@ -133,8 +142,41 @@ class Fetcher:
                     "%s: not using foreign URLs (not allowed); fetching from the registry",
                     desc.digest,
                 )
-        url = self.transport.url(ref.registry, f"/v2/{ref.path}/blobs/{desc.digest}")
-        self._fetch_from(url, ref.registry, pull_scope(ref), desc, sink, progress)
+        path = f"/v2/{ref.path}/blobs/{desc.digest}"
+        if self.mirrors is None:
+            url = self.transport.url(ref.registry, path)
+            self._fetch_from(url, ref.registry, pull_scope(ref), desc, sink, progress)
+            return
+        # Mirrors in order, then the upstream. The sink keeps what a failed host delivered, so
+        # the next host continues with a Range request; the digest proves the whole blob.
+        for host in self.mirrors.hosts(ref, "pull"):
+            try:
+                self._fetch_from(
+                    host.api_url(path, ns=ref.domain),
+                    host.netloc,
+                    pull_scope(ref),
+                    desc,
+                    sink,
+                    progress,
+                    headers=host.header_map(),
+                    max_retries=None if host.upstream else MIRROR_RETRIES,
+                )
+                return
+            except RegistryError as e:
+                if host.upstream:
+                    raise
+                if not isinstance(e, NotFoundError):
+                    self.mirrors.mark_failed(host, e)
+                progress(
+                    ProgressEvent(
+                        Phase.RETRYING,
+                        digest=desc.digest,
+                        media_type=desc.media_type,
+                        current=sink.offset,
+                        total=desc.size,
+                        message=f"mirror {host.url}: {e.message}; trying the next host",
+                    )
+                )
 
     def fetch_bytes(self, ref: Reference, desc: Descriptor, limit: int) -> bytes:
         """A small blob whole, verified (size and sha256); over ``limit`` is refused unread."""
@@ -162,6 +204,8 @@ class Fetcher:
         desc: Descriptor,
         sink: BlobSink,
         progress: Progress,
+        headers: Mapping[str, str] | None = None,
+        max_retries: int | None = None,
     ) -> None:
         attempt = 0
         while True:
@@ -173,7 +217,9 @@ class Fetcher:
             if start == desc.size and desc.size > 0:
                 return
             try:
-                self._stream_once(url, registry, scope, desc, sink, progress, start)
+                self._stream_once(
+                    url, registry, scope, desc, sink, progress, start, headers, max_retries
+                )
                 return
             except _Truncated as e:
                 err = RegistryError(
@@ -182,7 +228,7 @@ class Fetcher:
                     temporary=True,
                 )
             attempt += 1
-            delay = self.transport.retry_delay(err, attempt)
+            delay = self.transport.retry_delay(err, attempt, max_retries=max_retries)
             if delay is None:
                 raise err
             log.info("%s: resuming from byte %d in %.2fs", desc.digest, sink.offset, delay)
@@ -207,8 +253,13 @@ class Fetcher:
         sink: BlobSink,
         progress: Progress,
         start: int,
+        extra_headers: Mapping[str, str] | None = None,
+        max_retries: int | None = None,
     ) -> None:
-        headers = {"Range": f"bytes={start}-"} if start > 0 else {}
+        headers = dict(extra_headers or {})
+        if start > 0:
+            headers["Range"] = f"bytes={start}-"
+        started = time.monotonic()
 
         def on_retry(err: RegistryError, _attempt: int, _delay: float) -> None:
             progress(
@@ -230,6 +281,7 @@ class Fetcher:
             headers=headers,
             stall=True,
             on_retry=on_retry,
+            max_retries=max_retries,
         )
         with resp:
             skip = self._prefix_to_skip(resp, desc, start, url)
@@ -262,6 +314,13 @@ class Fetcher:
                             total=desc.size,
                         )
                     )
+            if http_log.isEnabledFor(logging.DEBUG):
+                http_log.debug(
+                    "GET %s: body %d bytes in %.3fs",
+                    redact_url(url),
+                    received - start,
+                    time.monotonic() - started,
+                )
             if received < desc.size:
                 raise _Truncated(f"connection closed after {received} of {desc.size} bytes")
 

@@ -12,7 +12,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .errors import DigestMismatchError, ManifestError, PlatformNotFoundError, SizeMismatchError
+from .errors import (
+    DigestMismatchError,
+    ManifestError,
+    NotFoundError,
+    PlatformNotFoundError,
+    RegistryError,
+    SizeMismatchError,
+)
+from .mirrors import MIRROR_RETRIES, Mirrors
 from .oci import (
     INDEX_TYPES,
     MANIFEST_ACCEPT,
@@ -60,8 +68,9 @@ class Resolver:
     """Turns a :class:`Reference` into a :class:`Resolved` (one registry round trip per
     document)."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, mirrors: Mirrors | None = None) -> None:
         self.transport = transport
+        self.mirrors = mirrors
 
     def resolve(
         self,
@@ -106,15 +115,43 @@ class Resolver:
 
     def _get(self, ref: Reference, obj: str) -> tuple[bytes, str | None]:
         t = self.transport
-        body, headers = t.get_bytes(
-            t.url(ref.registry, f"/v2/{ref.path}/manifests/{obj}"),
-            registry=ref.registry,
-            scope=pull_scope(ref),
-            limit=MAX_MANIFEST_BYTES,
-            what=f"manifest {ref.name}@{obj}" if obj.startswith("sha256:") else f"manifest {ref}",
-            headers={"Accept": ", ".join(MANIFEST_ACCEPT)},
-        )
-        return body, headers.get("Content-Type")
+        path = f"/v2/{ref.path}/manifests/{obj}"
+        what = f"manifest {ref.name}@{obj}" if obj.startswith("sha256:") else f"manifest {ref}"
+        accept = {"Accept": ", ".join(MANIFEST_ACCEPT)}
+        if self.mirrors is None:
+            body, headers = t.get_bytes(
+                t.url(ref.registry, path),
+                registry=ref.registry,
+                scope=pull_scope(ref),
+                limit=MAX_MANIFEST_BYTES,
+                what=what,
+                headers=accept,
+            )
+            return body, headers.get("Content-Type")
+        # A tag is resolved only by hosts allowed to ("resolve"); by digest, any "pull" host
+        # will do: the body is verified against the digest below either way.
+        capability = "pull" if obj.startswith("sha256:") else "resolve"
+        for host in self.mirrors.hosts(ref, capability):
+            try:
+                body, headers = t.get_bytes(
+                    host.api_url(path, ns=ref.domain),
+                    registry=host.netloc,
+                    scope=pull_scope(ref),
+                    limit=MAX_MANIFEST_BYTES,
+                    what=what,
+                    headers={**host.header_map(), **accept},
+                    max_retries=None if host.upstream else MIRROR_RETRIES,
+                )
+            except RegistryError as e:
+                if host.upstream:
+                    raise
+                if isinstance(e, NotFoundError):
+                    log.info("mirror %s does not have %s; trying the next host", host.url, what)
+                else:
+                    self.mirrors.mark_failed(host, e)
+                continue
+            return body, headers.get("Content-Type")
+        raise AssertionError("the upstream host is always tried last")  # pragma: no cover
 
     def _get_by_descriptor(self, ref: Reference, desc: Descriptor) -> tuple[bytes, Document]:
         if desc.media_type not in MANIFEST_TYPES | INDEX_TYPES:

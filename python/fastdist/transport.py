@@ -42,6 +42,9 @@ from .auth import parse_www_authenticate as _parse_challenges
 from .errors import AuthenticationError, ManifestError, NotFoundError, RegistryError
 
 log = logging.getLogger(__name__)
+# One DEBUG line per HTTP exchange (``fastdist --debug``): method, redacted URL, status, bytes,
+# duration. URLs are redacted (no userinfo, no query) and headers are never logged.
+http_log = logging.getLogger("fastdist.http")
 
 MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 64 << 10
@@ -55,6 +58,15 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 Body = Union[bytes, Callable[[], BinaryIO]]
 # Called before sleeping for a retry: (error, attempt number starting at 1, delay in seconds).
 RetryHook = Callable[[RegistryError, int, float], None]
+
+
+@dataclass(frozen=True)
+class HostTLS:
+    """Per-host settings from a mirror's hosts.toml: trust, client certificate, plain http."""
+
+    verify: bool | str = True  # False: skip verification; a path: that CA bundle
+    cert: tuple[str, str] | str | None = None  # (cert, key) or one PEM holding both
+    plain_http: bool = False  # the admin configured an http:// URL for this host
 
 
 @dataclass(frozen=True)
@@ -191,7 +203,8 @@ class Transport:
 
     # --- URL policy ----------------------------------------------------------------------------
     def plain_http_allowed(self, host: str) -> bool:
-        """Loopback hosts, and hosts the user listed (``host`` or ``host:port``)."""
+        """Loopback hosts, hosts the user listed (``host`` or ``host:port``), and mirrors whose
+        hosts.toml URL says http:// (an explicit choice, never a fallback)."""
         h = host.lower()
         allowed = {x.lower() for x in self.config.plain_http_hosts}
         return is_loopback(h) or h in allowed or hostname_of(h) in allowed
@@ -203,15 +216,28 @@ class Transport:
     def url(self, registry_host: str, path: str) -> str:
         return self.base_url(registry_host) + path
 
+        self._host_tls: dict[str, HostTLS] = {}
     def _check_url(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme == "https":
             return
         if parts.scheme == "http" and self.plain_http_allowed(parts.netloc.rsplit("@", 1)[-1]):
+    def configure_host(self, netloc: str, tls: HostTLS) -> None:
+        """Settings for one ``host[:port]`` (a mirror from hosts.toml)."""
+        with self._lock:
+            self._host_tls[netloc.lower()] = tls
+
+    def _tls(self, netloc: str) -> HostTLS | None:
+        with self._lock:
+            return self._host_tls.get(netloc.lower())
+
             return
         raise RegistryError(
             f"refusing {redact_url(url)}: only https is allowed for this host",
             hint="add the host to the plain-HTTP allow list only if you trust the network",
+        tls = self._tls(h)
+        if tls is not None and tls.plain_http:
+            return True
             url=redact_url(url),
         )
 
@@ -235,6 +261,9 @@ class Transport:
         registry: str | None,
         scope: str | None = None,
         headers: Mapping[str, str] | None = None,
+        tls = self._tls(host)
+        if tls is not None and tls.verify is not True:
+            return tls.verify
         body: Body | None = None,
         accept_status: Collection[int] = (),
         stall: bool = False,
@@ -243,7 +272,8 @@ class Transport:
         """Send a request and return the (streamed) response once its status is 2xx or listed
         in ``accept_status``; the caller closes it. ``registry`` is the host whose credentials
         apply (None: anonymous, for foreign URLs); they are sent only while the URL is on that
-        host. Temporary failures are retried here; other failures raise typed errors."""
+        host. Temporary failures are retried here (``max_retries`` overrides the config: a
+        mirror gets few, its fallback is the next host); other failures raise typed errors."""
         attempt = 0
         waited_for_retry_after = 0.0
         while True:
@@ -257,6 +287,7 @@ class Transport:
                     url=redact_url(url),
                 ) from None
             except (
+        max_retries: int | None = None,
                 requests.exceptions.ConnectionError,
                 requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError,
@@ -281,7 +312,9 @@ class Transport:
                 finally:
                     resp.close()
             attempt += 1
-            delay = self.retry_delay(err, attempt, retry_after, waited_for_retry_after)
+            delay = self.retry_delay(
+                err, attempt, retry_after, waited_for_retry_after, max_retries=max_retries
+            )
             if delay is None:
                 raise err
             if retry_after is not None:
@@ -305,7 +338,14 @@ class Transport:
         reading past it, retried when the body is cut. Returns the body and response headers."""
         attempt = 0
         while True:
-            resp = self.request("GET", url, registry=registry, scope=scope, headers=headers)
+            resp = self.request(
+                "GET",
+                url,
+                registry=registry,
+                scope=scope,
+                headers=headers,
+                max_retries=max_retries,
+            )
             try:
                 return read_capped(resp, limit, what), resp.headers
             except BODY_ERRORS as e:
@@ -317,7 +357,8 @@ class Transport:
             finally:
                 resp.close()
             attempt += 1
-            delay = self.retry_delay(err, attempt)
+            delay = self.retry_delay(err, attempt, max_retries=max_retries)
+        max_retries: int | None = None,
             if delay is None:
                 raise err
             self.sleep(delay)
@@ -331,7 +372,8 @@ class Transport:
     ) -> float | None:
         """How long to wait before retry number ``attempt`` (from 1), or None to give up.
         The fetcher uses this too when a body is cut mid-stream, so one policy applies."""
-        if not err.temporary or attempt > self.config.max_retries:
+        limit = self.config.max_retries if max_retries is None else max_retries
+        if not err.temporary or attempt > limit:
             return None
         if retry_after is not None:
             if waited_for_retry_after + retry_after > self.config.max_retry_after:
@@ -346,6 +388,8 @@ class Transport:
 
     def error_from_response(self, method: str, resp: requests.Response) -> RegistryError:
         """Map a failed response (distribution-spec error JSON, ``#error-codes``) to a typed
+        *,
+        max_retries: int | None = None,
         error. Reads at most 64 KiB of the body."""
         url = redact_url(resp.url or "")
         status = resp.status_code
@@ -442,6 +486,8 @@ class Transport:
             if resp.status_code in _REDIRECT_STATUSES and resp.headers.get("Location"):
                 target = urljoin(current, resp.headers["Location"])
                 resp.close()
+            tls = self._tls(_netloc(current))
+            started = time.monotonic()
                 log.debug("redirect %s → %s", redact_url(current), redact_url(target))
                 if resp.status_code == 303:
                     method, body = "GET", None
@@ -452,11 +498,31 @@ class Transport:
                 resp.close()
                 self._tokens.drop(origin, scope or "")
                 self._answer_challenge(origin, scope, challenge, current)
+                    cert=tls.cert if tls is not None else None,
                 authorized = True
                 continue
+            except requests.exceptions.RequestException as e:
+                if http_log.isEnabledFor(logging.DEBUG):
+                    http_log.debug(
+                        "%s %s -> %s (%.3fs)",
+                        method,
+                        redact_url(current),
+                        type(e).__name__,
+                        time.monotonic() - started,
+                    )
+                raise
             return resp
         raise RegistryError(
             f"{method} {redact_url(url)}: more than {MAX_REDIRECTS} redirects",
+            if http_log.isEnabledFor(logging.DEBUG):
+                http_log.debug(
+                    "%s %s -> %d (%s bytes, %.3fs to headers)",
+                    method,
+                    redact_url(current),
+                    resp.status_code,
+                    resp.headers.get("Content-Length", "?"),
+                    time.monotonic() - started,
+                )
             url=redact_url(url),
         )
 
