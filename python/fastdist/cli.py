@@ -112,7 +112,7 @@ class PullDisplay:
                 if ev.current - row.current < (1 << 20):
                     return
                 row.current = ev.current
-        obj = {
+        obj: dict[str, object] = {
             "time": round(time.monotonic() - self._start, 4),
             "phase": ev.phase.value,
             "digest": ev.digest,
@@ -121,6 +121,8 @@ class PullDisplay:
             "total": ev.total,
             "message": ev.message,
         }
+        if ev.timings:
+            obj["timings"] = {k: round(v, 4) for k, v in ev.timings}
         with self._lock:
             self._out.write(json.dumps(obj) + "\n")
             self._out.flush()
@@ -209,7 +211,11 @@ def _client(args: argparse.Namespace, **kw: Any) -> Any:
     plain = frozenset(getattr(args, "plain_http", None) or ())
     cfg = TransportConfig(plain_http_hosts=plain)
     return Client(
-        args.root, snapshotter=getattr(args, "snapshotter", None), transport_config=cfg, **kw
+        args.root,
+        snapshotter=getattr(args, "snapshotter", None),
+        transport_config=cfg,
+        hosts_dir=getattr(args, "hosts_dir", None),
+        **kw,
     )
 
 
@@ -279,6 +285,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import format_report
+
+    client = _client(args)
+    report = client.check(verify_blobs=not args.no_verify)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "blobs": report.blobs,
+                    "snapshots": report.snapshots,
+                    "images": report.images,
+                    "problems": [vars(p) for p in report.problems],
+                    "leftovers": [vars(x) for x in report.leftovers],
+                },
+                indent=2,
+            )
+        )
+    else:
+        for line in format_report(report, verbose=args.verbose):
+            print(line)
+    return 0 if report.ok else 1
+
+
     client = _client(args)
     out = client.unpack(args.ref, args.dest)
     print(f"unpacked {args.ref} into {out}")
@@ -301,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--debug", action="store_true", help="log HTTP requests; show tracebacks")
     p.add_argument("--version", action="version", version=f"fastdist {__version__}")
+    p.add_argument(
+        "--hosts-dir",
+        default=None,
+        metavar="DIR",
+        help="registry mirrors: containerd-style DIR/<host>/hosts.toml (default: "
+        "$FASTDIST_HOSTS_DIR, /etc/fastdist/certs.d, /etc/containerd/certs.d)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("pull", help="fetch, verify and unpack an image")
@@ -333,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_prune)
 
     sp = sub.add_parser("unpack", help="write an image's flattened root filesystem into DIR")
+    sp = sub.add_parser("check", aliases=["fsck"], help="verify the store's blobs and snapshots")
+    sp.add_argument(
+        "--no-verify", action="store_true", help="do not re-hash blobs (sizes and links only)"
+    )
+    sp.add_argument("-v", "--verbose", action="store_true", help="list leftovers too")
+    sp.add_argument("--json", action="store_true", help="the report as JSON")
+    sp.set_defaults(func=cmd_check)
+
     sp.add_argument("ref", metavar="REF")
     sp.add_argument("dest", metavar="DIR")
     sp.set_defaults(func=cmd_unpack)

@@ -145,9 +145,11 @@ class Client:
         """
         reference = Reference.parse(ref)
         plat = Platform.parse(platform) if isinstance(platform, str) else platform
+        started = time.monotonic()
         with self._gc_lock(shared=True):
             progress(ProgressEvent(Phase.RESOLVING, message=str(reference)))
             resolved = self.resolver.resolve(reference, plat, progress)
+            resolve_seconds = time.monotonic() - started
             self._store_document(resolved.target, resolved.target_bytes)
             if resolved.manifest_descriptor.digest != resolved.target.digest:
                 self._store_document(resolved.manifest_descriptor, resolved.manifest_bytes)
@@ -165,7 +167,13 @@ class Client:
                 with self._budgets_lock:
                     self._budgets.pop(id(reference), None)
             record = self._record_image(reference, resolved, config, chains)
-        progress(ProgressEvent(Phase.DONE, message=f"{record.name} {record.target.digest}"))
+        progress(
+            ProgressEvent(
+                Phase.DONE,
+                message=f"{record.name} {record.target.digest}",
+                timings=(("resolve", resolve_seconds), ("total", time.monotonic() - started)),
+            )
+        )
         return Image(record.name, record.target, record, self)
 
     def _check_pull_size(
@@ -229,10 +237,11 @@ class Client:
             )
         if not self.content.exists(desc.digest):
             # Under the digest's ingest lock, so concurrent pulls fetch it once.
-            with self.content.ingest(desc):
+            with self.content.ingest(desc) as ingest:
                 if not self.content.exists(desc.digest):
                     data = self.fetcher.fetch_bytes(ref, desc, oci.MAX_CONFIG_BYTES)
                     self.content.write_blob(desc.digest, data)
+                    ingest.commit()  # already there now: just removes the ingest dir
                     progress(
                         ProgressEvent(
                             Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size

@@ -1,0 +1,145 @@
+"""``Client.check`` / ``fastdist check``: a clean store passes; each kind of damage is reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakeregistry import FakeRegistry
+
+from fastdist.client import Client
+from fastdist.oci import Descriptor
+from fastdist.testing.images import File, build_image, build_layer, tar_entries
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def pulled(tmp_path: Path) -> tuple[Client, str, object]:
+    img = build_image(
+        [
+            build_layer(tar_entries([File("a", "one\n")])),
+            build_layer(tar_entries([File("b", "two\n")])),
+        ]
+    )
+    with FakeRegistry() as reg:
+        for digest, blob in img.blobs().items():
+            reg.blobs[digest] = blob
+        reg.add_manifest("chk/img", img.manifest, img.descriptor.media_type, "v1")
+        ref = f"{reg.host}/chk/img:v1"
+        client = Client(tmp_path / "store", snapshotter="native", hosts_dir=tmp_path / "none")
+        client.pull(ref)
+    return client, ref, img
+
+
+def _kinds(client: Client) -> set[str]:
+    return {p.kind for p in client.check().problems}
+
+
+def test_clean_store_has_no_problems_and_no_leftovers(pulled: tuple[Client, str, object]) -> None:
+    client, _, _ = pulled
+    report = client.check()
+    assert report.ok
+    assert report.problems == ()
+    assert report.leftovers == ()
+    assert (report.images, report.snapshots) == (1, 2)
+    assert report.blobs == 4  # manifest, config, two layers
+
+
+def test_a_flipped_byte_in_a_blob_is_reported_as_corrupt(
+    pulled: tuple[Client, str, object],
+) -> None:
+    client, _, img = pulled
+    digest = img.layers[0].descriptor.digest  # type: ignore[attr-defined]
+    path = client.content.blob_path(digest)
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report = client.check()
+    assert not report.ok
+    assert [(p.kind, p.subject) for p in report.problems] == [("blob-corrupt", digest)]
+    assert client.check(verify_blobs=False).ok  # only hashing finds this one
+
+
+def test_a_missing_layer_blob_and_snapshot_are_reported_for_the_image(
+    pulled: tuple[Client, str, object],
+) -> None:
+    client, ref, img = pulled
+    client.content.delete(img.layers[1].descriptor.digest)  # type: ignore[attr-defined]
+    client.snapshotter.remove(client.get(ref).record.chain_ids[1])
+    assert _kinds(client) == {"image-missing-blob", "image-missing-snapshot"}
+
+
+def test_a_truncated_blob_is_a_size_problem_against_its_descriptor(
+    pulled: tuple[Client, str, object],
+) -> None:
+    client, _, img = pulled
+    layer: Descriptor = img.layers[0].descriptor  # type: ignore[attr-defined]
+    path = client.content.blob_path(layer.digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(path.read_bytes()[:-3])
+    report = client.check(verify_blobs=False)
+    assert [(p.kind, p.subject) for p in report.problems] == [("blob-size", layer.digest)]
+
+
+def test_a_snapshot_whose_parent_is_gone_breaks_its_chain(
+    pulled: tuple[Client, str, object],
+) -> None:
+    client, ref, _ = pulled
+    bottom, top = client.get(ref).record.chain_ids
+    # Remove the bottom layer behind the store's back (as a crash or a bad tool could).
+    os.rename(client.snapshotter.layer_dir(bottom), client.root / "moved-away")
+    kinds = _kinds(client)
+    assert "snapshot-parent" in kinds
+    assert "image-missing-snapshot" in kinds
+
+
+def test_unreadable_snapshot_info_is_reported(pulled: tuple[Client, str, object]) -> None:
+    client, ref, _ = pulled
+    top = client.get(ref).record.chain_ids[1]
+    (client.snapshotter.layer_dir(top) / "info.json").write_text("{not json")
+    assert "snapshot-info" in _kinds(client)
+
+
+def test_leftovers_are_listed_but_are_not_problems_and_prune_removes_them(
+    pulled: tuple[Client, str, object],
+) -> None:
+    client, _, _ = pulled
+    (client.snapshotter.staging_dir / "123-deadbeef").mkdir()  # a crashed unpack, no owner
+    ingest = client.content.ingest_dir / ("ab" * 32)
+    ingest.mkdir()
+    (ingest / "data").write_bytes(b"partial")
+    orphan = b"an unreferenced blob"
+    from fastdist.oci import sha256_digest
+
+    client.content.write_blob(sha256_digest(orphan), orphan)
+    report = client.check()
+    assert report.ok
+    assert {x.kind for x in report.leftovers} == {"staging", "ingest", "blob-unreferenced"}
+    client.prune()
+    assert client.check().leftovers == ()
+
+
+def test_cli_check_exits_non_zero_and_names_the_problem(
+    pulled: tuple[Client, str, object],
+) -> None:
+    client, _, img = pulled
+    env = {**os.environ, "PYTHONPATH": str(REPO / "python")}
+    argv = [sys.executable, "-m", "fastdist", "--root", str(client.root), "check"]
+    ok = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "0 problem(s)" in ok.stdout
+
+    digest = img.config_descriptor.digest  # type: ignore[attr-defined]
+    client.content.delete(digest)
+    bad = subprocess.run([*argv, "--json"], env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1
+    report = json.loads(bad.stdout)
+    assert report["ok"] is False
+    assert [p["kind"] for p in report["problems"]] == ["image-missing-blob"]
+    assert digest in report["problems"][0]["message"]
