@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 from fakeregistry import FakeRegistry
-
 from fastdist import _native
 from fastdist.client import Client
 from fastdist.testing.images import (
@@ -89,9 +88,8 @@ def full_blob_gets(reg: FakeRegistry, digest: str) -> list[object]:
 
 
 def range_gets(reg: FakeRegistry, digest: str) -> list[str]:
-    return [
-        r.headers["range"] for r in reg.requests_to(f"/blobs/{digest}", "GET") if "range" in r.headers
-    ]
+    gets = reg.requests_to(f"/blobs/{digest}", "GET")
+    return [r.headers["range"] for r in gets if "range" in r.headers]
 
 
 def cli_argv(root: Path, *args: str) -> list[str]:

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakeregistry import FakeRegistry
 
+from fakeregistry import FakeRegistry
 from fastdist.client import Client
 from fastdist.oci import Descriptor
 from fastdist.testing.images import File, build_image, build_layer, tar_entries
@@ -91,7 +91,7 @@ def test_a_snapshot_whose_parent_is_gone_breaks_its_chain(
     pulled: tuple[Client, str, object],
 ) -> None:
     client, ref, _ = pulled
-    bottom, top = client.get(ref).record.chain_ids
+    bottom, _top = client.get(ref).record.chain_ids
     # Remove the bottom layer behind the store's back (as a crash or a bad tool could).
     os.rename(client.snapshotter.layer_dir(bottom), client.root / "moved-away")
     kinds = _kinds(client)
