@@ -147,6 +147,24 @@ def redact_text(text: str, secrets: Collection[str] = ()) -> str:
     return _SECRET_PAIR_RE.sub(r"\1\2<redacted>", text)
 
 
+class _RedactingFilter(logging.Filter):
+    """urllib3 logs every request line at DEBUG, signed CDN query strings included: rewrite
+    those records through ``redact_text`` before any handler sees them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        record.msg = redact_text(message)
+        record.args = None
+        return True
+
+
+for _name in ("urllib3.connectionpool", "urllib3.connection", "requests"):
+    logging.getLogger(_name).addFilter(_RedactingFilter())
+
+
 def _clean(text: str, limit: int = 200, secrets: Collection[str] = ()) -> str:
     """Text we did not write goes into our messages: strip control characters and anything
     that may be a credential, bound it."""
