@@ -146,7 +146,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for c in client.containers(all=args.all):
         status = c.status if c.exit_code is None else f"{c.status} ({c.exit_code})"
         cmd = " ".join(c.command)
-        rows.append((c.id, c.image, cmd[:40], status, _ago(now - c.created)))
+        cmd = cmd if len(cmd) <= 40 else cmd[:39] + "…"  # docker's ps truncation mark
+        rows.append((c.id, c.image, cmd, status, _ago(now - c.created)))
     _table(rows)
     return 0
 

@@ -322,6 +322,8 @@ def test_detached_lifecycle_ps_logs_kill_rm(fastdist: FastdistCLI, img: str) -> 
     running = _ps(fastdist)
     assert list(running) == ["x"]
     assert running["x"][0] == img
+    assert " ".join(running["x"][1:4]) == "sh -c trap"  # COMMAND, cut at 40 with a mark
+    assert "…" in fastdist("ps").stdout
     assert _status(fastdist, "x") == "running"
     assert len(fastdist.mounts()) == 1
     assert _wait_for_log(fastdist, "x", "hi").stdout.startswith("hi\n")
