@@ -48,6 +48,18 @@ from .unpacker import LayerSink, Unpacker
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "/var/lib/fastdist"
+# Crash-safety tests kill a pull at named points (tests/integration/test_crash.py); read once, so
+# the pull's hot path only compares against None.
+_CRASH_AT = os.environ.get("FASTDIST_TEST_CRASH_AT") or None
+
+
+def _crash_point(name: str) -> None:
+    if name == _CRASH_AT:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # Bytes one pull may download (compressed, from the descriptors) and unpack (uncompressed).
 DEFAULT_MAX_PULL_BYTES = 256 << 30
 
@@ -166,6 +178,8 @@ class Client:
             finally:
                 with self._budgets_lock:
                     self._budgets.pop(id(reference), None)
+            if _CRASH_AT is not None:
+                _crash_point("committed")
             record = self._record_image(reference, resolved, config, chains)
         progress(
             ProgressEvent(
@@ -354,6 +368,8 @@ class Client:
                     staged = self._stage_layer(
                         ref, desc, diff_id, chain, parent, progress, failed, timings
                     )
+                    if _CRASH_AT is not None:
+                        _crash_point("staged")
                     try:
                         self._charge(ref, staged)
                         t = time.monotonic()
@@ -464,6 +480,8 @@ class Client:
                         desc, diff_ids[i], chains[i], chains[i - 1] if i else None
                     )
                     timings.append(("unpack", time.monotonic() - t))
+                    if _CRASH_AT is not None:
+                        _crash_point("staged")
                     t = time.monotonic()
                     try:
                         self._charge(ref, staged)
@@ -594,11 +612,11 @@ class Client:
         """Delete blobs and snapshots that no image references, stale staging and ingests."""
         with self._gc_lock(shared=False):
             blobs_kept = self.metadata.images.referenced_blobs()
-            snaps_kept = {c for (_, c) in self.metadata.images.referenced_snapshots()}
+            snaps_kept = set(self.metadata.images.referenced_snapshots())
             for c in self.metadata.containers.list():
                 with contextlib.suppress(ImageNotFoundError):
                     img = self.get(c.image)
-                    snaps_kept.update(img.record.chain_ids)
+                    snaps_kept.update((img.record.snapshotter, x) for x in img.record.chain_ids)
                     blobs_kept.update(img.record.layer_digests)
             removed_blobs = 0
             freed = 0
@@ -608,12 +626,15 @@ class Client:
                     self.content.delete(digest)
                     removed_blobs += 1
             removed_snaps = 0
-            # Children before parents, so an overlay lower is never removed under an upper.
-            for chain in sorted(self.snapshotter.list(), key=lambda c: -self._depth(c)):
-                if chain not in snaps_kept:
-                    self.snapshotter.remove(chain)
-                    removed_snaps += 1
-            swept = self.snapshotter.sweep_staging()
+            swept = 0
+            # Every snapshotter with data on this root (a pull may have used the other one).
+            for snap in self._present_snapshotters().values():
+                # Children before parents, so an overlay lower is never removed under an upper.
+                for chain in sorted(snap.list(), key=lambda c: -self._depth(c, snap)):
+                    if (snap.name, chain) not in snaps_kept:
+                        snap.remove(chain)
+                        removed_snaps += 1
+                swept += snap.sweep_staging()
             ingests = self.content.prune_ingests(older_than=0)
             unmounted = self._unmount_strays()
         return PruneReport(removed_blobs, removed_snaps, freed, swept + ingests + unmounted)
@@ -632,33 +653,37 @@ class Client:
             os.path.realpath(self.runtime.rootfs_dir(c.id)) for c in self.metadata.containers.list()
         ]
 
+    def _present_snapshotters(self) -> dict[str, Snapshotter]:
+        """Every snapshotter that has a directory on this root, by name."""
+        snaps: dict[str, Snapshotter] = {self.snapshotter.name: self.snapshotter}
+        for name in SNAPSHOTTERS:
+            if name not in snaps and (self.root / "snapshots" / name).is_dir():
+                snaps[name] = snapshotter_by_name(name, self.root)
+        return snaps
+
     def check(self, verify_blobs: bool = True) -> CheckReport:
         """Verify the store: every blob's digest (and size against its descriptors), every
         image's blobs and snapshots, snapshot parent chains; list leftovers for prune.
         Reads only; holds the GC lock shared, so it can run next to pulls but not prune."""
         with self._gc_lock(shared=True):
-            snaps: dict[str, Snapshotter] = {}
-            for name in SNAPSHOTTERS:
-                if (self.root / "snapshots" / name).is_dir():
-                    snaps[name] = (
-                        self.snapshotter
-                        if name == self.snapshotter.name
-                        else snapshotter_by_name(name, self.root)
-                    )
             return StoreChecker(
                 self.root,
                 self.content,
                 self.metadata,
-                snaps,
+                self._present_snapshotters(),
                 self._container_mounts(),
                 verify_blobs=verify_blobs,
             ).run()
 
-    def _depth(self, chain: Digest) -> int:
+    def _depth(self, chain: Digest, snap: Snapshotter | None = None) -> int:
+        snap = snap or self.snapshotter
         depth = 0
         cur: Digest | None = chain
         while cur is not None and depth < 10_000:
-            cur = self.snapshotter.parent(cur)
+            try:
+                cur = snap.parent(cur)
+            except (StoreError, ValueError):
+                break  # a broken info.json: remove it early rather than fail the prune
             depth += 1
         return depth
 

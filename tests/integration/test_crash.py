@@ -1,0 +1,176 @@
+"""SIGKILL a pulling ``python -m fastdist pull`` at several points, then check what the store
+shows, pull again, and let prune clear the leftovers. Points: mid-download (the registry drips
+the big blob; the kill comes once it has served a known number of bytes), with a layer unpacked
+but not committed, and with every snapshot committed but the image not yet recorded (the last
+two through the FASTDIST_TEST_CRASH_AT hook: nothing outside the process marks those moments)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from pullkit import (
+    big_layer,
+    cli_argv,
+    cli_env,
+    expected_tree,
+    full_blob_gets,
+    image,
+    range_gets,
+    run_cli,
+    serve,
+    small_layer,
+    unpacked_tree,
+)
+
+from fakeregistry import FakeRegistry, Fault
+from fastdist.client import Client
+from fastdist.snapshots import overlay_supported
+from fastdist.testing.images import BuiltImage
+
+SNAPSHOTTERS = [
+    "native",
+    pytest.param(
+        "overlayfs",
+        marks=pytest.mark.skipif(
+            not overlay_supported(Path("/tmp")), reason="overlayfs not available"
+        ),
+    ),
+]
+BIG = 3 << 20
+
+
+@pytest.fixture(scope="module")
+def img() -> BuiltImage:
+    return image(small_layer(1), big_layer(2, BIG), small_layer(3))
+
+
+def reg_size(reg: FakeRegistry, digest: str) -> int:
+    return len(reg.blobs[digest])
+
+
+def _client(root: Path, snapshotter: str) -> Client:
+    return Client(root, snapshotter=snapshotter, hosts_dir=root.parent / "no-mirrors")
+
+
+def _assert_nothing_listed_and_consistent(client: Client, img: BuiltImage) -> None:
+    assert client.images() == []
+    report = client.check()
+    assert report.ok, report.problems
+    for digest in client.content.digests():
+        # Whatever is visible is verified (check re-hashed it) and belongs to this image.
+        assert digest in {*img.blobs(), img.descriptor.digest}
+
+
+def _finish_and_prune(client: Client, ref: str, img: BuiltImage, root: Path) -> None:
+    client.pull(ref)
+    assert [i.name for i in client.images()] == [ref]
+    assert unpacked_tree(client, ref) == expected_tree(img)
+    out = run_cli(root, "prune")
+    assert out.returncode == 0, out.stderr
+    report = client.check()
+    assert report.ok, report.problems
+    assert report.leftovers == ()
+    assert unpacked_tree(client, ref) == expected_tree(img)  # prune kept the image whole
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_kill_during_download_resumes_by_range(
+    tmp_path: Path, img: BuiltImage, snapshotter: str
+) -> None:
+    root = tmp_path / "store"
+    big = img.layers[1].descriptor
+    with FakeRegistry() as reg:
+        ref = serve(reg, "crash/download", img)
+        drip = reg.add_fault(
+            Fault(path_contains=big.digest, drip=0.002, drip_chunk=16384, times=-1)
+        )
+        proc = subprocess.Popen(
+            cli_argv(root, "pull", "--snapshotter", snapshotter, ref),
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert reg.wait_sent(big.digest, BIG // 3), "the download never got going"
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+
+        client = _client(root, snapshotter)
+        _assert_nothing_listed_and_consistent(client, img)
+        assert not client.content.exists(big.digest)
+        partial = client.content.ingest_dir / big.digest.removeprefix("sha256:") / "data"
+        have = partial.stat().st_size
+        assert 0 < have < big.size
+
+        drip.times = 0
+        client.pull(ref)
+        assert len(full_blob_gets(reg, big.digest)) == 1  # the killed process's only
+        assert range_gets(reg, big.digest) == [f"bytes={have}-"]
+    _finish_and_prune(client, ref, img, root)
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+@pytest.mark.parametrize("point", ["staged", "committed"])
+def test_kill_after_unpack_or_commit_leaves_no_image_and_the_next_pull_refetches_nothing(
+    tmp_path: Path, img: BuiltImage, snapshotter: str, point: str
+) -> None:
+    root = tmp_path / "store"
+    with FakeRegistry() as reg:
+        ref = serve(reg, f"crash/{point}", img)
+        out = run_cli(root, "pull", "--snapshotter", snapshotter, ref, FASTDIST_TEST_CRASH_AT=point)
+        assert out.returncode == -signal.SIGKILL, out.stderr
+
+        client = _client(root, snapshotter)
+        _assert_nothing_listed_and_consistent(client, img)
+        kinds = {x.kind for x in client.check().leftovers}
+        if point == "staged":
+            assert "staging" in kinds  # a complete but uncommitted unpack
+        else:
+            assert "snapshot-unreferenced" in kinds  # committed, never recorded
+
+        # What the killed process left: verified blobs, and partial downloads on disk.
+        held = {}
+        for layer in img.layers:
+            d = layer.descriptor
+            partial = client.content.ingest_dir / d.digest.removeprefix("sha256:") / "data"
+            held[d.digest] = (
+                d.size
+                if client.content.exists(d.digest)
+                else partial.stat().st_size
+                if partial.exists()
+                else 0
+            )
+
+        client.pull(ref)
+        for digest, have in held.items():
+            if have == 0:
+                continue  # nothing of it reached the disk before the kill: fetched afresh
+            # A verified blob is reused; a partial one continues from its last byte on disk.
+            assert len(full_blob_gets(reg, digest)) == 1
+            assert range_gets(reg, digest) == (
+                [] if have == reg_size(reg, digest) else [f"bytes={have}-"]
+            )
+    _finish_and_prune(client, ref, img, root)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_prune_unmounts_stray_mounts_under_the_store(tmp_path: Path, img: BuiltImage) -> None:
+    root = tmp_path / "store"
+    client = _client(root, "native")
+    target = root / "tmp" / "left-mounted"
+    target.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(target)], check=True)
+    try:
+        assert [x.kind for x in client.check().leftovers] == ["mount"]
+        client.prune()
+        assert client.check().leftovers == ()
+        assert not os.path.ismount(target)
+    finally:
+        if os.path.ismount(target):
+            subprocess.run(["umount", "-l", str(target)], check=False)
