@@ -46,5 +46,15 @@ bench: setup      ## pull benchmarks against ctr and skopeo+umoci (see benches/R
 bench-micro: setup
 	$(PY) benches/micro.py
 
+FUZZ_SECONDS ?= 60
+fuzz: setup       ## each fuzz target for FUZZ_SECONDS (atheris); crashes land in fuzz/crashes/<target>/
+	$(PY) -m pip install --quiet 'atheris>=2.3'
+	@mkdir -p fuzz/crashes/manifest fuzz/crashes/layer fuzz/corpus/manifest fuzz/corpus/layer
+	$(PY) fuzz/fuzz_manifest.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+		-artifact_prefix=fuzz/crashes/manifest/ fuzz/corpus/manifest
+	$(PY) fuzz/fuzz_layer.py -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 \
+		-artifact_prefix=fuzz/crashes/layer/ fuzz/corpus/layer
+	$(PY) -m pytest -q tests/unit/test_fuzz_regressions.py
+
 clean:
 	rm -rf target .venv .mypy_cache .ruff_cache .pytest_cache
