@@ -284,7 +284,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_unpack(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from .check import format_report
 
@@ -310,6 +309,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_unpack(args: argparse.Namespace) -> int:
     client = _client(args)
     out = client.unpack(args.ref, args.dest)
     print(f"unpacked {args.ref} into {out}")
@@ -331,7 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--root", default=None, help="store root (default: $FASTDIST_ROOT or /var/lib/fastdist)"
     )
     p.add_argument("--debug", action="store_true", help="log HTTP requests; show tracebacks")
-    p.add_argument("--version", action="version", version=f"fastdist {__version__}")
     p.add_argument(
         "--hosts-dir",
         default=None,
@@ -339,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="registry mirrors: containerd-style DIR/<host>/hosts.toml (default: "
         "$FASTDIST_HOSTS_DIR, /etc/fastdist/certs.d, /etc/containerd/certs.d)",
     )
+    p.add_argument("--version", action="version", version=f"fastdist {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("pull", help="fetch, verify and unpack an image")
@@ -370,7 +370,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("prune", help="delete blobs and snapshots no image uses")
     sp.set_defaults(func=cmd_prune)
 
-    sp = sub.add_parser("unpack", help="write an image's flattened root filesystem into DIR")
     sp = sub.add_parser("check", aliases=["fsck"], help="verify the store's blobs and snapshots")
     sp.add_argument(
         "--no-verify", action="store_true", help="do not re-hash blobs (sizes and links only)"
@@ -379,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="the report as JSON")
     sp.set_defaults(func=cmd_check)
 
+    sp = sub.add_parser("unpack", help="write an image's flattened root filesystem into DIR")
     sp.add_argument("ref", metavar="REF")
     sp.add_argument("dest", metavar="DIR")
     sp.set_defaults(func=cmd_unpack)
