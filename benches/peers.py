@@ -123,7 +123,8 @@ def _rm(path: Path) -> None:
 
 def fastdist_env() -> dict[str, str]:
     """The environment for fastdist subprocesses: this checkout's package first on the path."""
-    src = Path(__file__).resolve().parent.parent / "python"
+    default = Path(__file__).resolve().parent.parent / "python"
+    src = os.environ.get("BENCH_FASTDIST_PATH", str(default))
     path = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": f"{src}:{path}" if path else str(src)}
 

@@ -33,9 +33,24 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+SNAPSHOT = HERE / "work" / "fastdist-snapshot"
+
+
+def _snapshot_fastdist() -> None:
+    """Benchmark a private copy of this checkout's package (extension included): other people
+    rebuild ``_native.abi3.so`` in place while they work, which crashes every process that has it
+    mapped and would change the code under test half-way through a run."""
+    src = REPO / "python" / "fastdist"
+    if not src.is_dir():
+        return  # an installed fastdist is benchmarked as it is
+    shutil.rmtree(SNAPSHOT, ignore_errors=True)
+    shutil.copytree(src, SNAPSHOT / "fastdist", ignore=shutil.ignore_patterns("__pycache__"))
+    os.environ["BENCH_FASTDIST_PATH"] = str(SNAPSHOT)
+    sys.path.insert(0, str(SNAPSHOT))
+
+
 sys.path.insert(0, str(HERE))
-if (REPO / "python" / "fastdist").is_dir():
-    sys.path.insert(1, str(REPO / "python"))
+_snapshot_fastdist()
 
 from fixtures import Fixture, ensure_fixtures  # noqa: E402
 from peers import (  # noqa: E402
@@ -145,6 +160,7 @@ class Bench:
         self.host = host
         self.tmp = tmp
         self.results: list[dict[str, Any]] = []
+        self.partial: Path | None = args.out / "partial.json"
         self.seq = 0
         tools: dict[str, Any] = {
             "fastdist": Fastdist(args.fastdist_snapshotter),
@@ -179,6 +195,8 @@ class Bench:
         if err:
             row["error"] = err
         self.results.append(row)
+        if self.partial is not None:  # so a crash half-way keeps what was measured
+            self.partial.write_text(json.dumps(self.results, indent=1))
         return row
 
     def supports(self, tool: str, fx: Fixture, scenario: str) -> bool:
