@@ -149,7 +149,8 @@ class PullDisplay:
         for r in rows:
             cur = r.total if r.phase in _DONE_PHASES else r.current
             done_bytes += cur if r.phase is not Phase.EXISTS else 0
-            bar = _bar(cur, r.total, 30)
+            done = r.phase in _DONE_PHASES
+            bar = _bar(1, 1, 30) if done and not r.total else _bar(cur, r.total, 30)
             size = f"{_human(cur)}/{_human(r.total)}" if r.total else ""
             lines.append(_fit(f"{r.label:<28} {r.phase.value:<12} {bar} {size}", width))
         elapsed = time.monotonic() - self._start
