@@ -132,7 +132,7 @@ _QUERY_RE = re.compile(r"\?[^\s'\"<>)\]]+")
 _AUTH_VALUE_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _SECRET_PAIR_RE = re.compile(
     r"(?i)\b((?:access_|refresh_|id_)?token|password|secret|signature|credential)"
-    r"(\s*[=:]\s*)[^\s&,;\"']+"
+    r"(\"?\s*[=:]\s*\"?)[^\s&,;\"']+"
 )
 
 
