@@ -215,31 +215,12 @@ class Transport:
         self._tokens = TokenCache()
         self._lock = threading.Lock()
         self._basic_hosts: set[str] = set()
+        self._host_tls: dict[str, HostTLS] = {}
         # Every password and token this transport has used: scrubbed from registry-supplied text.
         self._secrets: set[str] = set()
         self.sleep: Callable[[float], None] = time.sleep
 
     # --- URL policy ----------------------------------------------------------------------------
-    def plain_http_allowed(self, host: str) -> bool:
-        """Loopback hosts, hosts the user listed (``host`` or ``host:port``), and mirrors whose
-        hosts.toml URL says http:// (an explicit choice, never a fallback)."""
-        h = host.lower()
-        allowed = {x.lower() for x in self.config.plain_http_hosts}
-        return is_loopback(h) or h in allowed or hostname_of(h) in allowed
-
-    def base_url(self, registry_host: str) -> str:
-        scheme = "http" if self.plain_http_allowed(registry_host) else "https"
-        return f"{scheme}://{registry_host}"
-
-    def url(self, registry_host: str, path: str) -> str:
-        return self.base_url(registry_host) + path
-
-        self._host_tls: dict[str, HostTLS] = {}
-    def _check_url(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme == "https":
-            return
-        if parts.scheme == "http" and self.plain_http_allowed(parts.netloc.rsplit("@", 1)[-1]):
     def configure_host(self, netloc: str, tls: HostTLS) -> None:
         """Settings for one ``host[:port]`` (a mirror from hosts.toml)."""
         with self._lock:
@@ -249,18 +230,40 @@ class Transport:
         with self._lock:
             return self._host_tls.get(netloc.lower())
 
+    def plain_http_allowed(self, host: str) -> bool:
+        """Loopback hosts, hosts the user listed (``host`` or ``host:port``), and mirrors whose
+        hosts.toml URL says http:// (an explicit choice, never a fallback)."""
+        h = host.lower()
+        allowed = {x.lower() for x in self.config.plain_http_hosts}
+        tls = self._tls(h)
+        if tls is not None and tls.plain_http:
+            return True
+        return is_loopback(h) or h in allowed or hostname_of(h) in allowed
+
+    def base_url(self, registry_host: str) -> str:
+        scheme = "http" if self.plain_http_allowed(registry_host) else "https"
+        return f"{scheme}://{registry_host}"
+
+    def url(self, registry_host: str, path: str) -> str:
+        return self.base_url(registry_host) + path
+
+    def _check_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            return
+        if parts.scheme == "http" and self.plain_http_allowed(parts.netloc.rsplit("@", 1)[-1]):
             return
         raise RegistryError(
             f"refusing {redact_url(url)}: only https is allowed for this host",
             hint="add the host to the plain-HTTP allow list only if you trust the network",
-        tls = self._tls(h)
-        if tls is not None and tls.plain_http:
-            return True
             url=redact_url(url),
         )
 
     def _verify(self, url: str) -> bool | str:
         host = _netloc(url)
+        tls = self._tls(host)
+        if tls is not None and tls.verify is not True:
+            return tls.verify
         skip = {h.lower() for h in self.config.insecure_skip_verify_hosts}
         if host in skip or hostname_of(host) in skip:
             return False
@@ -279,13 +282,11 @@ class Transport:
         registry: str | None,
         scope: str | None = None,
         headers: Mapping[str, str] | None = None,
-        tls = self._tls(host)
-        if tls is not None and tls.verify is not True:
-            return tls.verify
         body: Body | None = None,
         accept_status: Collection[int] = (),
         stall: bool = False,
         on_retry: RetryHook | None = None,
+        max_retries: int | None = None,
     ) -> requests.Response:
         """Send a request and return the (streamed) response once its status is 2xx or listed
         in ``accept_status``; the caller closes it. ``registry`` is the host whose credentials
@@ -305,7 +306,6 @@ class Transport:
                     url=redact_url(url),
                 ) from None
             except (
-        max_retries: int | None = None,
                 requests.exceptions.ConnectionError,
                 requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError,
@@ -351,6 +351,7 @@ class Transport:
         limit: int,
         what: str,
         headers: Mapping[str, str] | None = None,
+        max_retries: int | None = None,
     ) -> tuple[bytes, Mapping[str, str]]:
         """GET a small document whole (manifests, configs, tokens): capped at ``limit`` before
         reading past it, retried when the body is cut. Returns the body and response headers."""
@@ -376,7 +377,6 @@ class Transport:
                 resp.close()
             attempt += 1
             delay = self.retry_delay(err, attempt, max_retries=max_retries)
-        max_retries: int | None = None,
             if delay is None:
                 raise err
             self.sleep(delay)
@@ -387,6 +387,8 @@ class Transport:
         attempt: int,
         retry_after: float | None = None,
         waited_for_retry_after: float = 0.0,
+        *,
+        max_retries: int | None = None,
     ) -> float | None:
         """How long to wait before retry number ``attempt`` (from 1), or None to give up.
         The fetcher uses this too when a body is cut mid-stream, so one policy applies."""
@@ -406,8 +408,6 @@ class Transport:
 
     def error_from_response(self, method: str, resp: requests.Response) -> RegistryError:
         """Map a failed response (distribution-spec error JSON, ``#error-codes``) to a typed
-        *,
-        max_retries: int | None = None,
         error. Reads at most 64 KiB of the body."""
         url = redact_url(resp.url or "")
         status = resp.status_code
@@ -486,6 +486,8 @@ class Transport:
                     hdrs["Authorization"] = auth
             stream = body() if callable(body) else None
             data: BinaryIO | bytes | None = stream if callable(body) else body
+            tls = self._tls(_netloc(current))
+            started = time.monotonic()
             try:
                 resp = self.session.request(
                     method,
@@ -496,29 +498,9 @@ class Transport:
                     stream=True,
                     timeout=timeout,
                     verify=self._verify(current),
+                    cert=tls.cert if tls is not None else None,
                     proxies=self._proxies(current),
                 )
-            finally:
-                if stream is not None:
-                    stream.close()
-            if resp.status_code in _REDIRECT_STATUSES and resp.headers.get("Location"):
-                target = urljoin(current, resp.headers["Location"])
-                resp.close()
-            tls = self._tls(_netloc(current))
-            started = time.monotonic()
-                log.debug("redirect %s → %s", redact_url(current), redact_url(target))
-                if resp.status_code == 303:
-                    method, body = "GET", None
-                current = target
-                continue
-            if resp.status_code == 401 and same_origin and origin is not None and not authorized:
-                challenge = resp.headers.get("WWW-Authenticate", "")
-                resp.close()
-                self._tokens.drop(origin, scope or "")
-                self._answer_challenge(origin, scope, challenge, current)
-                    cert=tls.cert if tls is not None else None,
-                authorized = True
-                continue
             except requests.exceptions.RequestException as e:
                 if http_log.isEnabledFor(logging.DEBUG):
                     http_log.debug(
@@ -529,9 +511,9 @@ class Transport:
                         time.monotonic() - started,
                     )
                 raise
-            return resp
-        raise RegistryError(
-            f"{method} {redact_url(url)}: more than {MAX_REDIRECTS} redirects",
+            finally:
+                if stream is not None:
+                    stream.close()
             if http_log.isEnabledFor(logging.DEBUG):
                 http_log.debug(
                     "%s %s -> %d (%s bytes, %.3fs to headers)",
@@ -541,6 +523,24 @@ class Transport:
                     resp.headers.get("Content-Length", "?"),
                     time.monotonic() - started,
                 )
+            if resp.status_code in _REDIRECT_STATUSES and resp.headers.get("Location"):
+                target = urljoin(current, resp.headers["Location"])
+                resp.close()
+                log.debug("redirect %s → %s", redact_url(current), redact_url(target))
+                if resp.status_code == 303:
+                    method, body = "GET", None
+                current = target
+                continue
+            if resp.status_code == 401 and same_origin and origin is not None and not authorized:
+                challenge = resp.headers.get("WWW-Authenticate", "")
+                resp.close()
+                self._tokens.drop(origin, scope or "")
+                self._answer_challenge(origin, scope, challenge, current)
+                authorized = True
+                continue
+            return resp
+        raise RegistryError(
+            f"{method} {redact_url(url)}: more than {MAX_REDIRECTS} redirects",
             url=redact_url(url),
         )
 
