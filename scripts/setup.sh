@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(runc docker-registry umoci busybox-static redis-server redis-tools pigz zstd gzip
-              tar openssl ca-certificates iproute2 python3-venv)
+              tar openssl ca-certificates iproute2 python3-venv
+              nasm autoconf automake libtool make)  # last line: build of the bundled ISA-L (igzip)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

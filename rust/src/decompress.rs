@@ -8,7 +8,11 @@
 
 use std::io::{self, BufRead, Chain, Cursor, Read};
 
-use flate2::bufread::MultiGzDecoder;
+#[cfg(not(feature = "isal"))]
+use flate2::bufread::MultiGzDecoder as GzDecoder;
+
+#[cfg(feature = "isal")]
+use igzip::GzDecoder;
 
 use crate::error::{Error, Result};
 use crate::limits::Limits;
@@ -105,7 +109,7 @@ type Src<R> = Counting<Chain<Cursor<Vec<u8>>, R>>;
 
 enum Inner<R: BufRead> {
     None(Src<R>),
-    Gzip(Box<MultiGzDecoder<Src<R>>>),
+    Gzip(Box<GzDecoder<Src<R>>>),
     Zstd(zstd::stream::read::Decoder<'static, Src<R>>),
 }
 
@@ -134,7 +138,7 @@ impl<R: BufRead> Decoder<R> {
         };
         let inner = match codec {
             Codec::None => Inner::None(src),
-            Codec::Gzip => Inner::Gzip(Box::new(MultiGzDecoder::new(src))),
+            Codec::Gzip => Inner::Gzip(Box::new(GzDecoder::new(src))),
             Codec::Zstd => {
                 let mut dec = zstd::stream::read::Decoder::with_buffer(src)
                     .map_err(|e| corrupt(format!("zstd: {e}")))?;
@@ -247,6 +251,283 @@ impl<R: BufRead> Decoder<R> {
         }
         let (_, src) = src.inner.into_inner();
         Ok(src)
+    }
+}
+
+/// gzip through Intel ISA-L's igzip (about twice as fast as zlib-rs on x86-64 and aarch64).
+///
+/// Members are decoded one after the other as one stream. Each member's header is parsed here
+/// (streamed, never buffered: names and extra fields can be any length; FHCRC is checked), its
+/// deflate data and trailer by igzip in `ISAL_GZIP_NO_HDR_VER` mode, which checks CRC-32 and
+/// ISIZE. (igzip's own header parser mis-reads a header with both FNAME and FCOMMENT.) Input is
+/// handed to igzip straight from the source's buffer (no copy); igzip stops at the end of a
+/// member, so anything after the last member is seen here and refused.
+#[cfg(feature = "isal")]
+mod igzip {
+    use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+    use std::io::{self, BufRead};
+    use std::ptr;
+
+    use isal_sys::igzip_lib as ffi;
+
+    const FHCRC: u8 = 2;
+    const FEXTRA: u8 = 4;
+    const FNAME: u8 = 8;
+    const FCOMMENT: u8 = 16;
+    const FRESERVED: u8 = 0xe0;
+
+    /// One `inflate_state`, heap-allocated (it is ~90 KB) and freed on drop.
+    struct State(ptr::NonNull<ffi::inflate_state>);
+
+    impl State {
+        fn new() -> Self {
+            let layout = Layout::new::<ffi::inflate_state>();
+            // SAFETY: `inflate_state` is plain C data (integers, byte arrays, raw pointers and
+            // a union of integers), so all-zero bytes are a valid value; `isal_inflate_init`
+            // then sets the fields it needs. The layout is not zero-sized.
+            unsafe {
+                let p = alloc_zeroed(layout).cast::<ffi::inflate_state>();
+                let Some(p) = ptr::NonNull::new(p) else {
+                    handle_alloc_error(layout)
+                };
+                ffi::isal_inflate_init(p.as_ptr());
+                (*p.as_ptr()).crc_flag = ffi::ISAL_GZIP_NO_HDR_VER;
+                Self(p)
+            }
+        }
+
+        fn get(&mut self) -> &mut ffi::inflate_state {
+            // SAFETY: the pointer is valid, initialised and uniquely owned by `self`.
+            unsafe { self.0.as_mut() }
+        }
+
+        /// Start a new member's deflate data (crc_flag and hist_bits are kept).
+        fn reset(&mut self) {
+            // SAFETY: a valid, initialised state.
+            unsafe { ffi::isal_inflate_reset(self.0.as_ptr()) }
+        }
+    }
+
+    impl Drop for State {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this very layout; igzip holds no other resources.
+            unsafe { dealloc(self.0.as_ptr().cast(), Layout::new::<ffi::inflate_state>()) }
+        }
+    }
+
+    // SAFETY: the state's raw pointers only ever point into buffers lent for the duration of
+    // one `isal_inflate` call (they are cleared after it), so moving it between threads is fine.
+    unsafe impl Send for State {}
+
+    pub(crate) struct GzDecoder<R> {
+        src: R,
+        state: State,
+        /// Inside a member's deflate data (its header has been read).
+        in_member: bool,
+        /// At least one member has been read.
+        started: bool,
+        /// The source ended right after a complete member.
+        done: bool,
+    }
+
+    #[cold]
+    fn invalid(what: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+    }
+
+    #[cold]
+    fn eof() -> io::Error {
+        io::ErrorKind::UnexpectedEof.into()
+    }
+
+    #[cold]
+    fn isal_error(code: i32) -> io::Error {
+        let what = match code {
+            ffi::ISAL_INVALID_BLOCK => "invalid deflate block",
+            ffi::ISAL_INVALID_SYMBOL => "invalid deflate symbol",
+            ffi::ISAL_INVALID_LOOKBACK => "invalid deflate distance (too far back)",
+            ffi::ISAL_INCORRECT_CHECKSUM => "gzip member CRC-32 or length mismatch",
+            _ => "igzip error",
+        };
+        invalid(&format!("{what} ({code})"))
+    }
+
+    impl<R: BufRead> GzDecoder<R> {
+        pub(crate) fn new(src: R) -> Self {
+            Self {
+                src,
+                state: State::new(),
+                in_member: false,
+                started: false,
+                done: false,
+            }
+        }
+
+        pub(crate) fn get_ref(&self) -> &R {
+            &self.src
+        }
+
+        pub(crate) fn into_inner(self) -> R {
+            self.src
+        }
+
+        /// Read exactly `out.len()` header bytes.
+        fn take(&mut self, out: &mut [u8], crc: &mut flate2::Crc) -> io::Result<()> {
+            let mut done = 0;
+            while done < out.len() {
+                let buf = self.src.fill_buf()?;
+                if buf.is_empty() {
+                    return Err(eof());
+                }
+                let n = buf.len().min(out.len() - done);
+                out[done..done + n].copy_from_slice(&buf[..n]);
+                crc.update(&buf[..n]);
+                self.src.consume(n);
+                done += n;
+            }
+            Ok(())
+        }
+
+        /// Skip `n` header bytes.
+        fn skip(&mut self, mut n: usize, crc: &mut flate2::Crc) -> io::Result<()> {
+            while n > 0 {
+                let buf = self.src.fill_buf()?;
+                if buf.is_empty() {
+                    return Err(eof());
+                }
+                let k = buf.len().min(n);
+                crc.update(&buf[..k]);
+                self.src.consume(k);
+                n -= k;
+            }
+            Ok(())
+        }
+
+        /// Skip a zero-terminated header string, terminator included.
+        fn skip_cstr(&mut self, crc: &mut flate2::Crc) -> io::Result<()> {
+            loop {
+                let buf = self.src.fill_buf()?;
+                if buf.is_empty() {
+                    return Err(eof());
+                }
+                match buf.iter().position(|&b| b == 0) {
+                    Some(i) => {
+                        crc.update(&buf[..=i]);
+                        self.src.consume(i + 1);
+                        return Ok(());
+                    }
+                    None => {
+                        let k = buf.len();
+                        crc.update(buf);
+                        self.src.consume(k);
+                    }
+                }
+            }
+        }
+
+        /// Parse one member header (RFC 1952 §2.3).
+        fn header(&mut self) -> io::Result<()> {
+            let mut crc = flate2::Crc::new();
+            let mut fixed = [0u8; 10];
+            self.take(&mut fixed, &mut crc)?;
+            if fixed[..2] != [0x1f, 0x8b] {
+                return Err(invalid("invalid gzip member header (bad magic)"));
+            }
+            if fixed[2] != 8 {
+                return Err(invalid("unsupported gzip compression method"));
+            }
+            let flags = fixed[3];
+            if flags & FRESERVED != 0 {
+                return Err(invalid("gzip header has reserved flags set"));
+            }
+            if flags & FEXTRA != 0 {
+                let mut xlen = [0u8; 2];
+                self.take(&mut xlen, &mut crc)?;
+                self.skip(usize::from(u16::from_le_bytes(xlen)), &mut crc)?;
+            }
+            if flags & FNAME != 0 {
+                self.skip_cstr(&mut crc)?;
+            }
+            if flags & FCOMMENT != 0 {
+                self.skip_cstr(&mut crc)?;
+            }
+            if flags & FHCRC != 0 {
+                let want = crc.sum() as u16;
+                let mut got = [0u8; 2];
+                self.take(&mut got, &mut flate2::Crc::new())?;
+                if u16::from_le_bytes(got) != want {
+                    return Err(invalid("gzip header CRC mismatch"));
+                }
+            }
+            Ok(())
+        }
+
+        pub(crate) fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if out.is_empty() || self.done {
+                return Ok(0);
+            }
+            loop {
+                if !self.in_member {
+                    if self.started {
+                        // Another member, or the clean end of the stream.
+                        match self.src.fill_buf()?.first() {
+                            None => {
+                                self.done = true;
+                                return Ok(0);
+                            }
+                            Some(0x1f) => {}
+                            Some(_) => {
+                                return Err(invalid(
+                                    "trailing data after the end of the last gzip member",
+                                ))
+                            }
+                        }
+                    }
+                    self.header()?;
+                    self.state.reset();
+                    self.in_member = true;
+                    self.started = true;
+                }
+                let input = self.src.fill_buf()?;
+                let in_len = input.len().min(u32::MAX as usize);
+                let out_len = out.len().min(u32::MAX as usize);
+                let st = self.state.get();
+                st.next_in = input.as_ptr().cast_mut();
+                st.avail_in = in_len as u32;
+                st.next_out = out.as_mut_ptr();
+                st.avail_out = out_len as u32;
+                // SAFETY: next_in/avail_in describe readable memory borrowed from the source
+                // (igzip never writes through next_in), next_out/avail_out writable memory
+                // borrowed from `out`; both outlive the call and are cleared right after it.
+                let ret = unsafe { ffi::isal_inflate(st) };
+                let used = in_len - st.avail_in as usize;
+                let produced = out_len - st.avail_out as usize;
+                let finished = st.block_state == ffi::isal_block_state_ISAL_BLOCK_FINISH;
+                st.next_in = ptr::null_mut();
+                st.avail_in = 0;
+                st.next_out = ptr::null_mut();
+                st.avail_out = 0;
+                self.src.consume(used);
+                if ret < 0 {
+                    return Err(isal_error(ret));
+                }
+                if finished {
+                    self.in_member = false;
+                }
+                if produced > 0 {
+                    return Ok(produced);
+                }
+                if finished {
+                    continue;
+                }
+                if in_len == 0 {
+                    return Err(eof());
+                }
+                if used == 0 {
+                    return Err(invalid("igzip made no progress"));
+                }
+            }
+        }
     }
 }
 
@@ -408,6 +689,153 @@ mod tests {
             decode_all(TGZ, &blob, &Limits::default()),
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    /// A source that hands out at most `step` bytes per `fill_buf`, to split members,
+    /// headers and trailers at every possible place.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.fill_buf()?.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.consume(n);
+            Ok(n)
+        }
+    }
+
+    impl BufRead for Trickle<'_> {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            Ok(&self.data[..self.step.min(self.data.len())])
+        }
+        fn consume(&mut self, amt: usize) {
+            self.data = &self.data[amt..];
+        }
+    }
+
+    fn decode_trickle(blob: &[u8], step: usize, out_step: usize) -> Result<Vec<u8>> {
+        let src = Trickle { data: blob, step };
+        let mut d = Decoder::new(TGZ, src, &Limits::default())?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; out_step];
+        loop {
+            let n = d.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        d.finish()?;
+        Ok(out)
+    }
+
+    fn mixed_payload(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_u32;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                // Runs of text-like bytes and stretches of noise: matches and literals.
+                if (i / 4096) % 2 == 0 {
+                    b"layer tar bytes "[i % 16]
+                } else {
+                    x as u8
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gzip_members_split_anywhere_decode_whole() {
+        let a = mixed_payload(200_000);
+        let b = b"second member".to_vec();
+        let mut blob = gz(&a);
+        blob.extend(gz(&b));
+        blob.extend(gz(b"")); // an empty member is still a member
+        let stored = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+            e.write_all(&a[..70_000]).unwrap();
+            e.finish().unwrap()
+        };
+        blob.extend(&stored);
+        let mut want = a.clone();
+        want.extend(&b);
+        want.extend(&a[..70_000]);
+        for (step, out_step) in [
+            (1, 7),
+            (3, 1),
+            (10, 4096),
+            (4096, 65536),
+            (1 << 20, 256 << 10),
+        ] {
+            let got = decode_trickle(&blob, step, out_step).unwrap();
+            assert!(got == want, "step {step}/{out_step}: {} bytes", got.len());
+        }
+    }
+
+    #[test]
+    fn gzip_header_fields_are_skipped() {
+        let mut e = flate2::GzBuilder::new()
+            .filename("layer.tar")
+            .comment("made by a test")
+            .extra(vec![1, 2, 3, 4])
+            .write(Vec::new(), flate2::Compression::default());
+        e.write_all(b"payload").unwrap();
+        let blob = e.finish().unwrap();
+        for step in [4096, 30, 13, 8, 5, 3, 2, 1] {
+            assert_eq!(
+                decode_trickle(&blob, step, 3).unwrap(),
+                b"payload",
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn gzip_header_crc_is_checked() {
+        let data = b"payload";
+        let mut member = vec![0x1f, 0x8b, 8, 2 | 8, 0, 0, 0, 0, 0, 255];
+        member.extend_from_slice(b"name\0");
+        let mut crc = flate2::Crc::new();
+        crc.update(&member);
+        member.extend_from_slice(&(crc.sum() as u16).to_le_bytes());
+        let mut e = flate2::write::DeflateEncoder::new(member, flate2::Compression::default());
+        e.write_all(data).unwrap();
+        let mut member = e.finish().unwrap();
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
+        member.extend_from_slice(&crc.sum().to_le_bytes());
+        member.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        assert_eq!(decode_trickle(&member, 1, 100).unwrap(), data);
+        member[15] ^= 1; // the header CRC
+        let err = decode_trickle(&member, 4096, 100).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn gzip_bad_crc_length_and_truncation_are_corrupt_at_any_split() {
+        let data = mixed_payload(50_000);
+        let blob = gz(&data);
+        let n = blob.len();
+        let mut bad_crc = blob.clone();
+        bad_crc[n - 8] ^= 1;
+        let mut bad_len = blob.clone();
+        bad_len[n - 1] ^= 1;
+        let mut garbage = blob.clone();
+        garbage.extend(gz(b"x"));
+        garbage.extend_from_slice(&[0, 0, 0, 0]);
+        for step in [1, 5, 4096] {
+            for bad in [&bad_crc, &bad_len, &blob[..n - 1], &blob[..n / 2], &garbage] {
+                let err = decode_trickle(bad, step, 1000).unwrap_err();
+                assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+            }
+        }
+        let err = decode_trickle(&blob[..n - 3], 4096, 1000).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 
     #[test]
