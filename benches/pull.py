@@ -250,7 +250,7 @@ class Bench:
                     except BenchError as e:
                         log.error("%s %s %s failed: %s", tool, scenario, fx.name, e)
                         self._record(scenario, fx, tool, run, None, str(e)[-600:])
-                        break
+                        continue
                     self._record(scenario, fx, tool, run, s)
                     log.info(
                         "%s %-18s %-13s run %d: %6.3f s wall %6.3f s cpu %5.0f MB",
@@ -422,7 +422,8 @@ def chart(summary: list[dict[str, Any]], path: Path) -> bool:
     axes[0].set_yticks([j + width * (len(tools) - 1) / 2 for j in range(len(images))])
     axes[0].set_yticklabels(images)
     axes[0].invert_yaxis()
-    axes[1].legend(loc="lower right", fontsize=8)
+    if tools:
+        axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle("Cold pull from a loopback registry (lower is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
