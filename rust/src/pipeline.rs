@@ -1,10 +1,12 @@
 //! The single streaming pass of one layer: compressed chunks → tee + sha256 (digest) →
 //! decompress → sha256 (diff_id) → tar sink (the applier), with bounded memory (design.md §6).
 //!
-//! Threads: the caller hands chunks to a *worker* over a bounded channel; the worker tees,
-//! hashes and decompresses, and passes decompressed buffers over a second bounded channel to
-//! an *apply* thread, which hashes the tar and feeds the sink. Inflate and apply each get a
-//! core; buffers are recycled both ways so the steady state does not allocate. No Python here.
+//! One thread per stage, so that both cores stay busy while decompression (the longest stage)
+//! runs on one of them: the *producer* (the caller of `LayerWriter::send`, with the GIL
+//! released, or a reader thread for a blob on disk) tees and hashes the compressed chunks and
+//! queues them; the *worker* decompresses them into big buffers; the *hash* thread hashes the
+//! tar (compressed layers only); the *apply* thread feeds the sink. Queues are bounded and
+//! buffers are recycled, so the steady state neither allocates nor grows. No Python here.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
@@ -26,8 +28,9 @@ const WRITE_QUEUE: usize = 4;
 /// Decompressed buffer size and count queued between the worker and the apply thread.
 const TAR_CHUNK: usize = 256 << 10;
 const TAR_QUEUE: usize = 8;
-/// Read size of a blob or resumed tee prefix on disk.
+/// Read size of a blob or resumed tee prefix on disk, and chunks queued from the blob reader.
 const FILE_CHUNK: usize = 1 << 20;
+const READ_QUEUE: usize = 4;
 
 /// What to expect of one layer and how to bound it.
 #[derive(Debug, Clone)]
@@ -92,47 +95,38 @@ impl Shared {
     }
 }
 
-/// The compressed byte source of the worker: an optional file prefix (a blob on disk or a
-/// resumed tee file, never re-written), then chunks from the writer, each teed and hashed.
+/// The compressed byte source of the worker: chunks from the producer, already teed and
+/// hashed. Emptied buffers go back to the producer.
 struct Source {
-    file: Option<(io::Take<File>, String)>,
     rx: Option<Receiver<Vec<u8>>>,
-    recycle: Option<SyncSender<Vec<u8>>>,
-    tee: Option<(File, String)>,
+    recycle: SyncSender<Vec<u8>>,
     buf: Vec<u8>,
     len: usize,
     pos: usize,
-    sha: Sha256,
     shared: Arc<Shared>,
 }
 
 impl Source {
+    fn new(rx: Receiver<Vec<u8>>, recycle: SyncSender<Vec<u8>>, shared: Arc<Shared>) -> Self {
+        Self {
+            rx: Some(rx),
+            recycle,
+            buf: Vec::new(),
+            len: 0,
+            pos: 0,
+            shared,
+        }
+    }
+
+    #[cold]
+    fn stopped(&self) -> io::Error {
+        self.shared
+            .set_source_error(Error::State("layer writer aborted".into()))
+    }
+
     fn load(&mut self) -> io::Result<()> {
         if self.shared.aborted.load(Ordering::Relaxed) {
-            return Err(self
-                .shared
-                .set_source_error(Error::State("layer writer aborted".into())));
-        }
-        if let Some((file, path)) = &mut self.file {
-            if self.buf.len() < FILE_CHUNK {
-                self.buf.resize(FILE_CHUNK, 0);
-            }
-            let n = loop {
-                match file.read(&mut self.buf) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let e = Error::io("read", path.clone(), e);
-                        return Err(self.shared.set_source_error(e));
-                    }
-                    Ok(n) => break n,
-                }
-            };
-            if n > 0 {
-                self.sha.update(&self.buf[..n]);
-                (self.len, self.pos) = (n, 0);
-                return Ok(());
-            }
-            self.file = None;
+            return Err(self.stopped());
         }
         let Some(rx) = &self.rx else {
             (self.len, self.pos) = (0, 0);
@@ -140,24 +134,16 @@ impl Source {
         };
         match rx.recv() {
             Ok(chunk) => {
-                if let Some((tee, path)) = &mut self.tee {
-                    if let Err(e) = tee.write_all(&chunk) {
-                        let e = Error::io("write", path.clone(), e);
-                        return Err(self.shared.set_source_error(e));
-                    }
-                }
-                self.sha.update(&chunk);
                 let old = std::mem::replace(&mut self.buf, chunk);
-                if let Some(r) = &self.recycle {
-                    let _ = r.try_send(old);
+                if old.capacity() > 0 {
+                    let _ = self.recycle.try_send(old);
                 }
                 (self.len, self.pos) = (self.buf.len(), 0);
             }
-            // The writer closed the channel: end of the blob, unless it aborted.
+            // The producer closed the channel: end of the blob, unless it failed or aborted.
             Err(_) => {
                 if self.shared.aborted.load(Ordering::Relaxed) {
-                    let e = Error::State("layer writer aborted".into());
-                    return Err(self.shared.set_source_error(e));
+                    return Err(self.stopped());
                 }
                 self.rx = None;
                 (self.len, self.pos) = (0, 0);
@@ -180,7 +166,7 @@ impl Read for Source {
 impl BufRead for Source {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         // Loop: a writer may send an empty chunk; only a real end returns empty.
-        while self.pos >= self.len && (self.file.is_some() || self.rx.is_some()) {
+        while self.pos >= self.len && self.rx.is_some() {
             self.load()?;
         }
         Ok(&self.buf[self.pos..self.len])
@@ -190,7 +176,7 @@ impl BufRead for Source {
     }
 }
 
-/// Decompressed tar bytes as the apply thread sees them; hashes them (diff_id) on arrival.
+/// Decompressed tar bytes as the apply thread sees them (already hashed for the diff_id).
 pub struct TarStream {
     rx: Receiver<Msg>,
     recycle: SyncSender<Vec<u8>>,
@@ -198,8 +184,6 @@ pub struct TarStream {
     len: usize,
     pos: usize,
     ended: bool,
-    /// `None` for an uncompressed layer: the tar is the blob, its digest is the diff_id.
-    sha: Option<Sha256>,
     bytes: u64,
 }
 
@@ -212,9 +196,6 @@ impl TarStream {
     fn next(&mut self) -> io::Result<()> {
         match self.rx.recv() {
             Ok(Msg::Data(buf, len)) => {
-                if let Some(sha) = &mut self.sha {
-                    sha.update(&buf[..len]);
-                }
                 self.bytes += len as u64;
                 let old = std::mem::replace(&mut self.buf, buf);
                 if !old.is_empty() {
@@ -272,32 +253,49 @@ enum Stop {
     Downstream,
 }
 
+/// What the worker and the apply thread found (the producer holds the digest).
+struct Decoded {
+    /// `None` for an uncompressed layer: the diff_id is the digest.
+    diff_id: Option<String>,
+    uncompressed_size: u64,
+    entries: u64,
+}
+
 /// Run the pass over `source` on this thread (decode) plus an apply thread (hash + sink).
-fn run(source: Source, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutcome> {
+fn run(source: Source, spec: &LayerSpec, sink: impl TarSink) -> Result<Decoded> {
     let shared = Arc::clone(&source.shared);
     let codec = crate::decompress::codec_for(&spec.media_type)?;
-    let hash_tar = codec != crate::decompress::Codec::None;
     let (tx, rx) = mpsc::sync_channel::<Msg>(TAR_QUEUE);
-    let (recycle_tx, recycle_rx) = mpsc::sync_channel::<Vec<u8>>(TAR_QUEUE + 2);
+    let (recycle_tx, recycle_rx) = mpsc::sync_channel::<Vec<u8>>(2 * TAR_QUEUE + 2);
+    // A compressed layer's tar is hashed on a stage of its own between the worker and the
+    // apply thread; an uncompressed layer's diff_id is its digest (hashed by the producer).
+    let (apply_rx, hasher) = if codec == crate::decompress::Codec::None {
+        (rx, None)
+    } else {
+        let (htx, hrx) = mpsc::sync_channel::<Msg>(TAR_QUEUE);
+        let hasher = thread::Builder::new()
+            .name("fastdist-hash".into())
+            .spawn(move || hash_stage(&rx, &htx))
+            .map_err(|e| Error::io("spawn", "tar hash thread", e))?;
+        (hrx, Some(hasher))
+    };
     let apply = thread::Builder::new()
         .name("fastdist-apply".into())
         .spawn(move || {
             let mut reader = TarStream {
-                rx,
+                rx: apply_rx,
                 recycle: recycle_tx,
                 buf: Vec::new(),
                 len: 0,
                 pos: 0,
                 ended: false,
-                sha: hash_tar.then(Sha256::new),
                 bytes: 0,
             };
             let entries = sink(&mut reader)?;
             reader
                 .drain()
                 .map_err(|e| Error::corrupt(format!("reading layer: {e}"), None))?;
-            let diff_id = reader.sha.map(|s| s.digest());
-            Ok::<_, Error>((entries, diff_id, reader.bytes))
+            Ok::<_, Error>((entries, reader.bytes))
         })
         .map_err(|e| Error::io("spawn", "apply thread", e))?;
 
@@ -309,17 +307,52 @@ fn run(source: Source, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutc
     let applied = apply
         .join()
         .unwrap_or_else(|_| Err(Error::State("layer apply thread panicked".into())));
-
-    let (digest, compressed_size, entries, diff_id, uncompressed_size) = match (decoded, applied) {
-        (Ok((d, cs)), Ok((n, di, us))) => {
-            let di = di.unwrap_or_else(|| d.clone());
-            (d, cs, n, di, us)
-        }
-        (Err(Stop::Own(e)), _) | (Err(Stop::Downstream) | Ok(_), Err(e)) => return Err(e),
+    let diff_id = hasher.map(|h| h.join().ok().flatten());
+    let (entries, uncompressed_size) = match (decoded, applied) {
+        (Ok(()), Ok(a)) => a,
+        (Err(Stop::Own(e)), _) | (Err(Stop::Downstream) | Ok(()), Err(e)) => return Err(e),
         (Err(Stop::Downstream), Ok(_)) => {
             return Err(Error::State("layer applier stopped before the end".into()))
         }
     };
+    let diff_id = match diff_id {
+        None => None,
+        Some(Some(d)) => Some(d),
+        Some(None) => return Err(Error::State("tar hash thread stopped early".into())),
+    };
+    Ok(Decoded {
+        diff_id,
+        uncompressed_size,
+        entries,
+    })
+}
+
+/// The tar hash stage: hash each decompressed buffer (the diff_id) and pass it on. `None` if
+/// either neighbour stopped early (their errors are the ones reported).
+fn hash_stage(rx: &Receiver<Msg>, tx: &SyncSender<Msg>) -> Option<String> {
+    let mut sha = Sha256::new();
+    loop {
+        match rx.recv().ok()? {
+            Msg::Data(buf, len) => {
+                sha.update(&buf[..len]);
+                tx.send(Msg::Data(buf, len)).ok()?;
+            }
+            Msg::End => {
+                tx.send(Msg::End).ok()?;
+                return Some(sha.digest());
+            }
+        }
+    }
+}
+
+/// Check the producer's (digest, size) and the decoded diff_id against the expectations.
+fn outcome(
+    spec: &LayerSpec,
+    digest: String,
+    compressed_size: u64,
+    decoded: Decoded,
+) -> Result<LayerOutcome> {
+    let diff_id = decoded.diff_id.unwrap_or_else(|| digest.clone());
     digest::verify(
         "digest",
         &digest,
@@ -330,7 +363,7 @@ fn run(source: Source, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutc
     digest::verify(
         "diff_id",
         &diff_id,
-        uncompressed_size,
+        decoded.uncompressed_size,
         spec.expected_diff_id.as_deref(),
         None,
     )?;
@@ -338,8 +371,8 @@ fn run(source: Source, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutc
         digest,
         diff_id,
         compressed_size,
-        uncompressed_size,
-        entries,
+        uncompressed_size: decoded.uncompressed_size,
+        entries: decoded.entries,
     })
 }
 
@@ -349,7 +382,7 @@ fn decode(
     spec: &LayerSpec,
     tx: &SyncSender<Msg>,
     recycled: &Receiver<Vec<u8>>,
-) -> std::result::Result<(String, u64), Stop> {
+) -> std::result::Result<(), Stop> {
     let shared = Arc::clone(&source.shared);
     let own = |e: Error| Stop::Own(shared.take_source_error().unwrap_or(e));
     let mut dec = Decoder::new(&spec.media_type, source, &spec.limits).map_err(own)?;
@@ -372,28 +405,70 @@ fn decode(
         }
         tx.send(Msg::Data(buf, len)).map_err(|_| Stop::Downstream)?;
     }
-    let source = dec.finish().map_err(own)?;
+    dec.finish().map_err(own)?;
     tx.send(Msg::End).map_err(|_| Stop::Downstream)?;
-    Ok((source.sha.digest(), source.sha.size()))
+    Ok(())
 }
 
-/// Apply a blob already on disk, on this thread plus one apply thread.
+/// The blob reader: large reads, hashed here, queued for the worker. Returns (digest, size),
+/// or `None` if it failed (the error is in `shared`) or the worker stopped taking chunks.
+fn read_blob(
+    mut file: File,
+    shown: &str,
+    tx: &SyncSender<Vec<u8>>,
+    recycled: &Receiver<Vec<u8>>,
+    shared: &Shared,
+) -> Option<(String, u64)> {
+    let mut sha = Sha256::new();
+    loop {
+        let mut buf = recycled.try_recv().unwrap_or_default();
+        buf.resize(FILE_CHUNK, 0);
+        let n = loop {
+            match file.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    shared.set_source_error(Error::io("read", shown.to_owned(), e));
+                    shared.aborted.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                Ok(n) => break n,
+            }
+        };
+        if n == 0 {
+            return Some((sha.digest(), sha.size()));
+        }
+        buf.truncate(n);
+        sha.update(&buf);
+        if tx.send(buf).is_err() {
+            return None;
+        }
+    }
+}
+
+/// Apply a blob already on disk: a reader thread (read + digest), this thread (decompress)
+/// and an apply thread (diff_id + sink).
 pub fn apply_blob(blob: &Path, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutcome> {
     spec.check()?;
     let shown = blob.display().to_string();
     let file = File::open(blob).map_err(|e| Error::io("open", shown.clone(), e))?;
-    let source = Source {
-        file: Some((file.take(u64::MAX), shown)),
-        rx: None,
-        recycle: None,
-        tee: None,
-        buf: Vec::new(),
-        len: 0,
-        pos: 0,
-        sha: Sha256::new(),
-        shared: Arc::default(),
+    let shared = Arc::<Shared>::default();
+    let (tx, rx) = mpsc::sync_channel(READ_QUEUE);
+    let (recycle_tx, recycled) = mpsc::sync_channel(READ_QUEUE + 2);
+    let reader = {
+        let shared = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("fastdist-read".into())
+            .spawn(move || read_blob(file, &shown, &tx, &recycled, &shared))
+            .map_err(|e| Error::io("spawn", "blob reader thread", e))?
     };
-    run(source, spec, sink)
+    // `run` drops the source (and so the receiver) before it returns: the reader cannot stay
+    // blocked on a full queue.
+    let decoded = run(Source::new(rx, recycle_tx, shared), spec, sink);
+    let read = reader.join().unwrap_or(None);
+    let decoded = decoded?;
+    let (digest, size) =
+        read.ok_or_else(|| Error::State("blob reader stopped before the end".into()))?;
+    outcome(spec, digest, size, decoded)
 }
 
 /// Decompress a blob on disk without applying it: digest and diff_id only (`entries` is 0).
@@ -411,13 +486,18 @@ pub fn hash_blob(blob: &Path, spec: &LayerSpec) -> Result<LayerOutcome> {
 }
 
 /// The streaming form: `write` compressed chunks as they arrive, then `finish`.
+///
+/// The caller's thread tees and hashes each chunk (the digest) before queueing it, so the
+/// worker only decompresses.
 pub struct LayerWriter {
     tx: Option<SyncSender<Vec<u8>>>,
     recycled: Receiver<Vec<u8>>,
-    worker: Option<JoinHandle<Result<LayerOutcome>>>,
+    worker: Option<JoinHandle<Result<Decoded>>>,
     shared: Arc<Shared>,
-    offset: u64,
-    expected_size: Option<u64>,
+    spec: LayerSpec,
+    /// The digest of everything accepted so far (its size is `offset()`).
+    sha: Sha256,
+    tee: Option<(File, String)>,
     failed: Option<Error>,
     done: bool,
 }
@@ -427,10 +507,8 @@ impl LayerWriter {
     /// not re-written) and `offset()` starts at their length.
     pub fn new(spec: LayerSpec, tee_path: Option<&Path>, sink: impl TarSink) -> Result<Self> {
         spec.check()?;
-        let shared = Arc::<Shared>::default();
         let mut prefix = None;
         let mut tee = None;
-        let mut offset = 0;
         if let Some(path) = tee_path {
             let shown = path.display().to_string();
             let file = OpenOptions::new()
@@ -438,61 +516,79 @@ impl LayerWriter {
                 .create(true)
                 .open(path)
                 .map_err(|e| Error::io("open", shown.clone(), e))?;
-            offset = file
+            let len = file
                 .metadata()
                 .map_err(|e| Error::io("stat", shown.clone(), e))?
                 .len();
-            if offset > 0 {
+            if let Some(expected) = spec.expected_size {
+                if len > expected {
+                    return Err(digest::size_mismatch(expected, len));
+                }
+            }
+            if len > 0 {
                 let reader = File::open(path).map_err(|e| Error::io("open", shown.clone(), e))?;
-                prefix = Some((reader.take(offset), shown.clone()));
+                prefix = Some((reader.take(len), shown.clone()));
             }
             tee = Some((file, shown));
         }
-        if let Some(expected) = spec.expected_size {
-            if offset > expected {
-                return Err(digest::size_mismatch(expected, offset));
-            }
-        }
+        let shared = Arc::<Shared>::default();
         let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
         let (recycle_tx, recycled) = mpsc::sync_channel(WRITE_QUEUE + 2);
-        let source = Source {
-            file: prefix,
-            rx: Some(rx),
-            recycle: Some(recycle_tx),
-            tee,
-            buf: Vec::new(),
-            len: 0,
-            pos: 0,
-            sha: Sha256::new(),
-            shared: Arc::clone(&shared),
-        };
-        let expected_size = spec.expected_size;
+        let source = Source::new(rx, recycle_tx, Arc::clone(&shared));
+        let worker_spec = spec.clone();
         let worker = thread::Builder::new()
             .name("fastdist-layer".into())
             .spawn(move || {
                 let shared = Arc::clone(&source.shared);
-                let res = run(source, &spec, sink);
+                let res = run(source, &worker_spec, sink);
                 if res.is_err() {
                     shared.failed.store(true, Ordering::Relaxed);
                 }
                 res
             })
             .map_err(|e| Error::io("spawn", "layer worker", e))?;
-        Ok(Self {
+        let mut writer = Self {
             tx: Some(tx),
             recycled,
             worker: Some(worker),
             shared,
-            offset,
-            expected_size,
+            spec,
+            sha: Sha256::new(),
+            tee: None,
             failed: None,
             done: false,
-        })
+        };
+        if let Some((file, shown)) = prefix {
+            // Dropping `writer` on error stops the worker.
+            writer.feed_prefix(file, &shown)?;
+        }
+        writer.tee = tee;
+        Ok(writer)
+    }
+
+    /// Queue a resumed tee file's bytes (hashed, not re-written).
+    fn feed_prefix(&mut self, mut file: io::Take<File>, shown: &str) -> Result<()> {
+        loop {
+            let mut buf = self.recycled.try_recv().unwrap_or_default();
+            buf.resize(FILE_CHUNK, 0);
+            let n = loop {
+                match file.read(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::io("read", shown.to_owned(), e)),
+                    Ok(n) => break n,
+                }
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            buf.truncate(n);
+            self.send(vec![buf])?;
+        }
     }
 
     /// Compressed bytes accepted so far (including a resumed tee prefix).
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.sha.size()
     }
 
     /// Copy `data` into owned chunks ready for `send` (reusing returned buffers).
@@ -507,14 +603,15 @@ impl LayerWriter {
             .collect()
     }
 
-    /// Queue chunks for the worker; blocks while the queue is full. Fails as soon as the
-    /// pipeline has failed, with the pipeline's error.
+    /// Tee, hash and queue chunks for the worker; blocks while the queue is full. Fails as
+    /// soon as the pipeline has failed, with the pipeline's error.
     pub fn send(&mut self, chunks: Vec<Vec<u8>>) -> Result<()> {
         self.check_usable()?;
         let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        if let Some(expected) = self.expected_size {
-            if self.offset + len > expected {
-                let err = digest::size_mismatch(expected, self.offset + len);
+        if let Some(expected) = self.spec.expected_size {
+            let total = self.offset() + len;
+            if total > expected {
+                let err = digest::size_mismatch(expected, total);
                 self.stop_worker();
                 return Err(self.fail(err));
             }
@@ -522,15 +619,22 @@ impl LayerWriter {
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(self.collect_failure());
         }
-        let Some(tx) = &self.tx else {
-            return Err(Error::State("layer writer is closed".into()));
-        };
         for chunk in chunks {
+            if let Some((tee, path)) = &mut self.tee {
+                if let Err(e) = tee.write_all(&chunk) {
+                    let err = Error::io("write", path.clone(), e);
+                    self.stop_worker();
+                    return Err(self.fail(err));
+                }
+            }
+            self.sha.update(&chunk);
+            let Some(tx) = &self.tx else {
+                return Err(Error::State("layer writer is closed".into()));
+            };
             if tx.send(chunk).is_err() {
                 return Err(self.collect_failure());
             }
         }
-        self.offset += len;
         Ok(())
     }
 
@@ -549,7 +653,9 @@ impl LayerWriter {
         self.check_usable()?;
         self.done = true;
         self.tx = None;
-        self.join()
+        self.tee = None;
+        let decoded = self.join()?;
+        outcome(&self.spec, self.sha.digest(), self.sha.size(), decoded)
     }
 
     /// Stop the worker and release files; idempotent.
@@ -572,7 +678,7 @@ impl LayerWriter {
         Ok(())
     }
 
-    fn join(&mut self) -> Result<LayerOutcome> {
+    fn join(&mut self) -> Result<Decoded> {
         match self.worker.take() {
             Some(h) => h
                 .join()
@@ -585,12 +691,14 @@ impl LayerWriter {
     fn stop_worker(&mut self) {
         self.shared.aborted.store(true, Ordering::Relaxed);
         self.tx = None;
+        self.tee = None;
         let _ = self.join();
     }
 
     #[cold]
     fn collect_failure(&mut self) -> Error {
         self.tx = None;
+        self.tee = None;
         let err = match self.join() {
             Err(e) => e,
             Ok(_) => Error::State("layer worker ended early".into()),
@@ -743,5 +851,49 @@ mod tests {
         assert!(matches!(res, Err(Error::UnsafePath { .. })), "{res:?}");
         let ok = apply_blob(&path, &spec(), drain_sink).unwrap();
         assert_eq!(ok.digest, sha(&blob));
+    }
+
+    #[test]
+    fn failing_sink_stops_the_blob_reader_of_a_big_blob() {
+        // Incompressible, so the blob is many reader chunks: more than the queues hold.
+        let mut x = 1u64;
+        let tar: Vec<u8> = (0..12 << 20)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        let blob = gz(&tar);
+        assert!(blob.len() > (READ_QUEUE + 4) * FILE_CHUNK);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, &blob).unwrap();
+        let res = apply_blob(&path, &spec(), |_r: &mut TarStream| {
+            Err(Error::unsafe_path("x", "refused at once"))
+        });
+        assert!(matches!(res, Err(Error::UnsafePath { .. })), "{res:?}");
+        let mut s = spec();
+        s.expected_digest = Some(sha(&blob));
+        s.expected_size = Some(blob.len() as u64);
+        s.expected_diff_id = Some(sha(&tar));
+        let ok = apply_blob(&path, &s, drain_sink).unwrap();
+        assert_eq!(ok.uncompressed_size, tar.len() as u64);
+    }
+
+    #[test]
+    fn blob_digest_mismatch_is_reported() {
+        let blob = gz(b"tar bytes");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, &blob).unwrap();
+        let mut s = spec();
+        s.expected_digest = Some(sha(b"something else"));
+        let res = apply_blob(&path, &s, drain_sink);
+        assert!(
+            matches!(res, Err(Error::DigestMismatch { what: "digest", .. })),
+            "{res:?}"
+        );
     }
 }
