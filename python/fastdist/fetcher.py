@@ -72,21 +72,20 @@ class _Truncated(Exception):
 
 
 def _read_chunks(resp: requests.Response, limit: int) -> Iterator[bytes]:
-    """The raw body in ~CHUNK_SIZE pieces, at most ``limit`` bytes in all (the caller passes
-    one more than it can accept, so an over-long body is detected without reading the rest).
-    ``read1`` returns what has arrived, so bytes received before a drop or a stall still reach
-    the sink (and the resume starts after them); pieces are gathered so the sink sees large
-    writes. A read error ends the stream with _Truncated."""
+    """The raw body as it arrives, at most ``limit`` bytes in all (the caller passes one more
+    than it can accept, so an over-long body is detected without reading the rest).
+
+    Each piece is what one ``read1`` returned: a fresh ``bytes`` that is handed on as it is (the
+    native sink takes ``bytes`` without copying; gathering pieces into a bigger buffer cost two
+    copies of every body byte under the GIL). ``read1`` returns what has arrived, up to
+    CHUNK_SIZE, so a slow consumer gets big pieces and a fast one small ones, and every byte
+    received before a drop or a stall has reached the sink when the error surfaces (the resume
+    starts right after it). A read error ends the stream with _Truncated."""
     raw = resp.raw
     read1 = getattr(raw, "read1", None)  # urllib3 >= 2
-    buf = bytearray()
     remaining = limit
-    while True:
-        want = min(CHUNK_SIZE - len(buf), remaining)
-        if want <= 0:
-            if buf:
-                yield bytes(buf)
-            return
+    while remaining > 0:
+        want = CHUNK_SIZE if remaining > CHUNK_SIZE else remaining
         try:
             if read1 is not None:
                 piece = read1(want, decode_content=False)
@@ -94,18 +93,11 @@ def _read_chunks(resp: requests.Response, limit: int) -> Iterator[bytes]:
                 piece = raw.read(want, decode_content=False)
         except BODY_ERRORS as e:
             # Only read errors become retries; a failing sink.write propagates as it is.
-            if buf:
-                yield bytes(buf)
             raise _Truncated(type(e).__name__) from e
         if not piece:
-            if buf:
-                yield bytes(buf)
             return
-        buf += piece
         remaining -= len(piece)
-        if len(buf) >= CHUNK_SIZE:
-            yield bytes(buf)
-            buf.clear()
+        yield piece
 
 
 def pull_scope(ref: Reference) -> str:
