@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -311,9 +312,11 @@ class Transport:
                 requests.exceptions.ChunkedEncodingError,
             ) as e:
                 err: RegistryError = RegistryError(
-                    f"{method} {redact_url(url)}: {type(e).__name__}: {_clean(str(e))}",
+                    f"{method} {redact_url(url)}: {_connection_reason(e)}",
                     url=redact_url(url),
                     temporary=True,
+                    hint=f"is a registry reachable at {_netloc(url)}? check the name, the port "
+                    "and the network (a proxy from $HTTPS_PROXY is used if set)",
                 )
             except RegistryError as e:
                 # Raised by the token flow inside _send: retry only what is temporary.
@@ -454,7 +457,13 @@ class Transport:
                 hint="access denied: check that your account may use this repository",
             )
         if status == 404 or (code is not None and code.endswith("_UNKNOWN")):
-            return NotFoundError(message, status=status, code=code, url=url)
+            hint = (
+                "check the repository name and the tag or digest"
+                if "/manifests/" in url
+                else "the registry lost this blob or its manifest is wrong; report it to the "
+                "image's publisher"
+            )
+            return NotFoundError(message, status=status, code=code, url=url, hint=hint)
         temporary = status in _TEMPORARY_STATUSES or code in _TEMPORARY_CODES
         return RegistryError(message, status=status, code=code, url=url, temporary=temporary)
 
@@ -689,6 +698,29 @@ class Transport:
         token = parse_token_response(raw)
         self._remember_secret(token.value)
         return token
+
+
+def _connection_reason(e: BaseException) -> str:
+    """The root cause of a requests/urllib3 connection failure in a few words (their own
+    messages nest three exception reprs and bury "Connection refused" past any sane width)."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and len(chain) < 16 and all(cur is not c for c in chain):
+        chain.append(cur)
+        nxt = getattr(cur, "reason", None)
+        cur = nxt if isinstance(nxt, BaseException) else (cur.__cause__ or cur.__context__)
+    # Most specific first: urllib3's NewConnectionError is itself a ConnectTimeoutError.
+    checks: tuple[tuple[type[BaseException], str], ...] = (
+        (urllib3.exceptions.NameResolutionError, "cannot resolve the host name"),
+        (ConnectionRefusedError, "connection refused"),
+        (ConnectionResetError, "connection reset by the server"),
+        (urllib3.exceptions.ReadTimeoutError, "timed out waiting for the server"),
+        (socket.timeout, "timed out"),
+    )
+    for cls, words in checks:
+        if any(isinstance(c, cls) for c in chain):
+            return words
+    return f"{type(e).__name__}: {_clean(str(e))}"
 
 
 # Errors raised while reading a response body: the connection dropped or stalled mid-stream.

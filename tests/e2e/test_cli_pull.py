@@ -275,7 +275,10 @@ def test_debug_shows_the_http_log_and_a_traceback(
     assert "GET /v2/e2e/busybox/manifests/no-such-tag" in r.stderr
     assert "Traceback (most recent call last)" in r.stderr
     assert "NotFoundError" in r.stderr
-    assert r.stderr.rstrip().splitlines()[-1].startswith("error: ")
+    # The traceback comes first; the user-facing error and its hint close the output.
+    last = r.stderr.rstrip().splitlines()[-2:]
+    assert last[0].startswith("error: ")
+    assert last[1] == "hint: check the repository name and the tag or digest"
 
 
 def test_pull_from_a_port_where_nothing_listens_is_a_clear_registry_error(
@@ -285,9 +288,10 @@ def test_pull_from_a_port_where_nothing_listens_is_a_clear_registry_error(
     r = fastdist("pull", f"127.0.0.1:{port}/nothing/here:1")
     assert r.rc == 3
     _no_traceback(r.stderr)
-    first = r.stderr.splitlines()[0]
+    first, hint = r.stderr.splitlines()[:2]
     assert f"127.0.0.1:{port}" in first
-    assert "Connection" in first  # says what went wrong: the connection, not the registry
+    assert first.endswith(": connection refused")  # the root cause, not urllib3's nested reprs
+    assert hint.startswith(f"hint: is a registry reachable at 127.0.0.1:{port}?")
     assert fastdist("images", "-q").stdout == ""
 
 
