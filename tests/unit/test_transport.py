@@ -169,6 +169,16 @@ def test_connection_refused_is_temporary_and_retried() -> None:
         )
     assert info.value.temporary
     assert retries == [1]
+    assert info.value.message.endswith(": connection refused")
+    assert info.value.hint is not None and host in info.value.hint
+
+
+def test_unresolvable_host_is_named_as_such() -> None:
+    t = _transport(TransportConfig(max_retries=0))
+    host = "registry.invalid"  # RFC 2606: never resolves
+    with pytest.raises(RegistryError) as info:
+        t.request("GET", t.url(host, "/v2/"), registry=host)
+    assert info.value.message == f"GET https://{host}/v2/: cannot resolve the host name"
 
 
 # --- redirects and credentials --------------------------------------------------------------------
