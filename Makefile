@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check demo bench bench-micro fuzz clean
+.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check demo bench bench-micro fuzz fuzz-rust clean
 
 setup:            ## install system packages, the venv and build the extension
 	scripts/setup.sh
@@ -47,7 +47,7 @@ bench-micro: setup
 	$(PY) benches/micro.py
 
 FUZZ_SECONDS ?= 60
-fuzz: setup       ## each fuzz target for FUZZ_SECONDS (atheris); crashes land in fuzz/crashes/<target>/
+fuzz: setup       ## each fuzz target for FUZZ_SECONDS (atheris, then cargo-fuzz); crashes land in fuzz/crashes/<target>/ and rust/fuzz/artifacts/<target>/
 	$(PY) -m pip install --quiet 'atheris>=2.3'
 	@mkdir -p fuzz/crashes/manifest fuzz/crashes/layer fuzz/corpus/manifest fuzz/corpus/layer
 	$(PY) fuzz/fuzz_manifest.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
@@ -55,6 +55,23 @@ fuzz: setup       ## each fuzz target for FUZZ_SECONDS (atheris); crashes land i
 	$(PY) fuzz/fuzz_layer.py -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 \
 		-artifact_prefix=fuzz/crashes/layer/ fuzz/corpus/layer
 	$(PY) -m pytest -q tests/unit/test_fuzz_regressions.py
+	$(MAKE) fuzz-rust FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+# cargo-fuzz on stable Rust: RUSTC_BOOTSTRAP=1 lets stable rustc take the -Z sanitizer and
+# coverage flags cargo-fuzz passes. CRATE_CC_NO_DEFAULTS=1 stops the cc crate from adding
+# -fsanitize=address to C code (isa-l's configure links its test program -static, which gcc
+# refuses with ASan), so C dependencies are built plain with CFLAGS; the Rust code has ASan
+# and libFuzzer coverage.
+RUST_FUZZ_TARGETS := apply_layer apply_compressed decompress tar_reader
+CARGO_FUZZ_ENV := RUSTC_BOOTSTRAP=1 CRATE_CC_NO_DEFAULTS=1 CFLAGS="-O2 -fPIC"
+fuzz-rust:        ## cargo-fuzz targets of the Rust core for FUZZ_SECONDS each, then the replay tests
+	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cargo run --quiet --release --manifest-path rust/fuzz/Cargo.toml --bin seed_corpus -- rust/fuzz/corpus
+	cd rust && for t in $(RUST_FUZZ_TARGETS); do \
+		$(CARGO_FUZZ_ENV) cargo fuzz run -O $$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 || exit 1; \
+	done
+	cargo test --release --manifest-path rust/fuzz/Cargo.toml
 
 clean:
 	rm -rf target .venv .mypy_cache .ruff_cache .pytest_cache
