@@ -356,7 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="one JSON progress event per line")
     sp.set_defaults(func=cmd_pull)
 
-    sp = sub.add_parser("images", aliases=["ls"], help="list local images")
+    sp = sub.add_parser(
+        "images",
+        aliases=["ls"],
+        help="list local images",
+        description="List local images. SIZE: manifest, config and compressed layers. "
+        "UNPACKED: what the image's layer snapshots take on disk (du of each layer directory; "
+        "measured the first time it is listed, then cached beside each snapshot).",
+    )
     sp.add_argument("-q", "--quiet", action="store_true", help="names only")
     sp.set_defaults(func=cmd_images)
 

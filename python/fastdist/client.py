@@ -92,8 +92,16 @@ class Image:
         return self.record.size
 
     def unpacked_size(self) -> int:
-        """Bytes its committed snapshots take on disk."""
-        return self.record.unpacked_size
+        """Bytes its layer snapshots take on disk: the sum of each layer directory's ``du``
+        (blocks, hardlinks once; overlayfs: each layer's own diff, so a layer shared with other
+        images counts in each). Measured on first request and cached beside each snapshot, so
+        a pull never waits for the walk; a missing snapshot counts 0 (``fastdist check``)."""
+        snap = self._client._snapshotter_for(self)
+        total = 0
+        for chain in self.record.chain_ids:
+            with contextlib.suppress(StoreError):
+                total += snap.usage(chain)
+        return total
 
 
 class Client:
@@ -541,7 +549,6 @@ class Client:
             + manifest.config.size
             + sum(layer.size for layer in manifest.layers)
         )
-        unpacked = sum(self.snapshotter.usage(c) for c in chains)
         now = time.time()
         record = ImageRecord(
             name=str(ref),
@@ -552,7 +559,7 @@ class Client:
             chain_ids=tuple(chains),
             snapshotter=self.snapshotter.name,
             size=size,
-            unpacked_size=unpacked,
+            unpacked_size=0,  # not measured at pull time: Image.unpacked_size() measures
             created=now,
             updated=now,
         )
@@ -591,7 +598,7 @@ class Client:
             "target": img.target.to_json(),
             "snapshotter": img.record.snapshotter,
             "size": img.record.size,
-            "unpacked_size": img.record.unpacked_size,
+            "unpacked_size": img.unpacked_size(),
             "chain_ids": list(img.record.chain_ids),
             "manifest": json.loads(manifest),
             "config": json.loads(config),

@@ -84,6 +84,8 @@ class ImageRecord:
     chain_ids: tuple[Digest, ...]
     snapshotter: str
     size: int  # manifest + config + compressed layers
+    # 0 when not measured: fastdist no longer walks the tree at pull time; the API's
+    # Image.unpacked_size() measures (and caches per snapshot) on request.
     unpacked_size: int
     created: float
     updated: float

@@ -3,7 +3,8 @@
 Layout under ``<root>/snapshots/<name>/`` (containerd's snapshotter model, design.md §5)::
 
     layers/<chain hex>/fs          a committed layer (overlayfs: that layer's diff; native: the
-    layers/<chain hex>/info.json   whole flattened tree); info records parent, size, link id
+    layers/<chain hex>/info.json   whole flattened tree); info records parent and link id
+    layers/<chain hex>/usage       its du in bytes, cached on first request (usage())
     staging/<random>/fs            an unpack in progress, renamed into layers/ on commit
     staging/<random>.lock          held by the live owner, so a sweep can tell leftovers apart
     active/<key>/...               a container's writable snapshot (overlay upper+work, or a copy)
@@ -55,6 +56,7 @@ _MOUNT_DATA_MAX = 4095
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _LINK_RE = re.compile(r"[a-z0-9]{10}")
 _MNT_DETACH = 2
+_USAGE_FILE = "usage"
 
 
 def _hex(chain_id: Digest) -> str:
@@ -134,9 +136,26 @@ class Snapshotter(ABC):
         return parse_digest(p) if p else None
 
     def usage(self, chain_id: Digest) -> int:
-        """Bytes on disk of that layer's directory (blocks, hardlinks once), from commit time."""
-        size = self._info(chain_id).get("size")
-        return size if isinstance(size, int) else tree_usage(self.fs_path(chain_id))
+        """Bytes on disk of that layer's directory (``du``: blocks, hardlinks once).
+
+        Measured on first request, not at commit (a walk of the whole tree would sit serially on
+        every pull's path), and cached in ``layers/<hex>/usage``: a committed layer never
+        changes. Stores committed before the cache existed have the size in info.json.
+        """
+        d = self.layer_dir(chain_id)
+        try:
+            return int((d / _USAGE_FILE).read_bytes())
+        except (FileNotFoundError, ValueError):
+            pass  # not measured yet (or a torn cache file: measure again)
+        size = self._info(chain_id).get("size")  # also: StoreError if not committed
+        if isinstance(size, int):
+            return size
+        n = tree_usage(self.fs_path(chain_id))
+        # A cache: no fsync (a torn file reads as not measured); a concurrent remove may have
+        # renamed the layer away meanwhile, which only loses the cache.
+        with contextlib.suppress(OSError):
+            write_file_atomic(d / _USAGE_FILE, str(n).encode(), sync=False)
+        return n
 
     def chain(self, chain_id: Digest | None) -> builtins.list[Digest]:
         """``chain_id`` and its ancestors, top first."""
@@ -193,10 +212,10 @@ class Snapshotter(ABC):
                 )
             if not staging.path.is_dir():
                 raise StoreError(f"cannot commit snapshot {chain_id}: staging was removed")
+            # No "size": usage() measures it when asked (see there).
             info: dict[str, object] = {
                 "chain_id": chain_id,
                 "parent": staging.parent,
-                "size": tree_usage(staging.path),
                 "created": time.time(),
             }
             info.update(self._commit_info())

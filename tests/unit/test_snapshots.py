@@ -27,14 +27,17 @@ def commit_empty(snap: OverlaySnapshotter | NativeSnapshotter, c: Digest, p: Dig
     snap.commit(s)
 
 
-def test_committed_layer_records_parent_and_size_in_info(tmp_path: Path) -> None:
+def test_committed_layer_records_parent_in_info_and_measures_usage_on_request(
+    tmp_path: Path,
+) -> None:
     snap = OverlaySnapshotter(tmp_path)
     commit_empty(snap, chain(0), None)
     commit_empty(snap, chain(1), chain(0))
     info = json.loads((snap.layer_dir(chain(1)) / "info.json").read_text())
     assert info["parent"] == chain(0)
     assert info["chain_id"] == chain(1)
-    assert isinstance(info["size"], int)
+    assert "size" not in info  # measured on request, not at commit
+    assert snap.usage(chain(1)) > 0
     assert snap.chain(chain(1)) == [chain(1), chain(0)]
 
 
@@ -116,3 +119,20 @@ def test_chain_ids_are_validated_before_becoming_paths(tmp_path: Path) -> None:
     snap = NativeSnapshotter(tmp_path)
     with pytest.raises(InvalidDigestError):
         snap.exists("sha256:../../x")  # type: ignore[arg-type]
+
+
+def test_usage_is_cached_beside_the_layer_and_survives_a_new_snapshotter(tmp_path: Path) -> None:
+    snap = OverlaySnapshotter(tmp_path)
+    s = snap.prepare_layer(chain(0), None)
+    (s.path / "big").write_bytes(b"y" * 50_000)
+    snap.commit(s)
+    first = snap.usage(chain(0))
+    assert first >= 50_000
+    cached = snap.layer_dir(chain(0)) / "usage"
+    assert int(cached.read_text()) == first
+    # A committed layer never changes, so a later reader trusts the cache without walking.
+    cached.write_text("123")
+    assert OverlaySnapshotter(tmp_path).usage(chain(0)) == 123
+    # A torn cache file is measured again.
+    cached.write_text("")
+    assert OverlaySnapshotter(tmp_path).usage(chain(0)) == first
