@@ -6,10 +6,12 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import FastdistError
-from .runtime import Mount
+
+if TYPE_CHECKING:
+    from .runtime import Mount  # imported where used: the parser is built for every command
 
 
 def add_commands(sub: Any) -> None:
@@ -69,6 +71,8 @@ def parse_mount(text: str) -> Mount:
         or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
     ):
         raise FastdistError(f"invalid --mount {text!r}", hint="use SRC:DST or SRC:DST:ro")
+    from .runtime import Mount
+
     return Mount(os.path.abspath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
 
 

@@ -7,20 +7,20 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _native, oci
 from .auth import CredentialStore
-from .check import CheckReport, StoreChecker, stray_mounts
 from .content import ContentStore
 from .errors import (
     ContainerNotFoundError,
@@ -40,10 +40,14 @@ from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
 from .resolver import Resolved, Resolver
-from .runtime import Mount, RunOptions, Runtime
 from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
 from .transport import Transport, TransportConfig
 from .unpacker import LayerSink, Unpacker
+
+if TYPE_CHECKING:
+    # Imported where used: a pull (of a present image, above all) needs neither.
+    from .check import CheckReport
+    from .runtime import Mount, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +152,15 @@ class Client:
         self.limits = limits
         self._budgets: dict[int, _PullBudget] = {}
         self._budgets_lock = threading.Lock()
-        self.runtime = Runtime(self.root, runc=runc)
+        self._runc = runc
         self._max_parallel = max(1, max_parallel_layers)
+
+    @functools.cached_property
+    def runtime(self) -> Runtime:
+        """The container runtime (runc), made on first use."""
+        from .runtime import Runtime
+
+        return Runtime(self.root, runc=self._runc)
 
     # --- pull -------------------------------------------------------------------------------
     def pull(
@@ -170,6 +181,19 @@ class Client:
             progress(ProgressEvent(Phase.RESOLVING, message=str(reference)))
             resolved = self.resolver.resolve(reference, plat, progress)
             resolve_seconds = time.monotonic() - started
+            present = self._already_present(reference, resolved, progress)
+            if present is not None:
+                progress(
+                    ProgressEvent(
+                        Phase.DONE,
+                        message=f"{present.name} {present.target.digest}",
+                        timings=(
+                            ("resolve", resolve_seconds),
+                            ("total", time.monotonic() - started),
+                        ),
+                    )
+                )
+                return Image(present.name, present.target, present, self)
             self._store_document(resolved.target, resolved.target_bytes)
             if resolved.manifest_descriptor.digest != resolved.target.digest:
                 self._store_document(resolved.manifest_descriptor, resolved.manifest_bytes)
@@ -197,6 +221,41 @@ class Client:
             )
         )
         return Image(record.name, record.target, record, self)
+
+    def _already_present(
+        self, ref: Reference, resolved: Resolved, progress: Progress
+    ) -> ImageRecord | None:
+        """The fast path of a pull of an image that is already here: the record called ``ref``
+        points at the resolved target and manifest, on this snapshotter, and every blob and
+        snapshot it names exists. Then only its ``updated`` time changes (EXISTS events keep
+        the display right) and the record is returned; otherwise None and the pull runs.
+
+        Existence is what the full pull checks too for stored blobs and committed snapshots
+        (both were verified on the way in, and content is immutable); ``fastdist check``
+        re-verifies. The GC lock (held shared by the caller) keeps prune away meanwhile."""
+        rec = self.metadata.images.get(str(ref))
+        if (
+            rec is None
+            or rec.target.digest != resolved.target.digest
+            or rec.manifest_digest != resolved.manifest_descriptor.digest
+            or rec.config_digest != resolved.manifest.config.digest
+            or rec.snapshotter != self.snapshotter.name
+            or rec.layer_digests != tuple(d.digest for d in resolved.manifest.layers)
+        ):
+            return None
+        blobs = (rec.target.digest, rec.manifest_digest, rec.config_digest, *rec.layer_digests)
+        if not all(self.content.exists(d) for d in blobs):
+            return None
+        if not all(self.snapshotter.exists(c) for c in rec.chain_ids):
+            return None
+        touched = self.metadata.images.touch(rec.name, rec.target.digest, time.time())
+        if touched is None:
+            return None  # removed or re-pointed meanwhile: let the full pull decide
+        for desc in (resolved.manifest.config, *resolved.manifest.layers):
+            progress(
+                ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size)
+            )
+        return dataclasses.replace(rec, updated=touched)
 
     def _check_pull_size(
         self,
@@ -312,6 +371,8 @@ class Client:
         the ``exists`` re-check to the commit, so a layer is unpacked once across processes and
         threads (a flock per open file conflicts between threads of one process as well).
         """
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
         workers = min(len(layers), self._max_parallel)
         failed = threading.Event()
         landed = [_Landing() for _ in layers]
@@ -459,6 +520,8 @@ class Client:
         """native snapshotter: a layer applies onto a copy of its parent, so blobs download in
         parallel into the content store and apply in order as their parents commit. Only this
         thread takes chain_id locks here, one at a time, so lock order is trivially safe."""
+        from concurrent.futures import ThreadPoolExecutor
+
         workers = min(len(layers), self._max_parallel)
         with ThreadPoolExecutor(workers, thread_name_prefix="fastdist-blob") as pool:
             futures = [
@@ -648,6 +711,8 @@ class Client:
 
     def _unmount_strays(self) -> int:
         """Unmount what a killed fastdist left mounted under the store (not containers')."""
+        from .check import stray_mounts
+
         n = 0
         for mount in stray_mounts(self.root, self._container_mounts()):
             with contextlib.suppress(StoreError):
@@ -672,6 +737,8 @@ class Client:
         """Verify the store: every blob's digest (and size against its descriptors), every
         image's blobs and snapshots, snapshot parent chains; list leftovers for prune.
         Reads only; holds the GC lock shared, so it can run next to pulls but not prune."""
+        from .check import StoreChecker
+
         with self._gc_lock(shared=True):
             return StoreChecker(
                 self.root,
@@ -763,6 +830,8 @@ class Client:
         and its snapshot when it exits (for detached containers: at the next ``containers()``
         or ``ps``, since nothing of fastdist waits for them).
         """
+        from .runtime import RunOptions
+
         img = self._image_for_run(ref, pull, platform, progress)
         cid = id or _generate_id(self)
         opts = RunOptions(

@@ -132,7 +132,10 @@ class MetadataDB:
         ensure_root(path.parent)
         self.path = path
         self._local = threading.local()
-        self._write(self._init_schema)
+        # A write transaction (and its fsync) only when the schema is missing or older: every
+        # fastdist command opens the database, most of them only to read.
+        if self._user_version() != SCHEMA_VERSION:
+            self._write(self._init_schema)
         self.images = ImageStore(self)
         self.containers = ContainerStore(self)
 
@@ -202,6 +205,14 @@ class MetadataDB:
         except sqlite3.Error as e:
             raise StoreError(f"metadata read failed ({self.path}): {e}") from e
         return rows
+
+    def _user_version(self) -> int:
+        conn = self._conn()
+        try:
+            row = self._retry(lambda: conn.execute("PRAGMA user_version").fetchone())
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open metadata database {self.path}: {e}") from e
+        return int(row[0])
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -302,6 +313,20 @@ class ImageStore:
                 row,
             )
         )
+
+    def touch(self, name: str, target: Digest, updated: float) -> float | None:
+        """Set ``updated`` of the image ``name`` if it still points at ``target`` (a pull that
+        found it present); the time set, or None if no such image points there."""
+        n: int = self.db._write(
+            lambda c: (
+                c.execute(
+                    "UPDATE images SET updated = ? "
+                    "WHERE name = ? AND json_extract(target, '$.digest') = ?",
+                    (updated, name, target),
+                ).rowcount
+            )
+        )
+        return updated if n else None
 
     def get(self, name: str) -> ImageRecord | None:
         rows = self.db._read("SELECT * FROM images WHERE name = ?", (name,))

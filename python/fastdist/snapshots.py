@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import json
 import logging
@@ -28,12 +26,11 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from .errors import FastdistError, StoreError
 from .oci import Digest, parse_digest
@@ -345,12 +342,12 @@ class Snapshotter(ABC):
         t = os.fsencode(str(target))
         if _umount2(t, 0) == 0:
             return
-        err = ctypes.get_errno()
+        err = _errno()
         if err in (errno.EINVAL, errno.ENOENT):
             return  # not a mount point (any more)
         if err == errno.EBUSY and _umount2(t, _MNT_DETACH) == 0:
             return
-        err = ctypes.get_errno()
+        err = _errno()
         raise StoreError(f"cannot unmount {target}: {os.strerror(err)}")
 
     def remove_active(self, key: str) -> None:
@@ -358,25 +355,45 @@ class Snapshotter(ABC):
         rmtree(self.active_path(key))
 
 
-_libc: ctypes.CDLL | None = None
+_libc_handle: Any = None
+
+
+def _libc() -> Any:
+    """libc through ctypes, loaded on first use (most commands never unmount or sync).
+
+    ``CDLL(None)`` is ``dlopen(NULL)``: the process's own symbols, libc's among them. It
+    replaces ``ctypes.util.find_library("c")``, which runs ldconfig (and gcc) in subprocesses
+    on every first call."""
+    global _libc_handle
+    if _libc_handle is None:
+        import ctypes
+
+        _libc_handle = ctypes.CDLL(None, use_errno=True)
+    return _libc_handle
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 def _umount2(target: bytes, flags: int) -> int:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    import ctypes
+
+    libc = _libc()
     ctypes.set_errno(0)
-    rc: int = _libc.umount2(ctypes.c_char_p(target), ctypes.c_int(flags))
+    rc: int = libc.umount2(ctypes.c_char_p(target), ctypes.c_int(flags))
     return rc
 
 
 def _syncfs(path: Path) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    import ctypes
+
+    libc = _libc()
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _libc.syncfs(ctypes.c_int(fd)) != 0:
+        if libc.syncfs(ctypes.c_int(fd)) != 0:
             err = ctypes.get_errno()
             raise StoreError(f"cannot sync {path}: {os.strerror(err)}")
     finally:
@@ -384,6 +401,8 @@ def _syncfs(path: Path) -> None:
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
+    import subprocess
+
     try:
         proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
     except OSError as e:
@@ -563,6 +582,8 @@ def overlay_supported(root: Path) -> bool:
                 f"lowerdir={probe / 'l2'}:{probe / 'l1'},"
                 f"upperdir={probe / 'u'},workdir={probe / 'w'}"
             )
+            import subprocess
+
             r = subprocess.run(
                 ["mount", "-t", "overlay", "overlay", "-o", opts, str(probe / "m")],
                 capture_output=True,
