@@ -6,12 +6,18 @@ sha256 vs ``openssl dgst -sha256``; gzip/zstd decompression vs ``gzip -d``, ``pi
 ``--runs`` reported with the ratio to each peer, and the table is written into
 benches/README.md ("Native core micro-benchmarks").
 
-    python benches/micro.py [--runs 3] [--tree /usr/bin --tree /usr/share] [--no-readme]
+    python benches/micro.py [--runs 3] [--tree /usr/bin --tree /usr/share] [--no-readme] [--boost]
+
+On a machine shared with other sessions' builds, ``--boost`` (root) runs the benchmark in a
+scheduler autogroup of its own at nice -15: Linux shares the CPU equally between autogroups
+(sessions), so without it a busy neighbour halves our cores and the peers' alike, and wall times
+turn into a measure of the neighbours. Ours and the peers run in the same group.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import logging
 import os
@@ -259,7 +265,19 @@ def run(work: Path, runs: int, trees: list[str]) -> list[Row]:
     return rows
 
 
-def table(rows: list[Row], runs: int, trees: list[str]) -> str:
+def boost() -> str:
+    """Move this process into a new session (a new autogroup) and raise that group's share."""
+    try:
+        os.setsid()
+        Path("/proc/self/autogroup").write_text("-15\n")
+        os.nice(-15)
+    except OSError as e:
+        log.warning("--boost: could not raise the priority (%s)", e)
+        return "not boosted"
+    return "own autogroup at nice -15 (--boost)"
+
+
+def table(rows: list[Row], runs: int, trees: list[str], notes: str) -> str:
     out = [
         "| case | fastdist | CPU | MB/s | files/s | peer | peer time | peer CPU | peer MB/s "
         "| speed-up |",
@@ -289,7 +307,8 @@ def table(rows: list[Row], runs: int, trees: list[str]) -> str:
         f'Realistic layer: tar of {" ".join(trees)}. fastdist always hashes: "2x sha256" is '
         f"the blob's digest and the tar's diff_id (the peers verify nothing); an uncompressed "
         f"layer is hashed once (its digest is its diff_id). The apply rows run the whole "
-        f"native applier (rust/src/apply.rs, safe in-root resolution, chown as root)."
+        f"native applier (rust/src/apply.rs, safe in-root resolution, chown as root). "
+        f"{notes}"
     )
     return "\n".join(out)
 
@@ -318,7 +337,10 @@ def main() -> int:
     ap.add_argument("--tree", action="append", help="directories for the realistic layer")
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--tmp", default="/dev/shm", help="a tmpfs directory")
+    ap.add_argument("--boost", action="store_true", help="own autogroup at nice -15 (root)")
     args = ap.parse_args()
+    priority = boost() if args.boost else "default priority"
+    load0 = os.getloadavg()[0]
     trees = args.tree or ["/usr/bin", "/usr/lib/python3.11"]
     for tool in ("openssl", "gzip", "pigz", "unpigz", "zstd", "tar"):
         if shutil.which(tool) is None:
@@ -329,7 +351,12 @@ def main() -> int:
         rows = run(work, args.runs, trees)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = table(rows, args.runs, trees)
+    load1 = os.getloadavg()[0]
+    notes = (
+        f"Run {datetime.date.today().isoformat()}, {priority}; 1-minute load average "
+        f"{load0:.1f} at the start, {load1:.1f} at the end."
+    )
+    text = table(rows, args.runs, trees, notes)
     sys.stdout.write(text + "\n")
     if not args.no_readme:
         write_readme(text, "python " + " ".join(["benches/micro.py", *sys.argv[1:]]))
