@@ -795,6 +795,37 @@ mod tests {
     }
 
     #[test]
+    fn tee_write_failure_is_an_io_error_from_write_and_finish() {
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            return;
+        }
+        let mut w = LayerWriter::new(spec(), Some(full), drain_sink).unwrap();
+        let err = w.write(&gz(b"abc")).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(matches!(w.finish(), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn writer_digest_and_size_are_verified_at_finish() {
+        let blob = gz(&payload());
+        let mut s = spec();
+        s.expected_digest = Some(sha(b"other"));
+        let mut w = LayerWriter::new(s, None, drain_sink).unwrap();
+        w.write(&blob).unwrap();
+        let err = w.finish().unwrap_err();
+        assert!(
+            matches!(err, Error::DigestMismatch { what: "digest", .. }),
+            "{err}"
+        );
+        let mut s = spec();
+        s.expected_size = Some(blob.len() as u64 + 1);
+        let mut w = LayerWriter::new(s, None, drain_sink).unwrap();
+        w.write(&blob).unwrap();
+        assert!(matches!(w.finish(), Err(Error::SizeMismatch { .. })));
+    }
+
+    #[test]
     fn corrupt_stream_fails_write_promptly_and_finish() {
         let mut blob = gz(&payload());
         let mid = blob.len() / 2;
