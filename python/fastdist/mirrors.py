@@ -39,11 +39,6 @@ from .errors import FastdistError
 from .reference import Reference
 from .transport import HostTLS, Transport
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.9/3.10
-    import tomli as tomllib
-
 log = logging.getLogger(__name__)
 
 DEFAULT_HOSTS_DIRS = (Path("/etc/fastdist/certs.d"), Path("/etc/containerd/certs.d"))
@@ -128,6 +123,12 @@ def parse_hosts_toml(data: bytes, host_dir: Path, upstream_url: str) -> list[Reg
     ``upstream_url`` is the server when the file sets none. Relative ``ca``/``client`` paths are
     resolved against ``host_dir`` (the directory holding the file).
     """
+    # Imported here: most pulls have no hosts.toml and never parse TOML.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.9/3.10
+        import tomli as tomllib
+
     where = str(host_dir / "hosts.toml")
     try:
         doc = tomllib.loads(data.decode("utf-8"))
