@@ -538,6 +538,28 @@ fn peek<R: Read>(src: &mut R, n: usize) -> io::Result<Vec<u8>> {
     Ok(head)
 }
 
+/// Bytes an uncompressed layer's start must be checked over (the longest magic).
+pub(crate) const PLAIN_HEAD: usize = 4;
+
+/// The magic check of an uncompressed layer whose bytes bypass `Decoder` (the pipeline passes
+/// them through without a copy): `head` is the blob's first `PLAIN_HEAD` bytes (fewer only if
+/// the blob is shorter).
+pub(crate) fn check_plain_head(media_type: &str, head: &[u8]) -> Result<()> {
+    check_magic(media_type, Codec::None, head)
+}
+
+/// The uncompressed layer size limit, as `Decoder` enforces it.
+pub(crate) fn check_plain_size(limits: &Limits, size: u64) -> Result<()> {
+    if size > limits.max_layer_bytes {
+        return Err(limit(
+            "uncompressed layer size",
+            limits.max_layer_bytes,
+            size,
+        ));
+    }
+    Ok(())
+}
+
 fn check_magic(media_type: &str, codec: Codec, head: &[u8]) -> Result<()> {
     let found = if head.starts_with(GZIP_MAGIC) {
         Some(Codec::Gzip)

@@ -124,6 +124,21 @@ impl Source {
             .set_source_error(Error::State("layer writer aborted".into()))
     }
 
+    /// The next non-empty chunk as it is (for a pass-through), or `None` at the end.
+    fn take_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            self.load()?;
+            if self.rx.is_none() {
+                return Ok(None);
+            }
+            if self.len > 0 {
+                let chunk = std::mem::take(&mut self.buf);
+                (self.len, self.pos) = (0, 0);
+                return Ok(Some(chunk));
+            }
+        }
+    }
+
     fn load(&mut self) -> io::Result<()> {
         if self.shared.aborted.load(Ordering::Relaxed) {
             return Err(self.stopped());
@@ -299,7 +314,11 @@ fn run(source: Source, spec: &LayerSpec, sink: impl TarSink) -> Result<Decoded> 
         })
         .map_err(|e| Error::io("spawn", "apply thread", e))?;
 
-    let decoded = decode(source, spec, &tx, &recycle_rx);
+    let decoded = if codec == crate::decompress::Codec::None {
+        pass_through(source, spec, &tx, &recycle_rx)
+    } else {
+        decode(source, spec, &tx, &recycle_rx)
+    };
     if decoded.is_err() {
         shared.failed.store(true, Ordering::Relaxed);
     }
@@ -406,6 +425,45 @@ fn decode(
         tx.send(Msg::Data(buf, len)).map_err(|_| Stop::Downstream)?;
     }
     dec.finish().map_err(own)?;
+    tx.send(Msg::End).map_err(|_| Stop::Downstream)?;
+    Ok(())
+}
+
+/// The worker half for an uncompressed layer: hand the producer's chunks to the apply thread
+/// as they are (no copy), after the same magic and size checks as `Decoder`; emptied buffers
+/// go back to the producer.
+fn pass_through(
+    mut source: Source,
+    spec: &LayerSpec,
+    tx: &SyncSender<Msg>,
+    recycled: &Receiver<Vec<u8>>,
+) -> std::result::Result<(), Stop> {
+    use crate::decompress::{check_plain_head, check_plain_size, PLAIN_HEAD};
+    let shared = Arc::clone(&source.shared);
+    let own = |e: Error| Stop::Own(shared.take_source_error().unwrap_or(e));
+    let read_err = |e: io::Error| Error::corrupt(format!("reading layer: {e}"), None);
+    let mut head = Vec::with_capacity(PLAIN_HEAD);
+    let mut total = 0u64;
+    while let Some(chunk) = source.take_chunk().map_err(|e| own(read_err(e)))? {
+        if head.len() < PLAIN_HEAD {
+            let k = (PLAIN_HEAD - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..k]);
+            if head.len() == PLAIN_HEAD {
+                check_plain_head(&spec.media_type, &head).map_err(own)?;
+            }
+        }
+        total += chunk.len() as u64;
+        check_plain_size(&spec.limits, total).map_err(own)?;
+        let len = chunk.len();
+        tx.send(Msg::Data(chunk, len))
+            .map_err(|_| Stop::Downstream)?;
+        while let Ok(b) = recycled.try_recv() {
+            let _ = source.recycle.try_send(b);
+        }
+    }
+    if head.len() < PLAIN_HEAD {
+        check_plain_head(&spec.media_type, &head).map_err(own)?;
+    }
     tx.send(Msg::End).map_err(|_| Stop::Downstream)?;
     Ok(())
 }
@@ -792,6 +850,34 @@ mod tests {
         let out = w.finish().unwrap();
         assert_eq!(out.diff_id, sha(&tar));
         assert_eq!(std::fs::read(&tee).unwrap(), blob);
+    }
+
+    #[test]
+    fn uncompressed_layer_passes_through_with_its_checks() {
+        let tar = payload();
+        let mut s = spec();
+        s.media_type = "application/vnd.oci.image.layer.v1.tar".into();
+        let mut w = LayerWriter::new(s.clone(), None, drain_sink).unwrap();
+        w.write(&tar[..1]).unwrap();
+        w.write(&tar[1..3]).unwrap();
+        w.write(&tar[3..]).unwrap();
+        let out = w.finish().unwrap();
+        assert_eq!(
+            (out.digest.as_str(), out.diff_id.as_str()),
+            (sha(&tar).as_str(), sha(&tar).as_str())
+        );
+        assert_eq!(out.uncompressed_size, tar.len() as u64);
+        // gzip data under a plain tar media type, split before the magic is complete.
+        let blob = gz(&tar);
+        let mut w = LayerWriter::new(s.clone(), None, drain_sink).unwrap();
+        let _ = w.write(&blob[..1]);
+        let _ = w.write(&blob[1..]);
+        let err = w.finish().unwrap_err();
+        assert!(err.to_string().contains("the data is gzip"), "{err}");
+        s.limits.max_layer_bytes = 1000;
+        let mut w = LayerWriter::new(s, None, drain_sink).unwrap();
+        let _ = w.write(&tar);
+        assert!(matches!(w.finish(), Err(Error::Limit { .. })));
     }
 
     #[test]
