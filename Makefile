@@ -67,11 +67,12 @@ CARGO_FUZZ_ENV := RUSTC_BOOTSTRAP=1 CRATE_CC_NO_DEFAULTS=1 CFLAGS="-O2 -fPIC"
 fuzz-rust:        ## cargo-fuzz targets of the Rust core for FUZZ_SECONDS each, then the replay tests
 	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 	cargo run --quiet --release --manifest-path rust/fuzz/Cargo.toml --bin seed_corpus -- rust/fuzz/corpus
-	cd rust && for t in $(RUST_FUZZ_TARGETS); do \
+	cd rust && failed=; for t in $(RUST_FUZZ_TARGETS); do \
 		$(CARGO_FUZZ_ENV) cargo fuzz run -O $$t fuzz/corpus/$$t -- \
-			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 || exit 1; \
-	done
-	cargo test --release --manifest-path rust/fuzz/Cargo.toml
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 || failed="$$failed $$t"; \
+	done; \
+	cargo test --release --manifest-path fuzz/Cargo.toml || failed="$$failed replay"; \
+	if [ -n "$$failed" ]; then echo "fuzz-rust failed:$$failed (inputs in rust/fuzz/artifacts/)"; exit 1; fi
 
 clean:
 	rm -rf target .venv .mypy_cache .ruff_cache .pytest_cache

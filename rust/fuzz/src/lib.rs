@@ -55,6 +55,8 @@ pub struct Arena {
     base: PathBuf,
     root: PathBuf,
     before: Tree,
+    /// (dev, ino) of every sentinel node: none may show up inside a root that started empty.
+    inodes: Vec<(u64, u64)>,
 }
 
 /// What is compared of one node outside the root (not ctime or nlink: unlinking the in-root
@@ -167,11 +169,17 @@ impl Arena {
                 ..node(&base)
             },
         );
+        let inodes = before
+            .keys()
+            .filter_map(|p| fs::symlink_metadata(p).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
         Arena {
             _tmp: tmp,
             base,
             root,
             before,
+            inodes,
         }
     }
 
@@ -228,6 +236,29 @@ impl Arena {
                 diff += &format!("  added {p:?}\n");
             }
             panic!("{what}: files outside the root changed:\n{diff}");
+        }
+    }
+}
+
+impl Arena {
+    /// Panics if a node inside the root is a sentinel node (a hardlink out of the root, or a
+    /// directory of the sentinel reached through the root). Only meaningful for a root that
+    /// started empty: the lower layer holds a hardlink to a sentinel file on purpose.
+    pub fn assert_no_sentinel_inode_inside(&self, what: &str) {
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for ent in rd.flatten() {
+                let Ok(m) = ent.metadata() else { continue };
+                assert!(
+                    !self.inodes.contains(&(m.dev(), m.ino())),
+                    "{what}: {:?} inside the root is a sentinel node",
+                    ent.path()
+                );
+                if m.is_dir() {
+                    stack.push(ent.path());
+                }
+            }
         }
     }
 }
@@ -308,7 +339,11 @@ pub fn check_apply(data: &[u8]) {
             }
             Err(e) => check_error(&e, "apply_tar"),
         }
-        arena.assert_sentinel_intact(&format!("apply_tar {mode:?} lower={lower}"));
+        let what = format!("apply_tar {mode:?} lower={lower}");
+        arena.assert_sentinel_intact(&what);
+        if !lower {
+            arena.assert_no_sentinel_inode_inside(&what);
+        }
     }
 }
 
@@ -452,6 +487,9 @@ pub fn check_apply_compressed(data: &[u8]) {
         Err(e) => check_error(&e, "LayerWriter"),
     }
     arena.assert_sentinel_intact("LayerWriter");
+    if !lower {
+        arena.assert_no_sentinel_inode_inside("LayerWriter");
+    }
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
