@@ -328,6 +328,8 @@ mod igzip {
         started: bool,
         /// The source ended right after a complete member.
         done: bool,
+        /// igzip failed: its state is unusable.
+        failed: bool,
     }
 
     #[cold]
@@ -360,6 +362,7 @@ mod igzip {
                 in_member: false,
                 started: false,
                 done: false,
+                failed: false,
             }
         }
 
@@ -463,6 +466,9 @@ mod igzip {
         }
 
         pub(crate) fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.failed {
+                return Err(invalid("gzip stream already failed"));
+            }
             if out.is_empty() || self.done {
                 return Ok(0);
             }
@@ -500,17 +506,25 @@ mod igzip {
                 // (igzip never writes through next_in), next_out/avail_out writable memory
                 // borrowed from `out`; both outlive the call and are cleared right after it.
                 let ret = unsafe { ffi::isal_inflate(st) };
-                let used = in_len - st.avail_in as usize;
-                let produced = out_len - st.avail_out as usize;
+                // On an error igzip may rewind next_in over bytes it took in earlier calls
+                // (avail_in > in_len): never trust the counts of a failed call, and check them
+                // on success too.
+                let used = in_len.checked_sub(st.avail_in as usize);
+                let produced = out_len.checked_sub(st.avail_out as usize);
                 let finished = st.block_state == ffi::isal_block_state_ISAL_BLOCK_FINISH;
                 st.next_in = ptr::null_mut();
                 st.avail_in = 0;
                 st.next_out = ptr::null_mut();
                 st.avail_out = 0;
-                self.src.consume(used);
                 if ret < 0 {
+                    self.failed = true;
                     return Err(isal_error(ret));
                 }
+                let (Some(used), Some(produced)) = (used, produced) else {
+                    self.failed = true;
+                    return Err(invalid("igzip reported more bytes than it was given"));
+                };
+                self.src.consume(used);
                 if finished {
                     self.in_member = false;
                 }
@@ -814,6 +828,25 @@ mod tests {
                 b"payload",
                 "step {step}"
             );
+        }
+    }
+
+    #[test]
+    fn gzip_bad_distance_or_symbol_is_corrupt_from_any_source() {
+        // Found by the decompress fuzz target (rust/fuzz/regressions/decompress/): igzip fails
+        // with avail_in larger than the input it was handed.
+        let lookback: &[u8] = b"\x1f\x8b\x08\x1e\x00\x00\x00\x00\x00\xff\x06\x00AB\x02\x00xyname.tar\x00\
+            a comment\x00\x03\xf5+H\xac\xcc\xc9OL\x00\xf3\x00\xfb+\x01\x00\x15j,B\x9a\x07\x00\x00\x00";
+        let symbol: &[u8] = b"\x1f\x8b\x08\x08\x28\xb5\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\
+            \x00\x22\xff\xff\xff\xff\x2f\x29\x00\x00\x3f\x00\x00\x00\x00\x00\x24";
+        assert_eq!((lookback.len(), symbol.len()), (62, 33));
+        for blob in [lookback, symbol] {
+            let err = decode_all(TGZ, blob, &Limits::default()).unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+            for step in [1, 3, 7, 4096] {
+                let err = decode_trickle(blob, step, 100).unwrap_err();
+                assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+            }
         }
     }
 
