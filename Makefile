@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check demo bench bench-micro fuzz fuzz-rust clean
+.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check wheel-test demo bench bench-micro fuzz fuzz-rust clean
 
 setup:            ## install system packages, the venv and build the extension
 	scripts/setup.sh
@@ -35,7 +35,14 @@ test-python:
 
 test: setup test-rust test-python   ## all tests (Rust and Python: unit, conformance, integration, e2e)
 
-check: setup fmt-check lint typecheck test-rust test-python   ## what CI runs
+check: setup fmt-check lint typecheck test-rust test-python wheel-test   ## what CI runs
+
+wheel-test:       ## build the abi3 wheel, install it in a fresh venv, run the demo end to end from it
+	rm -rf target/wheel-test && $(VENV)/bin/maturin build --release -q -o target/wheel-test/dist
+	python3 -m venv target/wheel-test/venv
+	target/wheel-test/venv/bin/pip install -q --disable-pip-version-check target/wheel-test/dist/*.whl
+	cd target/wheel-test && PATH="$(CURDIR)/target/wheel-test/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		venv/bin/python $(CURDIR)/examples/demo.py
 
 demo: setup       ## end to end: local registry + demo image, pull with live display, images, run
 	$(PY) examples/demo.py

@@ -275,7 +275,9 @@ class Client:
             )
         to_fetch = sum(d.size for d in layers if not self.content.exists(d.digest))
         # A layer unpacks to at least its compressed size (a lower bound, not an estimate).
-        to_unpack = sum(d.size for d, c in zip(layers, chains) if not self.snapshotter.exists(c))
+        to_unpack = sum(
+            d.size for d, c in zip(layers, chains, strict=True) if not self.snapshotter.exists(c)
+        )
         needs: dict[int, tuple[Path, int]] = {}
         for path, n in ((self.content.blobs_dir, to_fetch), (self.snapshotter.root, to_unpack)):
             dev = os.stat(path).st_dev
@@ -781,7 +783,8 @@ class Client:
                 f"unpack destination {out} is not empty",
                 hint="pass a new or empty directory",
             )
-        for desc, diff_id in zip(manifest.layers, config.diff_ids):
+        _check_layers(manifest.layers, config)
+        for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
             progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
             _native.apply_layer(
                 str(self.content.path(desc.digest)),

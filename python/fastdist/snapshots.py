@@ -570,6 +570,16 @@ def overlay_supported(root: Path) -> bool:
     key = str(Path(root).resolve())
     if key in _probed:
         return _probed[key]
+    # A success is remembered on disk for this kernel and filesystem, so every later fastdist
+    # process on the root skips the probe's mount (it costs a subprocess and two mount calls).
+    stamp = Path(root) / "snapshots" / ".overlay-ok"
+    if os.geteuid() == 0 and Path(root).exists():
+        try:
+            if stamp.read_text() == _overlay_stamp(root):
+                _probed[key] = True
+                return True
+        except OSError:
+            pass
     ok = False
     if os.geteuid() == 0:
         tmp = ensure_dir(ensure_root(Path(root)) / "tmp")
@@ -601,8 +611,18 @@ def overlay_supported(root: Path) -> bool:
             log.debug("overlay probe failed: %s", e)
         finally:
             shutil.rmtree(probe, ignore_errors=True)
+    if ok:
+        try:
+            ensure_dir(stamp.parent)
+            write_file_atomic(stamp, _overlay_stamp(root).encode(), sync=False)
+        except OSError as e:
+            log.debug("cannot record the overlay probe: %s", e)
     _probed[key] = ok
     return ok
+
+
+def _overlay_stamp(root: Path) -> str:
+    return f"{os.uname().release} {os.stat(root).st_dev}\n"
 
 
 def default_snapshotter(root: Path) -> Snapshotter:

@@ -17,8 +17,9 @@ import shutil
 import stat
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import StoreError
 

@@ -51,7 +51,7 @@ impl From<Error> for PyErr {
 /// Run `f` on the bytes of a bytes-like object. `bytes` is borrowed (immutable, so safe to
 /// read with the GIL released); a `bytearray` is copied (it could change under us); any other
 /// buffer goes through `memoryview(...).tobytes()` because the buffer protocol is not in the
-/// abi3-py39 limited API.
+/// abi3-py310 limited API.
 fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
     if let Ok(b) = data.cast::<PyBytes>() {
         return Ok(f(b.as_bytes()));

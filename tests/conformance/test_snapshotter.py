@@ -119,7 +119,7 @@ CHAINS = chain_ids(diff_id(t) for t in LAYERS)
 
 def apply_stack(snap: Snapshotter) -> Digest:
     parent: Digest | None = None
-    for chain, tar in zip(CHAINS, LAYERS):
+    for chain, tar in zip(CHAINS, LAYERS, strict=True):
         apply(snap, chain, parent, tar)
         parent = chain
     return CHAINS[-1]
@@ -310,7 +310,7 @@ def test_deep_stack_mounts_within_the_option_limit(
     tars = [tar_layer([("file", f"f{i:03d}", str(i).encode())]) for i in range(130)]
     chains = chain_ids(diff_id(t) for t in tars)
     parent: Digest | None = None
-    for c, t in zip(chains, tars):
+    for c, t in zip(chains, tars, strict=True):
         apply(snap, c, parent, t)
         parent = c
     view = mounted("deep", chains[-1])

@@ -48,7 +48,7 @@ def _table(stdout: str) -> tuple[list[str], list[dict[str, str]]]:
             line[s : (starts[i + 1] if i + 1 < len(starts) else None)].strip()
             for i, s in enumerate(starts)
         ]
-        rows.append(dict(zip(names, cells)))
+        rows.append(dict(zip(names, cells, strict=False)))
     return names, rows
 
 

@@ -70,7 +70,7 @@ def test_four_processes_pulling_overlapping_images_fetch_and_unpack_each_layer_o
             for i in range(4)
         ]
         outputs = [p.communicate(timeout=300) for p in procs]
-        for p, (_, err) in zip(procs, outputs):
+        for p, (_, err) in zip(procs, outputs, strict=True):
             assert p.returncode == 0, err
 
         blobs = {d for img in images.values() for d in img.blobs()}  # type: ignore[attr-defined]

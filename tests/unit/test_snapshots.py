@@ -136,3 +136,32 @@ def test_usage_is_cached_beside_the_layer_and_survives_a_new_snapshotter(tmp_pat
     # A torn cache file is measured again.
     cached.write_text("")
     assert OverlaySnapshotter(tmp_path).usage(chain(0)) == first
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts need root")
+def test_overlay_probe_success_is_remembered_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from fastdist import snapshots
+
+    if not snapshots.overlay_supported(tmp_path):
+        pytest.skip("overlayfs not available here")
+    stamp = tmp_path / "snapshots" / ".overlay-ok"
+    assert stamp.read_text() == f"{os.uname().release} {os.stat(tmp_path).st_dev}\n"
+
+    # A new process (empty in-memory cache) trusts the stamp and mounts nothing.
+    snapshots._probed.clear()
+
+    def no_mount(*_a: object, **_k: object) -> None:
+        raise AssertionError("the probe ran again")
+
+    monkeypatch.setattr(subprocess, "run", no_mount)
+    assert snapshots.overlay_supported(tmp_path)
+
+    # A stamp from another kernel or filesystem is not trusted.
+    stamp.write_text("0.0.0 1\n")
+    snapshots._probed.clear()
+    with pytest.raises(AssertionError, match="probe ran again"):
+        snapshots.overlay_supported(tmp_path)

@@ -170,7 +170,8 @@ def test_connection_refused_is_temporary_and_retried() -> None:
     assert info.value.temporary
     assert retries == [1]
     assert info.value.message.endswith(": connection refused")
-    assert info.value.hint is not None and host in info.value.hint
+    assert info.value.hint is not None
+    assert host in info.value.hint
 
 
 def test_unresolvable_host_is_named_as_such() -> None:
