@@ -207,10 +207,13 @@ def _human(n: int) -> str:
 # --- commands ---------------------------------------------------------------------------------
 def _client(args: argparse.Namespace, **kw: Any) -> Any:
     from .client import Client
-    from .transport import TransportConfig
 
+    cfg = None
     plain = frozenset(getattr(args, "plain_http", None) or ())
-    cfg = TransportConfig(plain_http_hosts=plain)
+    if plain:  # only then: importing the transport loads requests, which local commands skip
+        from .transport import TransportConfig
+
+        cfg = TransportConfig(plain_http_hosts=plain)
     return Client(
         args.root,
         snapshotter=getattr(args, "snapshotter", None),

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _native, oci
-from .auth import CredentialStore
 from .content import ContentStore
 from .errors import (
     ContainerNotFoundError,
@@ -32,22 +31,25 @@ from .errors import (
     ManifestError,
     StoreError,
     UnsupportedMediaTypeError,
+    VerificationError,
 )
-from .fetcher import Fetcher
 from .metadata import ContainerRecord, ImageRecord, MetadataDB
-from .mirrors import Mirrors, hosts_dirs
 from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
-from .resolver import Resolved, Resolver
 from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
-from .transport import Transport, TransportConfig
 from .unpacker import LayerSink, Unpacker
 
 if TYPE_CHECKING:
-    # Imported where used: a pull (of a present image, above all) needs neither.
+    # Imported where used, so local commands (images, ps, run of a present image, a pull of a
+    # present name@digest) never load the registry side (requests: ~50 ms) or the runtime.
+    from .auth import CredentialStore
     from .check import CheckReport
+    from .fetcher import Fetcher
+    from .mirrors import Mirrors
+    from .resolver import Resolved, Resolver
     from .runtime import Mount, Runtime
+    from .transport import Transport, TransportConfig
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +140,9 @@ class Client:
             else default_snapshotter(self.root)
         )
         self.metadata = MetadataDB(self.root / "meta.db")
-        if credentials is None:
-            credentials = CredentialStore.from_docker_config()
-        self.transport = Transport(transport_config or TransportConfig(), credentials)
-        # Registry mirrors from containerd-style certs.d/<host>/hosts.toml (mirrors.py).
-        self.mirrors = Mirrors(hosts_dirs(hosts_dir), self.transport)
-        self.resolver = Resolver(self.transport, self.mirrors)
-        self.fetcher = Fetcher(self.transport, self.mirrors)
+        self._transport_config = transport_config
+        self._credentials = credentials
+        self._hosts_dir = hosts_dir
         self.max_pull_bytes = max_pull_bytes
         self.unpacker = Unpacker(
             self.content, self.snapshotter, _cap_layer_bytes(limits, max_pull_bytes)
@@ -154,6 +152,36 @@ class Client:
         self._budgets_lock = threading.Lock()
         self._runc = runc
         self._max_parallel = max(1, max_parallel_layers)
+
+    @functools.cached_property
+    def transport(self) -> Transport:
+        """The registry transport (one pooled HTTP session), made on first use."""
+        from .auth import CredentialStore
+        from .transport import Transport, TransportConfig
+
+        creds = self._credentials
+        if creds is None:
+            creds = CredentialStore.from_docker_config()
+        return Transport(self._transport_config or TransportConfig(), creds)
+
+    @functools.cached_property
+    def mirrors(self) -> Mirrors:
+        """Registry mirrors from containerd-style certs.d/<host>/hosts.toml (mirrors.py)."""
+        from .mirrors import Mirrors, hosts_dirs
+
+        return Mirrors(hosts_dirs(self._hosts_dir), self.transport)
+
+    @functools.cached_property
+    def resolver(self) -> Resolver:
+        from .resolver import Resolver
+
+        return Resolver(self.transport, self.mirrors)
+
+    @functools.cached_property
+    def fetcher(self) -> Fetcher:
+        from .fetcher import Fetcher
+
+        return Fetcher(self.transport, self.mirrors)
 
     @functools.cached_property
     def runtime(self) -> Runtime:
@@ -179,6 +207,10 @@ class Client:
         started = time.monotonic()
         with self._gc_lock(shared=True):
             progress(ProgressEvent(Phase.RESOLVING, message=str(reference)))
+            pinned = self._present_by_digest(reference, progress)
+            if pinned is not None:
+                # Content addressed and already verified: nothing to ask the registry.
+                return Image(pinned.name, pinned.target, pinned, self)
             resolved = self.resolver.resolve(reference, plat, progress)
             resolve_seconds = time.monotonic() - started
             present = self._already_present(reference, resolved, progress)
@@ -222,6 +254,16 @@ class Client:
         )
         return Image(record.name, record.target, record, self)
 
+    def _present_by_digest(self, ref: Reference, progress: Progress) -> ImageRecord | None:
+        """A pull of ``name@sha256:…`` whose record already points at that digest with all its
+        content present: the digest pins the content, so the registry need not be asked."""
+        if ref.digest is None:
+            return None
+        rec = self.metadata.images.get(str(ref))
+        if rec is None or rec.target.digest != ref.digest or not self._complete(rec):
+            return None
+        return self._touch(rec, progress)
+
     def _already_present(
         self, ref: Reference, resolved: Resolved, progress: Progress
     ) -> ImageRecord | None:
@@ -239,19 +281,36 @@ class Client:
             or rec.target.digest != resolved.target.digest
             or rec.manifest_digest != resolved.manifest_descriptor.digest
             or rec.config_digest != resolved.manifest.config.digest
-            or rec.snapshotter != self.snapshotter.name
             or rec.layer_digests != tuple(d.digest for d in resolved.manifest.layers)
+            or not self._complete(rec)
         ):
             return None
+        return self._touch(rec, progress, resolved.manifest)
+
+    def _complete(self, rec: ImageRecord) -> bool:
+        """Whether every blob and snapshot of ``rec`` is here, on this client's snapshotter."""
+        if rec.snapshotter != self.snapshotter.name:
+            return False
         blobs = (rec.target.digest, rec.manifest_digest, rec.config_digest, *rec.layer_digests)
-        if not all(self.content.exists(d) for d in blobs):
-            return None
-        if not all(self.snapshotter.exists(c) for c in rec.chain_ids):
-            return None
+        return all(self.content.exists(d) for d in blobs) and all(
+            self.snapshotter.exists(c) for c in rec.chain_ids
+        )
+
+    def _touch(
+        self, rec: ImageRecord, progress: Progress, manifest: oci.Manifest | None = None
+    ) -> ImageRecord | None:
+        """Bump ``updated`` of a complete image and report its blobs as EXISTS."""
         touched = self.metadata.images.touch(rec.name, rec.target.digest, time.time())
         if touched is None:
             return None  # removed or re-pointed meanwhile: let the full pull decide
-        for desc in (resolved.manifest.config, *resolved.manifest.layers):
+        if manifest is None:
+            doc = oci.parse_document(
+                self.content.read_bytes(rec.manifest_digest, oci.MAX_MANIFEST_BYTES), None
+            )
+            if not isinstance(doc, oci.Manifest):
+                return None
+            manifest = doc
+        for desc in (manifest.config, *manifest.layers):
             progress(
                 ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size)
             )
@@ -506,8 +565,9 @@ class Client:
                 )
                 sink.finish()
                 timings.append(("unpack", time.monotonic() - t))
-            except BaseException:
-                sink.abort()
+            except BaseException as e:
+                # A registry that sent the wrong bytes (or too many) gets no resume from them.
+                sink.abort(discard=isinstance(e, VerificationError))
                 raise
             return sink
 
@@ -578,7 +638,11 @@ class Client:
         with self.content.ingest(desc) as ingest:
             if self.content.exists(desc.digest):
                 return False
-            self.fetcher.fetch(ref, desc, ingest, progress)
+            try:
+                self.fetcher.fetch(ref, desc, ingest, progress)
+            except VerificationError:
+                ingest.discard()  # wrong or extra bytes from the registry: no resume from them
+                raise
             ingest.commit()
         return True
 

@@ -124,3 +124,46 @@ def test_pull_after_the_tag_moved_pulls_the_new_image(
     top = new_image.layers[-1].descriptor  # type: ignore[attr-defined]
     assert Phase.DOWNLOADING in _phases(events, top)
     assert client.check().ok
+
+
+class _NoResolve:
+    """A resolver that fails the test if the pull asks the registry anything."""
+
+    def resolve(self, *a: object, **kw: object) -> None:
+        raise AssertionError(f"unexpected resolve of {a[0] if a else a}")
+
+
+def test_pull_of_a_present_digest_reference_never_asks_the_registry(
+    registry: object, pusher: object, store_root: Path
+) -> None:
+    tagged = f"{registry.host}/present/pinned:v1"  # type: ignore[attr-defined]
+    digest = push_image(pusher, tagged, _image("pinned"))  # type: ignore[arg-type]
+    pinned = f"{registry.host}/present/pinned@{digest}"  # type: ignore[attr-defined]
+    first = Client(store_root).pull(pinned)
+
+    client = Client(store_root)  # a new process, as the CLI would be
+    client.resolver = _NoResolve()  # type: ignore[assignment]
+    client.fetcher = _NoFetch()  # type: ignore[assignment]
+    events: list[ProgressEvent] = []
+    again = client.pull(pinned, progress=events.append)
+
+    assert again.target.digest == first.target.digest == digest
+    assert again.record.updated > first.record.updated
+    layer_events = [e for e in events if e.digest in first.record.layer_digests]
+    assert {e.phase for e in layer_events} == {Phase.EXISTS}
+    assert "transport" not in vars(client)  # the HTTP stack was never even built
+
+
+def test_pull_of_a_digest_reference_with_a_missing_layer_goes_to_the_registry(
+    registry: object, pusher: object, store_root: Path
+) -> None:
+    tagged = f"{registry.host}/present/pinned-broken:v1"  # type: ignore[attr-defined]
+    digest = push_image(pusher, tagged, _image("broken"))  # type: ignore[arg-type]
+    pinned = f"{registry.host}/present/pinned-broken@{digest}"  # type: ignore[attr-defined]
+    client = Client(store_root)
+    first = client.pull(pinned)
+    client.content.delete(first.record.layer_digests[0])
+
+    again = Client(store_root).pull(pinned)
+    assert again.target.digest == digest
+    assert Client(store_root).content.exists(first.record.layer_digests[0])
