@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from fakeregistry import FakeRegistry
 from fastdist import _native
 from fastdist.client import Client
+from fastdist.snapshots import overlay_supported
 from fastdist.testing.images import (
     BuiltImage,
     BuiltLayer,
@@ -26,6 +30,25 @@ from fastdist.testing.images import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _overlay_available() -> bool:
+    # Probed in a private directory: the probe treats its argument as a store root and secures
+    # it (0700), so it must never be pointed at a shared directory such as /tmp.
+    probe = Path(tempfile.mkdtemp(prefix="fastdist-probe-"))
+    try:
+        return overlay_supported(probe)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+SNAPSHOTTERS = [
+    "native",
+    pytest.param(
+        "overlayfs",
+        marks=pytest.mark.skipif(not _overlay_available(), reason="overlayfs not available"),
+    ),
+]
 
 
 def small_layer(seed: int, files: int = 4) -> BuiltLayer:

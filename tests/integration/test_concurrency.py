@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from pullkit import (
+    SNAPSHOTTERS,
     cli_argv,
     cli_env,
     expected_tree,
@@ -23,17 +24,6 @@ from pullkit import (
 
 from fakeregistry import FakeRegistry, Fault
 from fastdist.client import Client
-from fastdist.snapshots import overlay_supported
-
-SNAPSHOTTERS = [
-    "native",
-    pytest.param(
-        "overlayfs",
-        marks=pytest.mark.skipif(
-            not overlay_supported(Path("/tmp")), reason="overlayfs not available"
-        ),
-    ),
-]
 
 
 def _overlapping_images(reg: FakeRegistry) -> tuple[dict[str, object], list[str]]:

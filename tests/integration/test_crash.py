@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from pullkit import (
+    SNAPSHOTTERS,
     big_layer,
     cli_argv,
     cli_env,
@@ -28,18 +29,8 @@ from pullkit import (
 
 from fakeregistry import FakeRegistry, Fault
 from fastdist.client import Client
-from fastdist.snapshots import overlay_supported
 from fastdist.testing.images import BuiltImage
 
-SNAPSHOTTERS = [
-    "native",
-    pytest.param(
-        "overlayfs",
-        marks=pytest.mark.skipif(
-            not overlay_supported(Path("/tmp")), reason="overlayfs not available"
-        ),
-    ),
-]
 BIG = 3 << 20
 
 

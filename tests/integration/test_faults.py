@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from pullkit import (
+    SNAPSHOTTERS,
     big_layer,
     expected_tree,
     full_blob_gets,
@@ -22,19 +23,9 @@ from pullkit import (
 from fakeregistry import FakeRegistry, Fault
 from fastdist.client import Client
 from fastdist.errors import DigestMismatchError, ImageNotFoundError, RegistryError
-from fastdist.snapshots import overlay_supported
 from fastdist.testing.images import BuiltImage
 from fastdist.transport import TransportConfig
 
-SNAPSHOTTERS = [
-    "native",
-    pytest.param(
-        "overlayfs",
-        marks=pytest.mark.skipif(
-            not overlay_supported(Path("/tmp")), reason="overlayfs not available"
-        ),
-    ),
-]
 BIG = 1_300_000  # spans several fetcher chunks
 
 
