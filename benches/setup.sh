@@ -8,16 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(containerd skopeo umoci pigz zstd curl tar time docker-registry)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "bench-setup: installing ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/apt-ensure.sh "${APT_PACKAGES[@]}"
 # containerd decompresses gzip layers with unpigz when it is on PATH (pigz ships it).
 command -v unpigz >/dev/null || { echo "bench-setup: unpigz missing (package pigz)" >&2; exit 1; }
 

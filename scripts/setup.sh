@@ -8,18 +8,9 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(runc docker-registry umoci busybox-static redis-server redis-tools pigz zstd gzip
               tar openssl ca-certificates iproute2 python3-venv
               nasm autoconf automake libtool make)  # last line: build of the bundled ISA-L (igzip)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "setup: installing system packages: ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-# Debian starts no services here (no systemd in containers/CI); make sure the packaged registry and
-# redis are not holding their default ports if an init system did start them.
+scripts/apt-ensure.sh "${APT_PACKAGES[@]}"
+# Where systemd runs, Debian starts the packaged registry (:5000) and redis (:6379); the tests,
+# the demo and the benchmarks start their own on free loopback ports, so those do not matter.
 command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required: https://rustup.rs" >&2; exit 1; }
 
 PY=${PYTHON:-python3}
