@@ -541,35 +541,32 @@ class Client:
         """Bring one missing layer to "ready to commit" (a staged sink). The caller holds the
         chain_id lock; the blob is streamed (fetch + apply in one pass) unless it is stored."""
         t = time.monotonic()
-        if self.content.exists(desc.digest):
-            progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
-            staged = self.unpacker.stage_blob(desc, diff_id, chain, parent)
-            timings.append(("unpack", time.monotonic() - t))
-            return staged
-        with self.content.ingest(desc) as ingest:
-            if self.content.exists(desc.digest):
-                # Another process fetched it while we waited for the digest's lock.
-                progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
-                staged = self.unpacker.stage_blob(desc, diff_id, chain, parent)
-                timings.append(("unpack", time.monotonic() - t))
-                return staged
-            sink = self.unpacker.layer_sink(desc, diff_id, chain, parent, ingest)
-            try:
-                self.fetcher.fetch(ref, desc, _AbortableSink(sink, failed), progress)
-                timings.append(("fetch", time.monotonic() - t))
-                t = time.monotonic()
-                progress(
-                    ProgressEvent(
-                        Phase.UNPACKING, desc.digest, desc.media_type, desc.size, desc.size
-                    )
-                )
-                sink.finish()
-                timings.append(("unpack", time.monotonic() - t))
-            except BaseException as e:
-                # A registry that sent the wrong bytes (or too many) gets no resume from them.
-                sink.abort(discard=isinstance(e, VerificationError))
-                raise
-            return sink
+        if not self.content.exists(desc.digest):
+            with self.content.ingest(desc) as ingest:
+                if not self.content.exists(desc.digest):
+                    sink = self.unpacker.layer_sink(desc, diff_id, chain, parent, ingest)
+                    try:
+                        self.fetcher.fetch(ref, desc, _AbortableSink(sink, failed), progress)
+                        timings.append(("fetch", time.monotonic() - t))
+                        t = time.monotonic()
+                        progress(
+                            ProgressEvent(
+                                Phase.UNPACKING, desc.digest, desc.media_type, desc.size, desc.size
+                            )
+                        )
+                        sink.finish()
+                        timings.append(("unpack", time.monotonic() - t))
+                    except BaseException as e:
+                        # A registry that sent the wrong (or too many) bytes gets no resume.
+                        sink.abort(discard=isinstance(e, VerificationError))
+                        raise
+                    return sink
+            # Another process fetched it while we waited for the digest's lock: the blob is
+            # stored now, and is unpacked from there with the ingest lock released.
+        progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
+        staged = self.unpacker.stage_blob(desc, diff_id, chain, parent)
+        timings.append(("unpack", time.monotonic() - t))
+        return staged
 
     def _pull_layers_ordered(
         self,
