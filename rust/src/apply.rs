@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode as FsMode, OFlags, Timespec, Timestamps, Uid};
 use rustix::fs::{XattrFlags, CWD};
@@ -52,8 +53,16 @@ pub struct ApplyStats {
 const WH_PREFIX: &[u8] = b".wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
-/// Parent directory fds kept open between entries.
-const DIR_CACHE: usize = 8;
+const ACL_DEFAULT: &str = "system.posix_acl_default";
+/// Parent directory fds kept open between entries, per applier. Layers list a directory's
+/// entries together as a rule, but not always (a tree walked breadth-first, or files added in
+/// the order a build wrote them): a miss costs a path resolution from the root (`openat2`)
+/// and a `close`, which for a layer of small files is a third of the syscalls per file.
+const DIR_CACHE: usize = 64;
+/// Cached directory fds across every applier of the process (layers are applied in parallel):
+/// stays well under the common soft `RLIMIT_NOFILE` of 1024.
+const DIR_CACHE_GLOBAL: usize = 256;
+static DIR_CACHE_OPEN: AtomicUsize = AtomicUsize::new(0);
 /// Largest device numbers Linux can encode (12-bit major, 20-bit minor).
 const MAX_MAJOR: u64 = (1 << 12) - 1;
 const MAX_MINOR: u64 = (1 << 20) - 1;
@@ -64,12 +73,22 @@ const MAX_MINOR: u64 = (1 << 20) - 1;
 /// is left partially written and must be discarded by the caller; nothing outside it is touched.
 pub fn apply_tar<R: Read>(tar: R, dest: &Path, opts: &ApplyOptions) -> Result<ApplyStats> {
     let root = Root::open(dest)?;
+    let create_umask = if opts.mode == Mode::Layer && !has_default_acl(root.fd()) {
+        process_umask()
+    } else {
+        None
+    };
     let mut reader = TarReader::new(tar, opts.limits);
     let mut applier = Applier {
         root,
         opts,
-        cache: Vec::with_capacity(DIR_CACHE),
+        cache: DirCache::default(),
         cache_dirty: false,
+        ids: (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        ),
+        create_umask,
         deferred: Vec::new(),
         layer_paths: HashSet::new(),
         path: Vec::new(),
@@ -97,10 +116,15 @@ struct DeferredDir {
 struct Applier<'a> {
     root: Root,
     opts: &'a ApplyOptions,
-    /// Small MRU cache of (normalised path, dir fd); most recent last.
-    cache: Vec<(Vec<u8>, OwnedFd)>,
+    cache: DirCache,
     /// Something was removed: cached fds may now be stale.
     cache_dirty: bool,
+    /// This process's effective uid and gid: the owner a new file gets without a chown.
+    ids: (u32, u32),
+    /// The process umask, when a regular file may be created with its final permission bits
+    /// (saving the `fchmod`): `Mode::Layer` only (every directory is ours) and only while no
+    /// directory has a default ACL (which would replace the umask). `None`: always chmod.
+    create_umask: Option<u32>,
     deferred: Vec<DeferredDir>,
     /// Flatten mode: paths this layer created or wrote beneath (with all their ancestors), so
     /// that an opaque marker or whiteout only removes what came from lower layers.
@@ -108,6 +132,75 @@ struct Applier<'a> {
     /// Scratch: the current entry's normalised path and link target.
     path: Vec<u8>,
     link: Vec<u8>,
+}
+
+/// A directory of the layer, open, with its normalised path.
+struct CachedDir {
+    path: Vec<u8>,
+    fd: OwnedFd,
+    /// Its group, once known (set by our own chown, or read with `fstat` when first needed).
+    gid: Option<u32>,
+}
+
+impl CachedDir {
+    fn new(path: Vec<u8>, fd: OwnedFd) -> Self {
+        CachedDir {
+            path,
+            fd,
+            gid: None,
+        }
+    }
+
+    fn gid(&mut self) -> io::Result<u32> {
+        match self.gid {
+            Some(g) => Ok(g),
+            None => {
+                let g = rustix::fs::fstat(&self.fd)?.st_gid;
+                self.gid = Some(g);
+                Ok(g)
+            }
+        }
+    }
+}
+
+/// Most-recently-used cache of open directories; most recent last. Every fd it holds is
+/// counted in `DIR_CACHE_OPEN`.
+#[derive(Default)]
+struct DirCache(Vec<CachedDir>);
+
+impl DirCache {
+    fn take(&mut self, path: &[u8]) -> Option<CachedDir> {
+        let i = self.0.iter().rposition(|d| d.path == path)?;
+        DIR_CACHE_OPEN.fetch_sub(1, Ordering::Relaxed);
+        Some(self.0.remove(i))
+    }
+
+    fn put(&mut self, dir: CachedDir) {
+        // A directory re-created or re-chowned by a later entry replaces the older fd.
+        if let Some(i) = self.0.iter().position(|d| d.path == dir.path) {
+            self.0.remove(i);
+        } else if self.0.len() >= DIR_CACHE {
+            self.0.remove(0);
+        } else if DIR_CACHE_OPEN.fetch_add(1, Ordering::Relaxed) >= DIR_CACHE_GLOBAL {
+            DIR_CACHE_OPEN.fetch_sub(1, Ordering::Relaxed);
+            if self.0.is_empty() {
+                return; // dropped: closes the fd
+            }
+            self.0.remove(0);
+        }
+        self.0.push(dir);
+    }
+
+    fn clear(&mut self) {
+        DIR_CACHE_OPEN.fetch_sub(self.0.len(), Ordering::Relaxed);
+        self.0.clear();
+    }
+}
+
+impl Drop for DirCache {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 fn io_err(op: &'static str, meta: &EntryMeta, e: impl Into<io::Error>) -> Error {
@@ -177,11 +270,11 @@ impl<'a> Applier<'a> {
             if kind != Kind::Dir {
                 return Err(Error::unsafe_path(meta.display(), "entry names the root"));
             }
-            let fd = self
+            let mut dir = self
                 .take_dir(b"", false)
                 .map_err(|e| io_err("open root", meta, e))?;
-            let r = self.dir_metadata(fd.1.as_fd(), meta, b"");
-            self.put_dir(fd);
+            let r = self.dir_metadata(&mut dir, meta, b"");
+            self.put_dir(dir);
             return r;
         }
         let (parent, name) = split_parent(path);
@@ -204,17 +297,17 @@ impl<'a> Applier<'a> {
             return self.whiteout(meta, parent, name);
         }
 
-        let pfd = self
+        let mut pdir = self
             .take_dir(parent, true)
             .map_err(|e| io_err("open parent directory", meta, e))?;
         let res = match kind {
-            Kind::Regular => self.regular(reader, meta, pfd.1.as_fd(), name),
-            Kind::Dir => self.directory(meta, pfd.1.as_fd(), path, name),
-            Kind::Symlink => self.symlink(meta, pfd.1.as_fd(), name),
-            Kind::HardLink => self.hardlink(meta, pfd.1.as_fd(), path, name),
-            Kind::Char | Kind::Block | Kind::Fifo => self.special(meta, pfd.1.as_fd(), name),
+            Kind::Regular => self.regular(reader, meta, &mut pdir, name),
+            Kind::Dir => self.directory(meta, pdir.fd.as_fd(), path, name),
+            Kind::Symlink => self.symlink(meta, pdir.fd.as_fd(), name),
+            Kind::HardLink => self.hardlink(meta, pdir.fd.as_fd(), path, name),
+            Kind::Char | Kind::Block | Kind::Fifo => self.special(meta, pdir.fd.as_fd(), name),
         };
-        self.put_dir(pfd);
+        self.put_dir(pdir);
         res?;
         if self.opts.mode == Mode::Flatten && !self.layer_paths.contains(path.as_slice()) {
             self.layer_paths.insert(path.clone());
@@ -224,14 +317,14 @@ impl<'a> Applier<'a> {
 
     // ---- directory fd cache ------------------------------------------------------------
 
-    fn take_dir(&mut self, rel: &[u8], create: bool) -> io::Result<(Vec<u8>, OwnedFd)> {
-        if let Some(i) = self.cache.iter().position(|(p, _)| p == rel) {
-            return Ok(self.cache.remove(i));
+    fn take_dir(&mut self, rel: &[u8], create: bool) -> io::Result<CachedDir> {
+        if let Some(dir) = self.cache.take(rel) {
+            return Ok(dir);
         }
         self.take_dir_owned(rel.to_vec(), create)
     }
 
-    fn take_dir_owned(&mut self, rel: Vec<u8>, create: bool) -> io::Result<(Vec<u8>, OwnedFd)> {
+    fn take_dir_owned(&mut self, rel: Vec<u8>, create: bool) -> io::Result<CachedDir> {
         let fd = self.root.open_dir(&rel, create)?;
         if self.opts.mode == Mode::Flatten && create {
             // Everything on the way is now "touched" by this layer.
@@ -243,17 +336,14 @@ impl<'a> Applier<'a> {
                 end = rel[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
             }
         }
-        Ok((rel, fd))
+        Ok(CachedDir::new(rel, fd))
     }
 
-    fn put_dir(&mut self, entry: (Vec<u8>, OwnedFd)) {
+    fn put_dir(&mut self, dir: CachedDir) {
         if self.cache_dirty {
             return;
         }
-        if self.cache.len() >= DIR_CACHE {
-            self.cache.remove(0);
-        }
-        self.cache.push(entry);
+        self.cache.put(dir);
     }
 
     // ---- replacing what is there -------------------------------------------------------
@@ -299,14 +389,23 @@ impl<'a> Applier<'a> {
         &mut self,
         reader: &mut TarReader<R>,
         meta: &EntryMeta,
-        dir: BorrowedFd<'_>,
+        pdir: &mut CachedDir,
         name: &[u8],
     ) -> Result<()> {
+        let dir = pdir.fd.as_fd();
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // Like GNU tar: create with the final mode when the umask leaves it whole and there
+        // are no set-id/sticky bits (those must follow the chown); otherwise 0600, then chmod.
+        // The root is 0700 and ours, so nobody else sees the file while it is written.
+        let perm = meta.mode & 0o7777;
+        let final_mode = self
+            .create_umask
+            .is_some_and(|umask| perm & !0o777 == 0 && perm & umask == 0);
+        let create_mode = if final_mode { perm } else { 0o600 };
         let fd = self
             .create_replacing(dir, name, || {
-                rustix::fs::openat(dir, name, flags, FsMode::from_raw_mode(0o600))
+                rustix::fs::openat(dir, name, flags, FsMode::from_raw_mode(create_mode))
             })
             .map_err(|e| io_err("create file", meta, e))?;
         let mut file = File::from(fd);
@@ -316,11 +415,27 @@ impl<'a> Applier<'a> {
         let fd = file.as_fd();
         if self.opts.preserve_owner {
             let (uid, gid) = uid_gid(meta)?;
-            rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io_err("chown", meta, e))?;
+            // A new file is owned by our euid, and its group is our egid or (setgid directory,
+            // or a filesystem mounted with `grpid`) the directory's: when all of these are
+            // the entry's owner, the chown would change nothing (most files of most layers
+            // are 0:0 and we run as root).
+            let (euid, egid) = self.ids;
+            let owned = uid.as_raw() == euid
+                && gid.as_raw() == egid
+                && pdir
+                    .gid()
+                    .map_err(|e| io_err("stat parent directory", meta, e))?
+                    == egid;
+            if !owned {
+                rustix::fs::fchown(fd, Some(uid), Some(gid))
+                    .map_err(|e| io_err("chown", meta, e))?;
+            }
         }
         self.set_xattrs(XattrTarget::Fd(fd), meta, false)?;
-        rustix::fs::fchmod(fd, FsMode::from_raw_mode(meta.mode))
-            .map_err(|e| io_err("chmod", meta, e))?;
+        if !final_mode {
+            rustix::fs::fchmod(fd, FsMode::from_raw_mode(meta.mode))
+                .map_err(|e| io_err("chmod", meta, e))?;
+        }
         rustix::fs::futimens(fd, &ts(meta.mtime_sec, meta.mtime_nsec))
             .map_err(|e| io_err("set times", meta, e))?;
         Ok(())
@@ -356,16 +471,19 @@ impl<'a> Applier<'a> {
             FsMode::empty(),
         )
         .map_err(|e| io_err("open directory", meta, e))?;
-        self.dir_metadata(fd.as_fd(), meta, path)?;
-        self.put_dir((path.to_vec(), fd));
+        let mut dir = CachedDir::new(path.to_vec(), fd);
+        self.dir_metadata(&mut dir, meta, path)?;
+        self.put_dir(dir);
         Ok(())
     }
 
     /// Owner and xattrs now; mode and mtime once the layer is written.
-    fn dir_metadata(&mut self, fd: BorrowedFd<'_>, meta: &EntryMeta, path: &[u8]) -> Result<()> {
+    fn dir_metadata(&mut self, dir: &mut CachedDir, meta: &EntryMeta, path: &[u8]) -> Result<()> {
+        let fd = dir.fd.as_fd();
         if self.opts.preserve_owner {
             let (uid, gid) = uid_gid(meta)?;
             rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io_err("chown", meta, e))?;
+            dir.gid = Some(gid.as_raw());
         }
         self.set_xattrs(XattrTarget::Fd(fd), meta, false)?;
         self.deferred.push(DeferredDir {
@@ -539,7 +657,7 @@ impl<'a> Applier<'a> {
     }
 
     fn set_xattrs(
-        &self,
+        &mut self,
         target: XattrTarget<'_>,
         meta: &EntryMeta,
         non_regular: bool,
@@ -562,6 +680,10 @@ impl<'a> Applier<'a> {
             // Overlay metadata in a layer would be honoured by overlayfs: never apply it.
             if key.starts_with(b"trusted.overlay.") || key.starts_with(b"user.overlay.") {
                 continue;
+            }
+            if key.as_slice() == ACL_DEFAULT.as_bytes() {
+                // New files below this directory take their mode from its ACL, not the umask.
+                self.create_umask = None;
             }
             let r = match target {
                 Ok(fd) => rustix::fs::fsetxattr(fd, key.as_slice(), value, XattrFlags::empty()),
@@ -606,7 +728,7 @@ impl<'a> Applier<'a> {
                 let pfd = self
                     .take_dir(parent, true)
                     .map_err(|e| io_err("open parent directory", meta, e))?;
-                let r = self.layer_whiteout(meta, pfd.1.as_fd(), target);
+                let r = self.layer_whiteout(meta, pfd.fd.as_fd(), target);
                 self.put_dir(pfd);
                 r
             }
@@ -631,7 +753,7 @@ impl<'a> Applier<'a> {
                     Err(e) => return Err(io_err("open parent directory", meta, e)),
                 };
                 let r = self
-                    .remove(pfd.1.as_fd(), target)
+                    .remove(pfd.fd.as_fd(), target)
                     .map_err(|e| io_err("remove whited-out path", meta, e));
                 self.put_dir(pfd);
                 r
@@ -673,13 +795,13 @@ impl<'a> Applier<'a> {
             .map_err(|e| io_err("open opaque directory", meta, e))?;
         let r = match self.opts.mode {
             Mode::Layer => {
-                rustix::fs::fsetxattr(pfd.1.as_fd(), OVERLAY_OPAQUE, b"y", XattrFlags::empty())
+                rustix::fs::fsetxattr(pfd.fd.as_fd(), OVERLAY_OPAQUE, b"y", XattrFlags::empty())
                     .map_err(|e| io_err("set trusted.overlay.opaque", meta, e))
             }
             Mode::Flatten => {
                 let mut prefix = parent.to_vec();
                 self.cache_dirty = true;
-                purge_lower(pfd.1.as_fd(), &mut prefix, &self.layer_paths)
+                purge_lower(pfd.fd.as_fd(), &mut prefix, &self.layer_paths)
                     .map_err(|e| io_err("remove lower entries of opaque directory", meta, e))
             }
         };
@@ -698,7 +820,7 @@ impl<'a> Applier<'a> {
         for d in &deferred {
             let shown = || String::from_utf8_lossy(&d.path).into_owned();
             let fd = if d.path.is_empty() {
-                self.take_dir(b"", false).map(|(_, fd)| fd)
+                self.take_dir(b"", false).map(|d| d.fd)
             } else {
                 let (parent, name) = split_parent(&d.path);
                 let pfd = match self.take_dir(parent, false) {
@@ -707,7 +829,7 @@ impl<'a> Applier<'a> {
                     Err(_) => continue,
                 };
                 let r = rustix::fs::openat(
-                    pfd.1.as_fd(),
+                    pfd.fd.as_fd(),
                     name,
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     FsMode::empty(),
@@ -726,6 +848,23 @@ impl<'a> Applier<'a> {
         }
         Ok(())
     }
+}
+
+/// Whether the directory has a default ACL (or it cannot be told).
+fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
+    let mut size_only: [u8; 0] = [];
+    !matches!(
+        rustix::fs::fgetxattr(dir, ACL_DEFAULT, &mut size_only[..]),
+        Err(Errno::NODATA | Errno::NOTSUP)
+    )
+}
+
+/// The process umask, read without changing it (`umask(2)` can only set), from the `Umask:`
+/// line of /proc/self/status (Linux 4.7+). `None` when it cannot be read.
+fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// chmod a just-created special file without following a symlink: open it O_PATH|O_NOFOLLOW,
