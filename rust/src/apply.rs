@@ -53,7 +53,6 @@ pub struct ApplyStats {
 const WH_PREFIX: &[u8] = b".wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
-const ACL_DEFAULT: &str = "system.posix_acl_default";
 /// Parent directory fds kept open between entries, per applier. Layers list a directory's
 /// entries together as a rule, but not always (a tree walked breadth-first, or files added in
 /// the order a build wrote them): a miss costs a path resolution from the root (`openat2`)
@@ -73,11 +72,6 @@ const MAX_MINOR: u64 = (1 << 20) - 1;
 /// is left partially written and must be discarded by the caller; nothing outside it is touched.
 pub fn apply_tar<R: Read>(tar: R, dest: &Path, opts: &ApplyOptions) -> Result<ApplyStats> {
     let root = Root::open(dest)?;
-    let create_umask = if opts.mode == Mode::Layer && !has_default_acl(root.fd()) {
-        process_umask()
-    } else {
-        None
-    };
     let mut reader = TarReader::new(tar, opts.limits);
     let mut applier = Applier {
         root,
@@ -88,7 +82,6 @@ pub fn apply_tar<R: Read>(tar: R, dest: &Path, opts: &ApplyOptions) -> Result<Ap
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
         ),
-        create_umask,
         deferred: Vec::new(),
         layer_paths: HashSet::new(),
         path: Vec::new(),
@@ -119,12 +112,8 @@ struct Applier<'a> {
     cache: DirCache,
     /// Something was removed: cached fds may now be stale.
     cache_dirty: bool,
-    /// This process's effective uid and gid: the owner a new file gets without a chown.
+    /// This process's effective uid and gid: the owner of the files it creates.
     ids: (u32, u32),
-    /// The process umask, when a regular file may be created with its final permission bits
-    /// (saving the `fchmod`): `Mode::Layer` only (every directory is ours) and only while no
-    /// directory has a default ACL (which would replace the umask). `None`: always chmod.
-    create_umask: Option<u32>,
     deferred: Vec<DeferredDir>,
     /// Flatten mode: paths this layer created or wrote beneath (with all their ancestors), so
     /// that an opaque marker or whiteout only removes what came from lower layers.
@@ -138,28 +127,11 @@ struct Applier<'a> {
 struct CachedDir {
     path: Vec<u8>,
     fd: OwnedFd,
-    /// Its group, once known (set by our own chown, or read with `fstat` when first needed).
-    gid: Option<u32>,
 }
 
 impl CachedDir {
     fn new(path: Vec<u8>, fd: OwnedFd) -> Self {
-        CachedDir {
-            path,
-            fd,
-            gid: None,
-        }
-    }
-
-    fn gid(&mut self) -> io::Result<u32> {
-        match self.gid {
-            Some(g) => Ok(g),
-            None => {
-                let g = rustix::fs::fstat(&self.fd)?.st_gid;
-                self.gid = Some(g);
-                Ok(g)
-            }
-        }
+        CachedDir { path, fd }
     }
 }
 
@@ -169,6 +141,10 @@ impl CachedDir {
 struct DirCache(Vec<CachedDir>);
 
 impl DirCache {
+    fn contains(&self, path: &[u8]) -> bool {
+        self.0.iter().any(|d| d.path == path)
+    }
+
     fn take(&mut self, path: &[u8]) -> Option<CachedDir> {
         let i = self.0.iter().rposition(|d| d.path == path)?;
         DIR_CACHE_OPEN.fetch_sub(1, Ordering::Relaxed);
@@ -270,10 +246,10 @@ impl<'a> Applier<'a> {
             if kind != Kind::Dir {
                 return Err(Error::unsafe_path(meta.display(), "entry names the root"));
             }
-            let mut dir = self
+            let dir = self
                 .take_dir(b"", false)
                 .map_err(|e| io_err("open root", meta, e))?;
-            let r = self.dir_metadata(&mut dir, meta, b"");
+            let r = self.dir_metadata(dir.fd.as_fd(), meta, b"");
             self.put_dir(dir);
             return r;
         }
@@ -297,11 +273,21 @@ impl<'a> Applier<'a> {
             return self.whiteout(meta, parent, name);
         }
 
-        let mut pdir = self
+        if kind == Kind::Regular && self.opts.mode == Mode::Layer && !self.cache.contains(parent) {
+            // The parent is not open: create the file from the root in one call (Layer mode
+            // only: Flatten records the directories on the way in `take_dir_owned`). If that
+            // fails for any reason (missing parent, a name in the way, no openat2), the
+            // general path below creates the parents, replaces, or reports the error.
+            let perm = self.create_perm(meta)?;
+            if let Some(fd) = self.root.create_file(path, FsMode::from_raw_mode(perm)) {
+                return self.fill_regular(reader, meta, fd, perm);
+            }
+        }
+        let pdir = self
             .take_dir(parent, true)
             .map_err(|e| io_err("open parent directory", meta, e))?;
         let res = match kind {
-            Kind::Regular => self.regular(reader, meta, &mut pdir, name),
+            Kind::Regular => self.regular(reader, meta, pdir.fd.as_fd(), name),
             Kind::Dir => self.directory(meta, pdir.fd.as_fd(), path, name),
             Kind::Symlink => self.symlink(meta, pdir.fd.as_fd(), name),
             Kind::HardLink => self.hardlink(meta, pdir.fd.as_fd(), path, name),
@@ -385,54 +371,69 @@ impl<'a> Applier<'a> {
 
     // ---- entry kinds ------------------------------------------------------------------
 
+    /// The permission bits to create a regular file with. Its own mode when the file will be
+    /// ours (no chown to come) and has no set-id or sticky bits, so that usually neither
+    /// `fchown` nor `fchmod` is needed; otherwise 0600, and the chown then chmod follow.
+    fn create_perm(&self, meta: &EntryMeta) -> Result<u32> {
+        let perm = meta.mode & 0o7777;
+        let ours = if self.opts.preserve_owner {
+            let (uid, gid) = uid_gid(meta)?;
+            (uid.as_raw(), gid.as_raw()) == self.ids
+        } else {
+            true
+        };
+        Ok(if ours && perm & !0o777 == 0 {
+            perm
+        } else {
+            0o600
+        })
+    }
+
     fn regular<R: Read>(
         &mut self,
         reader: &mut TarReader<R>,
         meta: &EntryMeta,
-        pdir: &mut CachedDir,
+        dir: BorrowedFd<'_>,
         name: &[u8],
     ) -> Result<()> {
-        let dir = pdir.fd.as_fd();
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        // Like GNU tar: create with the final mode when the umask leaves it whole and there
-        // are no set-id/sticky bits (those must follow the chown); otherwise 0600, then chmod.
-        // The root is 0700 and ours, so nobody else sees the file while it is written.
-        let perm = meta.mode & 0o7777;
-        let final_mode = self
-            .create_umask
-            .is_some_and(|umask| perm & !0o777 == 0 && perm & umask == 0);
-        let create_mode = if final_mode { perm } else { 0o600 };
+        let perm = self.create_perm(meta)?;
         let fd = self
             .create_replacing(dir, name, || {
-                rustix::fs::openat(dir, name, flags, FsMode::from_raw_mode(create_mode))
+                rustix::fs::openat(dir, name, flags, FsMode::from_raw_mode(perm))
             })
             .map_err(|e| io_err("create file", meta, e))?;
+        self.fill_regular(reader, meta, fd, perm)
+    }
+
+    /// Write a new regular file's data, then its owner, xattrs, mode and times. What the
+    /// kernel gave the new file (`fstat`: our euid, our egid or a set-gid directory's group,
+    /// the mode less the umask or a default ACL) decides whether `fchown` and `fchmod` are
+    /// needed: for most files of most layers neither is.
+    fn fill_regular<R: Read>(
+        &mut self,
+        reader: &mut TarReader<R>,
+        meta: &EntryMeta,
+        fd: OwnedFd,
+        created_perm: u32,
+    ) -> Result<()> {
         let mut file = File::from(fd);
         if meta.size > 0 {
             reader.copy_data(&mut file)?;
         }
         let fd = file.as_fd();
+        let st = rustix::fs::fstat(fd).map_err(|e| io_err("stat new file", meta, e))?;
         if self.opts.preserve_owner {
             let (uid, gid) = uid_gid(meta)?;
-            // A new file is owned by our euid, and its group is our egid or (setgid directory,
-            // or a filesystem mounted with `grpid`) the directory's: when all of these are
-            // the entry's owner, the chown would change nothing (most files of most layers
-            // are 0:0 and we run as root).
-            let (euid, egid) = self.ids;
-            let owned = uid.as_raw() == euid
-                && gid.as_raw() == egid
-                && pdir
-                    .gid()
-                    .map_err(|e| io_err("stat parent directory", meta, e))?
-                    == egid;
-            if !owned {
+            if (st.st_uid, st.st_gid) != (uid.as_raw(), gid.as_raw()) {
                 rustix::fs::fchown(fd, Some(uid), Some(gid))
                     .map_err(|e| io_err("chown", meta, e))?;
             }
         }
         self.set_xattrs(XattrTarget::Fd(fd), meta, false)?;
-        if !final_mode {
+        // Created without set-id bits, so a chown cleared nothing: compare with what we got.
+        if created_perm != meta.mode & 0o7777 || st.st_mode & 0o7777 != created_perm {
             rustix::fs::fchmod(fd, FsMode::from_raw_mode(meta.mode))
                 .map_err(|e| io_err("chmod", meta, e))?;
         }
@@ -471,19 +472,16 @@ impl<'a> Applier<'a> {
             FsMode::empty(),
         )
         .map_err(|e| io_err("open directory", meta, e))?;
-        let mut dir = CachedDir::new(path.to_vec(), fd);
-        self.dir_metadata(&mut dir, meta, path)?;
-        self.put_dir(dir);
+        self.dir_metadata(fd.as_fd(), meta, path)?;
+        self.put_dir(CachedDir::new(path.to_vec(), fd));
         Ok(())
     }
 
     /// Owner and xattrs now; mode and mtime once the layer is written.
-    fn dir_metadata(&mut self, dir: &mut CachedDir, meta: &EntryMeta, path: &[u8]) -> Result<()> {
-        let fd = dir.fd.as_fd();
+    fn dir_metadata(&mut self, fd: BorrowedFd<'_>, meta: &EntryMeta, path: &[u8]) -> Result<()> {
         if self.opts.preserve_owner {
             let (uid, gid) = uid_gid(meta)?;
             rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io_err("chown", meta, e))?;
-            dir.gid = Some(gid.as_raw());
         }
         self.set_xattrs(XattrTarget::Fd(fd), meta, false)?;
         self.deferred.push(DeferredDir {
@@ -657,7 +655,7 @@ impl<'a> Applier<'a> {
     }
 
     fn set_xattrs(
-        &mut self,
+        &self,
         target: XattrTarget<'_>,
         meta: &EntryMeta,
         non_regular: bool,
@@ -680,10 +678,6 @@ impl<'a> Applier<'a> {
             // Overlay metadata in a layer would be honoured by overlayfs: never apply it.
             if key.starts_with(b"trusted.overlay.") || key.starts_with(b"user.overlay.") {
                 continue;
-            }
-            if key.as_slice() == ACL_DEFAULT.as_bytes() {
-                // New files below this directory take their mode from its ACL, not the umask.
-                self.create_umask = None;
             }
             let r = match target {
                 Ok(fd) => rustix::fs::fsetxattr(fd, key.as_slice(), value, XattrFlags::empty()),
@@ -848,23 +842,6 @@ impl<'a> Applier<'a> {
         }
         Ok(())
     }
-}
-
-/// Whether the directory has a default ACL (or it cannot be told).
-fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
-    let mut size_only: [u8; 0] = [];
-    !matches!(
-        rustix::fs::fgetxattr(dir, ACL_DEFAULT, &mut size_only[..]),
-        Err(Errno::NODATA | Errno::NOTSUP)
-    )
-}
-
-/// The process umask, read without changing it (`umask(2)` can only set), from the `Umask:`
-/// line of /proc/self/status (Linux 4.7+). `None` when it cannot be read.
-fn process_umask() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
-    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// chmod a just-created special file without following a symlink: open it O_PATH|O_NOFOLLOW,

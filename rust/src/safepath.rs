@@ -115,6 +115,31 @@ impl Root {
         self.walk(rel, create)
     }
 
+    /// Create the regular file at the normalised path `rel` (not the root) for writing, in
+    /// one `openat2` from the root: `O_CREAT|O_EXCL|O_NOFOLLOW`, so that nothing existing is
+    /// opened and the name itself is never followed, while the directories on the way resolve
+    /// inside the root as in `open_dir`. `None` when that did not create it, for whatever
+    /// reason (a missing parent, the name taken, no openat2): the caller then goes through
+    /// `open_dir`, which creates, replaces and reports.
+    pub fn create_file(&self, rel: &[u8], mode: Mode) -> Option<OwnedFd> {
+        if rel.is_empty()
+            || FORCE_WALK.load(Ordering::Relaxed)
+            || OPENAT2_MISSING.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rustix::fs::openat2(
+            &self.fd,
+            rel,
+            flags,
+            mode,
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+        .ok()
+    }
+
     fn openat2_in_root(&self, rel: &[u8]) -> io::Result<OwnedFd> {
         let path: &[u8] = if rel.is_empty() { b"." } else { rel };
         let mut tries = 0;

@@ -52,115 +52,133 @@ fn dotdot_traversal_is_clamped_inside_root() {
 
 #[test]
 fn absolute_path_lands_inside_root() {
-    let w = Work::new();
-    let name = abs(&w, "secret");
-    let t = Tar::new().add(E::file(&name, b"pwned")).finish();
-    apply(&t, &w.root, Mode::Flatten).expect("absolute names are relative to the root");
-    let inside = w.root.join(name.trim_start_matches('/'));
-    assert_eq!(fs::read(inside).unwrap(), b"pwned");
-    w.assert_sentinel_intact();
+    // Both modes: Layer (overlayfs) creates files from the root in one openat2.
+    for mode in [Mode::Flatten, Mode::Layer] {
+        let w = Work::new();
+        let name = abs(&w, "secret");
+        let t = Tar::new().add(E::file(&name, b"pwned")).finish();
+        apply(&t, &w.root, mode).expect("absolute names are relative to the root");
+        let inside = w.root.join(name.trim_start_matches('/'));
+        assert_eq!(fs::read(inside).unwrap(), b"pwned");
+        w.assert_sentinel_intact();
+    }
 }
 
 #[test]
 fn write_through_absolute_symlink_stays_inside_root() {
-    let w = Work::new();
-    let target = w.sentinel.display().to_string();
-    let t = Tar::new()
-        .add(E::symlink("evil", &target))
-        .add(E::file("evil/secret", b"pwned"))
-        .finish();
-    // The symlink resolves to <root><sentinel>, created inside the root like any dangling
-    // symlink's target.
-    apply(&t, &w.root, Mode::Flatten).expect("in-root resolution");
-    let inside = w.root.join(target.trim_start_matches('/')).join("secret");
-    assert_eq!(fs::read(inside).unwrap(), b"pwned");
-    assert_eq!(node(&w.p("evil")).kind, "symlink");
-    w.assert_sentinel_intact();
+    // Both modes: Layer (overlayfs) creates files from the root in one openat2.
+    for mode in [Mode::Flatten, Mode::Layer] {
+        let w = Work::new();
+        let target = w.sentinel.display().to_string();
+        let t = Tar::new()
+            .add(E::symlink("evil", &target))
+            .add(E::file("evil/secret", b"pwned"))
+            .finish();
+        // The symlink resolves to <root><sentinel>, created inside the root like any dangling
+        // symlink's target.
+        apply(&t, &w.root, mode).expect("in-root resolution");
+        let inside = w.root.join(target.trim_start_matches('/')).join("secret");
+        assert_eq!(fs::read(inside).unwrap(), b"pwned");
+        assert_eq!(node(&w.p("evil")).kind, "symlink");
+        w.assert_sentinel_intact();
+    }
 }
 
 #[test]
 fn write_through_relative_symlink_climbing_out_stays_inside_root() {
-    let w = Work::new();
-    let t = Tar::new()
-        .add(E::symlink("evil", "../../.."))
-        .add(E::file("evil/sentinel/secret", b"pwned"))
-        .add(E::symlink("evil2", "../sentinel"))
-        .add(E::file("sentinel/x", b"inside"))
-        .add(E::file("evil2/x", b"through evil2"))
-        .finish();
-    apply(&t, &w.root, Mode::Flatten).expect("in-root resolution");
-    assert_eq!(fs::read(w.p("sentinel/secret")).unwrap(), b"pwned");
-    assert_eq!(fs::read(w.p("sentinel/x")).unwrap(), b"through evil2");
-    w.assert_sentinel_intact();
+    // Both modes: Layer (overlayfs) creates files from the root in one openat2.
+    for mode in [Mode::Flatten, Mode::Layer] {
+        let w = Work::new();
+        let t = Tar::new()
+            .add(E::symlink("evil", "../../.."))
+            .add(E::file("evil/sentinel/secret", b"pwned"))
+            .add(E::symlink("evil2", "../sentinel"))
+            .add(E::file("sentinel/x", b"inside"))
+            .add(E::file("evil2/x", b"through evil2"))
+            .finish();
+        apply(&t, &w.root, mode).expect("in-root resolution");
+        assert_eq!(fs::read(w.p("sentinel/secret")).unwrap(), b"pwned");
+        assert_eq!(fs::read(w.p("sentinel/x")).unwrap(), b"through evil2");
+        w.assert_sentinel_intact();
+    }
 }
 
 #[test]
 fn file_replacing_symlink_does_not_write_through_it() {
-    let w = Work::new();
-    let t = Tar::new()
-        .add(E::symlink("evil", &abs(&w, "secret")))
-        .add(E::file("evil", b"pwned"))
-        .add(E::symlink("rel", "../sentinel/x"))
-        .add(E::file("rel", b"pwned"))
-        .finish();
-    apply(&t, &w.root, Mode::Flatten).expect("replace");
-    assert_eq!(node(&w.p("evil")).kind, "file");
-    assert_eq!(fs::read(w.p("rel")).unwrap(), b"pwned");
-    w.assert_sentinel_intact();
+    // Both modes: Layer (overlayfs) creates files from the root in one openat2.
+    for mode in [Mode::Flatten, Mode::Layer] {
+        let w = Work::new();
+        let t = Tar::new()
+            .add(E::symlink("evil", &abs(&w, "secret")))
+            .add(E::file("evil", b"pwned"))
+            .add(E::symlink("rel", "../sentinel/x"))
+            .add(E::file("rel", b"pwned"))
+            .finish();
+        apply(&t, &w.root, mode).expect("replace");
+        assert_eq!(node(&w.p("evil")).kind, "file");
+        assert_eq!(fs::read(w.p("rel")).unwrap(), b"pwned");
+        w.assert_sentinel_intact();
+    }
 }
 
 #[test]
 fn metadata_entries_never_touch_symlink_targets() {
-    let w = Work::new();
-    // Directory / fifo / hardlink entries named like a symlink to the outside: a naive applier
-    // would chmod/chown/utime the target.
-    let t = Tar::new()
-        .add(E::symlink("d", &abs(&w, "dir")))
-        .add(E::dir("d").mode(0o777).owner(1234, 1234).mtime(1))
-        .add(E::symlink("s", &abs(&w, "secret")))
-        .add(E::fifo("s").mode(0o777).owner(1234, 1234).mtime(1))
-        .add(E::symlink("r", "../sentinel/x"))
-        .add(E::symlink("r", "../sentinel/x").owner(1234, 1234).mtime(1))
-        .finish();
-    apply(&t, &w.root, Mode::Flatten).expect("apply");
-    assert_eq!(node(&w.p("d")).kind, "dir");
-    assert_eq!(node(&w.p("s")).kind, "fifo");
-    let r = node(&w.p("r"));
-    assert_eq!((r.kind, r.uid, r.mtime.0), ("symlink", 1234, 1));
-    w.assert_sentinel_intact();
+    // Both modes: Layer (overlayfs) creates files from the root in one openat2.
+    for mode in [Mode::Flatten, Mode::Layer] {
+        let w = Work::new();
+        // Directory / fifo / hardlink entries named like a symlink to the outside: a naive applier
+        // would chmod/chown/utime the target.
+        let t = Tar::new()
+            .add(E::symlink("d", &abs(&w, "dir")))
+            .add(E::dir("d").mode(0o777).owner(1234, 1234).mtime(1))
+            .add(E::symlink("s", &abs(&w, "secret")))
+            .add(E::fifo("s").mode(0o777).owner(1234, 1234).mtime(1))
+            .add(E::symlink("r", "../sentinel/x"))
+            .add(E::symlink("r", "../sentinel/x").owner(1234, 1234).mtime(1))
+            .finish();
+        apply(&t, &w.root, mode).expect("apply");
+        assert_eq!(node(&w.p("d")).kind, "dir");
+        assert_eq!(node(&w.p("s")).kind, "fifo");
+        let r = node(&w.p("r"));
+        assert_eq!((r.kind, r.uid, r.mtime.0), ("symlink", 1234, 1));
+        w.assert_sentinel_intact();
+    }
 }
 
 #[test]
 fn hardlink_to_outside_is_refused() {
-    let w = Work::new();
-    let dotdot = Tar::new()
-        .add(E::hardlink("h", "../sentinel/secret"))
-        .finish();
-    let r = apply(&dotdot, &w.root, Mode::Flatten);
-    assert!(is_unsafe(&r), "{r:?}");
+    // Both modes: Layer (overlayfs) creates files from the root in one openat2.
+    for mode in [Mode::Flatten, Mode::Layer] {
+        let w = Work::new();
+        let dotdot = Tar::new()
+            .add(E::hardlink("h", "../sentinel/secret"))
+            .finish();
+        let r = apply(&dotdot, &w.root, mode);
+        assert!(is_unsafe(&r), "{r:?}");
 
-    // Absolute target: resolved inside the root, where it does not exist.
-    let absolute = Tar::new()
-        .add(E::hardlink("h", &abs(&w, "secret")))
-        .finish();
-    let r = apply(&absolute, &w.root, Mode::Flatten);
-    assert!(is_corrupt(&r), "{r:?}");
+        // Absolute target: resolved inside the root, where it does not exist.
+        let absolute = Tar::new()
+            .add(E::hardlink("h", &abs(&w, "secret")))
+            .finish();
+        let r = apply(&absolute, &w.root, mode);
+        assert!(is_corrupt(&r), "{r:?}");
 
-    // Through a symlinked parent pointing out.
-    let via = Tar::new()
-        .add(E::symlink("out", &w.sentinel.display().to_string()))
-        .add(E::hardlink("h", "out/secret"))
-        .finish();
-    let r = apply(&via, &w.root, Mode::Flatten);
-    assert!(is_corrupt(&r), "{r:?}");
-    let via_rel = Tar::new()
-        .add(E::symlink("up", "../.."))
-        .add(E::hardlink("h2", "up/sentinel/secret"))
-        .finish();
-    let r = apply(&via_rel, &w.root, Mode::Flatten);
-    assert!(is_corrupt(&r), "{r:?}");
-    assert_eq!(node(&w.sentinel.join("secret")).kind, "file");
-    w.assert_sentinel_intact();
+        // Through a symlinked parent pointing out.
+        let via = Tar::new()
+            .add(E::symlink("out", &w.sentinel.display().to_string()))
+            .add(E::hardlink("h", "out/secret"))
+            .finish();
+        let r = apply(&via, &w.root, mode);
+        assert!(is_corrupt(&r), "{r:?}");
+        let via_rel = Tar::new()
+            .add(E::symlink("up", "../.."))
+            .add(E::hardlink("h2", "up/sentinel/secret"))
+            .finish();
+        let r = apply(&via_rel, &w.root, mode);
+        assert!(is_corrupt(&r), "{r:?}");
+        assert_eq!(node(&w.sentinel.join("secret")).kind, "file");
+        w.assert_sentinel_intact();
+    }
 }
 
 #[test]
@@ -177,44 +195,50 @@ fn hardlink_to_directory_is_refused() {
 
 #[test]
 fn dir_replaced_by_symlink_mid_layer_is_not_written_through() {
-    let w = Work::new();
-    let t = Tar::new()
-        .add(E::dir("d"))
-        .add(E::file("d/a", b"a"))
-        .add(E::symlink("d", "../sentinel"))
-        .add(E::file("d/secret", b"pwned"))
-        .finish();
-    apply(&t, &w.root, Mode::Flatten).expect("apply");
-    // d -> ../sentinel resolves to <root>/sentinel.
-    assert_eq!(fs::read(w.p("sentinel/secret")).unwrap(), b"pwned");
-    assert!(!w.p("sentinel/a").exists());
-    w.assert_sentinel_intact();
+    // Both modes: Layer (overlayfs) creates files from the root in one openat2.
+    for mode in [Mode::Flatten, Mode::Layer] {
+        let w = Work::new();
+        let t = Tar::new()
+            .add(E::dir("d"))
+            .add(E::file("d/a", b"a"))
+            .add(E::symlink("d", "../sentinel"))
+            .add(E::file("d/secret", b"pwned"))
+            .finish();
+        apply(&t, &w.root, mode).expect("apply");
+        // d -> ../sentinel resolves to <root>/sentinel.
+        assert_eq!(fs::read(w.p("sentinel/secret")).unwrap(), b"pwned");
+        assert!(!w.p("sentinel/a").exists());
+        w.assert_sentinel_intact();
 
-    let w = Work::new();
-    let t = Tar::new()
-        .add(E::dir("d"))
-        .add(E::file("d/a", b"a"))
-        .add(E::symlink("d", "/"))
-        .add(E::file("d/x", b"at root"))
-        .finish();
-    apply(&t, &w.root, Mode::Flatten).expect("apply");
-    assert_eq!(fs::read(w.p("x")).unwrap(), b"at root");
-    assert_eq!(node(&w.p("d")).kind, "symlink");
-    w.assert_sentinel_intact();
+        let w = Work::new();
+        let t = Tar::new()
+            .add(E::dir("d"))
+            .add(E::file("d/a", b"a"))
+            .add(E::symlink("d", "/"))
+            .add(E::file("d/x", b"at root"))
+            .finish();
+        apply(&t, &w.root, mode).expect("apply");
+        assert_eq!(fs::read(w.p("x")).unwrap(), b"at root");
+        assert_eq!(node(&w.p("d")).kind, "symlink");
+        w.assert_sentinel_intact();
+    }
 }
 
 #[test]
 fn removing_a_dir_does_not_follow_symlinks_inside_it() {
-    let w = Work::new();
-    let t = Tar::new()
-        .add(E::dir("d"))
-        .add(E::symlink("d/out", &w.sentinel.display().to_string()))
-        .add(E::symlink("d/rel", "../../sentinel"))
-        .add(E::file("d", b"now a file"))
-        .finish();
-    apply(&t, &w.root, Mode::Flatten).expect("apply");
-    assert_eq!(fs::read(w.p("d")).unwrap(), b"now a file");
-    w.assert_sentinel_intact();
+    // Both modes: Layer (overlayfs) creates files from the root in one openat2.
+    for mode in [Mode::Flatten, Mode::Layer] {
+        let w = Work::new();
+        let t = Tar::new()
+            .add(E::dir("d"))
+            .add(E::symlink("d/out", &w.sentinel.display().to_string()))
+            .add(E::symlink("d/rel", "../../sentinel"))
+            .add(E::file("d", b"now a file"))
+            .finish();
+        apply(&t, &w.root, mode).expect("apply");
+        assert_eq!(fs::read(w.p("d")).unwrap(), b"now a file");
+        w.assert_sentinel_intact();
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Modes and owners come out exactly as the tar says whatever the umask, set-gid directories
-//! and default ACLs do to a new file, in both modes: the applier skips the `fchmod` when the
-//! umask leaves a mode whole and the `fchown` when a new file already has the right owner, and
-//! these are the cases where a wrong guess would show.
+//! and default ACLs do to a new file, in both modes. The applier creates a file that will be
+//! ours with its final permission bits and skips `fchown`/`fchmod` when `fstat` shows the
+//! kernel gave it the right owner and mode; these are the cases where it does not.
 //!
 //! One test in its own binary: it sets the process umask, which every thread shares.
 
