@@ -11,7 +11,10 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode as FsMode, OFlags, Timespec, Timestamps, Uid};
 use rustix::fs::{XattrFlags, CWD};
@@ -82,6 +85,7 @@ pub fn apply_tar<R: Read>(tar: R, dest: &Path, opts: &ApplyOptions) -> Result<Ap
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
         ),
+        finisher: Finisher::default(),
         deferred: Vec::new(),
         layer_paths: HashSet::new(),
         path: Vec::new(),
@@ -114,6 +118,7 @@ struct Applier<'a> {
     cache_dirty: bool,
     /// This process's effective uid and gid: the owner of the files it creates.
     ids: (u32, u32),
+    finisher: Finisher,
     deferred: Vec<DeferredDir>,
     /// Flatten mode: paths this layer created or wrote beneath (with all their ancestors), so
     /// that an opaque marker or whiteout only removes what came from lower layers.
@@ -216,6 +221,9 @@ enum XattrTarget<'a> {
 
 impl<'a> Applier<'a> {
     fn entry<R: Read>(&mut self, reader: &mut TarReader<R>, meta: &EntryMeta) -> Result<()> {
+        if self.finisher.failed() {
+            self.finisher.join(self.opts.preserve_owner)?;
+        }
         if self.cache_dirty {
             self.cache.clear();
             self.cache_dirty = false;
@@ -407,10 +415,9 @@ impl<'a> Applier<'a> {
         self.fill_regular(reader, meta, fd, perm)
     }
 
-    /// Write a new regular file's data, then its owner, xattrs, mode and times. What the
-    /// kernel gave the new file (`fstat`: our euid, our egid or a set-gid directory's group,
-    /// the mode less the umask or a default ACL) decides whether `fchown` and `fchmod` are
-    /// needed: for most files of most layers neither is.
+    /// Write a new regular file's data, then finish it (`finish_file`). A small file is
+    /// handed whole to the finisher thread, which does everything after the create; so the
+    /// applier's own thread, which must keep the layer's order, only creates names.
     fn fill_regular<R: Read>(
         &mut self,
         reader: &mut TarReader<R>,
@@ -419,27 +426,16 @@ impl<'a> Applier<'a> {
         created_perm: u32,
     ) -> Result<()> {
         let mut file = File::from(fd);
+        if meta.size <= OFFLOAD_MAX_DATA && self.finisher.has_room() {
+            let mut data = Vec::with_capacity(meta.size as usize);
+            reader.copy_data(&mut data)?;
+            let job = FileJob::new(file, data, meta.clone(), created_perm);
+            return self.finisher.submit(job, self.opts.preserve_owner);
+        }
         if meta.size > 0 {
             reader.copy_data(&mut file)?;
         }
-        let fd = file.as_fd();
-        let st = rustix::fs::fstat(fd).map_err(|e| io_err("stat new file", meta, e))?;
-        if self.opts.preserve_owner {
-            let (uid, gid) = uid_gid(meta)?;
-            if (st.st_uid, st.st_gid) != (uid.as_raw(), gid.as_raw()) {
-                rustix::fs::fchown(fd, Some(uid), Some(gid))
-                    .map_err(|e| io_err("chown", meta, e))?;
-            }
-        }
-        self.set_xattrs(XattrTarget::Fd(fd), meta, false)?;
-        // Created without set-id bits, so a chown cleared nothing: compare with what we got.
-        if created_perm != meta.mode & 0o7777 || st.st_mode & 0o7777 != created_perm {
-            rustix::fs::fchmod(fd, FsMode::from_raw_mode(meta.mode))
-                .map_err(|e| io_err("chmod", meta, e))?;
-        }
-        rustix::fs::futimens(fd, &ts(meta.mtime_sec, meta.mtime_nsec))
-            .map_err(|e| io_err("set times", meta, e))?;
-        Ok(())
+        finish_file(&file, meta, created_perm, self.opts.preserve_owner)
     }
 
     fn directory(
@@ -483,7 +479,7 @@ impl<'a> Applier<'a> {
             let (uid, gid) = uid_gid(meta)?;
             rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io_err("chown", meta, e))?;
         }
-        self.set_xattrs(XattrTarget::Fd(fd), meta, false)?;
+        set_xattrs(XattrTarget::Fd(fd), meta, false)?;
         self.deferred.push(DeferredDir {
             path: path.to_vec(),
             mode: meta.mode,
@@ -518,7 +514,7 @@ impl<'a> Applier<'a> {
             rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| io_err("chown", meta, e))?;
         }
-        self.set_xattrs(XattrTarget::At(dir, name), meta, true)?;
+        set_xattrs(XattrTarget::At(dir, name), meta, true)?;
         if chmod {
             chmod_nofollow(dir, name, meta.mode).map_err(|e| io_err("chmod", meta, e))?;
         }
@@ -654,53 +650,6 @@ impl<'a> Applier<'a> {
         self.name_metadata(meta, dir, name, true)
     }
 
-    fn set_xattrs(
-        &self,
-        target: XattrTarget<'_>,
-        meta: &EntryMeta,
-        non_regular: bool,
-    ) -> Result<()> {
-        if meta.xattrs.is_empty() {
-            return Ok(());
-        }
-        let proc_path;
-        let target = match target {
-            XattrTarget::Fd(fd) => Ok(fd),
-            XattrTarget::At(dir, name) => {
-                // lsetxattr on /proc/self/fd/DIR/NAME: the directory is ours, NAME not followed.
-                let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-                p.extend_from_slice(name);
-                proc_path = p;
-                Err(proc_path.as_slice())
-            }
-        };
-        for (key, value) in &meta.xattrs {
-            // Overlay metadata in a layer would be honoured by overlayfs: never apply it.
-            if key.starts_with(b"trusted.overlay.") || key.starts_with(b"user.overlay.") {
-                continue;
-            }
-            let r = match target {
-                Ok(fd) => rustix::fs::fsetxattr(fd, key.as_slice(), value, XattrFlags::empty()),
-                Err(p) => rustix::fs::lsetxattr(p, key.as_slice(), value, XattrFlags::empty()),
-            };
-            match r {
-                Ok(()) => {}
-                // The filesystem has no xattrs of this kind: skip, as containerd does.
-                Err(Errno::NOTSUP) => {}
-                // user.* is not allowed on symlinks and device nodes.
-                Err(Errno::PERM) if non_regular && key.starts_with(b"user.") => {}
-                Err(e) => {
-                    return Err(Error::io(
-                        "set xattr",
-                        format!("{} ({})", meta.display(), String::from_utf8_lossy(key)),
-                        e.into(),
-                    ))
-                }
-            }
-        }
-        Ok(())
-    }
-
     // ---- whiteouts --------------------------------------------------------------------
 
     fn whiteout(&mut self, meta: &EntryMeta, parent: &[u8], name: &[u8]) -> Result<()> {
@@ -806,6 +755,8 @@ impl<'a> Applier<'a> {
     // ---- end of layer -----------------------------------------------------------------
 
     fn finish(&mut self) -> Result<()> {
+        // Every file written and finished before the directories' modes and times.
+        self.finisher.join(self.opts.preserve_owner)?;
         if self.cache_dirty {
             self.cache.clear();
             self.cache_dirty = false;
@@ -842,6 +793,249 @@ impl<'a> Applier<'a> {
         }
         Ok(())
     }
+}
+
+/// Owner, xattrs, mode and times of a new regular file whose data is written. What the
+/// kernel gave it (`fstat`: our euid, our egid or a set-gid directory's group, the mode less
+/// the umask or a default ACL) decides whether `fchown` and `fchmod` are needed: for most
+/// files of most layers neither is.
+fn finish_file(
+    file: &File,
+    meta: &EntryMeta,
+    created_perm: u32,
+    preserve_owner: bool,
+) -> Result<()> {
+    let fd = file.as_fd();
+    let st = rustix::fs::fstat(fd).map_err(|e| io_err("stat new file", meta, e))?;
+    if preserve_owner {
+        let (uid, gid) = uid_gid(meta)?;
+        if (st.st_uid, st.st_gid) != (uid.as_raw(), gid.as_raw()) {
+            rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io_err("chown", meta, e))?;
+        }
+    }
+    set_xattrs(XattrTarget::Fd(fd), meta, false)?;
+    // Created without set-id bits, so a chown cleared nothing: compare with what we got.
+    if created_perm != meta.mode & 0o7777 || st.st_mode & 0o7777 != created_perm {
+        rustix::fs::fchmod(fd, FsMode::from_raw_mode(meta.mode))
+            .map_err(|e| io_err("chmod", meta, e))?;
+    }
+    rustix::fs::futimens(fd, &ts(meta.mtime_sec, meta.mtime_nsec))
+        .map_err(|e| io_err("set times", meta, e))?;
+    Ok(())
+}
+
+fn set_xattrs(target: XattrTarget<'_>, meta: &EntryMeta, non_regular: bool) -> Result<()> {
+    if meta.xattrs.is_empty() {
+        return Ok(());
+    }
+    let proc_path;
+    let target = match target {
+        XattrTarget::Fd(fd) => Ok(fd),
+        XattrTarget::At(dir, name) => {
+            // lsetxattr on /proc/self/fd/DIR/NAME: the directory is ours, NAME not followed.
+            let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+            p.extend_from_slice(name);
+            proc_path = p;
+            Err(proc_path.as_slice())
+        }
+    };
+    for (key, value) in &meta.xattrs {
+        // Overlay metadata in a layer would be honoured by overlayfs: never apply it.
+        if key.starts_with(b"trusted.overlay.") || key.starts_with(b"user.overlay.") {
+            continue;
+        }
+        let r = match target {
+            Ok(fd) => rustix::fs::fsetxattr(fd, key.as_slice(), value, XattrFlags::empty()),
+            Err(p) => rustix::fs::lsetxattr(p, key.as_slice(), value, XattrFlags::empty()),
+        };
+        match r {
+            Ok(()) => {}
+            // The filesystem has no xattrs of this kind: skip, as containerd does.
+            Err(Errno::NOTSUP) => {}
+            // user.* is not allowed on symlinks and device nodes.
+            Err(Errno::PERM) if non_regular && key.starts_with(b"user.") => {}
+            Err(e) => {
+                return Err(Error::io(
+                    "set xattr",
+                    format!("{} ({})", meta.display(), String::from_utf8_lossy(key)),
+                    e.into(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- the finisher thread -------------------------------------------------------------------
+
+/// Largest file whose data is copied into a `FileJob` (bigger ones are written in place).
+const OFFLOAD_MAX_DATA: u64 = 64 * 1024;
+/// Jobs sent to the finisher at a time, and the data bytes that flush a batch early.
+const OFFLOAD_BATCH: usize = 32;
+const OFFLOAD_BATCH_BYTES: usize = 1 << 20;
+/// Batches queued for the finisher (memory: at most this many + 1 times 1 MiB of data).
+const OFFLOAD_QUEUE: usize = 4;
+/// Files open in jobs across the process (every applier of every layer): with the directory
+/// cache's 256, still far from a soft `RLIMIT_NOFILE` of 1024. Over it, files finish inline.
+const OFFLOAD_OPEN_MAX: usize = 256;
+static OFFLOAD_OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// A created regular file, open, with its data, to finish off the applier's thread. Counted in
+/// `OFFLOAD_OPEN` from creation to drop, whether it was finished or discarded.
+struct FileJob {
+    file: File,
+    data: Vec<u8>,
+    meta: EntryMeta,
+    created_perm: u32,
+}
+
+impl FileJob {
+    fn new(file: File, data: Vec<u8>, meta: EntryMeta, created_perm: u32) -> Self {
+        OFFLOAD_OPEN.fetch_add(1, Ordering::Relaxed);
+        FileJob {
+            file,
+            data,
+            meta,
+            created_perm,
+        }
+    }
+
+    fn run(&mut self, preserve_owner: bool) -> Result<()> {
+        use std::io::Write;
+        if !self.data.is_empty() {
+            self.file
+                .write_all(&self.data)
+                .map_err(|e| io_err("write", &self.meta, e))?;
+        }
+        finish_file(&self.file, &self.meta, self.created_perm, preserve_owner)
+    }
+}
+
+impl Drop for FileJob {
+    fn drop(&mut self) {
+        OFFLOAD_OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The second thread of one `apply_tar`: it writes small files' data and sets their metadata
+/// while the applier goes on creating names in the layer's order. It only ever touches the
+/// fds it is given (nothing is resolved by name), so the order of the namespace operations,
+/// and with it every safety property of the applier, is the single-threaded one. Started on
+/// first use; its first error stops it and is returned by the next `submit` or by `join`,
+/// which `finish` (and drop, on the error paths) calls before the applier returns, so no
+/// write into `dest` outlives `apply_tar`.
+#[derive(Default)]
+struct Finisher {
+    batch: Vec<FileJob>,
+    batch_bytes: usize,
+    tx: Option<SyncSender<Vec<FileJob>>>,
+    thread: Option<JoinHandle<Result<()>>>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Finisher {
+    fn has_room(&self) -> bool {
+        OFFLOAD_OPEN.load(Ordering::Relaxed) < OFFLOAD_OPEN_MAX
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn submit(&mut self, job: FileJob, preserve_owner: bool) -> Result<()> {
+        self.batch_bytes += job.data.len();
+        self.batch.push(job);
+        if self.batch.len() >= OFFLOAD_BATCH || self.batch_bytes >= OFFLOAD_BATCH_BYTES {
+            self.flush(preserve_owner)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, preserve_owner: bool) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        if self.tx.is_none() {
+            let (tx, rx) = sync_channel::<Vec<FileJob>>(OFFLOAD_QUEUE);
+            let failed = Arc::clone(&self.failed);
+            let thread = std::thread::Builder::new()
+                .name("fastdist-files".into())
+                .spawn(move || finisher_main(rx, failed, preserve_owner))
+                .map_err(|e| Error::io("start thread", "fastdist-files", e))?;
+            self.tx = Some(tx);
+            self.thread = Some(thread);
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(batch).is_ok());
+        if !sent || self.failed() {
+            // The finisher stopped on an error: report it now.
+            return self.join(preserve_owner);
+        }
+        Ok(())
+    }
+
+    /// Wait until every submitted file is finished; the finisher's first error, if any.
+    fn join(&mut self, preserve_owner: bool) -> Result<()> {
+        let rest = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        if !rest.is_empty() && !self.failed() {
+            match &self.tx {
+                // If the send fails the thread has stopped on an error, returned below.
+                Some(tx) => {
+                    let _ = tx.send(rest);
+                }
+                // Never started (fewer files than a batch): finish them here.
+                None => {
+                    for mut job in rest {
+                        job.run(preserve_owner)?;
+                    }
+                }
+            }
+        }
+        self.tx = None; // the thread drains the queue and ends
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| {
+                Err(Error::io(
+                    "finish files",
+                    "fastdist-files",
+                    io::Error::other("the thread panicked"),
+                ))
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        // An error path of the applier: discard what is queued here, wait for the thread.
+        self.failed.store(true, Ordering::Relaxed);
+        self.batch.clear();
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn finisher_main(
+    rx: Receiver<Vec<FileJob>>,
+    failed: Arc<AtomicBool>,
+    preserve_owner: bool,
+) -> Result<()> {
+    for batch in rx {
+        for mut job in batch {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(()); // the applier gave up: discard the rest
+            }
+            if let Err(e) = job.run(preserve_owner) {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// chmod a just-created special file without following a symlink: open it O_PATH|O_NOFOLLOW,

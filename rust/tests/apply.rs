@@ -444,21 +444,77 @@ fn stream_is_consumed_to_its_end_and_stats_count_it() {
 }
 
 #[test]
-fn many_small_files_apply() {
-    let w = Work::new();
+fn many_small_files_apply_with_exact_metadata_in_both_modes() {
+    // Enough files for the finisher thread to take most of them, with modes and owners that
+    // need a chown, a chmod after it, or neither.
+    let modes = [0o644, 0o755, 0o600, 0o4755, 0o444, 0o2711, 0o1777];
+    let owners = [(0, 0), (1000, 1000), (0, 5), (7, 0)];
+    let spec = |d: usize, f: usize| {
+        let i = d * 100 + f;
+        (
+            modes[i % modes.len()],
+            owners[i % owners.len()],
+            1_500_000_000 + i as u64,
+        )
+    };
     let mut t = Tar::new();
     for d in 0..20 {
         t = t.add(E::dir(&format!("d{d}")));
         for f in 0..100 {
-            t = t.add(E::file(
-                &format!("d{d}/f{f}"),
-                format!("{d}-{f}").as_bytes(),
-            ));
+            let (mode, (uid, gid), mtime) = spec(d, f);
+            let data = format!("{d}-{f}").repeat(f * 7);
+            let e = E::file(&format!("d{d}/f{f}"), data.as_bytes());
+            t = t.add(e.mode(mode).owner(uid, gid).mtime(mtime));
         }
     }
-    let stats = apply(&t.finish(), &w.root, Mode::Flatten).unwrap();
-    assert_eq!(stats.entries, 20 * 101);
-    assert_eq!(fs::read(w.p("d19/f99")).unwrap(), b"19-99");
+    let t = t.finish();
+    for mode in [Mode::Flatten, Mode::Layer] {
+        let w = Work::new();
+        let stats = apply(&t, &w.root, mode).unwrap();
+        assert_eq!(stats.entries, 20 * 101);
+        for d in 0..20 {
+            for f in 0..100 {
+                let (m, (uid, gid), mtime) = spec(d, f);
+                let n = node(&w.p(&format!("d{d}/f{f}")));
+                let want = format!("{d}-{f}").repeat(f * 7);
+                assert_eq!(n.content, want.as_bytes(), "{mode:?} d{d}/f{f}");
+                assert_eq!(
+                    (n.mode, n.uid, n.gid, n.mtime),
+                    (m, uid as u32, gid as u32, (mtime as i64, 0)),
+                    "{mode:?} d{d}/f{f}"
+                );
+            }
+        }
+        w.assert_sentinel_intact();
+    }
+}
+
+#[test]
+fn an_error_finishing_a_file_is_reported_with_its_name() {
+    // security.capability must be a well-formed capability: the kernel refuses "bad" with
+    // EINVAL when the file is finished: in the applier's thread (a layer of fewer files than
+    // a batch never starts the finisher) or in the finisher's.
+    for (count, bad) in [(10, 3), (300, 250)] {
+        let mut t = Tar::new();
+        for f in 0..count {
+            let mut e = E::file(&format!("f{f}"), b"x");
+            if f == bad {
+                e = e.xattr("security.capability", b"bad");
+            }
+            t = t.add(e);
+        }
+        let t = t.finish();
+        for mode in [Mode::Flatten, Mode::Layer] {
+            let w = Work::new();
+            let err = apply(&t, &w.root, mode).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("set xattr") && msg.contains(&format!("f{bad}")),
+                "{msg}"
+            );
+            w.assert_sentinel_intact();
+        }
+    }
 }
 
 // ---- round trip against GNU tar ---------------------------------------------------------
@@ -552,6 +608,14 @@ fn round_trip(format: &str) {
         .arg(&theirs));
     let bytes = fs::read(&tarball).unwrap();
     apply_tar(&bytes[..], &ours, &opts(Mode::Flatten)).unwrap();
+    let layer = base.path().join("layer");
+    fs::create_dir(&layer).unwrap();
+    apply_tar(&bytes[..], &layer, &opts(Mode::Layer)).unwrap();
+    assert_eq!(
+        snapshot(&layer, &[]),
+        snapshot(&ours, &[]),
+        "{format}: Layer mode"
+    );
     let (a, b) = (snapshot(&ours, &[]), snapshot(&theirs, &[]));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (k, n) in &a {
