@@ -59,6 +59,7 @@ _snapshot_fastdist()
 
 from fixtures import Fixture, ensure_fixtures  # noqa: E402
 from peers import (  # noqa: E402
+    FASTDIST_SCRIPT,
     BenchError,
     Ctr,
     Fastdist,
@@ -456,7 +457,7 @@ def update_readme(table: str) -> None:
 def profile(fx: Fixture, host: str, tmp: Path, out: Path) -> None:
     ref = f"{host}/{fx.repo}:{fx.tag}"
     root = tmp / "profile-root"
-    cmd = [sys.executable, "-m", "fastdist", "--root", str(root), "pull", "-q", ref]
+    cmd = [sys.executable, "-c", FASTDIST_SCRIPT, "--root", str(root), "pull", "-q", ref]
     if shutil.which("py-spy"):
         raw = out / f"profile-{fx.name}.pyspy.txt"
         subprocess.run(

@@ -1,7 +1,5 @@
 """``python -m fastdist``: the same as the ``fastdist`` command."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as _platform
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -137,7 +137,7 @@ class Platform:
     @classmethod
     def host(cls) -> Platform:
         """The platform of this machine (linux/amd64, linux/arm64/v8, linux/arm/v7, …)."""
-        machine = _platform.machine().lower()
+        machine = os.uname().machine.lower()
         arch = _ARCH_ALIASES.get(machine, machine)
         variant = None
         if arch == "arm64":

@@ -24,8 +24,6 @@ import json
 import logging
 import os
 import re
-import secrets
-import shutil
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -180,7 +178,7 @@ class Snapshotter(ABC):
         if parent is not None:
             _hex(parent)
         while True:
-            name = f"{int(time.time())}-{secrets.token_hex(8)}"
+            name = f"{int(time.time())}-{os.urandom(8).hex()}"
             lock = FileLock(self.staging_dir / f"{name}.lock")
             lock.acquire()
             d = self.staging_dir / name
@@ -251,7 +249,7 @@ class Snapshotter(ABC):
             if not src.is_dir():
                 return
             self._before_remove(chain_id)
-            trash = self.staging_dir / f".rm-{secrets.token_hex(8)}"
+            trash = self.staging_dir / f".rm-{os.urandom(8).hex()}"
             os.rename(src, trash)  # disappears atomically, then deleted at leisure
             fsync_dir(self.layers_dir)
         rmtree(trash)
@@ -437,7 +435,7 @@ class OverlaySnapshotter(Snapshotter):
         return s
 
     def _commit_info(self) -> dict[str, object]:
-        return {"link": secrets.token_hex(5)}
+        return {"link": os.urandom(5).hex()}
 
     def _after_commit(self, chain_id: Digest, info: dict[str, object]) -> None:
         self._ensure_link(chain_id, info)
@@ -583,7 +581,7 @@ def overlay_supported(root: Path) -> bool:
     ok = False
     if os.geteuid() == 0:
         tmp = ensure_dir(ensure_root(Path(root)) / "tmp")
-        probe = tmp / f"overlay-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        probe = tmp / f"overlay-probe-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             for sub in ("l1", "l2", "u", "w", "m"):
                 ensure_dir(probe / sub)
@@ -610,6 +608,8 @@ def overlay_supported(root: Path) -> bool:
         except OSError as e:
             log.debug("overlay probe failed: %s", e)
         finally:
+            import shutil
+
             shutil.rmtree(probe, ignore_errors=True)
     if ok:
         try:

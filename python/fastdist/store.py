@@ -13,7 +13,6 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import stat
 import sys
 import threading
@@ -204,6 +203,7 @@ def rmtree(path: Path) -> None:
 
     Symlinks are never followed (``shutil.rmtree`` uses ``O_NOFOLLOW`` dir fds on Linux).
     """
+    import shutil  # here: a pull of a present image never removes anything
 
     def fix(func: Callable[..., Any], p: str, exc: BaseException) -> None:
         if isinstance(exc, FileNotFoundError):

@@ -301,3 +301,23 @@ def test_inspect_and_rmi_of_an_unknown_image_are_store_errors(fastdist: Fastdist
         assert r.rc == 7  # StoreError (ImageNotFoundError)
         _no_traceback(r.stderr)
         assert "127.0.0.1:1/never/pulled:1" in r.stderr
+
+
+def test_output_is_complete_on_a_pipe_and_a_closed_pipe_is_not_an_error(
+    fastdist: FastdistCLI, busybox: PushedImage
+) -> None:
+    # The command ends with os._exit after flushing (cli.run): what it printed must still
+    # arrive whole, and a reader that went away must not turn into a traceback.
+    assert fastdist("pull", "-q", busybox.ref).rc == 0
+    listed = fastdist("inspect", busybox.ref)
+    assert listed.rc == 0
+    assert json.loads(listed.stdout)["target"]["digest"] == busybox.digest
+
+    proc = fastdist.popen("pull", "-q", busybox.ref)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # before it writes a byte: writing the digest gets EPIPE
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in err, err
+    assert "Exception ignored" not in err, err
