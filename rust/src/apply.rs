@@ -872,8 +872,8 @@ fn set_xattrs(target: XattrTarget<'_>, meta: &EntryMeta, non_regular: bool) -> R
 const OFFLOAD_MAX_DATA: u64 = 64 * 1024;
 /// Jobs sent to the finisher at a time, and the data bytes that flush a batch early.
 const OFFLOAD_BATCH: usize = 32;
-const OFFLOAD_BATCH_BYTES: usize = 1 << 20;
-/// Batches queued for the finisher (memory: at most this many + 1 times 1 MiB of data).
+const OFFLOAD_BATCH_BYTES: usize = 256 * 1024;
+/// Batches queued for the finisher (memory: at most this many + 1 times ~320 KiB of data).
 const OFFLOAD_QUEUE: usize = 4;
 /// Files open in jobs across the process (every applier of every layer): with the directory
 /// cache's 256, still far from a soft `RLIMIT_NOFILE` of 1024. Over it, files finish inline.
