@@ -2,9 +2,12 @@
 //! whiteouts (`Mode::Layer`) or deletions (`Mode::Flatten`) (image-spec `layer.md`).
 //!
 //! Every filesystem operation goes through a parent-directory fd resolved inside the root by
-//! `safepath`; the final component is never followed: entries are created with
-//! `O_EXCL|O_NOFOLLOW` (or `mkdirat`/`symlinkat`/`mknodat`/`linkat(…, 0)`) after unlinking what
-//! was there, and metadata is set through the new fd or with `AT_SYMLINK_NOFOLLOW`.
+//! `safepath` (or, for a new regular file whose directory is not open, one
+//! `openat2(RESOLVE_IN_ROOT)` from the root); the final component is never followed: entries
+//! are created with `O_EXCL|O_NOFOLLOW` (or `mkdirat`/`symlinkat`/`mknodat`/`linkat(…, 0)`) after
+//! unlinking what was there, and metadata is set through the new fd or with
+//! `AT_SYMLINK_NOFOLLOW`. Names are created in the layer's order on one thread; small files'
+//! data and metadata are then finished through their fds on a second (`Finisher`).
 
 use std::collections::HashSet;
 use std::fs::File;
