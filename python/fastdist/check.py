@@ -3,8 +3,9 @@
 Reads only; repairs nothing. A *problem* is something that breaks the store's promises (a blob
 that does not hash to its name, an image whose blob or snapshot is missing, a snapshot whose
 parent is gone). A *leftover* is harmless debris that ``fastdist prune`` removes: staging dirs of
-interrupted unpacks, partial ingests (which the next pull resumes), snapshots and blobs no image
-uses, and stray mounts under the store.
+interrupted unpacks, partial ingests (which the next pull resumes; prune keeps those younger than
+its ``--partial-age``, a day by default), snapshots and blobs no image uses, and stray mounts
+under the store.
 """
 
 from __future__ import annotations
@@ -331,7 +332,11 @@ def format_report(report: CheckReport, verbose: bool = False) -> Sequence[str]:
     lines.append(
         f"checked {report.blobs} blob(s), {report.snapshots} snapshot(s), {report.images} "
         f"image(s): {len(report.problems)} problem(s), {len(report.leftovers)} leftover(s)"
-        + (" (fastdist prune removes leftovers)" if report.leftovers else "")
+        + (
+            " (fastdist prune removes leftovers; partial downloads once a day old)"
+            if report.leftovers
+            else ""
+        )
     )
     return lines
 

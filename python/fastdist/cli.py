@@ -280,9 +280,29 @@ def cmd_rmi(args: argparse.Namespace) -> int:
     return 0
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """``90s``, ``30m``, ``24h``, ``2d`` or plain seconds, as seconds (argparse type)."""
+    unit = _DURATION_UNITS.get(text[-1:].lower(), 0.0)
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 30m, 24h, 2d, 0)")
+    return value
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     client = _client(args)
-    rep = client.prune()
+    rep = (
+        client.prune()
+        if args.partial_age is None
+        else client.prune(partial_older_than=args.partial_age)
+    )
     print(
         f"removed {rep.blobs} blob(s), {rep.snapshots} snapshot(s), {rep.leftovers} leftover(s); "
         f"freed {_human(rep.bytes_freed)}"
@@ -380,7 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("refs", nargs="+", metavar="REF")
     sp.set_defaults(func=cmd_rmi)
 
-    sp = sub.add_parser("prune", help="delete blobs and snapshots no image uses")
+    sp = sub.add_parser(
+        "prune",
+        help="delete blobs and snapshots no image uses",
+        description="Delete blobs and snapshots that no image or container uses, leftover "
+        "staging directories and mounts, and partial downloads older than --partial-age "
+        "(a recent one is kept so that its pull resumes).",
+    )
+    sp.add_argument(
+        "--partial-age",
+        type=_duration,
+        default=None,
+        metavar="AGE",
+        help="remove partial downloads untouched for AGE: 90s, 30m, 24h (default), 2d; "
+        "0 removes them all",
+    )
     sp.set_defaults(func=cmd_prune)
 
     sp = sub.add_parser("check", aliases=["fsck"], help="verify the store's blobs and snapshots")

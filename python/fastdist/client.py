@@ -110,6 +110,11 @@ class Image:
         return total
 
 
+#: How long ``prune`` keeps a partial download by default (a day): long enough for its pull to be
+#: rerun and resume.
+PARTIAL_KEEP_SECONDS = 24 * 3600.0
+
+
 class Client:
     """Pull, list, inspect, unpack and remove images in one fastdist store.
 
@@ -741,8 +746,16 @@ class Client:
             )
         self.metadata.images.delete(img.name)
 
-    def prune(self) -> PruneReport:
-        """Delete blobs and snapshots that no image references, stale staging and ingests."""
+    def prune(self, *, partial_older_than: float = PARTIAL_KEEP_SECONDS) -> PruneReport:
+        """Delete blobs and snapshots that no image references, stale staging, stray mounts,
+        and partial downloads untouched for ``partial_older_than`` seconds (default a day).
+
+        A recent partial download is kept so that the pull it belongs to, interrupted or still
+        to be rerun, resumes where it stopped; one a running pull holds is never removed. Pass
+        0 to remove every partial download nobody holds.
+        """
+        if partial_older_than < 0:
+            raise ValueError("partial_older_than must be >= 0")
         with self._gc_lock(shared=False):
             blobs_kept = self.metadata.images.referenced_blobs()
             snaps_kept = set(self.metadata.images.referenced_snapshots())
@@ -768,7 +781,7 @@ class Client:
                         snap.remove(chain)
                         removed_snaps += 1
                 swept += snap.sweep_staging()
-            ingests = self.content.prune_ingests(older_than=0)
+            ingests = self.content.prune_ingests(older_than=partial_older_than)
             unmounted = self._unmount_strays()
         return PruneReport(removed_blobs, removed_snaps, freed, swept + ingests + unmounted)
 

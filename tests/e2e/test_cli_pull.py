@@ -321,3 +321,22 @@ def test_output_is_complete_on_a_pipe_and_a_closed_pipe_is_not_an_error(
     assert proc.wait(timeout=60) == 0
     assert "Traceback" not in err, err
     assert "Exception ignored" not in err, err
+
+
+def test_prune_keeps_a_recent_partial_download_unless_told_its_age(
+    fastdist: FastdistCLI,
+) -> None:
+    ingest = fastdist.root / "content" / "ingest" / ("ab" * 32)
+    ingest.mkdir(parents=True)
+    (ingest / "data").write_bytes(b"half a layer")
+    assert fastdist("prune").rc == 0
+    assert (ingest / "data").exists()  # its pull may still resume
+    assert fastdist("prune", "--partial-age", "1h").rc == 0
+    assert (ingest / "data").exists()
+    gone = fastdist("prune", "--partial-age", "0")
+    assert gone.rc == 0, gone.stderr
+    assert not ingest.exists()
+    assert "1 leftover(s)" in gone.stdout
+    bad = fastdist("prune", "--partial-age", "soon")
+    assert bad.rc == 2
+    assert "not a duration" in bad.stderr

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,8 +122,46 @@ def test_leftovers_are_listed_but_are_not_problems_and_prune_removes_them(
     report = client.check()
     assert report.ok
     assert {x.kind for x in report.leftovers} == {"staging", "ingest", "blob-unreferenced"}
-    client.prune()
+    client.prune()  # a partial download from just now is kept: its pull may resume
+    assert {x.kind for x in client.check().leftovers} == {"ingest"}
+    assert (ingest / "data").read_bytes() == b"partial"
+    client.prune(partial_older_than=0)
     assert client.check().leftovers == ()
+
+
+def test_prune_removes_partial_downloads_past_the_age_and_keeps_younger_or_held_ones(
+    pulled: tuple[Client, str, object],
+) -> None:
+    from fastdist.store import FileLock
+
+    client, _, _ = pulled
+    day = 24 * 3600
+    now = time.time()
+
+    def partial(name: str, age: float) -> Path:
+        d = client.content.ingest_dir / (name * 64)
+        d.mkdir()
+        (d / "data").write_bytes(b"partial " + name.encode())
+        os.utime(d / "data", (now - age, now - age))
+        return d
+
+    old, young, held = partial("a", 2 * day), partial("b", day - 600), partial("c", 3 * day)
+    lock = FileLock(held / "lock")
+    assert lock.acquire(blocking=False)  # a pull of this blob is running
+    try:
+        client.prune()
+        assert not old.exists()
+        assert (young / "data").read_bytes() == b"partial b"
+        assert (held / "data").read_bytes() == b"partial c"
+        client.prune(partial_older_than=3600)
+        assert not young.exists()
+        assert held.exists()
+    finally:
+        lock.release()
+    client.prune(partial_older_than=0)
+    assert not held.exists()
+    with pytest.raises(ValueError, match="partial_older_than"):
+        client.prune(partial_older_than=-1)
 
 
 def test_cli_check_exits_non_zero_and_names_the_problem(
