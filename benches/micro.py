@@ -314,6 +314,8 @@ def table(rows: list[Row], runs: int, trees: list[str], notes: str) -> str:
 
 
 def write_readme(text: str, command: str) -> None:
+    """Replace the section's generated part (the command and the table), up to its first
+    ``###`` subsection or the next section: the written reading of a run below it stays."""
     body = (
         f"{SECTION}\n\n"
         f"`{command}` (benches/micro.py): the native core against the system tools.\n\n"
@@ -322,8 +324,8 @@ def write_readme(text: str, command: str) -> None:
     old = README.read_text() if README.exists() else "# fastdist benchmarks\n"
     if SECTION in old:
         head, _, rest = old.partition(SECTION)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1 :] if nxt >= 0 else ""
+        ends = [i for i in (rest.find("\n## "), rest.find("\n### ")) if i >= 0]
+        tail = rest[min(ends) + 1 :] if ends else ""
         new = head + body + ("\n" + tail if tail else "")
     else:
         new = old.rstrip("\n") + "\n\n" + body
