@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from . import __version__
 from .errors import FastdistError
@@ -483,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def run() -> None:
+def run() -> NoReturn:
     """The ``fastdist`` command (and ``python -m fastdist``): ``main()``, then a quick exit.
 
     Once ``main()`` has returned, the command's work is complete and committed: pulls have
