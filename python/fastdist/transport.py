@@ -638,45 +638,38 @@ class Transport:
             creds = None
         headers: dict[str, str] = {}
         timeout = (self.config.connect_timeout, self.config.read_timeout)
+        form: dict[str, str] | None = None
+        params: list[tuple[str, str]] = []
+        if creds is not None and creds.identity_token:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": creds.identity_token,
+                "client_id": "fastdist",
+                "access_type": "offline",
+            }
+            if service:
+                form["service"] = service
+            if scopes:
+                form["scope"] = " ".join(scopes)
+        else:
+            if creds is not None and creds.username:
+                headers["Authorization"] = _basic(creds)
+            if service:
+                params.append(("service", service))
+            params.extend(("scope", s) for s in scopes)
         try:
-            if creds is not None and creds.identity_token:
-                form = {
-                    "grant_type": "refresh_token",
-                    "refresh_token": creds.identity_token,
-                    "client_id": "fastdist",
-                    "access_type": "offline",
-                }
-                if service:
-                    form["service"] = service
-                if scopes:
-                    form["scope"] = " ".join(scopes)
-                resp = self.session.post(
-                    realm,
-                    data=form,
-                    headers=headers,
-                    allow_redirects=False,
-                    stream=True,
-                    timeout=timeout,
-                    verify=self._verify(realm),
-                    proxies=self._proxies(realm),
-                )
-            else:
-                if creds is not None and creds.username:
-                    headers["Authorization"] = _basic(creds)
-                params: list[tuple[str, str]] = []
-                if service:
-                    params.append(("service", service))
-                params.extend(("scope", s) for s in scopes)
-                resp = self.session.get(
-                    realm,
-                    params=params,
-                    headers=headers,
-                    allow_redirects=False,
-                    stream=True,
-                    timeout=timeout,
-                    verify=self._verify(realm),
-                    proxies=self._proxies(realm),
-                )
+            resp = self.session.request(
+                "POST" if form is not None else "GET",
+                realm,
+                data=form,
+                params=params,
+                headers=headers,
+                allow_redirects=False,
+                stream=True,
+                timeout=timeout,
+                verify=self._verify(realm),
+                proxies=self._proxies(realm),
+            )
         except requests.exceptions.SSLError as e:
             raise AuthenticationError(
                 f"token realm {redact_url(realm)}: TLS failure: {_clean(str(e))}",
