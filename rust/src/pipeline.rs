@@ -168,13 +168,18 @@ impl Source {
     }
 }
 
+/// `Read` for a chunk-fed `BufRead`: copy out of the current chunk.
+fn read_buffered<B: BufRead>(b: &mut B, out: &mut [u8]) -> io::Result<usize> {
+    let avail = b.fill_buf()?;
+    let n = avail.len().min(out.len());
+    out[..n].copy_from_slice(&avail[..n]);
+    b.consume(n);
+    Ok(n)
+}
+
 impl Read for Source {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let avail = self.fill_buf()?;
-        let n = avail.len().min(out.len());
-        out[..n].copy_from_slice(&avail[..n]);
-        self.consume(n);
-        Ok(n)
+        read_buffered(self, out)
     }
 }
 
@@ -240,11 +245,7 @@ impl TarStream {
 
 impl Read for TarStream {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let avail = self.fill_buf()?;
-        let n = avail.len().min(out.len());
-        out[..n].copy_from_slice(&avail[..n]);
-        self.consume(n);
-        Ok(n)
+        read_buffered(self, out)
     }
 }
 
