@@ -354,14 +354,11 @@ impl<'a> Applier<'a> {
             Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            remove_tree(dir, name)
-        } else {
-            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        }
+        remove_listed(
+            dir,
+            name,
+            FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+        )
     }
 
     /// Run `create`; if the name exists, remove it and run `create` once more.
@@ -1116,20 +1113,24 @@ fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, bool)>> {
     Ok(out)
 }
 
+/// Remove `name` from `dir`: a whole tree for a directory, symlinks never followed; gone is fine.
+fn remove_listed(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::Result<()> {
+    if is_dir {
+        return remove_tree(dir, name);
+    }
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Remove every entry of `fd` for which `keep` is false.
 fn clear_dir(fd: BorrowedFd<'_>, keep: impl Fn(&[u8]) -> bool) -> io::Result<()> {
     for (name, is_dir) in list_dir(fd)? {
         if keep(&name) {
             continue;
         }
-        if is_dir {
-            remove_tree(fd, &name)?;
-        } else {
-            match rustix::fs::unlinkat(fd, name.as_slice(), AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        remove_listed(fd, &name, is_dir)?;
     }
     Ok(())
 }
@@ -1162,14 +1163,7 @@ fn purge_lower(
             }
             continue;
         }
-        if is_dir {
-            remove_tree(dir, &name)?;
-        } else {
-            match rustix::fs::unlinkat(dir, name.as_slice(), AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        remove_listed(dir, &name, is_dir)?;
     }
     prefix.truncate(base);
     Ok(())
