@@ -253,7 +253,10 @@ class StoreChecker:
         referenced_snaps: set[tuple[str, Digest]],
     ) -> None:
         for digest in self.content.ingests():
-            self._leftover("ingest", digest, f"partial download of {digest} (resumable)")
+            if self.content.resumable(digest):
+                self._leftover("ingest", digest, f"partial download of {digest} (resumable)")
+            else:
+                self._leftover("ingest", digest, f"ingest of {digest} with nothing to resume")
         for name in os.listdir(self.content.ingest_dir):
             if name.startswith(".write-"):
                 self._leftover("ingest", name, f"interrupted write {name}")

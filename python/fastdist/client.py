@@ -751,8 +751,9 @@ class Client:
         and partial downloads untouched for ``partial_older_than`` seconds (default a day).
 
         A recent partial download is kept so that the pull it belongs to, interrupted or still
-        to be rerun, resumes where it stopped; one a running pull holds is never removed. Pass
-        0 to remove every partial download nobody holds.
+        to be rerun, resumes where it stopped; one a running pull holds is never removed. An
+        ingest with nothing to resume (no bytes, or its blob already stored) goes whatever its
+        age. Pass 0 to remove every partial download nobody holds.
         """
         if partial_older_than < 0:
             raise ValueError("partial_older_than must be >= 0")

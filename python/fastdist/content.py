@@ -134,6 +134,12 @@ class ContentStore:
         except OSError as e:
             raise StoreError(f"cannot delete blob {digest}: {e.strerror}") from e
 
+    def _resumable_name(self, name: str) -> bool:
+        try:
+            return self.resumable(parse_digest(f"sha256:{name}"))
+        except FastdistError:
+            return False  # a stray name: never resumable
+
     def ingests(self) -> list[Digest]:
         """Digests that have an ingest directory (in progress or interrupted)."""
         out: list[Digest] = []
@@ -146,8 +152,19 @@ class ContentStore:
                 continue  # a stray name
         return out
 
+    def resumable(self, digest: Digest) -> bool:
+        """Whether the ingest of ``digest`` holds bytes a pull could resume from: some data,
+        and the blob not stored yet. Anything else there (a process killed between storing the
+        blob and removing its ingest, or before it wrote a byte) is debris."""
+        try:
+            size = (self.ingest_dir / _hex(digest) / "data").stat().st_size
+        except FileNotFoundError:
+            return False
+        return size > 0 and not self.exists(digest)
+
     def prune_ingests(self, older_than: float) -> int:
-        """Remove partial ingests untouched for ``older_than`` seconds and not in use.
+        """Remove ingests not in use: resumable ones untouched for ``older_than`` seconds, and
+        every one that is not resumable (see ``resumable``) whatever its age.
 
         An ingest whose lock is held by a live writer is skipped. Returns how many were removed.
         """
@@ -173,7 +190,7 @@ class ContentStore:
                     mtime = path.stat().st_mtime
                 except FileNotFoundError:
                     continue
-            if now - mtime < older_than:
+            if now - mtime < older_than and self._resumable_name(name):
                 continue
             if not lock.acquire(blocking=False):
                 continue

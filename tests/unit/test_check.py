@@ -134,7 +134,7 @@ def test_prune_removes_partial_downloads_past_the_age_and_keeps_younger_or_held_
 ) -> None:
     from fastdist.store import FileLock
 
-    client, _, _ = pulled
+    client, ref, _ = pulled
     day = 24 * 3600
     now = time.time()
 
@@ -146,10 +146,25 @@ def test_prune_removes_partial_downloads_past_the_age_and_keeps_younger_or_held_
         return d
 
     old, young, held = partial("a", 2 * day), partial("b", day - 600), partial("c", 3 * day)
+    # Young but with nothing to resume: no bytes yet, or the blob already stored (a process
+    # killed between storing it and removing its ingest). Age does not protect those.
+    empty = client.content.ingest_dir / ("d" * 64)
+    empty.mkdir()
+    (empty / "lock").touch()
+    stored_digest = client.get(ref).record.layer_digests[0]  # the pulled image's, kept
+    stored = client.content.ingest_dir / stored_digest.removeprefix("sha256:")
+    stored.mkdir()
+    (stored / "data").write_bytes(b"first bytes")
+    messages = {x.subject: x.message for x in client.check().leftovers if x.kind == "ingest"}
+    assert "nothing to resume" in messages[stored_digest]
+    assert "resumable" in messages["sha256:" + "b" * 64]
     lock = FileLock(held / "lock")
     assert lock.acquire(blocking=False)  # a pull of this blob is running
     try:
         client.prune()
+        assert not empty.exists()
+        assert not stored.exists()
+        assert client.content.exists(stored_digest)
         assert not old.exists()
         assert (young / "data").read_bytes() == b"partial b"
         assert (held / "data").read_bytes() == b"partial c"
