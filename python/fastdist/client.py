@@ -38,6 +38,7 @@ from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
 from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
+from .store import ensure_root
 from .unpacker import LayerSink, Unpacker
 
 if TYPE_CHECKING:
@@ -136,8 +137,8 @@ class Client:
     ) -> None:
         if max_pull_bytes <= 0:
             raise ValueError("max_pull_bytes must be positive")
-        self.root = Path(root) if root is not None else default_root()
-        _make_private_dir(self.root)
+        # Checked once, as sshd's StrictModes (store.ensure_root); then used by its resolved path.
+        self.root = ensure_root(Path(root) if root is not None else default_root())
         self.content = ContentStore(self.root)
         self.snapshotter: Snapshotter = (
             snapshotter_by_name(snapshotter, self.root)
@@ -1264,13 +1265,6 @@ def _check_layers(layers: Sequence[Descriptor], config: ImageConfig) -> None:
             raise UnsupportedMediaTypeError(
                 f"layer {desc.digest} has unsupported media type {desc.media_type!r}"
             )
-
-
-def _make_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
 
 
 __all__ = ["Client", "Container", "ContainerInfo", "Image", "PruneReport", "default_root"]

@@ -24,7 +24,7 @@ from types import TracebackType
 from . import _native
 from .errors import DigestMismatchError, FastdistError, SizeMismatchError, StoreError
 from .oci import Descriptor, Digest, parse_digest, sha256_digest
-from .store import FileLock, ensure_dir, ensure_root, fsync_dir, rmtree
+from .store import FileLock, check_beneath, ensure_dir, ensure_root, fsync_dir, rmtree
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ class ContentStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         ensure_root(self.root)
-        self.blobs_dir = ensure_dir(self.root / "content" / "blobs" / "sha256")
-        self.ingest_dir = ensure_dir(self.root / "content" / "ingest")
+        # Made and opened from the root's fd, never through a symlink inside the store.
+        self.blobs_dir = check_beneath(self.root, "content/blobs/sha256", create=True)
+        self.ingest_dir = check_beneath(self.root, "content/ingest", create=True)
 
     # --- reading ------------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
