@@ -166,3 +166,16 @@ def test_open_beneath_follows_no_symlink_and_never_leaves_the_root(tmp_path: Pat
         open_beneath(tmp_path, "l/f")
     with pytest.raises(StoreError, match="leaves the store"):
         open_beneath(tmp_path, "d/../d/f")
+
+
+def test_a_planted_containers_symlink_is_refused_before_a_bundle_is_made(tmp_path: Path) -> None:
+    from fastdist.runtime import Runtime
+
+    root = tmp_path / "store"
+    root.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "containers").symlink_to(elsewhere)
+    with pytest.raises(StoreError, match="symlink"):
+        Runtime(root).prepare("c1")  # its rootfs would be a mount target outside the store
+    assert os.listdir(elsewhere) == []
