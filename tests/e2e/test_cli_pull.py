@@ -352,6 +352,7 @@ def test_output_is_complete_on_a_pipe_and_a_closed_pipe_is_not_an_error(
 def test_prune_keeps_a_recent_partial_download_unless_told_its_age(
     fastdist: FastdistCLI,
 ) -> None:
+    fastdist.root.mkdir(mode=0o700)  # an existing root must be private (else refused)
     ingest = fastdist.root / "content" / "ingest" / ("ab" * 32)
     ingest.mkdir(parents=True)
     (ingest / "data").write_bytes(b"half a layer")
