@@ -1045,7 +1045,14 @@ class Client:
     def _gc_lock(self, shared: bool) -> Iterator[None]:
         """Pulls hold the root's GC lock shared; prune holds it exclusively, so prune never
         removes a blob a running pull has committed but not yet recorded."""
-        fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(
+                self.root / "gc.lock",
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+            )
+        except OSError as e:
+            raise StoreError(f"cannot open {self.root / 'gc.lock'}: {e.strerror}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield

@@ -57,6 +57,11 @@ class ContentStore:
     def path(self, digest: Digest) -> Path:
         """The path of a committed blob; StoreError if it is not in the store."""
         p = self.blob_path(digest)
+        if p.is_symlink():  # the store is never trusted through a symlink (design.md §7)
+            raise StoreError(
+                f"blob {digest} is a symlink in the content store",
+                hint="something other than fastdist changed the store; run fastdist check",
+            )
         if not p.is_file():
             raise StoreError(f"blob {digest} is not in the content store")
         return p
@@ -70,7 +75,8 @@ class ContentStore:
     def read_bytes(self, digest: Digest, limit: int) -> bytes:
         """Read a small blob (manifest, config) and verify it again: the disk is not trusted."""
         try:
-            with open(self.path(digest), "rb") as f:
+            fd = os.open(self.path(digest), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
                 data = f.read(limit + 1)
         except OSError as e:
             raise StoreError(f"cannot read blob {digest}: {e.strerror}") from e

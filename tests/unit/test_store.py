@@ -179,3 +179,17 @@ def test_a_planted_containers_symlink_is_refused_before_a_bundle_is_made(tmp_pat
     with pytest.raises(StoreError, match="symlink"):
         Runtime(root).prepare("c1")  # its rootfs would be a mount target outside the store
     assert os.listdir(elsewhere) == []
+
+
+def test_a_planted_blob_symlink_is_never_read(tmp_path: Path) -> None:
+    from fastdist.content import ContentStore
+
+    store = ContentStore(tmp_path / "store")
+    host = tmp_path / "host-secret"
+    host.write_bytes(b"{}")
+    digest = sha256_digest(b"{}")
+    store.blob_path(digest).symlink_to(host)  # it even hashes right
+    with pytest.raises(StoreError, match="symlink"):
+        store.read_bytes(digest, 1024)
+    with pytest.raises(StoreError, match="symlink"):
+        store.path(digest)  # what the layer applier would be handed
