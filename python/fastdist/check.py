@@ -321,10 +321,23 @@ def mounts_under(root: Path) -> list[str]:
     return sorted(set(out), key=lambda p: -p.count("/"))
 
 
+#: The store directories below which fastdist itself mounts: container root filesystems
+#: (``containers/<id>/rootfs``), snapshotter views (``snapshots/<name>/...``) and the overlay
+#: probe (``tmp/overlay-probe-*``).
+OWN_MOUNT_DIRS = ("containers", "snapshots", "tmp")
+
+
 def stray_mounts(root: Path, legitimate: Iterable[str] = ()) -> list[str]:
-    """Mounts under the store that belong to no known container."""
+    """Mounts fastdist made under the store that belong to no known container.
+
+    Only mount points strictly below ``OWN_MOUNT_DIRS`` are candidates: the root itself, or
+    ``content/``, may be a filesystem the user mounted for the store (a tmpfs, a dedicated disk),
+    and unmounting it would make every image vanish.
+    """
     keep = set(legitimate)
-    return [m for m in mounts_under(root) if m not in keep]
+    base = os.path.realpath(root).rstrip("/")
+    own = tuple(f"{base}/{d}/" for d in OWN_MOUNT_DIRS)
+    return [m for m in mounts_under(root) if m.startswith(own) and m not in keep]
 
 
 def format_report(report: CheckReport, verbose: bool = False) -> Sequence[str]:

@@ -337,7 +337,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_unpack(args: argparse.Namespace) -> int:
     client = _client(args)
-    out = client.unpack(args.ref, args.dest)
+    out = client.unpack(args.ref, args.dest, keep_root_mode=args.keep_root_mode)
     print(f"unpacked {args.ref} into {out}")
     return 0
 
@@ -425,9 +425,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="the report as JSON")
     sp.set_defaults(func=cmd_check)
 
-    sp = sub.add_parser("unpack", help="write an image's flattened root filesystem into DIR")
+    sp = sub.add_parser(
+        "unpack",
+        help="write an image's flattened root filesystem into DIR",
+        description="Write an image's flattened root filesystem into DIR (created if missing; "
+        "it must be empty, owned by you and not writable by group or others). DIR is made 0700, "
+        "so setuid files of the image are unreachable for other users; a failed unpack leaves "
+        "DIR as it was.",
+    )
     sp.add_argument("ref", metavar="REF")
     sp.add_argument("dest", metavar="DIR")
+    sp.add_argument(
+        "--keep-root-mode",
+        action="store_true",
+        help="give DIR the mode of the image's own ./ entry instead of 0700 (default: 0700)",
+    )
     sp.set_defaults(func=cmd_unpack)
 
     _add_run_commands(sub)

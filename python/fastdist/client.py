@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import functools
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _native, oci
 from .content import ContentStore
@@ -38,6 +40,7 @@ from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
 from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
+from .store import ensure_root, rmtree
 from .unpacker import LayerSink, Unpacker
 
 if TYPE_CHECKING:
@@ -136,8 +139,8 @@ class Client:
     ) -> None:
         if max_pull_bytes <= 0:
             raise ValueError("max_pull_bytes must be positive")
-        self.root = Path(root) if root is not None else default_root()
-        _make_private_dir(self.root)
+        # Checked once, as sshd's StrictModes (store.ensure_root); then used by its resolved path.
+        self.root = ensure_root(Path(root) if root is not None else default_root())
         self.content = ContentStore(self.root)
         self.snapshotter: Snapshotter = (
             snapshotter_by_name(snapshotter, self.root)
@@ -839,10 +842,24 @@ class Client:
         return depth
 
     def unpack(
-        self, ref: str, dest: str | os.PathLike[str], progress: Progress = no_progress
+        self,
+        ref: str,
+        dest: str | os.PathLike[str],
+        progress: Progress = no_progress,
+        *,
+        keep_root_mode: bool = False,
     ) -> Path:
         """Write the image's flattened root filesystem into ``dest`` (created; must be empty),
-        as ``umoci unpack`` / ``crane export`` would. Every layer is verified again on the way."""
+        as ``umoci unpack`` / ``crane export`` would. Every layer is verified again on the way.
+
+        ``dest`` is opened once (never through a symlink), must be owned by this user and not
+        writable by group or others, and every layer is applied through that one descriptor, so
+        swapping the path mid-way redirects nothing. It is made 0700 (setuid files of the image
+        stay as the image says, but no other user can reach them); ``keep_root_mode=True`` gives
+        it the mode of the image's own ``./`` entry instead. The layers are applied in a private
+        staging directory inside ``dest`` and moved into it only once all of them succeeded: a
+        failure leaves ``dest`` as it was (and removes it if this call created it).
+        """
         img = self.get(ref)
         config = img.config()
         manifest = oci.parse_document(
@@ -851,27 +868,25 @@ class Client:
         )
         if not isinstance(manifest, oci.Manifest):
             raise StoreError(f"{img.record.manifest_digest} is not an image manifest")
-        out = Path(dest)
-        out.mkdir(parents=True, exist_ok=True)
-        if any(out.iterdir()):
-            raise FastdistError(
-                f"unpack destination {out} is not empty",
-                hint="pass a new or empty directory",
-            )
         _check_layers(manifest.layers, config)
-        for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
-            progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
-            _native.apply_layer(
-                str(self.content.path(desc.digest)),
-                desc.media_type,
-                str(out),
-                mode="flatten",
-                expected_digest=desc.digest,
-                expected_size=desc.size,
-                expected_diff_id=diff_id,
-                limits=self.limits,
-            )
-            progress(ProgressEvent(Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size))
+        out = Path(dest)
+        with _UnpackDestination(out) as target:
+            for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
+                progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
+                _native.apply_layer(
+                    str(self.content.path(desc.digest)),
+                    desc.media_type,
+                    target.staging_path,
+                    mode="flatten",
+                    expected_digest=desc.digest,
+                    expected_size=desc.size,
+                    expected_diff_id=diff_id,
+                    limits=self.limits,
+                )
+                progress(
+                    ProgressEvent(Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size)
+                )
+            target.commit(keep_root_mode=keep_root_mode)
         return out
 
     # --- containers ------------------------------------------------------------------------
@@ -1030,7 +1045,14 @@ class Client:
     def _gc_lock(self, shared: bool) -> Iterator[None]:
         """Pulls hold the root's GC lock shared; prune holds it exclusively, so prune never
         removes a blob a running pull has committed but not yet recorded."""
-        fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(
+                self.root / "gc.lock",
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+            )
+        except OSError as e:
+            raise StoreError(f"cannot open {self.root / 'gc.lock'}: {e.strerror}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
@@ -1266,11 +1288,110 @@ def _check_layers(layers: Sequence[Descriptor], config: ImageConfig) -> None:
             )
 
 
-def _make_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+class _UnpackDestination:
+    """``unpack``'s destination, opened once with ``O_NOFOLLOW`` and used only through its fd.
+
+    The layer applier is handed ``/proc/self/fd/<staging fd>``: the kernel resolves that magic
+    link to the directory this process opened, whatever the path names by then (design.md §7:
+    a destination is opened once and used by fd only).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.created = False
+        self._parent_fd = -1
+        self._fd = -1
+        self._staging_fd = -1
+        self._staging = f".fastdist-unpack-{os.urandom(8).hex()}"
+        self._moved: list[str] = []
+
+    @property
+    def staging_path(self) -> str:
+        return f"/proc/self/fd/{self._staging_fd}"
+
+    def __enter__(self) -> _UnpackDestination:
+        try:
+            self._open()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def _fail(self, why: str, hint: str = "pass a new or empty directory you own") -> NoReturn:
+        raise FastdistError(f"unpack destination {self.path}: {why}", hint=hint)
+
+    def _open(self) -> None:
+        if not os.path.isdir("/proc/self/fd"):
+            self._fail("/proc is not mounted", hint="unpack needs /proc (it applies by fd)")
+        absolute = Path(os.path.abspath(self.path))
+        name = absolute.name
+        try:
+            absolute.parent.mkdir(parents=True, exist_ok=True)
+            self._parent_fd = os.open(absolute.parent, _DIR_FLAGS)
+            if name:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o700, dir_fd=self._parent_fd)
+                    self.created = True
+                self._fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self._parent_fd)
+            else:  # "/"
+                self._fd = os.open(absolute, _DIR_FLAGS)
+        except OSError as e:
+            if e.errno in (errno.ENOTDIR, errno.ELOOP):
+                self._fail("is not a directory (or is a symlink)")
+            self._fail(f"cannot open it: {e.strerror}")
+        st = os.fstat(self._fd)
+        uid = os.geteuid()
+        if st.st_uid != uid:
+            self._fail(f"is owned by uid {st.st_uid}, not by this user (uid {uid})")
+        if st.st_mode & 0o022:
+            self._fail(
+                f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                "they could swap what is unpacked"
+            )
+        if os.listdir(self._fd):
+            self._fail("is not empty")
+        try:
+            os.mkdir(self._staging, 0o700, dir_fd=self._fd)
+            self._staging_fd = os.open(self._staging, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self._fd)
+        except OSError as e:
+            self._fail(f"cannot create a staging directory in it: {e.strerror}")
+
+    def commit(self, *, keep_root_mode: bool) -> None:
+        """Move the staged tree into the destination and set the destination's mode."""
+        for name in os.listdir(self._staging_fd):
+            os.rename(name, name, src_dir_fd=self._staging_fd, dst_dir_fd=self._fd)
+            self._moved.append(name)
+        mode = stat.S_IMODE(os.fstat(self._staging_fd).st_mode) if keep_root_mode else 0o700
+        os.rmdir(self._staging, dir_fd=self._fd)
+        os.fchmod(self._fd, mode)
+        self._staging = ""
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is not None and self._fd >= 0:
+                self._discard()
+        finally:
+            self._close()
+
+    def _discard(self) -> None:
+        """Remove what this unpack put into the destination (and the destination it created)."""
+        here = Path(f"/proc/self/fd/{self._fd}")
+        for name in [*self._moved, self._staging]:
+            if name:
+                with contextlib.suppress(OSError):
+                    rmtree(here / name)
+        if self.created and self._parent_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path.name, dir_fd=self._parent_fd)  # only if still empty
+
+    def _close(self) -> None:
+        for fd in (self._staging_fd, self._fd, self._parent_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._staging_fd = self._fd = self._parent_fd = -1
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 __all__ = ["Client", "Container", "ContainerInfo", "Image", "PruneReport", "default_root"]

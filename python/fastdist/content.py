@@ -24,7 +24,7 @@ from types import TracebackType
 from . import _native
 from .errors import DigestMismatchError, FastdistError, SizeMismatchError, StoreError
 from .oci import Descriptor, Digest, parse_digest, sha256_digest
-from .store import FileLock, ensure_dir, ensure_root, fsync_dir, rmtree
+from .store import FileLock, check_beneath, ensure_dir, ensure_root, fsync_dir, rmtree
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ class ContentStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         ensure_root(self.root)
-        self.blobs_dir = ensure_dir(self.root / "content" / "blobs" / "sha256")
-        self.ingest_dir = ensure_dir(self.root / "content" / "ingest")
+        # Made and opened from the root's fd, never through a symlink inside the store.
+        self.blobs_dir = check_beneath(self.root, "content/blobs/sha256", create=True)
+        self.ingest_dir = check_beneath(self.root, "content/ingest", create=True)
 
     # --- reading ------------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
@@ -56,6 +57,11 @@ class ContentStore:
     def path(self, digest: Digest) -> Path:
         """The path of a committed blob; StoreError if it is not in the store."""
         p = self.blob_path(digest)
+        if p.is_symlink():  # the store is never trusted through a symlink (design.md §7)
+            raise StoreError(
+                f"blob {digest} is a symlink in the content store",
+                hint="something other than fastdist changed the store; run fastdist check",
+            )
         if not p.is_file():
             raise StoreError(f"blob {digest} is not in the content store")
         return p
@@ -69,7 +75,8 @@ class ContentStore:
     def read_bytes(self, digest: Digest, limit: int) -> bytes:
         """Read a small blob (manifest, config) and verify it again: the disk is not trusted."""
         try:
-            with open(self.path(digest), "rb") as f:
+            fd = os.open(self.path(digest), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
                 data = f.read(limit + 1)
         except OSError as e:
             raise StoreError(f"cannot read blob {digest}: {e.strerror}") from e

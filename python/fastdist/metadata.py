@@ -130,6 +130,12 @@ class MetadataDB:
         if path.is_dir() or path.suffix != ".db":
             path = path / "meta.db"
         ensure_root(path.parent)
+        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if f.is_symlink():  # SQLite would follow it: never trust a symlink in the store
+                raise StoreError(
+                    f"store database {f} is a symlink",
+                    hint="something other than fastdist changed the store; inspect and remove it",
+                )
         self.path = path
         self._local = threading.local()
         # A write transaction (and its fsync) only when the schema is missing or older: every

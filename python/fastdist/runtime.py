@@ -52,6 +52,7 @@ from typing import IO, Any, Union
 
 from . import oci, rootfs
 from .errors import ContainerNotFoundError, ContainerRunError, InUseError
+from .store import check_beneath
 
 log = logging.getLogger(__name__)
 
@@ -701,10 +702,11 @@ class Runtime:
         Raises InUseError when the id is taken.
         """
         b = self.bundle(container_id)
-        for d in (self.root, self.containers_dir, self.state_root):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for d in ("containers", "runc"):  # from the root's fd: a planted symlink is refused
+            check_beneath(self.root, d, create=True)
         try:
-            b.mkdir(mode=0o700)
+            b.mkdir(mode=0o700)  # mkdir never follows a symlink in its place (EEXIST)
         except FileExistsError:
             raise InUseError(
                 f"container id {container_id!r} is already in use",

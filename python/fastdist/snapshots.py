@@ -34,6 +34,7 @@ from .errors import FastdistError, StoreError
 from .oci import Digest, parse_digest
 from .store import (
     FileLock,
+    check_beneath,
     ensure_dir,
     ensure_root,
     fsync_dir,
@@ -95,11 +96,17 @@ class Snapshotter(ABC):
         self.sync = sync
         self.store_root = Path(root)
         ensure_root(self.store_root)
-        self.root = ensure_dir(self.store_root / "snapshots" / self.name)
-        self.layers_dir = ensure_dir(self.root / "layers")
-        self.staging_dir = ensure_dir(self.root / "staging")
-        self.active_dir = ensure_dir(self.root / "active")
-        self.locks_dir = ensure_dir(self.root / "locks")
+        self.root = self.store_root / "snapshots" / self.name
+        self.layers_dir = self._check_beneath("layers", create=True)
+        self.staging_dir = self._check_beneath("staging", create=True)
+        self.active_dir = self._check_beneath("active", create=True)
+        self.locks_dir = self._check_beneath("locks", create=True)
+
+    def _check_beneath(self, rel: str, *, create: bool = False) -> Path:
+        """``self.root / rel``, refused (StoreError) if reached through a symlink from the store
+        root: a planted ``layers/<hex>/fs -> /etc`` is never copied, mounted or written."""
+        check_beneath(self.store_root, Path("snapshots", self.name, rel), create=create)
+        return self.root / rel
 
     # --- committed layers ---------------------------------------------------------------------
     def layer_dir(self, chain_id: Digest) -> Path:
@@ -108,6 +115,10 @@ class Snapshotter(ABC):
     def fs_path(self, chain_id: Digest) -> Path:
         """The directory holding a committed layer's files."""
         return self.layer_dir(chain_id) / "fs"
+
+    def trusted_fs_path(self, chain_id: Digest) -> Path:
+        """``fs_path``, checked to be a real directory of the store (no symlink on the way)."""
+        return self._check_beneath(f"layers/{_hex(chain_id)}/fs")
 
     def exists(self, chain_id: Digest) -> bool:
         return self.layer_dir(chain_id).is_dir()
@@ -427,7 +438,7 @@ class OverlaySnapshotter(Snapshotter):
 
     def __init__(self, root: Path, *, sync: bool = True) -> None:
         super().__init__(root, sync=sync)
-        self.links_dir = ensure_dir(self.root / "l")
+        self.links_dir = self._check_beneath("l", create=True)
 
     def prepare_layer(self, chain_id: Digest, parent: Digest | None) -> Staging:
         s = self._new_staging(chain_id, parent)
@@ -452,6 +463,7 @@ class OverlaySnapshotter(Snapshotter):
         except FileExistsError:
             if os.readlink(path) != target:
                 raise StoreError(f"snapshot {chain_id}: link {link} points elsewhere") from None
+        self.trusted_fs_path(chain_id)  # the link's target: a real directory, never followed out
         return link
 
     def _before_remove(self, chain_id: Digest) -> None:
@@ -483,9 +495,12 @@ class OverlaySnapshotter(Snapshotter):
     def mount_options(self, active: ActiveSnapshot, readonly: bool = False) -> str:
         """The overlay data string, with paths relative to ``self.root`` (the mount's cwd)."""
         rel = f"active/{_check_key(active.key)}"
+        for sub in ("upper", "work") if not readonly else ("upper",):
+            self._check_beneath(f"{rel}/{sub}")
         lowers = [f"l/{self._ensure_link(c)}" for c in self.chain(active.parent)]
         if not lowers:
             lowers = [f"{rel}/lower"]
+            self._check_beneath(lowers[0])
         if readonly:
             opts = f"lowerdir={':'.join([f'{rel}/upper', *lowers])}"
         else:
@@ -523,7 +538,7 @@ class NativeSnapshotter(Snapshotter):
             if parent is None:
                 s.path.mkdir(mode=0o755)
             else:
-                _copy_tree(self.fs_path(parent), s.path, f"cannot copy snapshot {parent}")
+                _copy_tree(self.trusted_fs_path(parent), s.path, f"cannot copy snapshot {parent}")
         except BaseException:
             self.abort(s)
             raise
@@ -535,7 +550,7 @@ class NativeSnapshotter(Snapshotter):
             if parent is None:
                 (d / "fs").mkdir(mode=0o755)
             else:
-                _copy_tree(self.fs_path(parent), d / "fs", f"cannot copy snapshot {parent}")
+                _copy_tree(self.trusted_fs_path(parent), d / "fs", f"cannot copy snapshot {parent}")
             self._write_active_info(d, key, parent)
         except BaseException:
             rmtree(d)
@@ -544,7 +559,8 @@ class NativeSnapshotter(Snapshotter):
 
     def mount(self, active: ActiveSnapshot, target: Path, readonly: bool = False) -> None:
         opts = "bind,ro" if readonly else "bind"
-        argv = ["mount", "-o", opts, str(active.dir / "fs"), str(Path(target).absolute())]
+        source = self._check_beneath(f"active/{_check_key(active.key)}/fs")
+        argv = ["mount", "-o", opts, str(source), str(Path(target).absolute())]
         _run(argv, f"cannot mount snapshot {active.key!r} on {target}")
 
 

@@ -35,7 +35,10 @@ def default_root() -> Path:
 
 
 def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (and missing parents) with mode 0700; an existing directory is kept."""
+    """Create ``path`` (and missing parents) with mode 0700; an existing directory is kept.
+
+    ``path`` itself must end up a real directory: a symlink in its place is refused (a store
+    directory is never trusted through a symlink, design.md §7)."""
     # Path.mkdir(parents=True) would give the parents the umask's mode; make each one 0700.
     missing: list[Path] = []
     p = path
@@ -51,21 +54,142 @@ def ensure_dir(path: Path) -> Path:
             except FileExistsError:
                 if not d.is_dir():
                     raise
+        st = os.lstat(path)
     except OSError as e:
         raise StoreError(f"cannot create store directory {path}: {e.strerror}") from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(
+            f"store directory {path} is not a directory (a symlink?)",
+            hint="the store is not trusted through symlinks; remove it, or choose another --root",
+        )
     return path
 
 
 def ensure_root(root: Path) -> Path:
-    """Create the store root 0700 and tighten its mode if it already existed looser."""
-    ensure_dir(root)
+    """Create the store root 0700, or check an existing one; return its resolved path.
+
+    As sshd's ``StrictModes``: the root must be a directory owned by this user with no access for
+    group or others, and every directory above it (also those holding a symlink on the way) must
+    be owned by this user or root and writable by no one else, unless sticky (``/tmp``: others
+    cannot rename or remove what is ours). Anything else is refused with ``StoreError``, never
+    repaired: an existing root is never chmod-ed (``--root /etc`` must not touch ``/etc``), only a
+    root this call creates gets its mode (0700, from ``mkdir``).
+    """
+    root = Path(os.path.abspath(root))
+    uid = os.geteuid()
+    # The parents that exist already are checked before anything is created below them.
+    _check_parents(root, uid)
     try:
-        st = root.stat()
-        if stat.S_IMODE(st.st_mode) != DIR_MODE and st.st_uid == os.getuid():
-            os.chmod(root, DIR_MODE)
+        exists = os.path.lexists(root)
+        if not exists:
+            ensure_dir(root.parent)
+            with contextlib.suppress(FileExistsError):  # a racing process made it: check it
+                os.mkdir(root, DIR_MODE)
+        real = Path(os.path.realpath(root))
+        st = os.lstat(real)
     except OSError as e:
-        raise StoreError(f"cannot secure store root {root}: {e.strerror}") from e
-    return root
+        raise StoreError(
+            f"cannot open store root {root}: {e.strerror}",
+            hint="pass a directory you own with --root or $FASTDIST_ROOT",
+        ) from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(
+            f"store root {root} is not a directory",
+            hint="pass a new path or a directory with --root or $FASTDIST_ROOT",
+        )
+    if st.st_uid != uid:
+        raise StoreError(
+            f"store root {root} is owned by uid {st.st_uid}, not by this user (uid {uid})",
+            hint="another user could plant files in it; use a root you created, e.g. a new path",
+        )
+    if st.st_mode & 0o077:
+        raise StoreError(
+            f"store root {root} has mode {stat.S_IMODE(st.st_mode):04o}: it must be private (0700)",
+            hint=f"if it is yours, run: chmod 700 {root}",
+        )
+    _check_parents(root, uid)
+    return real
+
+
+def _check_parents(root: Path, uid: int) -> None:
+    """Every existing directory above ``root``, and above the target of each symlink on the way
+    (the directories holding those symlinks), must be trusted (see ``ensure_root``)."""
+    dirs: set[Path] = set()
+    for p in (root, *root.parents):
+        if os.path.lexists(p):
+            real = Path(os.path.realpath(p))
+            dirs.update(real.parents)
+            if p != root:
+                dirs.add(real)
+    for d in sorted(dirs):
+        _check_trusted_parent(root, d, uid)
+
+
+def _check_trusted_parent(root: Path, d: Path, uid: int) -> None:
+    try:
+        st = os.stat(d)
+    except OSError as e:
+        raise StoreError(f"cannot check store root {root}: {d}: {e.strerror}") from e
+    if st.st_uid not in (0, uid):
+        raise StoreError(
+            f"store root {root} is not safe: {d} is owned by uid {st.st_uid}",
+            hint="that user could swap the store for its own; choose a root below directories "
+            "owned by you or root",
+        )
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise StoreError(
+            f"store root {root} is not safe: {d} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o})",
+            hint="they could swap the store for their own; choose a root below private directories",
+        )
+
+
+def open_beneath(
+    root: Path, rel: Path | str, flags: int = os.O_RDONLY, *, create: bool = False
+) -> int:
+    """Open ``root/rel`` walking from ``root``'s fd one component at a time with ``O_NOFOLLOW``:
+    no symlink inside the store is ever followed (a planted ``layers/<hex>/fs -> /etc`` fails
+    with ``StoreError``). With ``create``, missing directories on the way (``rel`` included)
+    are made 0700 from their parent's fd. Returns an fd (close-on-exec) the caller closes."""
+    parts = [p for p in Path(rel).parts if p not in ("", ".")]
+    if any(p in ("..", "/") for p in parts):
+        raise StoreError(f"store path {rel} leaves the store")
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise StoreError(f"cannot open store root {root}: {e.strerror}") from e
+    try:
+        for i, name in enumerate(parts):
+            last = i == len(parts) - 1
+            f = (flags if last else os.O_RDONLY | os.O_DIRECTORY) | nofollow
+            try:
+                if create and (not last or flags & os.O_DIRECTORY):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, DIR_MODE, dir_fd=fd)
+                nfd = os.open(name, f, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise StoreError(
+                        f"store path {root / rel} is not trusted: {name} is a symlink or not a "
+                        "directory",
+                        hint="something other than fastdist changed the store; inspect it and run "
+                        "fastdist check",
+                    ) from e
+                raise StoreError(f"cannot open {root / rel}: {e.strerror}") from e
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_beneath(root: Path, rel: Path | str, *, create: bool = False) -> Path:
+    """``root / rel``, refused (``StoreError``) if it is reached through a symlink or is not a
+    directory (see ``open_beneath``); with ``create``, made (0700) where missing."""
+    os.close(open_beneath(root, rel, os.O_RDONLY | os.O_DIRECTORY, create=create))
+    return root / rel
 
 
 def fsync_dir(path: Path) -> None:

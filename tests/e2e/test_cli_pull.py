@@ -232,6 +232,32 @@ def test_unpack_writes_the_flattened_root_filesystem(
     assert "not empty" in again.stderr
 
 
+def test_unpack_into_a_file_and_a_root_that_is_a_file_are_errors_not_tracebacks(
+    fastdist: FastdistCLI, busybox: PushedImage, tmp_path: Path
+) -> None:
+    assert fastdist("pull", "-q", busybox.ref).rc == 0
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    r = fastdist("unpack", busybox.ref, str(f))
+    assert r.rc != 0
+    _no_traceback(r.stderr)
+    assert f"unpack destination {f}: is not a directory" in r.stderr
+    assert "\nhint: " in r.stderr
+    r = fastdist("--root", str(f), "images")  # the later --root wins
+    assert r.rc == 7  # StoreError
+    _no_traceback(r.stderr)
+    assert f"store root {f} is not a directory" in r.stderr
+    assert "\nhint: " in r.stderr
+    assert f.read_text() == "x"
+
+
+def test_unpack_help_says_the_destination_is_private(fastdist: FastdistCLI) -> None:
+    r = fastdist("unpack", "--help")
+    assert r.rc == 0
+    assert "0700" in r.stdout
+    assert "--keep-root-mode" in r.stdout
+
+
 # --- errors -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("ref", ["Bad::Ref", "library/UPPER", "host:5000/a@sha256:1234", ""])
 def test_invalid_reference_exits_2_with_error_and_hint(fastdist: FastdistCLI, ref: str) -> None:
@@ -326,6 +352,7 @@ def test_output_is_complete_on_a_pipe_and_a_closed_pipe_is_not_an_error(
 def test_prune_keeps_a_recent_partial_download_unless_told_its_age(
     fastdist: FastdistCLI,
 ) -> None:
+    fastdist.root.mkdir(mode=0o700)  # an existing root must be private (else refused)
     ingest = fastdist.root / "content" / "ingest" / ("ab" * 32)
     ingest.mkdir(parents=True)
     (ingest / "data").write_bytes(b"half a layer")

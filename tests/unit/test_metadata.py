@@ -75,7 +75,7 @@ def test_database_uses_wal_journal_and_lives_in_the_store_root(tmp_path: Path) -
 
 
 def test_database_file_path_is_accepted_too(tmp_path: Path) -> None:
-    (tmp_path / "r").mkdir()
+    (tmp_path / "r").mkdir(mode=0o700)  # an existing root must be private
     db = MetadataDB(tmp_path / "r" / "meta.db")
     ImageStore(db).put(image())
     assert MetadataDB(tmp_path / "r").images.get(image().name) == image()

@@ -1,0 +1,195 @@
+"""store.py: the store root is trusted only as sshd's StrictModes would (owner, modes of it and of
+every parent), is never chmod-ed when it exists, and nothing inside it is trusted via a symlink.
+
+The local attacker is a second uid (65534) acting through ``setpriv``, as in issue 11."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastdist.client import Client
+from fastdist.errors import StoreError
+from fastdist.oci import sha256_digest
+from fastdist.snapshots import NativeSnapshotter, OverlaySnapshotter
+from fastdist.store import ensure_root, open_beneath
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a second uid needs root (setpriv)")
+
+
+def as_nobody(*argv: str) -> None:
+    """Run ``argv`` as uid/gid 65534 with no supplementary groups (the local attacker)."""
+    cmd = ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", *argv]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A directory like /tmp (root-owned, world-writable, sticky) the attacker can reach."""
+    d = Path(tempfile.mkdtemp(prefix="fastdist-shared-", dir="/tmp"))
+    os.chmod(d, 0o1777)
+    yield d
+    shutil.rmtree(d)
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(os.lstat(p).st_mode)
+
+
+@needs_root
+def test_a_root_another_user_created_first_is_refused(shared: Path) -> None:
+    # Issue 11.1: the attacker makes FASTDIST_ROOT first and plants a layer whose fs is a host dir.
+    root = shared / "fastdist"
+    secret = shared / "root-only"
+    secret.mkdir(mode=0o700)
+    hex_ = sha256_digest(b"planted")[7:]
+    layer = root / "snapshots" / "native" / "layers" / hex_
+    as_nobody("mkdir", "-p", "-m", "0700", str(layer))
+    as_nobody("ln", "-s", str(secret), str(layer / "fs"))
+    as_nobody("sh", "-c", f"echo '{json.dumps({'parent': None})}' > {layer}/info.json")
+    with pytest.raises(StoreError, match="owned by uid 65534") as e:
+        Client(root)
+    assert e.value.hint
+    assert os.listdir(secret) == []
+    assert os.lstat(root).st_uid == NOBODY  # refused, not taken over or chmod-ed
+
+
+@needs_root
+def test_a_parent_another_user_owns_is_refused_before_anything_is_created(shared: Path) -> None:
+    evil = shared / "evil"
+    as_nobody("mkdir", "-m", "0755", str(evil))
+    with pytest.raises(StoreError, match=f"{evil} is owned by uid 65534"):
+        Client(evil / "store")
+    assert os.listdir(evil) == []
+
+
+def test_a_parent_writable_by_others_without_sticky_bit_is_refused(shared: Path) -> None:
+    open_dir = shared / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)
+    with pytest.raises(StoreError, match="writable by group or others"):
+        ensure_root(open_dir / "store")
+    assert os.listdir(open_dir) == []
+
+
+def test_a_new_root_below_a_sticky_shared_dir_is_created_private(shared: Path) -> None:
+    root = ensure_root(shared / "a" / "store")
+    assert _mode(shared / "a") == 0o700
+    assert _mode(root) == 0o700
+    assert ensure_root(root) == root  # an existing good root is accepted as it is
+
+
+def test_an_existing_root_with_a_loose_mode_is_refused_and_left_alone(shared: Path) -> None:
+    # As `--root /etc`: never chmod an existing directory, refuse it.
+    etc = shared / "etc"
+    etc.mkdir()
+    os.chmod(etc, 0o755)
+    link = shared / "etc-link"
+    link.symlink_to(etc)
+    for root in (etc, link):
+        with pytest.raises(StoreError, match="mode 0755") as e:
+            Client(root)
+        assert "chmod 700" in (e.value.hint or "")
+    assert _mode(etc) == 0o755
+    assert os.listdir(etc) == []
+
+
+def test_a_root_that_is_a_file_is_a_store_error(shared: Path) -> None:
+    f = shared / "file"
+    f.write_text("x")
+    with pytest.raises(StoreError, match="not a directory"):
+        ensure_root(f)
+    with pytest.raises(StoreError, match="cannot create store directory"):
+        ensure_root(f / "sub")
+
+
+def test_a_symlinked_store_directory_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    NativeSnapshotter(root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(root / "snapshots")
+    (root / "snapshots").symlink_to(elsewhere)
+    with pytest.raises(StoreError, match="symlink"):
+        NativeSnapshotter(root)
+    assert os.listdir(elsewhere) == []
+
+
+@pytest.mark.parametrize("cls", [NativeSnapshotter, OverlaySnapshotter])
+def test_a_planted_layer_fs_symlink_is_never_copied_or_mounted(
+    tmp_path: Path, cls: type[NativeSnapshotter] | type[OverlaySnapshotter]
+) -> None:
+    root = tmp_path / "store"
+    snap = cls(root)
+    c = sha256_digest(b"layer")
+    s = snap.prepare_layer(c, None)
+    if not s.path.exists():
+        s.path.mkdir()
+    (s.path / "f").write_bytes(b"x")
+    snap.commit(s)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "host-file").write_bytes(b"host")
+    shutil.rmtree(snap.fs_path(c))
+    snap.fs_path(c).symlink_to(secret)
+    with pytest.raises(StoreError, match="symlink"):
+        snap.trusted_fs_path(c)
+    if isinstance(snap, OverlaySnapshotter):
+        active = snap.prepare_active("ctr", c)
+        with pytest.raises(StoreError, match="symlink"):
+            snap.mount_options(active)  # the lowerdir list is where the planted fs would go
+    else:
+        with pytest.raises(StoreError, match="symlink"):
+            snap.prepare_active("ctr", c)  # a copy of the parent's fs
+    assert sorted(os.listdir(secret)) == ["host-file"]
+
+
+def test_open_beneath_follows_no_symlink_and_never_leaves_the_root(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"ok")
+    (tmp_path / "l").symlink_to("d")
+    fd = open_beneath(tmp_path, "d/f")
+    try:
+        assert os.read(fd, 2) == b"ok"
+    finally:
+        os.close(fd)
+    with pytest.raises(StoreError, match="symlink"):
+        open_beneath(tmp_path, "l/f")
+    with pytest.raises(StoreError, match="leaves the store"):
+        open_beneath(tmp_path, "d/../d/f")
+
+
+def test_a_planted_containers_symlink_is_refused_before_a_bundle_is_made(tmp_path: Path) -> None:
+    from fastdist.runtime import Runtime
+
+    root = tmp_path / "store"
+    root.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "containers").symlink_to(elsewhere)
+    with pytest.raises(StoreError, match="symlink"):
+        Runtime(root).prepare("c1")  # its rootfs would be a mount target outside the store
+    assert os.listdir(elsewhere) == []
+
+
+def test_a_planted_blob_symlink_is_never_read(tmp_path: Path) -> None:
+    from fastdist.content import ContentStore
+
+    store = ContentStore(tmp_path / "store")
+    host = tmp_path / "host-secret"
+    host.write_bytes(b"{}")
+    digest = sha256_digest(b"{}")
+    store.blob_path(digest).symlink_to(host)  # it even hashes right
+    with pytest.raises(StoreError, match="symlink"):
+        store.read_bytes(digest, 1024)
+    with pytest.raises(StoreError, match="symlink"):
+        store.path(digest)  # what the layer applier would be handed
