@@ -1034,18 +1034,32 @@ class Client:
         _check_layers(manifest.layers, config)
         for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
             progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
-            _native.apply_layer(
-                str(self.content.path(desc.digest)),
-                desc.media_type,
-                str(out),
-                mode="flatten",
-                expected_digest=desc.digest,
-                expected_size=desc.size,
-                expected_diff_id=diff_id,
-                limits=self.limits,
-            )
+            try:
+                _native.apply_layer(
+                    str(self.content.path(desc.digest)),
+                    desc.media_type,
+                    str(out),
+                    mode="flatten",
+                    expected_digest=desc.digest,
+                    expected_size=desc.size,
+                    expected_diff_id=diff_id,
+                    limits=self.limits,
+                )
+            except (StoreError, VerificationError, LayerError) as e:
+                raise self._read_back_error(img.name, desc.digest, e) from e
             progress(ProgressEvent(Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size))
         return out
+
+    def _read_back_error(self, name: str, digest: Digest, e: FastdistError) -> FastdistError:
+        """What to say when a stored layer failed to read back: if the blob is missing or went
+        bad on disk, that (and how to repair it), rather than a tar error from its middle."""
+        if self.content.intact(digest):
+            return e  # the blob is what was verified at pull time: the error is the image's
+        return VerificationError(
+            f"layer {digest} of {name} is missing or corrupt in the content store",
+            hint="fastdist check --repair removes what is corrupt; then "
+            f"fastdist pull {name} fetches it again",
+        )
 
     # --- containers ------------------------------------------------------------------------
     def run(
