@@ -217,6 +217,11 @@ class Client:
 
         All or nothing: the image is listed only once every blob is verified and every snapshot
         committed; an interrupted pull leaves partial downloads that the next pull resumes.
+
+        ``platform``: ``os/arch[/variant]`` or a :class:`Platform` (default: this host's). Asked
+        for explicitly, a single-platform image built for another one is refused
+        (PlatformNotFoundError); ``"any"`` takes it whatever its platform, and an index's first
+        entry when it has none for this host.
         """
         reference = Reference.parse(ref)
         plat, any_platform = _wanted_platform(platform)
