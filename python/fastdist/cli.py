@@ -369,10 +369,8 @@ class _Parser(argparse.ArgumentParser):
     subcommand parsers are made of the same class."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(
-            EXIT_USAGE,
-            f"error: {message}\nhint: {self.format_usage().strip()}; see: {self.prog} --help\n",
-        )
+        usage = " ".join(self.format_usage().split())  # one line, however argparse wrapped it
+        self.exit(EXIT_USAGE, f"error: {message}\nhint: {usage}; see: {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

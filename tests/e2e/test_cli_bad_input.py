@@ -139,6 +139,8 @@ def test_a_bad_input_ends_in_error_and_hint_with_its_exit_code_and_no_traceback(
     assert first + 1 < len(lines), r.stderr
     assert lines[first + 1].startswith("hint: "), r.stderr
     assert bad.says.format(**fill) in lines[first], r.stderr
+    if "run" not in bad.args:  # nothing else: no stray log lines, a usage hint on one line
+        assert all(line.startswith(("error: ", "hint: ")) for line in lines), r.stderr
     if bad.rc == -1:
         assert r.rc != 0, r.stderr
     else:
