@@ -833,27 +833,17 @@ class Client:
         are all the same image; ImageNotFoundError if none matches, AmbiguousImageError if a
         prefix matches different images.
         """
-        hex_id = parse_image_id(ref)
+        hex_id = parse_image_id(ref)  # set whenever names_only_an_id(ref)
         if not names_only_an_id(ref):
             reference = Reference.parse(ref)
-            rec = self.metadata.images.get(str(reference))
-            if rec is not None:
-                return [rec]
-            if reference.digest is not None:
-                same = [
-                    r
-                    for r in self.metadata.images.by_digest_prefix(reference.digest)
-                    if reference.digest in (r.target.digest, r.manifest_digest)
-                    and Reference.parse(r.name).name == reference.name
-                ]
-                if same:
-                    return same
+            named = self._find_by_name(reference)
+            if named:
+                return named
             if hex_id is None:
                 raise ImageNotFoundError(
                     f"image {reference} not found in {self.root}",
                     hint=f"pull it first: fastdist pull {ref}",
                 )
-        assert hex_id is not None
         found = self.metadata.images.by_digest_prefix(f"sha256:{hex_id}")
         if not found:
             raise ImageNotFoundError(
@@ -869,6 +859,21 @@ class Client:
                 candidates=names,
             )
         return found
+
+    def _find_by_name(self, reference: Reference) -> list[ImageRecord]:
+        """The record called ``reference``; for ``name@digest``, else every image of that
+        repository whose target or manifest is that digest (pulled by a tag, say)."""
+        rec = self.metadata.images.get(str(reference))
+        if rec is not None:
+            return [rec]
+        if reference.digest is None:
+            return []
+        return [
+            r
+            for r in self.metadata.images.by_digest_prefix(reference.digest)
+            if reference.digest in (r.target.digest, r.manifest_digest)
+            and Reference.parse(r.name).name == reference.name
+        ]
 
     def inspect(self, ref: str) -> dict[str, Any]:
         """The image's record, manifest and config as JSON-able data."""
