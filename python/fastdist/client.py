@@ -1183,12 +1183,25 @@ class Client:
     def _image_for_run(
         self, ref: str, pull: bool, platform: str | Platform | None, progress: Progress
     ) -> Image:
+        want, _ = _wanted_platform(platform)
         try:
-            return self.get(ref)
+            img = self.get(ref)
         except ImageNotFoundError:
             if not pull or names_only_an_id(ref):
                 raise  # an ID or digest names no registry image to pull
-        return self.pull(ref, platform=platform, progress=progress)
+            return self.pull(ref, platform=platform, progress=progress)
+        if want is None:
+            return img
+        found = img.config().platform
+        if want.matches(found):
+            return img
+        # docker run --platform: a present image for another platform is not the one asked for.
+        if not pull:
+            raise PlatformNotFoundError(
+                f"image {img.name} is built for {found.normalized()}, not {want.normalized()}",
+                hint=f"pull it for that platform: fastdist pull --platform {want} {img.name}",
+            )
+        return self.pull(img.name, platform=want, progress=progress)
 
     def _snapshotter_for(self, img: Image) -> Snapshotter:
         if img.record.snapshotter == self.snapshotter.name:

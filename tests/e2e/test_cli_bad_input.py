@@ -166,3 +166,17 @@ def test_an_empty_root_is_refused_and_the_working_directory_left_alone(tmp_path:
     assert proc.stderr.startswith("error: the store root is an empty path"), proc.stderr
     assert "hint: " in proc.stderr
     assert (cwd.stat().st_mode & 0o777, list(cwd.iterdir())) == (0o755, [])
+
+
+def test_run_with_another_platform_than_the_present_image_is_refused_not_run(
+    fastdist: FastdistCLI, busybox: PushedImage
+) -> None:
+    """docker run --platform: a present image built for another platform is not the one asked
+    for; for a single-platform image the pull that follows refuses, and nothing runs."""
+    assert fastdist("pull", "-q", busybox.ref).rc == 0
+    r = fastdist("run", "--rm", "--platform", "linux/s390x", busybox.ref, "echo", "ran")
+    assert "ran" not in r.stdout
+    assert r.rc == PLATFORM, r.stderr
+    assert "linux/s390x" in r.stderr
+    assert "hint: pull it anyway with --platform any" in r.stderr
+    assert "Traceback" not in r.stderr
