@@ -1,11 +1,12 @@
 """Check a store's consistency (``fastdist check``): blobs, images, snapshots and leftovers.
 
-Reads only; repairs nothing. A *problem* is something that breaks the store's promises (a blob
-that does not hash to its name, an image whose blob or snapshot is missing, a snapshot whose
-parent is gone). A *leftover* is harmless debris that ``fastdist prune`` removes: staging dirs of
-interrupted unpacks, partial ingests (which the next pull resumes; prune keeps those younger than
-its ``--partial-age``, a day by default), snapshots and blobs no image uses, and stray mounts
-under the store.
+The checker reads only; :func:`repair` (``check --repair``) then removes the corrupt blobs it
+found, which leaves the images that used them listed but incomplete until pulled again. A
+*problem* is something that breaks the store's promises (a blob that does not hash to its name,
+an image whose blob or snapshot is missing, a snapshot whose parent is gone). A *leftover* is
+harmless debris that ``fastdist prune`` removes: staging dirs of interrupted unpacks, partial
+ingests (which the next pull resumes; prune keeps those younger than its ``--partial-age``, a
+day by default), snapshots and blobs no image uses, and stray mounts under the store.
 """
 
 from __future__ import annotations
@@ -46,11 +47,42 @@ class CheckReport:
     images: int
     problems: tuple[Finding, ...]
     leftovers: tuple[Finding, ...]
+    #: What ``check --repair`` did before this report was made (``blob-removed`` findings).
+    repaired: tuple[Finding, ...] = ()
 
     @property
     def ok(self) -> bool:
         """No problems (leftovers are fine: prune removes them)."""
         return not self.problems
+
+    @property
+    def incomplete_images(self) -> tuple[str, ...]:
+        """Names of images missing a blob or snapshot: a pull of each fetches what is missing."""
+        kinds = ("image-missing-blob", "image-missing-snapshot")
+        return tuple(dict.fromkeys(p.subject for p in self.problems if p.kind in kinds))
+
+    @property
+    def corrupt_blobs(self) -> tuple[Digest, ...]:
+        """Blobs that do not hash to their name or cannot be read: what ``repair`` removes."""
+        return tuple(
+            parse_digest(p.subject) for p in self.problems if p.kind in _REPAIRABLE_BLOB_KINDS
+        )
+
+
+# Problems ``repair`` fixes by removing the blob (the next pull fetches it again, verified).
+_REPAIRABLE_BLOB_KINDS = ("blob-corrupt", "blob-unreadable")
+
+
+def repair(report: CheckReport, content: ContentStore) -> tuple[Finding, ...]:
+    """Remove the corrupt blobs ``report`` found (the caller holds the GC lock exclusively and
+    checks again afterwards). Images keep their records: missing content is what ``pull``
+    fetches, while a corrupt blob would be taken for present."""
+    done = []
+    for digest in report.corrupt_blobs:
+        content.delete(digest)
+        log.warning("check --repair: removed corrupt blob %s", digest)
+        done.append(Finding("blob-removed", digest, f"removed corrupt blob {digest}"))
+    return tuple(done)
 
 
 class StoreChecker:
@@ -342,7 +374,8 @@ def stray_mounts(root: Path, legitimate: Iterable[str] = ()) -> list[str]:
 
 def format_report(report: CheckReport, verbose: bool = False) -> Sequence[str]:
     """Lines for the CLI: every problem, leftovers counted (listed with ``verbose``)."""
-    lines = [f"problem: {p}" for p in report.problems]
+    lines = [f"repaired: {r.message}" for r in report.repaired]
+    lines += [f"problem: {p}" for p in report.problems]
     if verbose:
         lines += [f"leftover: {x}" for x in report.leftovers]
     lines.append(
@@ -354,6 +387,17 @@ def format_report(report: CheckReport, verbose: bool = False) -> Sequence[str]:
             else ""
         )
     )
+    if report.corrupt_blobs:
+        lines.append(
+            f"hint: fastdist check --repair removes the {len(report.corrupt_blobs)} corrupt "
+            "blob(s); a pull of each image that used one then fetches it again"
+        )
+    incomplete = report.incomplete_images
+    if incomplete:
+        lines.append(
+            f"hint: {len(incomplete)} image(s) are incomplete; pull them again to fetch what "
+            "is missing: fastdist pull " + " ".join(incomplete)
+        )
     return lines
 
 
@@ -363,5 +407,6 @@ __all__ = [
     "StoreChecker",
     "format_report",
     "mounts_under",
+    "repair",
     "stray_mounts",
 ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
 from . import __version__
-from .errors import FastdistError
+from .errors import FastdistError, InvalidArgumentError
 from .progress import Phase, ProgressEvent
 
 log = logging.getLogger("fastdist")
@@ -273,11 +273,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
+    """Every name is tried (docker does too): a missing one is reported and the rest removed;
+    the exit status is the first failure's."""
     client = _client(args)
+    rc = 0
     for ref in args.refs:
-        client.remove(ref)
-        print(f"removed {ref}")
-    return 0
+        try:
+            name = client.remove(ref)
+        except FastdistError as e:
+            _report(e, args.debug)
+            rc = rc or type(e).exit_code
+            continue
+        print(f"removed {name}")
+    return rc
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -314,7 +322,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .check import format_report
 
     client = _client(args)
-    report = client.check(verify_blobs=not args.no_verify)
+    if args.repair and args.no_verify:
+        raise InvalidArgumentError(
+            "check --repair needs the blobs verified",
+            hint="drop --no-verify: --repair re-hashes every blob to find the corrupt ones",
+        )
+    report = client.check(verify_blobs=not args.no_verify, repair=args.repair)
     if args.json:
         print(
             json.dumps(
@@ -324,6 +337,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                     "snapshots": report.snapshots,
                     "images": report.images,
                     "problems": [vars(p) for p in report.problems],
+                    "repaired": [vars(p) for p in report.repaired],
+                    "incomplete_images": list(report.incomplete_images),
                     "leftovers": [vars(x) for x in report.leftovers],
                 },
                 indent=2,
@@ -349,10 +364,17 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 
 
 # --- entry point ------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with fastdist's error format (``error: …``, ``hint: usage …``, exit 2); the
+    subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = " ".join(self.format_usage().split())  # one line, however argparse wrapped it
+        self.exit(EXIT_USAGE, f"error: {message}\nhint: {usage}; see: {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fastdist", description="Fast, verified container-image pulls and runs."
-    )
+    p = _Parser(prog="fastdist", description="Fast, verified container-image pulls and runs.")
     p.add_argument(
         "--root", default=None, help="store root (default: $FASTDIST_ROOT or /var/lib/fastdist)"
     )
@@ -369,7 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("pull", help="fetch, verify and unpack an image")
     sp.add_argument("ref", metavar="REF")
-    sp.add_argument("--platform", help="os/arch[/variant] (default: this host)")
+    sp.add_argument(
+        "--platform",
+        help="os/arch[/variant] (default: this host's); a single-platform image built for "
+        "another platform is refused; 'any' accepts it whatever its platform",
+    )
     sp.add_argument(
         "--plain-http",
         action="append",
@@ -417,9 +443,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=cmd_prune)
 
-    sp = sub.add_parser("check", aliases=["fsck"], help="verify the store's blobs and snapshots")
+    sp = sub.add_parser(
+        "check",
+        aliases=["fsck"],
+        help="verify the store's blobs and snapshots",
+        description="Verify the store: every blob against its digest, every image's blobs and "
+        "snapshots, snapshot parent chains; list leftovers for prune. Exit 1 if there are "
+        "problems. --repair removes corrupt blobs: the images that used them stay listed but "
+        "incomplete, and the next pull of each fetches what is missing.",
+    )
     sp.add_argument(
         "--no-verify", action="store_true", help="do not re-hash blobs (sizes and links only)"
+    )
+    sp.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove corrupt blobs (then pull the images it names again)",
     )
     sp.add_argument("-v", "--verbose", action="store_true", help="list leftovers too")
     sp.add_argument("--json", action="store_true", help="the report as JSON")
@@ -468,11 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc: int = args.func(args)
         return rc
     except FastdistError as e:
-        if args.debug:
-            log.exception("command failed")
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        _report(e, args.debug)
         return type(e).exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -493,6 +528,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        # A path given on the command line that cannot be used (a --root under a missing or
+        # read-only directory, say): still an error line, not a traceback.
+        if args.debug:
+            log.error("command failed", exc_info=e)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        print(
+            "hint: check the paths given (--root, destinations, files); --debug shows where "
+            "it failed",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _report(e: FastdistError, debug: bool) -> None:
+    """``error: …`` and ``hint: …`` on stderr (with the traceback under ``--debug``)."""
+    if debug:
+        log.error("command failed", exc_info=e)
+    print(f"error: {e.message}", file=sys.stderr)
+    if e.hint:
+        print(f"hint: {e.hint}", file=sys.stderr)
 
 
 def run() -> NoReturn:

@@ -82,7 +82,10 @@ def parse_env_file(path: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError as e:
-        raise FastdistError(f"cannot read --env-file {path}: {e.strerror}") from None
+        raise FastdistError(
+            f"cannot read --env-file {path}: {e.strerror}",
+            hint="pass a readable file of KEY=VALUE lines, or -e KEY=VALUE",
+        ) from None
     out = []
     for line in lines:
         s = line.strip()

@@ -24,13 +24,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import _native, oci
 from .content import ContentStore
 from .errors import (
+    AmbiguousImageError,
     ContainerNotFoundError,
     ContainerRunError,
     FastdistError,
     ImageNotFoundError,
     InUseError,
+    InvalidArgumentError,
+    InvalidPlatformError,
+    LayerError,
     LimitExceededError,
     ManifestError,
+    PlatformNotFoundError,
     StoreError,
     UnsupportedMediaTypeError,
     VerificationError,
@@ -38,7 +43,7 @@ from .errors import (
 from .metadata import ContainerRecord, ImageRecord, MetadataDB
 from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
-from .reference import Reference
+from .reference import Reference, names_only_an_id, parse_image_id
 from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
 from .store import ensure_root, rmtree
 from .unpacker import LayerSink, Unpacker
@@ -138,7 +143,13 @@ class Client:
         hosts_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_pull_bytes <= 0:
-            raise ValueError("max_pull_bytes must be positive")
+            raise InvalidArgumentError(f"max_pull_bytes must be positive, got {max_pull_bytes}")
+        if root is not None and not os.fspath(root):
+            # Path("") is the working directory, which would become the store (and 0700).
+            raise InvalidArgumentError(
+                "the store root is an empty path",
+                hint="pass --root DIR, or leave it out for $FASTDIST_ROOT or /var/lib/fastdist",
+            )
         # Checked once, as sshd's StrictModes (store.ensure_root); then used by its resolved path.
         self.root = ensure_root(Path(root) if root is not None else default_root())
         self.content = ContentStore(self.root)
@@ -209,20 +220,27 @@ class Client:
 
         All or nothing: the image is listed only once every blob is verified and every snapshot
         committed; an interrupted pull leaves partial downloads that the next pull resumes.
+
+        ``platform``: ``os/arch[/variant]`` or a :class:`Platform` (default: this host's). Asked
+        for explicitly, a single-platform image built for another one is refused
+        (PlatformNotFoundError); ``"any"`` takes it whatever its platform, and an index's first
+        entry when it has none for this host.
         """
         reference = Reference.parse(ref)
-        plat = Platform.parse(platform) if isinstance(platform, str) else platform
+        plat, any_platform = _wanted_platform(platform)
         started = time.monotonic()
         with self._gc_lock(shared=True):
             progress(ProgressEvent(Phase.RESOLVING, message=str(reference)))
             pinned = self._present_by_digest(reference, progress)
             if pinned is not None:
                 # Content addressed and already verified: nothing to ask the registry.
+                self._check_platform(reference, plat, pinned.target.media_type, pinned)
                 return Image(pinned.name, pinned.target, pinned, self)
-            resolved = self.resolver.resolve(reference, plat, progress)
+            resolved = self.resolver.resolve(reference, plat, progress, any_platform=any_platform)
             resolve_seconds = time.monotonic() - started
             present = self._already_present(reference, resolved, progress)
             if present is not None:
+                self._check_platform(reference, plat, present.target.media_type, present)
                 progress(
                     ProgressEvent(
                         Phase.DONE,
@@ -239,6 +257,7 @@ class Client:
                 self._store_document(resolved.manifest_descriptor, resolved.manifest_bytes)
             config_bytes = self._fetch_config(reference, resolved.manifest.config, progress)
             config = oci.parse_config(config_bytes)
+            self._check_platform(reference, plat, resolved.target.media_type, config)
             layers = resolved.manifest.layers
             _check_layers(layers, config)
             chains = oci.chain_ids(config.diff_ids)
@@ -261,6 +280,31 @@ class Client:
             )
         )
         return Image(record.name, record.target, record, self)
+
+    def _check_platform(
+        self,
+        ref: Reference,
+        want: Platform | None,
+        target_type: str,
+        config: ImageConfig | ImageRecord,
+    ) -> None:
+        """A platform the user asked for, on a single-platform image built for another one, is
+        refused (as docker does), before any layer is fetched. An index was already matched by
+        the resolver; no ``--platform`` (this host's) or ``any`` accepts what there is."""
+        if want is None or target_type in oci.INDEX_TYPES:
+            return
+        if isinstance(config, ImageRecord):
+            config = oci.parse_config(
+                self.content.read_bytes(config.config_digest, oci.MAX_CONFIG_BYTES)
+            )
+        found = config.platform
+        if not want.matches(found):
+            raise PlatformNotFoundError(
+                f"image {ref} is built for {found.normalized()} only, not {want.normalized()}",
+                hint=f"pull it anyway with --platform {oci.ANY_PLATFORM} "
+                f"(platform={oci.ANY_PLATFORM!r} in the API), or choose an image built for "
+                f"{want.normalized()}",
+            )
 
     def _present_by_digest(self, ref: Reference, progress: Progress) -> ImageRecord | None:
         """A pull of ``name@sha256:…`` whose record already points at that digest with all its
@@ -296,13 +340,37 @@ class Client:
         return self._touch(rec, progress, resolved.manifest)
 
     def _complete(self, rec: ImageRecord) -> bool:
-        """Whether every blob and snapshot of ``rec`` is here, on this client's snapshotter."""
+        """Whether every blob and snapshot of ``rec`` is here, on this client's snapshotter.
+
+        The documents (target, manifest, config: small, and read again by run and inspect) are
+        verified; a layer blob need only exist, since its snapshot is committed (what a
+        container uses) and a pull that must read it again verifies it while reading."""
         if rec.snapshotter != self.snapshotter.name:
             return False
-        blobs = (rec.target.digest, rec.manifest_digest, rec.config_digest, *rec.layer_digests)
-        return all(self.content.exists(d) for d in blobs) and all(
-            self.snapshotter.exists(c) for c in rec.chain_ids
+        docs = (rec.target.digest, rec.manifest_digest, rec.config_digest)
+        return (
+            all(self._intact_document(d) for d in docs)
+            and all(self.content.exists(d) for d in rec.layer_digests)
+            and all(self.snapshotter.exists(c) for c in rec.chain_ids)
         )
+
+    def _intact_document(self, digest: Digest) -> bool:
+        """Whether a stored manifest, index or config reads back whole (read_bytes verifies)."""
+        try:
+            self.content.read_bytes(digest, max(oci.MAX_MANIFEST_BYTES, oci.MAX_CONFIG_BYTES))
+        except (StoreError, VerificationError):
+            return False
+        return True
+
+    def _drop_if_corrupt(self, digest: Digest) -> bool:
+        """After a stored blob failed to read back: whether it was corrupt, in which case it is
+        removed, for the pull to fetch it again. False: the blob is intact, the failure is the
+        image's own (a hostile layer, say) and stands."""
+        if self.content.intact(digest):
+            return False
+        log.warning("blob %s in the content store is corrupt; fetching it again", digest)
+        self.content.delete(digest)
+        return True
 
     def _touch(
         self, rec: ImageRecord, progress: Progress, manifest: oci.Manifest | None = None
@@ -371,8 +439,12 @@ class Client:
             budget.add(staged.result.uncompressed_size, staged.desc.digest)
 
     def _store_document(self, desc: Descriptor, data: bytes) -> None:
+        """Store a resolved (verified) document; a corrupt stored copy is replaced."""
         if not self.content.exists(desc.digest):
             self.content.write_blob(desc.digest, data)
+        elif not self._intact_document(desc.digest):
+            log.warning("document %s in the content store is corrupt; replacing it", desc.digest)
+            self.content.write_blob(desc.digest, data, replace=True)
 
     def _fetch_config(self, ref: Reference, desc: Descriptor, progress: Progress) -> bytes:
         if desc.media_type not in oci.CONFIG_TYPES:
@@ -385,21 +457,32 @@ class Client:
                 f"config {desc.digest} is {desc.size} bytes, over the "
                 f"{oci.MAX_CONFIG_BYTES}-byte limit"
             )
-        if not self.content.exists(desc.digest):
-            # Under the digest's ingest lock, so concurrent pulls fetch it once.
-            with self.content.ingest(desc) as ingest:
-                if not self.content.exists(desc.digest):
-                    data = self.fetcher.fetch_bytes(ref, desc, oci.MAX_CONFIG_BYTES)
-                    self.content.write_blob(desc.digest, data)
-                    ingest.commit()  # already there now: just removes the ingest dir
-                    progress(
-                        ProgressEvent(
-                            Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size
-                        )
-                    )
-                    return data
-        progress(ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size))
-        return self.content.read_bytes(desc.digest, oci.MAX_CONFIG_BYTES)
+        if self.content.exists(desc.digest):
+            try:
+                data = self.content.read_bytes(desc.digest, oci.MAX_CONFIG_BYTES)
+            except VerificationError:
+                log.warning(
+                    "config %s in the content store is corrupt; fetching it again", desc.digest
+                )
+                self.content.delete(desc.digest)
+            else:
+                progress(
+                    ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size)
+                )
+                return data
+        # Under the digest's ingest lock, so concurrent pulls fetch it once.
+        with self.content.ingest(desc) as ingest:
+            if self.content.exists(desc.digest):
+                ingest.commit()  # another pull stored it meanwhile: just removes the ingest dir
+                progress(
+                    ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size)
+                )
+                return self.content.read_bytes(desc.digest, oci.MAX_CONFIG_BYTES)
+            data = self.fetcher.fetch_bytes(ref, desc, oci.MAX_CONFIG_BYTES)
+            self.content.write_blob(desc.digest, data)
+            ingest.commit()  # already there now: just removes the ingest dir
+        progress(ProgressEvent(Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size))
+        return data
 
     def _pull_layers(
         self,
@@ -545,6 +628,7 @@ class Client:
         progress: Progress,
         failed: threading.Event,
         timings: list[tuple[str, float]],
+        refetched: bool = False,
     ) -> LayerSink:
         """Bring one missing layer to "ready to commit" (a staged sink). The caller holds the
         chain_id lock; the blob is streamed (fetch + apply in one pass) unless it is stored."""
@@ -572,7 +656,15 @@ class Client:
             # Another process fetched it while we waited for the digest's lock: the blob is
             # stored now, and is unpacked from there with the ingest lock released.
         progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
-        staged = self.unpacker.stage_blob(desc, diff_id, chain, parent)
+        try:
+            staged = self.unpacker.stage_blob(desc, diff_id, chain, parent)
+        except (VerificationError, LayerError):
+            # Verified while read: a stored blob that went bad on disk is fetched again.
+            if refetched or not self._drop_if_corrupt(desc.digest):
+                raise
+            return self._stage_layer(
+                ref, desc, diff_id, chain, parent, progress, failed, timings, refetched=True
+            )
         timings.append(("unpack", time.monotonic() - t))
         return staged
 
@@ -614,8 +706,8 @@ class Client:
                         ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size)
                     )
                     t = time.monotonic()
-                    staged = self.unpacker.stage_blob(
-                        desc, diff_ids[i], chains[i], chains[i - 1] if i else None
+                    staged = self._stage_stored(
+                        ref, desc, diff_ids[i], chains[i], chains[i - 1] if i else None, progress
                     )
                     timings.append(("unpack", time.monotonic() - t))
                     if _CRASH_AT is not None:
@@ -629,6 +721,25 @@ class Client:
                         raise
                     timings.append(("commit", time.monotonic() - t))
                 self._note_snapshot(desc, diff_ids[i], chains[i], progress, tuple(timings))
+
+    def _stage_stored(
+        self,
+        ref: Reference,
+        desc: Descriptor,
+        diff_id: Digest,
+        chain: Digest,
+        parent: Digest | None,
+        progress: Progress,
+    ) -> LayerSink:
+        """Apply a stored blob into staging (native snapshotter); verified while read, so a
+        blob that went bad on disk is fetched again once and applied from the new copy."""
+        try:
+            return self.unpacker.stage_blob(desc, diff_id, chain, parent)
+        except (VerificationError, LayerError):
+            if not self._drop_if_corrupt(desc.digest):
+                raise
+        self._fetch_blob(ref, desc, progress)
+        return self.unpacker.stage_blob(desc, diff_id, chain, parent)
 
     def _timed_fetch_blob(self, ref: Reference, desc: Descriptor, progress: Progress) -> float:
         t = time.monotonic()
@@ -707,18 +818,65 @@ class Client:
         return [Image(r.name, r.target, r, self) for r in self.metadata.images.list()]
 
     def get(self, ref: str) -> Image:
-        """The local image called ``ref`` (normalised like ``pull`` does)."""
-        name = self._local_name(ref)
-        rec = self.metadata.images.get(name)
-        if rec is None:
-            raise ImageNotFoundError(
-                f"image {name} not found in {self.root}",
-                hint=f"pull it first: fastdist pull {ref}",
-            )
+        """The local image ``ref`` names: a name (normalised like ``pull`` does),
+        ``name@digest``, an image ID (config digest) or manifest/index digest, whole or a unique
+        prefix (see :meth:`find`)."""
+        rec = self.find(ref)[0]
         return Image(rec.name, rec.target, rec, self)
 
-    def _local_name(self, ref: str) -> str:
-        return str(Reference.parse(ref))
+    def find(self, ref: str) -> list[ImageRecord]:
+        """The one lookup of local images by what a user typed, as docker does; every command
+        that names an image (inspect, rmi, run, unpack) goes through it.
+
+        In order: the name ``ref`` normalises to; for ``name@digest``, the images of that
+        repository whose target or manifest is that digest; then, if ``ref`` looks like one,
+        an image ID or digest (``sha256:<hex>`` or bare hex, whole or a prefix) matched against
+        every image's config (docker's IMAGE ID), manifest and target digests. A short bare hex
+        string (``cafe``) is tried as a name first. The records returned (one or more names)
+        are all the same image; ImageNotFoundError if none matches, AmbiguousImageError if a
+        prefix matches different images.
+        """
+        hex_id = parse_image_id(ref)  # set whenever names_only_an_id(ref)
+        if not names_only_an_id(ref):
+            reference = Reference.parse(ref)
+            named = self._find_by_name(reference)
+            if named:
+                return named
+            if hex_id is None:
+                raise ImageNotFoundError(
+                    f"image {reference} not found in {self.root}",
+                    hint=f"pull it first: fastdist pull {ref}",
+                )
+        found = self.metadata.images.by_digest_prefix(f"sha256:{hex_id}")
+        if not found:
+            raise ImageNotFoundError(
+                f"no local image has the name, ID or digest {ref!r} (in {self.root})",
+                hint="list local images with: fastdist images",
+            )
+        ids = sorted({r.config_digest for r in found})
+        if len(ids) > 1:
+            names = tuple(r.name for r in found)
+            raise AmbiguousImageError(
+                f"{ref!r} matches {len(ids)} different images: " + ", ".join(names[:10]),
+                hint="use a longer ID prefix, or a name",
+                candidates=names,
+            )
+        return found
+
+    def _find_by_name(self, reference: Reference) -> list[ImageRecord]:
+        """The record called ``reference``; for ``name@digest``, else every image of that
+        repository whose target or manifest is that digest (pulled by a tag, say)."""
+        rec = self.metadata.images.get(str(reference))
+        if rec is not None:
+            return [rec]
+        if reference.digest is None:
+            return []
+        return [
+            r
+            for r in self.metadata.images.by_digest_prefix(reference.digest)
+            if reference.digest in (r.target.digest, r.manifest_digest)
+            and Reference.parse(r.name).name == reference.name
+        ]
 
     def inspect(self, ref: str) -> dict[str, Any]:
         """The image's record, manifest and config as JSON-able data."""
@@ -729,6 +887,7 @@ class Client:
         config = self.content.read_bytes(img.record.config_digest, oci.MAX_CONFIG_BYTES)
         return {
             "name": img.name,
+            "id": img.record.config_digest,
             "target": img.target.to_json(),
             "snapshotter": img.record.snapshotter,
             "size": img.record.size,
@@ -738,9 +897,19 @@ class Client:
             "config": json.loads(config),
         }
 
-    def remove(self, ref: str) -> None:
-        """Forget the image called ``ref``; its content stays until ``prune``."""
-        img = self.get(ref)
+    def remove(self, ref: str) -> str:
+        """Forget the image ``ref`` names (any form :meth:`find` takes); its content stays
+        until ``prune``. An ID or digest that several names point at is refused (as docker
+        does without ``-f``): which name to forget is the user's choice. Returns the name
+        forgotten."""
+        found = self.find(ref)
+        if len(found) > 1:
+            names = [r.name for r in found]
+            raise InUseError(
+                f"image {ref} is referenced by {len(names)} names: {', '.join(names)}",
+                hint="remove them by name: fastdist rmi " + " ".join(names),
+            )
+        img = Image(found[0].name, found[0].target, found[0], self)
         users = [c.id for c in self.metadata.containers.list() if c.image == img.name]
         if users:
             raise InUseError(
@@ -748,6 +917,7 @@ class Client:
                 hint="remove the containers first: fastdist rm -f " + " ".join(users),
             )
         self.metadata.images.delete(img.name)
+        return img.name
 
     def prune(self, *, partial_older_than: float = PARTIAL_KEEP_SECONDS) -> PruneReport:
         """Delete blobs and snapshots that no image references, stale staging, stray mounts,
@@ -759,7 +929,7 @@ class Client:
         age. Pass 0 to remove every partial download nobody holds.
         """
         if partial_older_than < 0:
-            raise ValueError("partial_older_than must be >= 0")
+            raise InvalidArgumentError(f"partial_older_than must be >= 0, got {partial_older_than}")
         with self._gc_lock(shared=False):
             blobs_kept = self.metadata.images.referenced_blobs()
             snaps_kept = set(self.metadata.images.referenced_snapshots())
@@ -813,21 +983,34 @@ class Client:
                 snaps[name] = snapshotter_by_name(name, self.root)
         return snaps
 
-    def check(self, verify_blobs: bool = True) -> CheckReport:
+    def check(self, verify_blobs: bool = True, repair: bool = False) -> CheckReport:
         """Verify the store: every blob's digest (and size against its descriptors), every
         image's blobs and snapshots, snapshot parent chains; list leftovers for prune.
-        Reads only; holds the GC lock shared, so it can run next to pulls but not prune."""
-        from .check import StoreChecker
+        Reads only, under the GC lock held shared, so it can run next to pulls but not prune.
 
-        with self._gc_lock(shared=True):
-            return StoreChecker(
+        ``repair``: remove the corrupt blobs found (under the GC lock held exclusively, as
+        prune), then check again (sizes and links only) and return that report, with
+        ``repaired`` set; the images that used them are incomplete until pulled again."""
+        from . import check
+
+        def checker(verify: bool) -> check.StoreChecker:
+            return check.StoreChecker(
                 self.root,
                 self.content,
                 self.metadata,
                 self._present_snapshotters(),
                 self._container_mounts(),
-                verify_blobs=verify_blobs,
-            ).run()
+                verify_blobs=verify,
+            )
+
+        if repair and not verify_blobs:
+            raise InvalidArgumentError("check(repair=True) needs verify_blobs=True")
+        with self._gc_lock(shared=not repair):
+            report = checker(verify_blobs).run()
+            if not repair or not report.corrupt_blobs:
+                return report
+            done = check.repair(report, self.content)
+            return dataclasses.replace(checker(False).run(), repaired=done)
 
     def _depth(self, chain: Digest, snap: Snapshotter | None = None) -> int:
         snap = snap or self.snapshotter
@@ -873,21 +1056,35 @@ class Client:
         with _UnpackDestination(out) as target:
             for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
                 progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
-                _native.apply_layer(
-                    str(self.content.path(desc.digest)),
-                    desc.media_type,
-                    target.staging_path,
-                    mode="flatten",
-                    expected_digest=desc.digest,
-                    expected_size=desc.size,
-                    expected_diff_id=diff_id,
-                    limits=self.limits,
-                )
+                try:
+                    _native.apply_layer(
+                        str(self.content.path(desc.digest)),
+                        desc.media_type,
+                        target.staging_path,
+                        mode="flatten",
+                        expected_digest=desc.digest,
+                        expected_size=desc.size,
+                        expected_diff_id=diff_id,
+                        limits=self.limits,
+                    )
+                except (StoreError, VerificationError, LayerError) as e:
+                    raise self._read_back_error(img.name, desc.digest, e) from e
                 progress(
                     ProgressEvent(Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size)
                 )
             target.commit(keep_root_mode=keep_root_mode)
         return out
+
+    def _read_back_error(self, name: str, digest: Digest, e: FastdistError) -> FastdistError:
+        """What to say when a stored layer failed to read back: if the blob is missing or went
+        bad on disk, that (and how to repair it), rather than a tar error from its middle."""
+        if self.content.intact(digest):
+            return e  # the blob is what was verified at pull time: the error is the image's
+        return VerificationError(
+            f"layer {digest} of {name} is missing or corrupt in the content store",
+            hint="fastdist check --repair removes what is corrupt; then "
+            f"fastdist pull {name} fetches it again",
+        )
 
     # --- containers ------------------------------------------------------------------------
     def run(
@@ -1001,12 +1198,25 @@ class Client:
     def _image_for_run(
         self, ref: str, pull: bool, platform: str | Platform | None, progress: Progress
     ) -> Image:
+        want, _ = _wanted_platform(platform)
         try:
-            return self.get(ref)
+            img = self.get(ref)
         except ImageNotFoundError:
-            if not pull:
-                raise
-        return self.pull(ref, platform=platform, progress=progress)
+            if not pull or names_only_an_id(ref):
+                raise  # an ID or digest names no registry image to pull
+            return self.pull(ref, platform=platform, progress=progress)
+        if want is None:
+            return img
+        found = img.config().platform
+        if want.matches(found):
+            return img
+        # docker run --platform: a present image for another platform is not the one asked for.
+        if not pull:
+            raise PlatformNotFoundError(
+                f"image {img.name} is built for {found.normalized()}, not {want.normalized()}",
+                hint=f"pull it for that platform: fastdist pull --platform {want} {img.name}",
+            )
+        return self.pull(img.name, platform=want, progress=progress)
 
     def _snapshotter_for(self, img: Image) -> Snapshotter:
         if img.record.snapshotter == self.snapshotter.name:
@@ -1272,6 +1482,23 @@ class PruneReport:
     snapshots: int
     bytes_freed: int
     leftovers: int
+
+
+def _wanted_platform(platform: object) -> tuple[Platform | None, bool]:
+    """``pull``'s platform argument as (the platform asked for, or None for this host's;
+    whether any platform will do)."""
+    if platform is None:
+        return None, False
+    if isinstance(platform, Platform):
+        return platform.normalized(), False
+    if isinstance(platform, str) and platform.strip().lower() == oci.ANY_PLATFORM:
+        return None, True
+    if not isinstance(platform, str):
+        raise InvalidPlatformError(
+            f"invalid platform {platform!r}: expected a string or a Platform",
+            hint="e.g. 'linux/amd64'",
+        )
+    return Platform.parse(platform), False
 
 
 def _check_layers(layers: Sequence[Descriptor], config: ImageConfig) -> None:

@@ -86,9 +86,18 @@ class ContentStore:
         if actual != digest:
             raise DigestMismatchError(
                 f"blob {digest} in the content store is corrupt: its content hashes to {actual}",
-                hint="delete it (fastdist prune) and pull again",
+                hint="fastdist check --repair removes it; then pull the image again",
             )
         return data
+
+    def intact(self, digest: Digest) -> bool:
+        """Whether the stored blob is readable and hashes to its name (reads all of it: for a
+        blob that failed to read back, not on every pull)."""
+        try:
+            actual, _ = _native.sha256_file(str(self.path(digest)))
+        except (OSError, FastdistError):
+            return False
+        return bool(actual == digest)
 
     def digests(self) -> Iterator[Digest]:
         """Every committed blob's digest."""
@@ -100,13 +109,14 @@ class ContentStore:
                 continue  # a stray file name is not a digest; skip it
 
     # --- writing ------------------------------------------------------------------------------
-    def write_blob(self, digest: Digest, data: bytes) -> None:
-        """Store an in-memory blob after checking it hashes to ``digest``; atomic and idempotent."""
+    def write_blob(self, digest: Digest, data: bytes, replace: bool = False) -> None:
+        """Store an in-memory blob after checking it hashes to ``digest``; atomic and idempotent.
+        ``replace``: write it even if a (corrupt) copy is stored, atomically over it."""
         actual = sha256_digest(data)
         if actual != digest:
             raise DigestMismatchError(f"blob {digest}: content hashes to {actual}")
         dest = self.blob_path(digest)
-        if dest.is_file():
+        if dest.is_file() and not replace:
             return
         tmp = self.ingest_dir / f".write-{_hex(digest)}.{os.getpid()}.{id(data):x}"
         try:

@@ -35,6 +35,18 @@ class InvalidDigestError(InvalidReferenceError):
     """A digest string is not ``sha256:`` followed by 64 lowercase hex digits."""
 
 
+class InvalidArgumentError(FastdistError, ValueError):
+    """An option or argument value is malformed (``--platform garbage``, a negative limit).
+
+    Also a ``ValueError``, so API callers that catch that keep working."""
+
+    exit_code = 2
+
+
+class InvalidPlatformError(InvalidArgumentError):
+    """A platform string is not ``os/arch[/variant]`` (or ``any``)."""
+
+
 class RegistryError(FastdistError):
     """The registry answered with an error, or could not be reached.
 
@@ -123,6 +135,17 @@ class StoreError(FastdistError):
 
 class ImageNotFoundError(StoreError):
     """No local image has that reference."""
+
+
+class AmbiguousImageError(StoreError):
+    """A short ID (or digest prefix) matches more than one local image; ``candidates`` are their
+    names."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, candidates: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.candidates = candidates
 
 
 class ContainerNotFoundError(StoreError):

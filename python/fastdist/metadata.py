@@ -341,6 +341,18 @@ class ImageStore:
     def list(self) -> list[ImageRecord]:
         return [_image_from_row(r) for r in self.db._read("SELECT * FROM images ORDER BY name")]
 
+    def by_digest_prefix(self, prefix: str) -> builtins.list[ImageRecord]:
+        """Images whose config (docker's image ID), manifest or target digest starts with
+        ``prefix`` (``sha256:`` and some hex), by name."""
+        n = len(prefix)
+        rows = self.db._read(
+            "SELECT * FROM images WHERE substr(config_digest, 1, ?) = ? "
+            "OR substr(manifest_digest, 1, ?) = ? "
+            "OR substr(json_extract(target, '$.digest'), 1, ?) = ? ORDER BY name",
+            (n, prefix, n, prefix, n, prefix),
+        )
+        return [_image_from_row(r) for r in rows]
+
     def delete(self, name: str) -> bool:
         """Remove the image ``name``; False if there was none."""
         n: int = self.db._write(

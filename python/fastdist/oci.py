@@ -17,7 +17,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NewType, Union
 
-from .errors import InvalidDigestError, ManifestError, UnsupportedMediaTypeError
+from .errors import (
+    InvalidDigestError,
+    InvalidPlatformError,
+    ManifestError,
+    UnsupportedMediaTypeError,
+)
 
 # --- media types (image-spec media-types.md, Docker manifest v2 schema 2) -----------------------
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -78,7 +83,8 @@ def parse_digest(value: object) -> Digest:
         return Digest(value)
     if isinstance(value, str) and _ALGO_RE.fullmatch(value) and not value.startswith("sha256:"):
         raise UnsupportedMediaTypeError(
-            f"unsupported digest algorithm in {value[:80]!r}: only sha256 is accepted"
+            f"unsupported digest algorithm in {value[:80]!r}: only sha256 is accepted",
+            hint="name the content by its sha256 digest (sha256:<64 lowercase hex digits>)",
         )
     raise InvalidDigestError(
         f"invalid digest {str(value)[:80]!r}: "
@@ -114,6 +120,13 @@ _ARCH_ALIASES = {
 }
 
 
+#: ``--platform any``: pull a single-platform image whatever platform it is built for (an index
+#: still gives this host's entry).
+ANY_PLATFORM = "any"
+# containerd's platforms.Parse: each component is letters, digits, '_' or '-'.
+_PLATFORM_PART_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
 @dataclass(frozen=True)
 class Platform:
     """An image platform (image-spec image-index.md#platform)."""
@@ -126,9 +139,13 @@ class Platform:
     @classmethod
     def parse(cls, text: str) -> Platform:
         """``os/arch[/variant]`` as docker's ``--platform`` takes it."""
-        parts = text.strip().split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ValueError(f"invalid platform {text!r}: expected os/arch[/variant]")
+        parts = text.strip().split("/") if isinstance(text, str) else []
+        if len(parts) not in (2, 3) or not all(_PLATFORM_PART_RE.fullmatch(p) for p in parts):
+            raise InvalidPlatformError(
+                f"invalid platform {str(text)[:100]!r}: expected os/arch[/variant]",
+                hint="e.g. linux/amd64, linux/arm64 or linux/arm/v7; "
+                f"{ANY_PLATFORM!r} accepts a single-platform image whatever its platform",
+            )
         variant = parts[2] if len(parts) == 3 else None
         return cls(
             os=parts[0].lower(), architecture=_ARCH_ALIASES.get(parts[1], parts[1]), variant=variant

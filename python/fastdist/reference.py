@@ -29,6 +29,10 @@ _PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
 
 
+# An image ID (docker's IMAGE ID: the config digest) or a manifest/index digest, whole or a
+# unique prefix, with or without "sha256:".
+_ID_RE = re.compile(r"(?:sha256:)?[0-9a-f]{1,64}")
+
 _FORMS = "references look like redis, redis:7, ghcr.io/org/app:tag or name@sha256:<hex>"
 
 
@@ -51,6 +55,14 @@ class Reference:
                 f"invalid reference {text[:100]!r}: contains whitespace", hint=_FORMS
             )
 
+        if names_only_an_id(text):
+            # distribution: "cannot specify 64-byte hexadecimal strings" as a repository; and
+            # sha256:<hex> is a digest, not the repository "sha256" with a hex tag.
+            raise InvalidReferenceError(
+                f"invalid reference {text[:100]!r}: an image ID or digest names no repository",
+                hint="pull NAME@sha256:<hex>; local commands (inspect, rmi, run) also take an "
+                "image ID or digest",
+            )
         rest = text
         digest: Digest | None = None
         if "@" in rest:
@@ -75,11 +87,22 @@ class Reference:
                     "not starting with '.' or '-'",
                 )
 
+        if "://" in text:
+            raise InvalidReferenceError(
+                f"invalid reference {text[:100]!r}: a reference has no URL scheme",
+                hint="drop the scheme (host[:port]/repo:tag); for a registry without TLS, "
+                "pass --plain-http HOST",
+            )
         domain, path = _split_domain(rest)
         if not _DOMAIN_RE.fullmatch(domain):
-            raise InvalidReferenceError(f"invalid reference {text[:100]!r}: bad domain {domain!r}")
+            raise InvalidReferenceError(
+                f"invalid reference {text[:100]!r}: bad domain {domain[:100]!r}",
+                hint="a registry is a host name or IP address with an optional numeric :port",
+            )
         if not path:
-            raise InvalidReferenceError(f"invalid reference {text[:100]!r}: empty repository")
+            raise InvalidReferenceError(
+                f"invalid reference {text[:100]!r}: empty repository", hint=_FORMS
+            )
         for component in path.split("/"):
             if _PATH_COMPONENT_RE.fullmatch(component):
                 continue
@@ -96,7 +119,9 @@ class Reference:
         if len(domain) + 1 + len(path) > NAME_TOTAL_LENGTH_MAX:
             raise InvalidReferenceError(
                 f"invalid reference {text[:100]!r}: repository name longer than "
-                f"{NAME_TOTAL_LENGTH_MAX} characters"
+                f"{NAME_TOTAL_LENGTH_MAX} characters",
+                hint="registry and repository together are at most "
+                f"{NAME_TOTAL_LENGTH_MAX} characters",
             )
         if tag is None and digest is None:
             tag = DEFAULT_TAG
@@ -129,6 +154,22 @@ class Reference:
         if self.digest is not None:
             out += f"@{self.digest}"
         return out
+
+
+def parse_image_id(text: str) -> str | None:
+    """The lowercase hex of ``text`` if it has the form of an image ID or digest, whole or a
+    prefix (``sha256:3fa2…``, ``3fa2b1``), else None. A short bare hex string is also a valid
+    repository name (``cafe``): callers try it as a name first, as docker does."""
+    if not isinstance(text, str) or not _ID_RE.fullmatch(text):
+        return None
+    return text.removeprefix("sha256:")
+
+
+def names_only_an_id(text: str) -> bool:
+    """Whether ``text`` can only be an image ID or digest, never a name: ``sha256:<hex>``, or
+    64 hex digits (which distribution refuses as a repository)."""
+    hex_id = parse_image_id(text)
+    return hex_id is not None and (text.startswith("sha256:") or len(hex_id) == 64)
 
 
 def _split_domain(name: str) -> tuple[str, str]:

@@ -77,7 +77,11 @@ class Resolver:
         ref: Reference,
         platform: Platform | None = None,
         progress: Progress = no_progress,
+        *,
+        any_platform: bool = False,
     ) -> Resolved:
+        """``any_platform``: an index without an entry for ``platform`` (this host's when
+        None) gives its first entry instead of PlatformNotFoundError."""
         want = (platform or Platform.host()).normalized()
         progress(ProgressEvent(Phase.RESOLVING, message=str(ref)))
         body, content_type = self._get(ref, ref.object)
@@ -101,7 +105,7 @@ class Resolver:
             depth += 1
             if depth > MAX_INDEX_DEPTH:
                 raise ManifestError(f"{ref}: indexes nest deeper than {MAX_INDEX_DEPTH} levels")
-            desc = select_platform(doc, want, ref)
+            desc = select_platform(doc, want, ref, any_platform=any_platform)
             doc_bytes, doc = self._get_by_descriptor(ref, desc)
             progress(ProgressEvent(Phase.RESOLVED, digest=desc.digest, media_type=desc.media_type))
         return Resolved(
@@ -183,10 +187,14 @@ class Resolver:
         return body, parse_document(body, desc.media_type)
 
 
-def select_platform(index: Index, want: Platform, ref: Reference | None = None) -> Descriptor:
+def select_platform(
+    index: Index, want: Platform, ref: Reference | None = None, *, any_platform: bool = False
+) -> Descriptor:
     """The first index entry whose platform matches (image-index.md: entries are in order of
-    preference). Entries without a platform, or not of a manifest/index type, are skipped."""
+    preference). Entries without a platform, or not of a manifest/index type, are skipped.
+    ``any_platform``: with no match, the first such entry."""
     offered: list[str] = []
+    first: Descriptor | None = None
     for entry in index.manifests:
         if entry.platform is None:
             continue
@@ -195,8 +203,12 @@ def select_platform(index: Index, want: Platform, ref: Reference | None = None) 
         if want.matches(entry.platform):
             return entry
         p = str(entry.platform.normalized())
-        if p not in offered and p != "unknown/unknown":
-            offered.append(p)
+        if p != "unknown/unknown":  # attestation manifests (buildkit) are no image
+            first = first or entry
+            if p not in offered:
+                offered.append(p)
+    if any_platform and first is not None:
+        return first
     where = f" for {ref}" if ref is not None else ""
     raise PlatformNotFoundError(
         f"no manifest for platform {want}{where}; the index offers: "

@@ -197,3 +197,26 @@ def test_cli_check_exits_non_zero_and_names_the_problem(
     assert report["ok"] is False
     assert [p["kind"] for p in report["problems"]] == ["image-missing-blob"]
     assert digest in report["problems"][0]["message"]
+
+
+def test_check_repair_json_lists_what_it_removed_and_the_images_left_incomplete(
+    pulled: tuple[Client, str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastdist import cli
+
+    client, ref, img = pulled
+    digest = img.layers[1].descriptor.digest  # type: ignore[attr-defined]
+    path = client.content.blob_path(digest)
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    assert cli.main(["--root", str(client.root), "check", "--repair", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["kind"], r["subject"]) for r in report["repaired"]] == [("blob-removed", digest)]
+    assert report["incomplete_images"] == [ref]
+    assert [p["kind"] for p in report["problems"]] == ["image-missing-blob"]
+    assert not client.content.exists(digest)
+    # Nothing more to repair: a second run removes nothing.
+    assert client.check(repair=True).repaired == ()
