@@ -56,7 +56,10 @@ def ensure_dir(path: Path) -> Path:
                     raise
         st = os.lstat(path)
     except OSError as e:
-        raise StoreError(f"cannot create store directory {path}: {e.strerror}") from e
+        raise StoreError(
+            f"cannot create store directory {path}: {e.strerror}",
+            hint="pass a directory you can create (or own) with --root or $FASTDIST_ROOT",
+        ) from e
     if not stat.S_ISDIR(st.st_mode):
         raise StoreError(
             f"store directory {path} is not a directory (a symlink?)",
