@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import FastdistError
+from .termsafe import sanitize
 
 if TYPE_CHECKING:
     from .runtime import Mount  # imported where used: the parser is built for every command
@@ -105,36 +106,51 @@ def _env(entries: list[str]) -> list[str]:
     return out
 
 
+def _pull_if_missing(client: Any, args: argparse.Namespace) -> None:
+    """Pull ``args.image`` when it is not present, with the pull display on stderr.
+
+    The display ends here, before the container starts: a live display redrawing its rows would
+    overwrite what the container prints (and corrupt a ``-t`` prompt). A present image shows
+    nothing at all."""
+    from .cli import PullDisplay, sigterm_interrupts
+    from .errors import ImageNotFoundError
+
+    try:
+        client.get(args.image)
+        return
+    except ImageNotFoundError:
+        pass
+    with sigterm_interrupts(), PullDisplay(sys.stderr, live=sys.stderr.isatty()) as display:
+        client.pull(args.image, platform=args.platform, progress=display)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .cli import PullDisplay, _client
+    from .cli import _client
 
     client = _client(args)
     env_file: list[str] = []
     for path in args.env_file:
         env_file += parse_env_file(path)
-    live = sys.stderr.isatty()
-    display = PullDisplay(sys.stderr, live=live)
-    with display:
-        container = client.run(
-            args.image,
-            args.command or None,
-            id=args.id,
-            detach=args.detach,
-            rm=args.rm,
-            platform=args.platform,
-            progress=display,
-            entrypoint=args.entrypoint,
-            env=_env(args.env),
-            env_file=env_file,
-            workdir=args.workdir,
-            user=args.user,
-            tty=args.tty,
-            interactive=args.interactive,
-            net=args.net,
-            mounts=[parse_mount(m) for m in args.mount],
-            hostname=args.hostname,
-            read_only=args.read_only,
-        )
+    _pull_if_missing(client, args)
+    container = client.run(
+        args.image,
+        args.command or None,
+        id=args.id,
+        detach=args.detach,
+        rm=args.rm,
+        platform=args.platform,
+        entrypoint=args.entrypoint,
+        env=_env(args.env),
+        env_file=env_file,
+        workdir=args.workdir,
+        user=args.user,
+        tty=args.tty,
+        interactive=args.interactive,
+        net=args.net,
+        mounts=[parse_mount(m) for m in args.mount],
+        hostname=args.hostname,
+        read_only=args.read_only,
+    )
     if args.detach:
         print(container.id)
         return 0
@@ -185,17 +201,15 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from .cli import _client
+    from .cli import _client, print_error
 
     client = _client(args)
     rc = 0
     for cid in args.ids:
         try:
             client.container(cid).remove(force=args.force)
-            print(cid)
+            print(sanitize(cid))
         except FastdistError as e:
-            print(f"error: {e.message}", file=sys.stderr)
-            if e.hint:
-                print(f"hint: {e.hint}", file=sys.stderr)
+            print_error(e)
             rc = type(e).exit_code
     return rc

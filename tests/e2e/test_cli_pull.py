@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fastdist import oci
-from fastdist.cli import _human
+from fastdist.sizes import human_size as _human
 from fastdist.testing.registry import free_port
 
 if TYPE_CHECKING:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import re
 
 import pytest
 
-from fastdist.cli import _duration, build_parser
+from fastdist.cli import PullDisplay, Terminated, _duration, build_parser, print_error
+from fastdist.errors import FastdistError
+from fastdist.progress import Phase, ProgressEvent
+
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 @pytest.mark.parametrize(
@@ -36,3 +43,64 @@ def test_prune_partial_age_defaults_to_the_clients_default() -> None:
     args = build_parser().parse_args(["prune"])
     assert args.partial_age is None
     assert build_parser().parse_args(["prune", "--partial-age", "36h"]).partial_age == 129600.0
+
+
+# --- pull display ------------------------------------------------------------------------------
+def _events_then(display: PullDisplay, exc: BaseException | None) -> None:
+    with display:
+        display(ProgressEvent(Phase.RESOLVING, message="host/repo:1"))
+        display(ProgressEvent(Phase.DOWNLOADING, "sha256:" + "a" * 64, OCI_LAYER, 10, 100))
+        if exc is not None:
+            raise exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "state"),
+    [(None, "done"), (KeyboardInterrupt(), "interrupted"), (Terminated(), "interrupted"), (FastdistError("boom"), "failed")],
+)
+def test_live_display_header_says_how_the_pull_ended(exc: BaseException | None, state: str) -> None:
+    out = io.StringIO()
+    display = PullDisplay(out, live=True)
+    with contextlib.suppress(BaseException):
+        _events_then(display, exc)
+    headers = [line for line in out.getvalue().split("\x1b[2K") if line.startswith("host/repo:1")]
+    assert headers[-1] == f"host/repo:1: {state}\n"
+    if exc is not None:
+        assert all("done" not in h for h in headers)
+
+
+def test_live_display_draws_nothing_when_no_pull_happens() -> None:
+    out = io.StringIO()
+    with PullDisplay(out, live=True):
+        pass  # e.g. ``run`` of a present image: no event arrives
+    assert out.getvalue() == ""
+
+
+def test_display_labels_and_messages_go_through_the_sanitiser() -> None:
+    out = io.StringIO()
+    with PullDisplay(out, live=False) as display:
+        display(ProgressEvent(Phase.RESOLVING, message="host/repo:1"))
+        display(
+            ProgressEvent(
+                Phase.RETRYING, "sha256:" + "b" * 64, OCI_LAYER, message="503 \x1b]0;x\x07 again"
+            )
+        )
+    assert "\x1b" not in out.getvalue()
+    assert "retrying: 503 \\x1b]0;x\\x07 again" in out.getvalue()
+
+    live = io.StringIO()
+    with PullDisplay(live, live=True) as display:
+        display(ProgressEvent(Phase.RESOLVING, message="host/\x1b[2Jrepo:1\u202e"))
+    drawn = live.getvalue().replace("\x1b[2K", "")
+    drawn = re.sub(r"\x1b\[\d+F", "", drawn)  # the display's own cursor moves
+    assert "\x1b" not in drawn
+    assert "\u202e" not in drawn
+    assert "host/\\x1b[2Jrepo:1\\u202e: done" in drawn
+
+
+def test_error_and_hint_are_printed_through_the_sanitiser(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    print_error(FastdistError("redirect to http://h/\x1b[2J\x00x", hint="see \u202eevil\x9b"))
+    err = capsys.readouterr().err
+    assert err == "error: redirect to http://h/\\x1b[2J\\x00x\nhint: see \\u202eevil\\x9b\n"
