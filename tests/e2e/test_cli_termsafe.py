@@ -85,23 +85,23 @@ def test_an_index_offering_hostile_platforms_is_reported_escaped(
 
 
 def test_a_redirect_location_in_an_error_is_shown_escaped(fastdist: FastdistCLI) -> None:
-    from fakeregistry import FakeRegistry, Fault
+    from fakeregistry import Fault, FakeRegistry
 
+    # Header values travel as latin-1: ESC and BEL fit, the bidi override does not.
+    hostile = "\x1b]0;pwned\x07\x1b[2J"
     with FakeRegistry() as reg:
         reg.add_image("evil/redirect")
-        # A manifest GET answered with a redirect to a host that cannot be reached, its name
-        # and path carrying escapes: the error names the URL it could not reach.
+        # The manifest GET is redirected to a scheme fastdist refuses: the error quotes it.
         reg.add_fault(
             Fault(
-                path_contains="/manifests/",
-                redirect_to=f"http://127.0.0.1:1/{HOSTILE}x",
-                times=-1,
+                path_contains="/manifests/", redirect_to=f"ftp://evil.example/{hostile}", times=-1
             )
         )
         r = fastdist("pull", f"{reg.host}/evil/redirect:latest")
     assert r.rc == 3, r.stderr
     assert "Traceback" not in r.stderr
     _clean(r.stdout, r.stderr)
+    assert "refusing ftp://evil.example/\\x1b]0;pwned\\x07\\x1b[2J" in r.stderr
 
 
 @pytest.mark.root
