@@ -93,7 +93,7 @@ class Resolver:
             log.debug("%s: content type %r is not a manifest type; using mediaType", ref, ct)
         doc = parse_document(body, declared)
         target = Descriptor(doc.media_type, digest, len(body))
-        progress(ProgressEvent(Phase.RESOLVED, digest=digest, media_type=doc.media_type))
+        progress(ProgressEvent(Phase.RESOLVED, digest, doc.media_type, len(body), len(body)))
 
         desc, doc_bytes = target, body
         depth = 0
@@ -103,7 +103,9 @@ class Resolver:
                 raise ManifestError(f"{ref}: indexes nest deeper than {MAX_INDEX_DEPTH} levels")
             desc = select_platform(doc, want, ref)
             doc_bytes, doc = self._get_by_descriptor(ref, desc)
-            progress(ProgressEvent(Phase.RESOLVED, digest=desc.digest, media_type=desc.media_type))
+            progress(
+                ProgressEvent(Phase.RESOLVED, desc.digest, desc.media_type, desc.size, desc.size)
+            )
         return Resolved(
             reference=ref,
             target=target,
