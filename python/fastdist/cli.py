@@ -526,6 +526,27 @@ def print_error(e: FastdistError) -> None:
         print(f"hint: {sanitize(e.hint, keep_newlines=True)}", file=sys.stderr)
 
 
+def _out_of_space(e: BaseException) -> bool:
+    """ENOSPC, from Python (an OSError) or from the Rust core (a StoreError whose message ends
+    in the io::Error's text, ``… (os error 28)``)."""
+    import errno
+
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    return isinstance(e, FastdistError) and f"(os error {errno.ENOSPC})" in e.message
+
+
+def _enospc_hint(args: argparse.Namespace) -> str:
+    from .client import default_root
+
+    root = args.root or default_root()
+    return (
+        f"the filesystem of the store ({root}) is full: free space there (fastdist prune "
+        "removes what no image uses) and run the same command again; finished downloads are "
+        "kept and a partial one resumes where it stopped"
+    )
+
+
 class _SafeFormatter(logging.Formatter):
     """Log records quote registry answers too; they reach the terminal through the sanitiser."""
 
@@ -663,6 +684,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FastdistError as e:
         if args.debug:
             log.exception("command failed")
+        if e.hint is None and _out_of_space(e):
+            e.hint = _enospc_hint(args)
         print_error(e)
         return type(e).exit_code
     except KeyboardInterrupt as e:
@@ -685,6 +708,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        if not _out_of_space(e):
+            raise
+        if args.debug:
+            log.exception("command failed")
+        print_error(
+            FastdistError(f"no space left on device: {e.filename or e}", hint=_enospc_hint(args))
+        )
+        return 1
 
 
 def run() -> NoReturn:
