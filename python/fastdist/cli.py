@@ -555,14 +555,36 @@ class _SafeFormatter(logging.Formatter):
 
 
 # --- entry point ------------------------------------------------------------------------------
+SNAPSHOTTER_HELP = (
+    "overlayfs or native (default: overlayfs where the kernel allows it, else native)"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with fastdist's ``error:`` / ``hint:`` form; a usage error always exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"error: {sanitize(message)}", file=sys.stderr)  # argv may carry escapes too
+        print(f"hint: see '{self.prog} --help'", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fastdist", description="Fast, verified container-image pulls and runs."
+    p = _Parser(
+        prog="fastdist",
+        description="Fast, verified container-image pulls and runs. "
+        "Run 'fastdist COMMAND --help' for a command's options.",
     )
     p.add_argument(
-        "--root", default=None, help="store root (default: $FASTDIST_ROOT or /var/lib/fastdist)"
+        "--root",
+        default=None,
+        metavar="DIR",
+        help="store root (default: $FASTDIST_ROOT or /var/lib/fastdist)",
     )
-    p.add_argument("--debug", action="store_true", help="log HTTP requests; show tracebacks")
+    p.add_argument(
+        "--debug", action="store_true", help="log HTTP requests; show tracebacks (default: off)"
+    )
     p.add_argument(
         "--hosts-dir",
         default=None,
@@ -573,25 +595,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fastdist {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sp = sub.add_parser("pull", help="fetch, verify and unpack an image")
-    sp.add_argument("ref", metavar="REF")
-    sp.add_argument("--platform", help="os/arch[/variant] (default: this host)")
+    sp = sub.add_parser(
+        "pull",
+        help="fetch, verify and unpack an image",
+        description="Fetch an image's manifest, config and layers from its registry, verify "
+        "every digest, and unpack each layer into a snapshot. An interrupted pull resumes. "
+        "On a terminal the progress is redrawn in place; to a pipe, one line per blob and "
+        "phase and a summary line.",
+    )
+    sp.add_argument("ref", metavar="REF", help="[registry/]repository[:tag][@digest]")
+    sp.add_argument(
+        "--platform", help="os/arch[/variant] to pick from an index (default: this host)"
+    )
     sp.add_argument(
         "--plain-http",
         action="append",
         metavar="HOST",
-        help="allow plain HTTP to HOST[:PORT] (loopback is always allowed)",
+        help="allow plain HTTP to HOST[:PORT] (default: loopback only)",
     )
-    sp.add_argument("--snapshotter", choices=("overlayfs", "native"))
-    sp.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
-    sp.add_argument("--json", action="store_true", help="one JSON progress event per line")
+    sp.add_argument("--snapshotter", choices=("overlayfs", "native"), help=SNAPSHOTTER_HELP)
+    sp.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the digest (default: progress)"
+    )
+    sp.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON event per line, failures included (default: text)",
+    )
     sp.set_defaults(func=cmd_pull)
 
     sp = sub.add_parser(
         "images",
         aliases=["ls"],
         help="list local images",
-        description="List local images. SIZE: manifest, config and compressed layers. "
+        description="List local images. IMAGE ID: the config digest, as docker shows it. "
+        "CREATED: the config's creation time. SIZE: manifest, config and compressed layers. "
         "UNPACKED: what the image's layer snapshots take on disk (du of each layer directory; "
         "measured the first time it is listed, then cached beside each snapshot).",
     )
@@ -620,12 +658,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=cmd_images)
 
-    sp = sub.add_parser("inspect", help="show an image's record, manifest and config as JSON")
-    sp.add_argument("ref", metavar="REF")
+    sp = sub.add_parser(
+        "inspect",
+        help="show an image's record, manifest and config as JSON",
+        description="Print a local image's record (name, target, size, chain_ids), its "
+        "manifest and its config as one JSON document.",
+    )
+    sp.add_argument("ref", metavar="REF", help="a local image's name")
     sp.set_defaults(func=cmd_inspect)
 
-    sp = sub.add_parser("rmi", help="remove images (content stays until prune)")
-    sp.add_argument("refs", nargs="+", metavar="REF")
+    sp = sub.add_parser(
+        "rmi",
+        help="remove images (content stays until prune)",
+        description="Forget local images. Their blobs and snapshots stay until 'fastdist "
+        "prune' removes what no image or container uses.",
+    )
+    sp.add_argument("refs", nargs="+", metavar="REF", help="local image names")
     sp.set_defaults(func=cmd_rmi)
 
     sp = sub.add_parser(
@@ -640,26 +688,59 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         default=None,
         metavar="AGE",
-        help="remove partial downloads untouched for AGE: 90s, 30m, 24h (default), 2d; "
-        "0 removes them all",
+        help="remove partial downloads untouched for AGE: 90s, 30m, 24h, 2d; "
+        "0 removes them all (default: 24h)",
     )
     sp.set_defaults(func=cmd_prune)
 
-    sp = sub.add_parser("check", aliases=["fsck"], help="verify the store's blobs and snapshots")
-    sp.add_argument(
-        "--no-verify", action="store_true", help="do not re-hash blobs (sizes and links only)"
+    sp = sub.add_parser(
+        "check",
+        aliases=["fsck"],
+        help="verify the store's blobs and snapshots",
+        description="Re-hash every blob, check every image's blobs and snapshots are there, "
+        "and list leftovers (partial downloads, staging directories, stray mounts). "
+        "Exits 1 when a problem is found.",
     )
-    sp.add_argument("-v", "--verbose", action="store_true", help="list leftovers too")
-    sp.add_argument("--json", action="store_true", help="the report as JSON")
+    sp.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not re-hash blobs, check sizes and links only (default: re-hash)",
+    )
+    sp.add_argument(
+        "-v", "--verbose", action="store_true", help="list leftovers too (default: count them)"
+    )
+    sp.add_argument("--json", action="store_true", help="the report as JSON (default: text)")
     sp.set_defaults(func=cmd_check)
 
-    sp = sub.add_parser("unpack", help="write an image's flattened root filesystem into DIR")
-    sp.add_argument("ref", metavar="REF")
-    sp.add_argument("dest", metavar="DIR")
+    sp = sub.add_parser(
+        "unpack",
+        help="write an image's flattened root filesystem into DIR",
+        description="Apply a local image's layers, in order, into DIR (created; must be "
+        "empty), as one flattened root filesystem.",
+    )
+    sp.add_argument("ref", metavar="REF", help="a local image's name")
+    sp.add_argument("dest", metavar="DIR", help="the destination directory")
     sp.set_defaults(func=cmd_unpack)
 
     _add_run_commands(sub)
+
+    sp = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script for bash or zsh. Load it with "
+        "'source <(fastdist completion bash)' (in ~/.bashrc), or for zsh "
+        "'source <(fastdist completion zsh)' (in ~/.zshrc).",
+    )
+    sp.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete in")
+    sp.set_defaults(func=cmd_completion)
     return p
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from .completion import script
+
+    print(script(build_parser(), args.shell), end="")
+    return 0
 
 
 def _add_run_commands(sub: Any) -> None:

@@ -35,6 +35,13 @@ class InvalidDigestError(InvalidReferenceError):
     """A digest string is not ``sha256:`` followed by 64 lowercase hex digits."""
 
 
+class UsageError(FastdistError):
+    """A command-line value is malformed (e.g. ``--mount`` without ``SRC:DST``): exit 2, as
+    argparse's own usage errors."""
+
+    exit_code = 2
+
+
 class RegistryError(FastdistError):
     """The registry answered with an error, or could not be reached.
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from fastdist import oci
-from fastdist.testing.images import BuiltLayer, build_image
 from fastdist.sizes import human_size as _human
+from fastdist.testing.images import BuiltLayer, build_image
 from fastdist.testing.registry import free_port
 
 if TYPE_CHECKING:

@@ -495,6 +495,6 @@ def test_mounts_and_hostname_options(fastdist: FastdistCLI, img: str, tmp_path: 
     assert not (shared / "y").exists()
     assert fastdist.leftovers() == CLEAN
     bad = fastdist("run", "--rm", "--mount", "nocolon", img, "true")
-    assert bad.rc == 1
+    assert bad.rc == 2  # a usage error, as argparse's own
     assert "error: invalid --mount 'nocolon'" in bad.stderr
     assert "hint: use SRC:DST or SRC:DST:ro" in bad.stderr

@@ -85,7 +85,7 @@ def test_an_index_offering_hostile_platforms_is_reported_escaped(
 
 
 def test_a_redirect_location_in_an_error_is_shown_escaped(fastdist: FastdistCLI) -> None:
-    from fakeregistry import Fault, FakeRegistry
+    from fakeregistry import FakeRegistry, Fault
 
     # Header values travel as latin-1: ESC and BEL fit, the bidi override does not.
     hostile = "\x1b]0;pwned\x07\x1b[2J"

@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import io
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -56,7 +58,12 @@ def _events_then(display: PullDisplay, exc: BaseException | None) -> None:
 
 @pytest.mark.parametrize(
     ("exc", "state"),
-    [(None, "done"), (KeyboardInterrupt(), "interrupted"), (Terminated(), "interrupted"), (FastdistError("boom"), "failed")],
+    [
+        (None, "done"),
+        (KeyboardInterrupt(), "interrupted"),
+        (Terminated(), "interrupted"),
+        (FastdistError("boom"), "failed"),
+    ],
 )
 def test_live_display_header_says_how_the_pull_ended(exc: BaseException | None, state: str) -> None:
     out = io.StringIO()
@@ -104,3 +111,106 @@ def test_error_and_hint_are_printed_through_the_sanitiser(
     print_error(FastdistError("redirect to http://h/\x1b[2J\x00x", hint="see \u202eevil\x9b"))
     err = capsys.readouterr().err
     assert err == "error: redirect to http://h/\\x1b[2J\\x00x\nhint: see \\u202eevil\\x9b\n"
+
+
+# --- help, usage errors, completion -------------------------------------------------------------
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("no subcommands")
+
+
+def test_every_subcommand_has_a_description_and_every_option_a_help_with_its_default() -> None:
+    parser = build_parser()
+    missing = []
+    for name, sub in [("fastdist", parser), *_subparsers(parser).items()]:
+        if not sub.description:
+            missing.append(f"{name}: no description")
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            what = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            if not action.help:
+                missing.append(f"{what}: no help")
+            elif action.option_strings and "default" not in action.help:
+                missing.append(f"{what}: help does not say its default")
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["no-such-command"],
+        ["pull"],
+        ["pull", "--snapshotter", "zfs", "x"],
+        ["images", "--format", "xml"],
+        ["prune", "--partial-age", "soon"],
+        ["rmi"],
+        ["completion", "fish"],
+        ["--root"],
+    ],
+)
+def test_usage_errors_exit_2_with_error_and_hint(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("usage: fastdist")
+    assert err[-2].startswith("error: ")
+    assert err[-1].startswith("hint: see 'fastdist")
+
+
+def test_a_usage_error_quoting_argv_goes_through_the_sanitiser(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["\x1b]0;x\x07"])
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert "\\x1b]0;x\\x07" in err
+
+
+def _complete(script: str, line: str) -> list[str]:
+    """What the generated bash function offers for the command line ``line``."""
+    prog = (
+        'source /dev/stdin; read -ra COMP_WORDS <<< "$1"; [[ "$1" == *" " ]] && COMP_WORDS+=("");'
+        ' COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _fastdist; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    out = subprocess.run(
+        ["bash", "-c", prog, "_", line], input=script, capture_output=True, text=True, check=True
+    )
+    return [w for w in out.stdout.splitlines() if w]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize(
+    ("line", "offered"),
+    [
+        ("fastdist pu", ["pull"]),
+        ("fastdist --root /tmp/x im", ["images"]),
+        ("fastdist images --fo", ["--format"]),
+        ("fastdist images --format ", ["table", "json"]),
+        ("fastdist pull --snapshotter n", ["native"]),
+        ("fastdist completion ", ["bash", "zsh"]),
+        ("fastdist pull --platform ", []),
+    ],
+)
+def test_bash_completion_offers_commands_options_and_choices(line: str, offered: list[str]) -> None:
+    from fastdist.completion import script
+
+    assert _complete(script(build_parser(), "bash"), line) == offered
+
+
+def test_zsh_completion_loads_the_bash_function_through_bashcompinit() -> None:
+    from fastdist.completion import script
+
+    text = script(build_parser(), "zsh")
+    assert text.startswith("#compdef fastdist\n")
+    assert "bashcompinit" in text
+    assert "complete -F _fastdist fastdist" in text

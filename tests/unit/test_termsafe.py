@@ -35,7 +35,8 @@ def test_control_escape_c1_del_nul_and_bidi_characters_are_shown_escaped(
 def test_every_c0_c1_and_del_code_point_is_escaped() -> None:
     for code in [*range(0x20), *range(0x7F, 0xA0)]:
         out = sanitize(f"x{chr(code)}y")
-        assert out.startswith("x\\") and out.endswith("y"), (code, out)
+        assert out.startswith("x\\"), (code, out)
+        assert out.endswith("y"), (code, out)
         assert all(ch.isprintable() for ch in out), (code, out)
 
 
