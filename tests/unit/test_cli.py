@@ -214,3 +214,18 @@ def test_zsh_completion_loads_the_bash_function_through_bashcompinit() -> None:
     assert text.startswith("#compdef fastdist\n")
     assert "bashcompinit" in text
     assert "complete -F _fastdist fastdist" in text
+
+
+def test_a_downloading_row_shows_its_rate_and_time_left() -> None:
+    from fastdist.cli import _Row, _speed
+
+    row = _Row("layer-sha256:abc", Phase.DOWNLOADING, current=30 << 20, total=90 << 20)
+    row.started = 100.0
+    assert _speed(row, now=110.0) == " 3.0 MiB/s ETA 20s"  # 30 MiB in 10 s, 60 MiB to go
+    assert _speed(row, now=101.0) == " 30.0 MiB/s ETA 2s"
+    slow = _Row("layer-sha256:def", Phase.DOWNLOADING, current=1 << 20, total=200 << 20)
+    slow.started = 0.0
+    assert _speed(slow, now=1.0) == " 1.0 MiB/s ETA 3m19s"
+    assert _speed(row, now=100.1) == ""  # too early to say
+    row.phase = Phase.DONE
+    assert _speed(row, now=110.0) == ""
