@@ -37,7 +37,7 @@ from .metadata import ContainerRecord, ImageRecord, MetadataDB
 from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
-from .sizes import size_and_bytes
+from .sizes import over_limit, size_and_bytes
 from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
 from .unpacker import LayerSink, Unpacker
 
@@ -380,8 +380,7 @@ class Client:
             )
         if desc.size > oci.MAX_CONFIG_BYTES:
             raise ManifestError(
-                f"config {desc.digest} is {desc.size} bytes, over the "
-                f"{oci.MAX_CONFIG_BYTES}-byte limit"
+                f"config {desc.digest} is {over_limit(desc.size, oci.MAX_CONFIG_BYTES)}"
             )
         if not self.content.exists(desc.digest):
             # Under the digest's ingest lock, so concurrent pulls fetch it once.

@@ -36,6 +36,7 @@ from .oci import (
 )
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
+from .sizes import over_limit
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,7 @@ class Resolver:
             )
         if desc.size > MAX_MANIFEST_BYTES:
             raise ManifestError(
-                f"manifest {desc.digest} is {desc.size} bytes, "
-                f"over the {MAX_MANIFEST_BYTES}-byte limit"
+                f"manifest {desc.digest} is {over_limit(desc.size, MAX_MANIFEST_BYTES)}"
             )
         body, content_type = self._get(ref, desc.digest)
         digest = sha256_digest(body)

@@ -18,3 +18,9 @@ def human_size(n: int) -> str:
 def size_and_bytes(n: int) -> str:
     """``754.4 MiB (791011348 bytes)``: readable, and exact for whoever compares numbers."""
     return f"{human_size(n)} ({n} bytes)" if n >= 1024 else f"{n} bytes"
+
+
+def over_limit(n: int, limit: int) -> str:
+    """``5000000 bytes (4.8 MiB), over the 4194304-byte limit (4.0 MiB)``: the tail of a
+    size-limit message, exact and readable."""
+    return f"{n} bytes ({human_size(n)}), over the {limit}-byte limit ({human_size(limit)})"

@@ -38,3 +38,14 @@ def test_the_per_pull_limit_error_reads_in_mib() -> None:
         budget.add(791011348, oci.Digest("sha256:" + "a" * 64))
     assert "754.4 MiB (791011348 bytes)" in info.value.message
     assert "700.0 MiB (734003200 bytes)" in info.value.message
+
+
+def test_a_document_over_its_size_limit_is_reported_exact_and_readable() -> None:
+    from fastdist.errors import ManifestError
+    from fastdist.oci import parse_json
+
+    with pytest.raises(ManifestError) as info:
+        parse_json(b" " * (5 << 20), 4 << 20, "manifest")
+    assert info.value.message == (
+        "manifest is 5242880 bytes (5.0 MiB), over the 4194304-byte limit (4.0 MiB)"
+    )
