@@ -8,57 +8,144 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import FastdistError
+from .errors import FastdistError, InvalidArgumentError
+from .termsafe import sanitize
 
 if TYPE_CHECKING:
     from .runtime import Mount  # imported where used: the parser is built for every command
 
 
 def add_commands(sub: Any) -> None:
-    sp = sub.add_parser("run", help="run a command in a new container from an image")
+    from .cli import SNAPSHOTTER_HELP
+
+    sp = sub.add_parser(
+        "run",
+        help="run a command in a new container from an image",
+        description="Run IMAGE's entrypoint and command (or CMD) in a new container on a "
+        "fresh writable snapshot, confined by default, with runc. The image is pulled first "
+        "when it is not present (the pull display ends before the container starts). "
+        "Foreground runs exit with the container's status.",
+    )
     sp.add_argument("--id", help="container id (default: a readable generated one)")
-    sp.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    sp.add_argument("-d", "--detach", action="store_true", help="run in the background")
-    sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
-    sp.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
-    sp.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
-    sp.add_argument("--env-file", action="append", default=[], metavar="FILE")
-    sp.add_argument("-w", "--workdir", metavar="DIR")
-    sp.add_argument("-u", "--user", metavar="USER[:GROUP]")
-    sp.add_argument("--entrypoint", metavar="CMD")
+    sp.add_argument(
+        "--rm", action="store_true", help="remove the container when it exits (default: keep)"
+    )
+    sp.add_argument(
+        "-d", "--detach", action="store_true", help="run in the background (default: foreground)"
+    )
+    sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal (default: no)")
+    sp.add_argument(
+        "-i", "--interactive", action="store_true", help="keep stdin open (default: /dev/null)"
+    )
+    sp.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable; a bare K passes the host's value (default: the "
+        "image's Env)",
+    )
+    sp.add_argument(
+        "--env-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read K=V lines from FILE, as docker does (default: none)",
+    )
+    sp.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory (default: the image's, or /)"
+    )
+    sp.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="user to run as, a name from the image's /etc/passwd or a uid (default: the "
+        "image's User, or root)",
+    )
+    sp.add_argument(
+        "--entrypoint", metavar="CMD", help="replace the image's entrypoint (default: the image's)"
+    )
     sp.add_argument(
         "--net",
         choices=("none", "host"),
         default="none",
-        help="network: a new namespace with loopback only (default) or the host's",
+        help="network: a new namespace with loopback only, or the host's (default: none)",
     )
-    sp.add_argument("--mount", action="append", default=[], metavar="SRC:DST[:ro]")
-    sp.add_argument("--hostname")
-    sp.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
-    sp.add_argument("--platform", help="platform to pull if the image is not present")
-    sp.add_argument("--plain-http", action="append", metavar="HOST")
-    sp.add_argument("--snapshotter", choices=("overlayfs", "native"))
-    sp.add_argument("image", metavar="IMAGE")
-    sp.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
+    sp.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="SRC:DST[:ro]",
+        help="bind-mount host path SRC at DST, read-only with :ro (default: none)",
+    )
+    sp.add_argument(
+        "--hostname", help="the container's hostname (default: its id; the host's with --net host)"
+    )
+    sp.add_argument(
+        "--read-only",
+        action="store_true",
+        help="mount the root filesystem read-only (default: writable)",
+    )
+    sp.add_argument(
+        "--platform", help="platform to pull if the image is not present (default: this host)"
+    )
+    sp.add_argument(
+        "--plain-http",
+        action="append",
+        metavar="HOST",
+        help="allow plain HTTP to HOST[:PORT] (default: loopback only)",
+    )
+    sp.add_argument("--snapshotter", choices=("overlayfs", "native"), help=SNAPSHOTTER_HELP)
+    sp.add_argument("image", metavar="IMAGE", help="the image (pulled if missing)")
+    sp.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments"
+    )
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("ps", help="list containers")
-    sp.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    sp = sub.add_parser(
+        "ps",
+        help="list containers",
+        description="List containers: id, image, command, status (with the exit status of a "
+        "stopped one) and age.",
+    )
+    sp.add_argument(
+        "-a", "--all", action="store_true", help="include stopped containers (default: running)"
+    )
     sp.set_defaults(func=cmd_ps)
 
-    sp = sub.add_parser("logs", help="print a detached container's output")
-    sp.add_argument("-f", "--follow", action="store_true")
-    sp.add_argument("id", metavar="ID")
+    sp = sub.add_parser(
+        "logs",
+        help="print a detached container's output",
+        description="Print what a detached container wrote to stdout and stderr.",
+    )
+    sp.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing as it writes (default: no)"
+    )
+    sp.add_argument("id", metavar="ID", help="container id")
     sp.set_defaults(func=cmd_logs)
 
-    sp = sub.add_parser("kill", help="send a signal to a container")
-    sp.add_argument("-s", "--signal", default="TERM")
-    sp.add_argument("id", metavar="ID")
+    sp = sub.add_parser(
+        "kill",
+        help="send a signal to a container",
+        description="Send a signal to a running container's main process.",
+    )
+    sp.add_argument("-s", "--signal", default="TERM", help="signal name or number (default: TERM)")
+    sp.add_argument("id", metavar="ID", help="container id")
     sp.set_defaults(func=cmd_kill)
 
-    sp = sub.add_parser("rm", help="remove containers and their snapshots")
-    sp.add_argument("-f", "--force", action="store_true", help="kill running containers first")
-    sp.add_argument("ids", nargs="+", metavar="ID")
+    sp = sub.add_parser(
+        "rm",
+        help="remove containers and their snapshots",
+        description="Remove stopped containers: their bundles and writable snapshots.",
+    )
+    sp.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="kill running containers first (default: refuse them)",
+    )
+    sp.add_argument("ids", nargs="+", metavar="ID", help="container ids")
     sp.set_defaults(func=cmd_rm)
 
 
@@ -70,7 +157,7 @@ def parse_mount(text: str) -> Mount:
         or not parts[1]
         or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
     ):
-        raise FastdistError(f"invalid --mount {text!r}", hint="use SRC:DST or SRC:DST:ro")
+        raise InvalidArgumentError(f"invalid --mount {text!r}", hint="use SRC:DST or SRC:DST:ro")
     from .runtime import Mount
 
     return Mount(os.path.abspath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
@@ -108,36 +195,51 @@ def _env(entries: list[str]) -> list[str]:
     return out
 
 
+def _pull_if_missing(client: Any, args: argparse.Namespace) -> None:
+    """Pull ``args.image`` when it is not present, with the pull display on stderr.
+
+    The display ends here, before the container starts: a live display redrawing its rows would
+    overwrite what the container prints (and corrupt a ``-t`` prompt). A present image shows
+    nothing at all."""
+    from .cli import PullDisplay, sigterm_interrupts
+    from .errors import ImageNotFoundError
+
+    try:
+        client.get(args.image)
+        return
+    except ImageNotFoundError:
+        pass
+    with sigterm_interrupts(), PullDisplay(sys.stderr, live=sys.stderr.isatty()) as display:
+        client.pull(args.image, platform=args.platform, progress=display)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .cli import PullDisplay, _client
+    from .cli import _client
 
     client = _client(args)
     env_file: list[str] = []
     for path in args.env_file:
         env_file += parse_env_file(path)
-    live = sys.stderr.isatty()
-    display = PullDisplay(sys.stderr, live=live)
-    with display:
-        container = client.run(
-            args.image,
-            args.command or None,
-            id=args.id,
-            detach=args.detach,
-            rm=args.rm,
-            platform=args.platform,
-            progress=display,
-            entrypoint=args.entrypoint,
-            env=_env(args.env),
-            env_file=env_file,
-            workdir=args.workdir,
-            user=args.user,
-            tty=args.tty,
-            interactive=args.interactive,
-            net=args.net,
-            mounts=[parse_mount(m) for m in args.mount],
-            hostname=args.hostname,
-            read_only=args.read_only,
-        )
+    _pull_if_missing(client, args)
+    container = client.run(
+        args.image,
+        args.command or None,
+        id=args.id,
+        detach=args.detach,
+        rm=args.rm,
+        platform=args.platform,
+        entrypoint=args.entrypoint,
+        env=_env(args.env),
+        env_file=env_file,
+        workdir=args.workdir,
+        user=args.user,
+        tty=args.tty,
+        interactive=args.interactive,
+        net=args.net,
+        mounts=[parse_mount(m) for m in args.mount],
+        hostname=args.hostname,
+        read_only=args.read_only,
+    )
     if args.detach:
         print(container.id)
         return 0
@@ -188,17 +290,15 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from .cli import _client
+    from .cli import _client, print_error
 
     client = _client(args)
     rc = 0
     for cid in args.ids:
         try:
             client.container(cid).remove(force=args.force)
-            print(cid)
+            print(sanitize(cid))
         except FastdistError as e:
-            print(f"error: {e.message}", file=sys.stderr)
-            if e.hint:
-                print(f"hint: {e.hint}", file=sys.stderr)
+            print_error(e)
             rc = type(e).exit_code
     return rc

@@ -44,6 +44,7 @@ from .metadata import ContainerRecord, ImageRecord, MetadataDB
 from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference, names_only_an_id, parse_image_id
+from .sizes import over_limit, size_and_bytes
 from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
 from .store import ensure_root, rmtree
 from .unpacker import LayerSink, Unpacker
@@ -404,8 +405,8 @@ class Client:
         announced = config.size + sum(d.size for d in layers)
         if announced > self.max_pull_bytes:
             raise LimitExceededError(
-                f"pull of {ref}: its blobs total {announced} bytes, over the per-pull limit of "
-                f"{self.max_pull_bytes} bytes (max_pull_bytes)",
+                f"pull of {ref}: its blobs total {size_and_bytes(announced)}, over the per-pull "
+                f"limit of {size_and_bytes(self.max_pull_bytes)} (max_pull_bytes)",
                 hint="raise Client(max_pull_bytes=...) only if you trust this image",
             )
         to_fetch = sum(d.size for d in layers if not self.content.exists(d.digest))
@@ -425,8 +426,8 @@ class Client:
             free = st.f_bavail * st.f_frsize
             if free < need:
                 raise StoreError(
-                    f"not enough free space to pull {ref}: at least {need} bytes needed under "
-                    f"{path}, {free} available",
+                    f"not enough free space to pull {ref}: at least {size_and_bytes(need)} "
+                    f"needed under {path}, {size_and_bytes(free)} available",
                     hint="free some space (fastdist prune removes what no image uses) or use "
                     "a store root on a larger filesystem (--root)",
                 )
@@ -454,8 +455,7 @@ class Client:
             )
         if desc.size > oci.MAX_CONFIG_BYTES:
             raise ManifestError(
-                f"config {desc.digest} is {desc.size} bytes, over the "
-                f"{oci.MAX_CONFIG_BYTES}-byte limit"
+                f"config {desc.digest} is {over_limit(desc.size, oci.MAX_CONFIG_BYTES)}"
             )
         if self.content.exists(desc.digest):
             try:
@@ -1410,8 +1410,8 @@ class _PullBudget:
             if self.used > self.limit:
                 raise LimitExceededError(
                     f"pull of {self.what}: layer {digest} brings the unpacked total to "
-                    f"{self.used} bytes, over the per-pull limit of {self.limit} bytes "
-                    "(max_pull_bytes)",
+                    f"{size_and_bytes(self.used)}, over the per-pull limit of "
+                    f"{size_and_bytes(self.limit)} (max_pull_bytes)",
                     hint="raise Client(max_pull_bytes=...) only if you trust this image",
                 )
 

@@ -28,6 +28,7 @@ from .mirrors import MIRROR_RETRIES, Mirrors
 from .oci import NONDISTRIBUTABLE_TYPES, Descriptor, sha256_digest
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
+from .sizes import over_limit
 from .transport import BODY_ERRORS, Transport, http_log, redact_url
 
 log = logging.getLogger(__name__)
@@ -173,9 +174,7 @@ class Fetcher:
     def fetch_bytes(self, ref: Reference, desc: Descriptor, limit: int) -> bytes:
         """A small blob whole, verified (size and sha256); over ``limit`` is refused unread."""
         if desc.size > limit:
-            raise ManifestError(
-                f"blob {desc.digest} is {desc.size} bytes, over the {limit}-byte limit"
-            )
+            raise ManifestError(f"blob {desc.digest} is {over_limit(desc.size, limit)}")
         sink = BytesSink()
         self.fetch(ref, desc, sink)
         data = sink.getvalue()

@@ -23,6 +23,7 @@ from .errors import (
     ManifestError,
     UnsupportedMediaTypeError,
 )
+from .sizes import over_limit
 
 # --- media types (image-spec media-types.md, Docker manifest v2 schema 2) -----------------------
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -369,7 +370,7 @@ def parse_config(data: bytes) -> ImageConfig:
 def parse_json(data: bytes, limit: int, what: str) -> Any:
     """Decode untrusted JSON: size-capped, depth-bounded, duplicate keys refused."""
     if len(data) > limit:
-        raise ManifestError(f"{what} is {len(data)} bytes, over the {limit}-byte limit")
+        raise ManifestError(f"{what} is {over_limit(len(data), limit)}")
     _check_depth(data, MAX_JSON_DEPTH, what)
 
     def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
