@@ -196,21 +196,16 @@ def _env(entries: list[str]) -> list[str]:
 
 
 def _pull_if_missing(client: Any, args: argparse.Namespace) -> None:
-    """Pull ``args.image`` when it is not present, with the pull display on stderr.
+    """Pull ``args.image`` when ``run`` needs it (``Client.image_for_run``: missing, or present
+    for another platform), with the pull display on stderr.
 
     The display ends here, before the container starts: a live display redrawing its rows would
     overwrite what the container prints (and corrupt a ``-t`` prompt). A present image shows
-    nothing at all."""
+    nothing at all (the display draws only once an event arrives)."""
     from .cli import PullDisplay, sigterm_interrupts
-    from .errors import ImageNotFoundError
 
-    try:
-        client.get(args.image)
-        return
-    except ImageNotFoundError:
-        pass
     with sigterm_interrupts(), PullDisplay(sys.stderr, live=sys.stderr.isatty()) as display:
-        client.pull(args.image, platform=args.platform, progress=display)
+        client.image_for_run(args.image, platform=args.platform, progress=display)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

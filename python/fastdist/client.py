@@ -1122,7 +1122,7 @@ class Client:
         """
         from .runtime import RunOptions
 
-        img = self._image_for_run(ref, pull, platform, progress)
+        img = self.image_for_run(ref, pull=pull, platform=platform, progress=progress)
         cid = id or _generate_id(self)
         opts = RunOptions(
             id=cid,
@@ -1195,9 +1195,17 @@ class Client:
             container.remove(force=True)
         return container
 
-    def _image_for_run(
-        self, ref: str, pull: bool, platform: str | Platform | None, progress: Progress
+    def image_for_run(
+        self,
+        ref: str,
+        *,
+        pull: bool = True,
+        platform: str | Platform | None = None,
+        progress: Progress = no_progress,
     ) -> Image:
+        """The image ``run`` would use for ``ref``: the present one, or (with ``pull``) pulled
+        when missing or present only for another platform than ``platform``. An ID or digest
+        names no registry image, so it is never pulled."""
         want, _ = _wanted_platform(platform)
         try:
             img = self.get(ref)

@@ -91,7 +91,7 @@ ROWS: dict[str, Row] = {
     "repair-without-verify": row(USAGE, "--repair", "check", "--repair", "--no-verify"),
     "bad-net": row(USAGE, "invalid choice", "run", "--net", "bridge", "{img}", "true"),
     # files
-    "bad-mount": row(GENERIC, "--mount", "run", "--mount", "nocolon", "{img}", "true"),
+    "bad-mount": row(USAGE, "--mount", "run", "--mount", "nocolon", "{img}", "true"),
     "missing-env-file": row(GENERIC, "--env-file", "run", "--env-file", "{tmp}/nope", "{img}"),
 }
 
