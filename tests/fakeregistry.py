@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -308,6 +309,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def handle_one_request(self) -> None:
+        # A TLS ClientHello (record type 0x16) sent to this plain-HTTP server is answered with
+        # a plain-HTTP 400, as Go's net/http (the real registry) answers it, instead of
+        # waiting for a request line that never comes.
+        try:
+            first = self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            first = b""
+        if first == b"\x16":
+            self.wfile.write(b"HTTP/1.0 400 Bad Request\r\n\r\nplain HTTP server\n")
+            self.close_connection = True
+            return
+        super().handle_one_request()
 
     # --- plumbing ----------------------------------------------------------------------------
     def _read_body(self) -> bytes:

@@ -193,4 +193,4 @@ def test_mirrors_without_config_use_the_registry_only(tmp_path: Path) -> None:
     m = Mirrors([tmp_path / "nothing"], Transport())
     [only] = m.hosts(Reference.parse("127.0.0.1:5000/x/y:z"), "resolve")
     assert only.upstream
-    assert only.url == "http://127.0.0.1:5000"
+    assert only.url == "https://127.0.0.1:5000"  # TLS first; plain HTTP once seen

@@ -28,9 +28,10 @@ def _get(t: Transport, reg: FakeRegistry, path: str, **kw: object) -> bytes:
 @pytest.mark.parametrize(
     ("host", "config", "expected"),
     [
-        ("127.0.0.1:5000", TransportConfig(), "http://127.0.0.1:5000"),
-        ("localhost:5000", TransportConfig(), "http://localhost:5000"),
-        ("[::1]:5000", TransportConfig(), "http://[::1]:5000"),
+        # Loopback is tried over TLS first (a plain-HTTP answer is learned: test_tls.py).
+        ("127.0.0.1:5000", TransportConfig(), "https://127.0.0.1:5000"),
+        ("localhost:5000", TransportConfig(), "https://localhost:5000"),
+        ("[::1]:5000", TransportConfig(), "https://[::1]:5000"),
         ("registry.example", TransportConfig(), "https://registry.example"),
         ("127.0.0.1.example.com", TransportConfig(), "https://127.0.0.1.example.com"),
         ("10.0.0.5:5000", TransportConfig(), "https://10.0.0.5:5000"),
@@ -46,7 +47,7 @@ def _get(t: Transport, reg: FakeRegistry, path: str, **kw: object) -> bytes:
         ),
     ],
 )
-def test_plain_http_only_for_loopback_and_allowed_hosts(
+def test_plain_http_from_the_start_only_for_allowed_hosts(
     host: str, config: TransportConfig, expected: str
 ) -> None:
     assert Transport(config).base_url(host) == expected
