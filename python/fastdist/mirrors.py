@@ -221,7 +221,8 @@ class Mirrors:
     """The hosts to try per reference (hosts.toml or just the registry), remembering failures.
 
     The upstream of a registry without a ``server`` line is ``transport.base_url`` (https
-    unless the host is known to speak plain HTTP). Mirrors' TLS settings are handed to the transport. Thread-safe.
+    unless the host is known to speak plain HTTP). Mirrors' TLS settings are handed to the
+    transport. Thread-safe.
     """
 
     def __init__(

@@ -206,19 +206,21 @@ def answers_plain_http(netloc: str, timeout: float) -> bool:
     host, port = hostname_of(netloc), netloc.rsplit(":", 1)[-1]
     if not port.isdigit():
         return False
+    head = b""
     try:
         with socket.create_connection((host, int(port)), timeout=timeout) as s:
             host_header = netloc.encode("latin-1", "replace")
             s.sendall(b"OPTIONS * HTTP/1.0\r\nHost: " + host_header + b"\r\n\r\n")
-            head = b""
-            while len(head) < 5:
-                piece = s.recv(5 - len(head))
+            # Read the whole (HTTP/1.0: closed) answer, bounded: closing on unread bytes
+            # would reset the connection under the server's feet.
+            while len(head) < 8192:
+                piece = s.recv(8192)
                 if not piece:
                     break
                 head += piece
-    except (OSError, UnicodeError):
-        return False
-    return head == b"HTTP/"
+    except OSError:
+        pass
+    return head.startswith(b"HTTP/")
 
 
 # What may carry a secret inside text we did not write (a registry's error message, a library's
@@ -448,6 +450,7 @@ class Transport:
         waited_for_retry_after = 0.0
         while True:
             retry_after: float | None = None
+            shown = redact_url(self._effective_url(url))  # http:// once a fallback is known
             if time.monotonic() >= deadline:
                 raise self.deadline_error(method, url)
             try:
@@ -460,8 +463,8 @@ class Transport:
                 requests.exceptions.ChunkedEncodingError,
             ) as e:
                 err: RegistryError = RegistryError(
-                    f"{method} {redact_url(url)}: {_connection_reason(e)}",
-                    url=redact_url(url),
+                    f"{method} {shown}: {_connection_reason(e)}",
+                    url=shown,
                     temporary=True,
                     hint=f"is a registry reachable at {_netloc(url)}? check the name, the port "
                     "and the network (a proxy from $HTTPS_PROXY is used if set)",
@@ -476,9 +479,9 @@ class Transport:
                 # Location or realm that slipped past checked_url, a header value that is not
                 # latin-1): the input is wrong, so no retry.
                 raise RegistryError(
-                    f"{method} {redact_url(url)}: cannot send the request: "
+                    f"{method} {shown}: cannot send the request: "
                     f"{type(e).__name__}: {_clean(str(e), secrets=self._known_secrets())}",
-                    url=redact_url(url),
+                    url=shown,
                     hint=_BAD_URL_HINT,
                 ) from e
             else:
@@ -689,6 +692,7 @@ class Transport:
                     verify=self._verify(current),
                     cert=tls.cert if tls is not None else None,
                     proxies=self._proxies(current),
+                    hooks={"response": _check_location},
                 )
             except requests.exceptions.SSLError as e:
                 fallback = self._fall_back(current, e)
@@ -925,6 +929,19 @@ def _connection_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {_clean(str(e))}"
 
 
+def _check_location(resp: requests.Response, *args: object, **kwargs: object) -> None:
+    """Response hook: a redirect's ``Location`` is checked before requests parses it (it
+    does so even with ``allow_redirects=False``, raising a bare ValueError on a bad one)."""
+    location = resp.headers.get("Location")
+    if resp.status_code in _REDIRECT_STATUSES and location:
+        method = resp.request.method if resp.request is not None else "GET"
+        try:
+            checked_url(location, resp.url, what=f"{method} {redact_url(resp.url)}: redirect to")
+        except RegistryError:
+            resp.close()
+            raise
+
+
 _TLS_HINT = (
     "if the registry uses a private CA, pass its certificate: --ca-file FILE "
     "(TransportConfig(host_ca_files=...), or ca in hosts.toml); --tls-verify=false skips "
@@ -1031,7 +1048,15 @@ def read_capped(
                     "is TransportConfig(request_deadline=...))",
                 )
             set_read_timeout(resp, remaining if stall is None else min(stall, remaining))
-        chunk = resp.raw.read(min(65536, limit + 1 - total), decode_content=True)
+        want = min(65536, limit + 1 - total)
+        # read1 returns what has arrived (urllib3 >= 2), so a dripping body meets the deadline
+        # check between reads; read() would wait for all ``want`` bytes.
+        read1 = getattr(resp.raw, "read1", None)
+        chunk = (
+            read1(want, decode_content=True)
+            if read1 is not None
+            else resp.raw.read(want, decode_content=True)
+        )
         if not chunk:
             break
         chunks.append(chunk)
