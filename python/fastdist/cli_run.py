@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 
 def add_commands(sub: Any) -> None:
+    from .cli import add_registry_options
+
     sp = sub.add_parser("run", help="run a command in a new container from an image")
     sp.add_argument("--id", help="container id (default: a readable generated one)")
     sp.add_argument("--rm", action="store_true", help="remove the container when it exits")
@@ -36,7 +38,7 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--hostname")
     sp.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
     sp.add_argument("--platform", help="platform to pull if the image is not present")
-    sp.add_argument("--plain-http", action="append", metavar="HOST")
+    add_registry_options(sp)
     sp.add_argument("--snapshotter", choices=("overlayfs", "native"))
     sp.add_argument("image", metavar="IMAGE")
     sp.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")

@@ -89,6 +89,11 @@ def test_without_server_the_registry_itself_is_the_upstream(tmp_path: Path) -> N
         b'[host."https://m.example"]\ncapabilities = ["fly"]\n',
         b'[host."https://m.example"]\nskip_verify = "yes"\n',
         b'[host."https://user:pw@m.example"]\n',
+        # Header values that requests would refuse (InvalidHeader) or fail to encode
+        # (UnicodeEncodeError) at request time, and a name that is not a token.
+        b'[host."https://m.example".header]\nx-a = "one\\u0007two"\n',
+        b'[host."https://m.example".header]\nx-a = "\\u20ac"\n',
+        b'[host."https://m.example".header]\n"x a" = "v"\n',
     ],
 )
 def test_bad_hosts_toml_is_a_typed_error(tmp_path: Path, toml: bytes) -> None:
