@@ -643,15 +643,15 @@ class Transport:
             )
             return NotFoundError(message, status=status, code=code, url=url, hint=hint)
         temporary = status in _TEMPORARY_STATUSES or code in _TEMPORARY_CODES
-        hint = None
+        tls_hint: str | None = None
         if status == 400 and url.startswith("http://") and code is None:
             # Go's TLS servers (the registry, Harbor) answer plain HTTP with a bare 400.
-            hint = (
+            tls_hint = (
                 "if this registry speaks TLS, drop --plain-http for it (a loopback "
                 "registry is tried over TLS first by itself)"
             )
         return RegistryError(
-            message, status=status, code=code, url=url, temporary=temporary, hint=hint
+            message, status=status, code=code, url=url, temporary=temporary, hint=tls_hint
         )
 
     # --- one attempt: auth + redirects -----------------------------------------------------------
