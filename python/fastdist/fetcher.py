@@ -32,6 +32,7 @@ from .reference import Reference
 from .transport import (
     BODY_ERRORS,
     Transport,
+    checked_url,
     declared_length,
     http_log,
     redact_url,
@@ -133,13 +134,16 @@ class Fetcher:
         """Stream ``desc``'s blob into ``sink`` from ``sink.offset`` to ``desc.size``."""
         if desc.urls and desc.media_type in NONDISTRIBUTABLE_TYPES:
             if self.transport.config.allow_foreign_urls:
-                for url in desc.urls:
+                for raw_url in desc.urls:
                     try:
+                        url = checked_url(raw_url, what=f"{desc.digest}: foreign URL")
                         self._fetch_from(url, None, None, desc, sink, progress)
                         return
                     except RegistryError as e:
                         log.warning(
-                            "foreign URL %s failed (%s); trying the registry", redact_url(url), e
+                            "foreign URL %s failed (%s); trying the registry",
+                            redact_url(raw_url),
+                            e,
                         )
             else:
                 log.info(

@@ -366,7 +366,10 @@ class Transport:
 
     def _effective_url(self, url: str) -> str:
         """``url`` with https replaced by http for a host learned to speak plain HTTP."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return url  # refused with a RegistryError where it is used
         if parts.scheme == "https":
             host = parts.netloc.rsplit("@", 1)[-1].lower()
             with self._lock:
