@@ -223,6 +223,31 @@ def answers_plain_http(netloc: str, timeout: float) -> bool:
     return head.startswith(b"HTTP/")
 
 
+def speaks_plain_http(netloc: str, timeout: float) -> bool | None:
+    """Probe ``host:port`` once: False when a TLS handshake completes (the server speaks TLS;
+    its certificate is verified by the real request, and a certificate error is then an error,
+    never a reason to fall back); True when the handshake fails and the server answers a
+    plain-HTTP request; None when nothing answers (connection refused: ask again next time).
+    The handshake verifies nothing and loads no CA bundle, so the probe costs a round trip."""
+    host, port = hostname_of(netloc), netloc.rsplit(":", 1)[-1]
+    if not port.isdigit():
+        return False
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host),
+        ):
+            return False
+    except (ConnectionRefusedError, socket.gaierror):
+        return None
+    except OSError:  # ssl.SSLError (not TLS: "wrong version number"), a reset, a timeout
+        pass
+    return answers_plain_http(netloc, timeout)
+
+
 # What may carry a secret inside text we did not write (a registry's error message, a library's
 # exception text quoting a URL): a URL's query (signed CDN URLs), an Authorization value, a
 # ``token=``/``password=``-style pair.
@@ -314,8 +339,9 @@ class Transport:
         self._lock = threading.Lock()
         self._basic_hosts: set[str] = set()
         self._host_tls: dict[str, HostTLS] = {}
-        # Loopback / insecure hosts whose server answered in plain HTTP after TLS failed.
-        self._plain_learned: set[str] = set()
+        # Hosts that may fall back, probed: True when the server failed a TLS handshake and
+        # answered in plain HTTP, False when it speaks TLS (then TLS errors are errors).
+        self._speaks_plain: dict[str, bool] = {}
         # Every password and token this transport has used: scrubbed from registry-supplied text.
         self._secrets: set[str] = set()
         self.sleep: Callable[[float], None] = time.sleep
@@ -338,13 +364,13 @@ class Transport:
     def prefers_plain_http(self, host: str) -> bool:
         """Hosts spoken to in plain HTTP from the first request: those the user listed
         (``host`` or ``host:port``), mirrors whose hosts.toml URL says http:// (an explicit
-        choice), and hosts seen answering in plain HTTP after TLS failed (``_fall_back``)."""
+        choice), and hosts seen answering in plain HTTP after TLS failed (``_effective_url``)."""
         h = host.lower()
         tls = self._tls(h)
         if tls is not None and tls.plain_http:
             return True
         with self._lock:
-            if h in self._plain_learned:
+            if self._speaks_plain.get(h):
                 return True
         return _host_in(h, self.config.plain_http_hosts)
 
@@ -365,35 +391,25 @@ class Transport:
         return self.base_url(registry_host) + path
 
     def _effective_url(self, url: str) -> str:
-        """``url`` with https replaced by http for a host learned to speak plain HTTP."""
+        """``url``, with https replaced by http for a host that may fall back (``may_fall_back``)
+        and whose server, probed once, failed a TLS handshake and answered in plain HTTP."""
         try:
             parts = urlsplit(url)
         except ValueError:
             return url  # refused with a RegistryError where it is used
-        if parts.scheme == "https":
-            host = parts.netloc.rsplit("@", 1)[-1].lower()
-            with self._lock:
-                learned = host in self._plain_learned
-            if learned:
-                return urlunsplit(("http", *parts[1:]))
-        return url
-
-    def _fall_back(self, url: str, error: requests.exceptions.SSLError) -> str | None:
-        """After TLS to ``url`` failed: the plain-HTTP URL to use instead, when the host may
-        fall back and its server answers in plain HTTP; None otherwise (never after a
-        certificate error: that server speaks TLS and its certificate is not trusted)."""
-        parts = urlsplit(url)
         host = parts.netloc.rsplit("@", 1)[-1].lower()
         if parts.scheme != "https" or not self.may_fall_back(host):
-            return None
-        if _is_certificate_error(error):
-            return None
-        if not answers_plain_http(host, self.config.connect_timeout):
-            return None
-        log.info("%s answers in plain HTTP, not TLS: using http:// for it", host)
+            return url
         with self._lock:
-            self._plain_learned.add(host)
-        return urlunsplit(("http", *parts[1:]))
+            plain = self._speaks_plain.get(host)
+        if plain is None:
+            plain = speaks_plain_http(host, self.config.connect_timeout)
+            if plain is not None:
+                if plain:
+                    log.info("%s answers in plain HTTP, not TLS: using http:// for it", host)
+                with self._lock:
+                    self._speaks_plain[host] = plain
+        return urlunsplit(("http", *parts[1:])) if plain else url
 
     def _check_url(self, url: str) -> None:
         parts = urlsplit(url)
@@ -672,7 +688,7 @@ class Transport:
         origin = registry.lower() if registry else None
         authorized = False
         current = url
-        for _hop in range(MAX_REDIRECTS + 2):  # one more for a plain-HTTP fallback
+        for _hop in range(MAX_REDIRECTS + 1):
             current = self._effective_url(current)
             self._check_url(current)
             remaining = deadline - time.monotonic()
@@ -706,12 +722,6 @@ class Transport:
                     proxies=self._proxies(current),
                     hooks={"response": _check_location},
                 )
-            except requests.exceptions.SSLError as e:
-                fallback = self._fall_back(current, e)
-                if fallback is None:
-                    raise
-                current = fallback
-                continue
             except requests.exceptions.RequestException as e:
                 if http_log.isEnabledFor(logging.DEBUG):
                     http_log.debug(

@@ -252,8 +252,23 @@ def test_loopback_registry_in_plain_http_is_learned_after_tls_fails() -> None:
         assert t.base_url(reg.host) == f"https://{reg.host}"
         assert _get(t, reg, f"/v2/app/blobs/{d}") == b"payload"
         assert t.base_url(reg.host) == f"http://{reg.host}"
-        # The TLS attempt and the OPTIONS * probe are not registry requests.
+        # The TLS handshake probe and the OPTIONS * probe are not registry requests.
         assert [(r.method, r.path) for r in reg.requests] == [("GET", f"/v2/app/blobs/{d}")]
+        # Probed once per host: a second transport probes again, this one does not.
+        assert _get(t, reg, f"/v2/app/blobs/{d}") == b"payload"
+        assert len(reg.requests) == 2
+
+
+def test_a_refused_connection_is_not_remembered_as_tls() -> None:
+    with FakeRegistry() as reg:
+        port = reg.port
+    # Nothing listens now: the probe learns nothing, and the error is a connection error.
+    t = _transport(TransportConfig(max_retries=0))
+    host = f"127.0.0.1:{port}"
+    with pytest.raises(RegistryError, match="connection refused"):
+        t.request("GET", t.url(host, "/v2/"), registry=host)
+    assert t.may_fall_back(host)
+    assert t.base_url(host) == f"https://{host}"
 
 
 @pytest.mark.parametrize(
