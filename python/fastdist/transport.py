@@ -614,7 +614,11 @@ class Transport:
         code: str | None = None
         detail = ""
         try:
+            # A malformed Content-Length means a body read until the connection closes: skip.
+            declared_length(resp)
             raw = resp.raw.read(MAX_ERROR_BODY, decode_content=True) if resp.raw else b""
+        except RegistryError:
+            raw = b""
         except (requests.exceptions.RequestException, OSError, ValueError) as e:
             log.debug("could not read error body from %s: %s", url, e)
             raw = b""

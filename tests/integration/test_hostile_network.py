@@ -107,6 +107,25 @@ CASES = [
 ]
 
 
+@pytest.mark.timeout(30)  # a hang guard: unfixed, the read waits the 120 s read timeout
+def test_an_error_answer_with_a_negative_content_length_is_not_read(tmp_path: Path) -> None:
+    # Its body would be read until the kept-alive connection closes: read_timeout per attempt.
+    cfg = TransportConfig(read_timeout=120, max_retries=0)
+    with FakeRegistry() as reg:
+        reg.add_image("app")
+        reg.add_fault(
+            Fault(
+                path_contains="/manifests/",
+                status=404,
+                code="MANIFEST_UNKNOWN",
+                headers={"Content-Length": "-5"},
+            )
+        )
+        client = Client(tmp_path / "store", transport_config=cfg)
+        with pytest.raises(RegistryError, match="404"):
+            client.pull(f"{reg.host}/app:latest")
+
+
 def _registry(case: Case) -> FakeRegistry:
     reg = FakeRegistry(**case.registry)
     reg.start()
