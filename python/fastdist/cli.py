@@ -287,12 +287,7 @@ def _fit(line: str, width: int) -> str:
 def _client(args: argparse.Namespace, **kw: Any) -> Any:
     from .client import Client
 
-    cfg = None
-    plain = frozenset(getattr(args, "plain_http", None) or ())
-    if plain:  # only then: importing the transport loads requests, which local commands skip
-        from .transport import TransportConfig
-
-        cfg = TransportConfig(plain_http_hosts=plain)
+    cfg = _transport_config(args)
     return Client(
         args.root,
         snapshotter=getattr(args, "snapshotter", None),
@@ -321,6 +316,80 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def add_registry_options(sp: argparse.ArgumentParser) -> None:
+    """TLS and plain-HTTP options of the commands that talk to a registry, for the reference's
+    registry. ``--plain-http`` and ``--tls-verify=false`` take no separate value (a value after
+    ``--plain-http`` would swallow REF: ``pull --plain-http host:5000/repo``), so another host
+    is named with ``--plain-http-host HOST``."""
+    sp.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="speak plain HTTP to the reference's registry (as ctr's flag; default: https, "
+        "and for loopback registries plain HTTP only if the server answers in plain HTTP)",
+    )
+    sp.add_argument(
+        "--plain-http-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="speak plain HTTP to HOST as well (a token realm or a mirror); repeatable "
+        "(default: none)",
+    )
+    sp.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="trust the CA certificates in FILE (PEM) for the reference's registry "
+        "(default: the system's CAs, and a hosts.toml ca)",
+    )
+    sp.add_argument(
+        "--tls-verify",
+        dest="tls_verify",
+        action="store_true",
+        default=True,
+        help="verify the registry's certificate (default)",
+    )
+    sp.add_argument(
+        "--tls-verify=false",
+        dest="tls_verify",
+        action="store_false",
+        help="do not verify the reference's registry's certificate, and use plain HTTP if "
+        "it answers in plain HTTP (skopeo's flag; only if you trust the network; default: verify)",
+    )
+    sp.add_argument(
+        "--tls-verify=true", dest="tls_verify", action="store_true", help=argparse.SUPPRESS
+    )
+
+
+def _transport_config(args: argparse.Namespace) -> Any:
+    """A TransportConfig from the registry options, or None when none is given (then the
+    transport, and requests with it, is imported only when a command needs the network)."""
+    plain = set(getattr(args, "plain_http_host", None) or ())
+    ca_file = getattr(args, "ca_file", None)
+    verify = getattr(args, "tls_verify", True)
+    bare_plain = getattr(args, "plain_http", False)
+    if not (plain or ca_file or bare_plain or not verify):
+        return None
+    from .reference import Reference
+    from .transport import TransportConfig
+
+    text = getattr(args, "ref", None) or getattr(args, "image", None)
+    registry = Reference.parse(text).registry if isinstance(text, str) else None
+    if (ca_file or bare_plain or not verify) and registry is None:  # pragma: no cover
+        raise FastdistError("--plain-http, --ca-file and --tls-verify need a reference")
+    if ca_file is not None and not os.access(ca_file, os.R_OK):
+        raise FastdistError(
+            f"--ca-file {ca_file}: cannot read the file",
+            hint="pass a PEM file holding the registry's CA certificate",
+        )
+    if bare_plain and registry is not None:
+        plain.add(registry)
+    return TransportConfig(
+        plain_http_hosts=frozenset(plain),
+        host_ca_files={registry: ca_file} if ca_file and registry else {},
+        insecure_skip_verify_hosts=frozenset({registry} if not verify and registry else ()),
+    )
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -626,12 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="os/arch[/variant] (default: this host's); a single-platform image built for "
         "another platform is refused; 'any' accepts it whatever its platform",
     )
-    sp.add_argument(
-        "--plain-http",
-        action="append",
-        metavar="HOST",
-        help="allow plain HTTP to HOST[:PORT] (default: loopback only)",
-    )
+    add_registry_options(sp)
     sp.add_argument("--snapshotter", choices=("overlayfs", "native"), help=SNAPSHOTTER_HELP)
     sp.add_argument(
         "-q", "--quiet", action="store_true", help="print only the digest (default: progress)"

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def add_commands(sub: Any) -> None:
-    from .cli import SNAPSHOTTER_HELP
+    from .cli import SNAPSHOTTER_HELP, add_registry_options
 
     sp = sub.add_parser(
         "run",
@@ -90,12 +90,7 @@ def add_commands(sub: Any) -> None:
     sp.add_argument(
         "--platform", help="platform to pull if the image is not present (default: this host)"
     )
-    sp.add_argument(
-        "--plain-http",
-        action="append",
-        metavar="HOST",
-        help="allow plain HTTP to HOST[:PORT] (default: loopback only)",
-    )
+    add_registry_options(sp)
     sp.add_argument("--snapshotter", choices=("overlayfs", "native"), help=SNAPSHOTTER_HELP)
     sp.add_argument("image", metavar="IMAGE", help="the image (pulled if missing)")
     sp.add_argument(

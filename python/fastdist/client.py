@@ -96,7 +96,7 @@ class Image:
     def config(self) -> ImageConfig:
         """The parsed image config (from the content store, verified)."""
         data = self._client.content.read_bytes(self.record.config_digest, oci.MAX_CONFIG_BYTES)
-        return oci.parse_config(data)
+        return oci.parse_config(data, max_volumes=self._client.max_volumes)
 
     def rootfs(self) -> tuple[Digest, ...]:
         """The layers' diff_ids, bottom first (as containerd's ``Image.RootFS``)."""
@@ -168,6 +168,7 @@ class Client:
             self.content, self.snapshotter, _cap_layer_bytes(limits, max_pull_bytes)
         )
         self.limits = limits
+        self.max_volumes = (limits or _native.Limits()).max_volumes
         self._budgets: dict[int, _PullBudget] = {}
         self._budgets_lock = threading.Lock()
         self._runc = runc
@@ -257,7 +258,7 @@ class Client:
             if resolved.manifest_descriptor.digest != resolved.target.digest:
                 self._store_document(resolved.manifest_descriptor, resolved.manifest_bytes)
             config_bytes = self._fetch_config(reference, resolved.manifest.config, progress)
-            config = oci.parse_config(config_bytes)
+            config = oci.parse_config(config_bytes, max_volumes=self.max_volumes)
             self._check_platform(reference, plat, resolved.target.media_type, config)
             layers = resolved.manifest.layers
             _check_layers(layers, config)
@@ -1439,6 +1440,7 @@ def _cap_layer_bytes(limits: _native.Limits | None, cap: int) -> _native.Limits 
         max_ratio=base.max_ratio,
         ratio_grace_bytes=base.ratio_grace_bytes,
         zstd_window_log_max=base.zstd_window_log_max,
+        max_volumes=base.max_volumes,
     )
 
 

@@ -8,10 +8,18 @@ import io
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from fastdist.cli import PullDisplay, Terminated, _duration, build_parser, print_error
+from fastdist.cli import (
+    PullDisplay,
+    Terminated,
+    _duration,
+    _transport_config,
+    build_parser,
+    print_error,
+)
 from fastdist.errors import FastdistError
 from fastdist.progress import Phase, ProgressEvent
 
@@ -130,7 +138,7 @@ def test_every_subcommand_has_a_description_and_every_option_a_help_with_its_def
         for action in sub._actions:
             if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
                 continue
-            if isinstance(action, argparse._SubParsersAction):
+            if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
                 continue
             what = f"{name} {'/'.join(action.option_strings) or action.dest}"
             if not action.help:
@@ -230,3 +238,59 @@ def test_a_downloading_row_shows_its_rate_and_time_left() -> None:
     assert _speed(row, now=100.1) == ""  # too early to say
     row.phase = Phase.DONE
     assert _speed(row, now=110.0) == ""
+
+
+# --- registry options (issue 17: TLS on loopback, ctr's --plain-http) --------------------------
+@pytest.mark.parametrize("command", ["pull", "run"])
+def test_bare_plain_http_flag_does_not_swallow_the_reference(command: str) -> None:
+    args = build_parser().parse_args([command, "--plain-http", "host.example:5000/repo:tag"])
+    assert args.plain_http is True
+    assert (args.ref if command == "pull" else args.image) == "host.example:5000/repo:tag"
+    cfg = _transport_config(args)
+    assert cfg.plain_http_hosts == frozenset({"host.example:5000"})
+
+
+def test_plain_http_host_names_another_host() -> None:
+    args = build_parser().parse_args(
+        ["pull", "--plain-http-host", "auth.example:80", "host.example:5000/repo:tag"]
+    )
+    assert args.ref == "host.example:5000/repo:tag"
+    assert _transport_config(args).plain_http_hosts == frozenset({"auth.example:80"})
+
+
+@pytest.mark.parametrize(
+    ("flags", "verify", "skip"),
+    [
+        ([], True, frozenset()),
+        (["--tls-verify"], True, frozenset()),
+        (["--tls-verify=true"], True, frozenset()),
+        (["--tls-verify=false"], False, frozenset({"host.example:5443"})),
+    ],
+)
+def test_tls_verify_is_skopeos_flag_for_the_references_registry(
+    flags: list[str], verify: bool, skip: frozenset[str]
+) -> None:
+    args = build_parser().parse_args(["pull", *flags, "host.example:5443/repo:tag"])
+    assert args.tls_verify is verify
+    assert args.ref == "host.example:5443/repo:tag"
+    cfg = _transport_config(args)
+    assert (cfg.insecure_skip_verify_hosts if cfg is not None else frozenset()) == skip
+
+
+def test_ca_file_applies_to_the_references_registry(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not parsed here\n")
+    args = build_parser().parse_args(
+        ["run", "--ca-file", str(ca), "host.example:5443/repo:tag", "sh", "--tls-verify=false"]
+    )
+    # The container's own arguments stay the container's.
+    assert args.command == ["sh", "--tls-verify=false"]
+    assert args.tls_verify is True
+    assert dict(_transport_config(args).host_ca_files) == {"host.example:5443": str(ca)}
+
+
+def test_an_unreadable_ca_file_is_an_error_with_a_hint(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["pull", "--ca-file", str(tmp_path / "none"), "a/b:c"])
+    with pytest.raises(FastdistError) as info:
+        _transport_config(args)
+    assert info.value.hint
