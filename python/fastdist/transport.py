@@ -48,6 +48,7 @@ from .auth import (
 )
 from .auth import parse_www_authenticate as _parse_challenges
 from .errors import AuthenticationError, ManifestError, NotFoundError, RegistryError
+from .termsafe import sanitize
 
 log = logging.getLogger(__name__)
 # One DEBUG line per HTTP exchange (``fastdist --debug``): method, redacted URL, status, bytes,
@@ -167,16 +168,16 @@ def checked_url(url: str, base: str | None = None, *, what: str) -> str:
         host = parts.hostname
     except ValueError as e:
         raise RegistryError(
-            f"{what} {_clean(url, 120)!r} is not a valid URL: {_clean(str(e), 80)}",
+            f"{what} '{_clean(url, 120)}' is not a valid URL: {_clean(str(e), 80)}",
             hint=_BAD_URL_HINT,
         ) from None
     if parts.scheme not in ("http", "https") or not host:
         raise RegistryError(
-            f"{what} {_clean(url, 120)!r} is not an http(s) URL with a host", hint=_BAD_URL_HINT
+            f"{what} '{_clean(url, 120)}' is not an http(s) URL with a host", hint=_BAD_URL_HINT
         )
     if _CONTROL_RE.search(full) or any(c.isspace() for c in full):
         raise RegistryError(
-            f"{what} {_clean(url, 120)!r} holds whitespace or control characters",
+            f"{what} '{_clean(url, 120)}' holds whitespace or control characters",
             hint=_BAD_URL_HINT,
         )
     return full
@@ -289,9 +290,9 @@ for _name in ("urllib3.connectionpool", "urllib3.connection", "requests"):
 
 
 def _clean(text: str, limit: int = 200, secrets: Collection[str] = ()) -> str:
-    """Text we did not write goes into our messages: strip control characters and anything
-    that may be a credential, bound it."""
-    text = redact_text(_CONTROL_RE.sub(" ", text).strip(), secrets)
+    """Text we did not write goes into our messages: control characters shown escaped (the
+    one terminal sanitiser, ``termsafe``), anything that may be a credential redacted, bounded."""
+    text = redact_text(sanitize(text.strip()), secrets)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -1026,7 +1027,7 @@ def declared_length(resp: requests.Response) -> int | None:
         url = redact_url(resp.url or "")
         raise RegistryError(
             f"{resp.request.method if resp.request else 'GET'} {url}: invalid Content-Length "
-            f"{_clean(raw, 40)!r}",
+            f"'{_clean(raw, 40)}'",
             url=url,
             status=resp.status_code,
             hint="the registry (or a proxy in front of it) sent a malformed response",

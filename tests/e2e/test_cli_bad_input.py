@@ -49,7 +49,7 @@ ROWS: dict[str, Row] = {
     "bad-digest-hex": row(USAGE, "sha256", "pull", "{reg}/x@sha256:xyz"),
     "digest-algorithm": row(LAYER, "md5", "pull", "{reg}/x@md5:abc"),
     "bad-port": row(USAGE, "bad domain", "pull", "host:port/x"),
-    "url-scheme": row(USAGE, "URL scheme", "pull", "http://{reg}/x"),
+    "url-scheme": row(USAGE, "not a http:// URL", "pull", "http://{reg}/x"),
     "name-too-long": row(USAGE, "longer than", "pull", "{reg}/" + "a" * 300),
     "bare-digest-pull": row(USAGE, "names no repository", "pull", ZEROS),
     "bare-hex-pull": row(USAGE, "names no repository", "pull", HEX64),
