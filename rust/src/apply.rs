@@ -761,37 +761,62 @@ impl<'a> Applier<'a> {
             self.cache.clear();
             self.cache_dirty = false;
         }
-        let deferred = std::mem::take(&mut self.deferred);
+        let mut deferred = std::mem::take(&mut self.deferred);
+        // The last entry of a path wins; then the deepest first, so that no directory is made
+        // unsearchable (a mode without x, for a user without CAP_DAC_OVERRIDE) before the
+        // directories below it are done.
+        let mut seen = HashSet::new();
+        deferred.reverse();
+        deferred.retain(|d| seen.insert(d.path.clone()));
+        deferred.sort_by_key(|d| std::cmp::Reverse(d.path.iter().filter(|&&b| b == b'/').count()));
         for d in &deferred {
             let shown = || String::from_utf8_lossy(&d.path).into_owned();
-            let fd = if d.path.is_empty() {
-                self.take_dir(b"", false).map(|d| d.fd)
-            } else {
-                let (parent, name) = split_parent(&d.path);
-                let pfd = match self.take_dir(parent, false) {
-                    Ok(p) => p,
-                    // Removed or replaced later in the layer: nothing to do.
-                    Err(_) => continue,
-                };
-                let r = rustix::fs::openat(
-                    pfd.fd.as_fd(),
-                    name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    FsMode::empty(),
-                );
-                self.put_dir(pfd);
-                match r {
-                    Ok(fd) => Ok(fd),
-                    Err(_) => continue,
-                }
+            let fd = match self.deferred_dir_fd(&d.path) {
+                Ok(Some(fd)) => fd,
+                Ok(None) => continue,
+                Err(e) => return Err(Error::io("open directory", shown(), e)),
             };
-            let fd = fd.map_err(|e| Error::io("open directory", shown(), e))?;
             rustix::fs::fchmod(&fd, FsMode::from_raw_mode(d.mode))
                 .map_err(|e| Error::io("chmod", shown(), e.into()))?;
             rustix::fs::futimens(&fd, &ts(d.mtime.0, d.mtime.1))
                 .map_err(|e| Error::io("set times", shown(), e.into()))?;
         }
         Ok(())
+    }
+
+    /// The directory a deferred entry created, or `None` when a later entry of the layer
+    /// removed or replaced it (ENOENT: gone, whited out; ENOTDIR / ELOOP: the name, or a
+    /// directory on the way, is now a file or a symlink): then there is nothing to set.
+    /// Any other failure is an error: the directory would silently keep its 0700.
+    fn deferred_dir_fd(&mut self, path: &[u8]) -> io::Result<Option<OwnedFd>> {
+        let gone = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+            )
+        };
+        if path.is_empty() {
+            return self.take_dir(b"", false).map(|d| Some(d.fd));
+        }
+        let (parent, name) = split_parent(path);
+        let pdir = match self.take_dir(parent, false) {
+            Ok(p) => p,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let r = rustix::fs::openat(
+            pdir.fd.as_fd(),
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            FsMode::empty(),
+        )
+        .map_err(io::Error::from);
+        self.put_dir(pdir);
+        match r {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if gone(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
