@@ -16,7 +16,7 @@
 //! checked not to be a symlink), or works on an fd the crate opened itself; every fd it opens
 //! is close-on-exec. The two files opened by path (a layer blob to read, the ingest tee to
 //! append to) are opened with `O_NOFOLLOW` relative to their directory, itself opened
-//! `O_NOFOLLOW`, and must be regular files.
+//! `O_NOFOLLOW`; the tee must be a regular file of one link (or a fifo).
 
 use std::fs::File;
 use std::io;
@@ -489,42 +489,44 @@ fn not_followed(e: Errno, what: &str) -> io::Error {
     }
 }
 
-/// Fail unless the opened `fd` is a regular file.
-fn regular(fd: OwnedFd) -> io::Result<File> {
+/// The tee may only be what it was created as: a regular file with one link (a hard link
+/// would make the appends land in another file too), or a fifo, which can only be read by
+/// whoever holds its other end (the tests observe backpressure through one).
+fn tee_file(fd: OwnedFd) -> io::Result<File> {
     let st = rustix::fs::fstat(&fd)?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+    let ok = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => st.st_nlink == 1,
+        FileType::Fifo => true,
+        _ => false,
+    };
+    if !ok {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "not a regular file",
+            "not a regular file of one link",
         ));
     }
     Ok(File::from(fd))
 }
 
-/// Open the regular file at `path` for reading, following no symlink at its last two
-/// components (a planted link to a host file or a device is refused, not read).
+/// Open the file at `path` for reading, following no symlink at its last two components (a
+/// planted link to a host file is refused, not read).
 pub fn open_read(path: &Path) -> io::Result<File> {
     let (dfd, name) = open_parent(path)?;
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&dfd, name, flags, Mode::empty())
         .map_err(|e| not_followed(e, "the file"))?;
-    regular(fd)
+    Ok(File::from(fd))
 }
 
-/// Open the regular file at `path` for reading and appending, creating it (0600) if missing,
-/// following no symlink at its last two components: a planted `data -> /host/file` is refused,
-/// so the host file is neither read as a resumed prefix nor appended to.
+/// Open the file at `path` for reading and appending, creating it (0600) if missing, following
+/// no symlink at its last two components: a planted `data -> /host/file` (or a hard link to
+/// one) is refused, so the host file is neither read as a resumed prefix nor appended to.
 pub fn open_append(path: &Path) -> io::Result<File> {
     let (dfd, name) = open_parent(path)?;
-    let flags = OFlags::RDWR
-        | OFlags::APPEND
-        | OFlags::CREATE
-        | OFlags::NOFOLLOW
-        | OFlags::CLOEXEC
-        | OFlags::NONBLOCK;
+    let flags = OFlags::RDWR | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&dfd, name, flags, Mode::from_raw_mode(0o600))
         .map_err(|e| not_followed(e, "the file"))?;
-    regular(fd)
+    tee_file(fd)
 }
 
 #[cfg(test)]
