@@ -79,3 +79,52 @@ fn a_directory_the_final_pass_cannot_open_is_an_error_naming_it() {
     }
     w.assert_sentinel_intact();
 }
+
+/// Drop this thread (only: raw syscalls, not libc's process-wide wrappers) to uid/gid 65534
+/// with no supplementary groups and so no capabilities.
+fn become_nobody_on_this_thread() {
+    // SAFETY: plain syscalls on integers and a null list; each result is checked.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+            0
+        );
+        assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+        assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+    }
+}
+
+#[test]
+fn an_unsearchable_directory_mode_lands_after_the_directories_below_it() {
+    // As a user without CAP_DAC_OVERRIDE: `a` becomes 0600 (no search bit) at the end of the
+    // layer; had it been set first, `a/b` could no longer be opened and kept its 0700.
+    if !rustix::process::geteuid().is_root() {
+        return; // needs root to become another user; CI runs as root
+    }
+    let w = Work::new();
+    rustix::fs::chmod(w.tmp.path(), rustix::fs::Mode::from_raw_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(&w.root, Some(65534), Some(65534)).expect("chown");
+    let t = Tar::new()
+        .add(E::dir("a").mode(0o600))
+        .add(E::dir("a/b").mode(0o755))
+        .add(E::file("a/b/f", b"x"))
+        .add(E::dir("c").mode(0o500))
+        .add(E::dir("c/d").mode(0o700))
+        .finish();
+    let root = w.root.clone();
+    let r = std::thread::spawn(move || {
+        become_nobody_on_this_thread();
+        let mut o = opts(Mode::Layer);
+        o.preserve_owner = false;
+        apply_tar(&t[..], &root, &o).map(|_| ())
+    })
+    .join()
+    .expect("applier thread");
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(node(&w.p("a")).mode, 0o600);
+    assert_eq!(node(&w.p("a/b")).mode, 0o755);
+    assert_eq!(node(&w.p("c")).mode, 0o500);
+    assert_eq!(node(&w.p("c/d")).mode, 0o700);
+    assert_eq!(node(&w.p("a/b/f")).uid, 65534);
+    w.assert_sentinel_intact();
+}
