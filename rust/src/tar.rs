@@ -370,6 +370,24 @@ impl<R: Read> TarReader<R> {
                 .position(|&b| b == b'=')
                 .ok_or_else(|| bad("record without '='"))?;
             let (key, value) = (&kv[..eq], &kv[eq + 1..]);
+            if value.is_empty() {
+                // An empty value deletes the keyword (POSIX pax; Go's archive/tar does so):
+                // the header's own field applies again, an xattr is not set.
+                match key {
+                    b"path" => self.pending.path = None,
+                    b"linkpath" => self.pending.link = None,
+                    b"size" => self.pending.size = None,
+                    b"uid" => self.pending.uid = None,
+                    b"gid" => self.pending.gid = None,
+                    b"mtime" => self.pending.mtime = None,
+                    _ => {
+                        if let Some(xname) = key.strip_prefix(b"SCHILY.xattr.") {
+                            self.pending.xattrs.retain(|(n, _)| n.as_slice() != xname);
+                        }
+                    }
+                }
+                continue;
+            }
             match key {
                 b"path" => self.pending.path = Some(value.to_vec()),
                 b"linkpath" => self.pending.link = Some(value.to_vec()),

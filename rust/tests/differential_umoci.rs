@@ -166,3 +166,20 @@ fn a_plain_layer_unpacks_as_umoci_unpacks_it() {
     assert_eq!(ours.len(), 7, "{:?}", ours.keys());
     assert_eq!(ours, theirs);
 }
+
+#[test]
+fn empty_pax_values_unpack_as_umoci_unpacks_them() {
+    let t = Tar::new()
+        .add(E::dir("etc"))
+        .add(E::file("etc/named", b"by its header\n").pax("path", b""))
+        .add(E::symlink("etc/l", "named").pax("linkpath", b""))
+        .add(
+            E::file("etc/sized", b"four")
+                .pax("size", b"")
+                .pax("mtime", b""),
+        )
+        .finish();
+    let (ours, theirs) = both(&t);
+    assert!(theirs.contains_key("etc/named"), "{:?}", theirs.keys());
+    assert_eq!(ours, theirs);
+}

@@ -158,3 +158,36 @@ fn largest_header_sizes_do_not_overflow() {
         ));
     }
 }
+
+#[test]
+fn empty_pax_values_delete_the_keyword_as_go_does() {
+    // POSIX pax: a record with an empty value removes the keyword; the header's own field
+    // applies again (Go's archive/tar deletes the key), and an emptied xattr is not set.
+    let e = E::file("f", b"data")
+        .pax("path", b"elsewhere")
+        .pax("path", b"")
+        .pax("size", b"")
+        .pax("uid", b"")
+        .pax("mtime", b"")
+        .pax("SCHILY.xattr.user.k", b"v")
+        .pax("SCHILY.xattr.user.k", b"")
+        .owner(7, 8);
+    let mut t = Tar::new();
+    t.push(&e);
+    let t = t
+        .add(E::symlink("s", "target").pax("linkpath", b""))
+        .finish();
+    let mut r = TarReader::new(&t[..], Limits::default());
+    let mut meta = EntryMeta::default();
+    assert!(r.next_entry(&mut meta).expect("file"));
+    assert_eq!(meta.path, b"f");
+    assert_eq!((meta.size, meta.uid, meta.gid), (4, 7, 8));
+    assert_eq!(meta.mtime_sec, 1_600_000_000);
+    assert!(meta.xattrs.is_empty(), "{:?}", meta.xattrs);
+    let mut data = Vec::new();
+    r.copy_data(&mut data).expect("data");
+    assert_eq!(data, b"data");
+    assert!(r.next_entry(&mut meta).expect("symlink"));
+    assert_eq!(meta.link, b"target");
+    assert!(!r.next_entry(&mut meta).expect("end"));
+}
