@@ -35,6 +35,25 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--mount", action="append", default=[], metavar="SRC:DST[:ro]")
     sp.add_argument("--hostname")
     sp.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
+    sp.add_argument(
+        "--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)"
+    )
+    sp.add_argument(
+        "--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)"
+    )
+    sp.add_argument(
+        "--privileged",
+        action="store_true",
+        help="every capability and host device, no seccomp filter, no masked paths",
+    )
+    sp.add_argument(
+        "--security-opt",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="seccomp=unconfined|PROFILE.json, no-new-privileges[=false] (default: the built-in "
+        "seccomp profile, no-new-privileges on)",
+    )
     sp.add_argument("--platform", help="platform to pull if the image is not present")
     sp.add_argument("--plain-http", action="append", metavar="HOST")
     sp.add_argument("--snapshotter", choices=("overlayfs", "native"))
@@ -134,6 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             mounts=[parse_mount(m) for m in args.mount],
             hostname=args.hostname,
             read_only=args.read_only,
+            cap_add=args.cap_add,
+            cap_drop=args.cap_drop,
+            privileged=args.privileged,
+            security_opt=args.security_opt,
         )
     if args.detach:
         print(container.id)

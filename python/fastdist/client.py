@@ -900,6 +900,10 @@ class Client:
         mounts: Sequence[Mount] = (),
         hostname: str | None = None,
         read_only: bool = False,
+        cap_add: Sequence[str] = (),
+        cap_drop: Sequence[str] = (),
+        privileged: bool = False,
+        security_opt: Sequence[str] = (),
     ) -> Container:
         """Run ``ref`` (pulled first if missing and ``pull``) in a fresh writable snapshot.
 
@@ -907,9 +911,14 @@ class Client:
         ``detach``: returns once it runs; output goes to its log. ``rm`` removes the container
         and its snapshot when it exits (for detached containers: at the next ``containers()``
         or ``ps``, since nothing of fastdist waits for them).
-        """
-        from .runtime import RunOptions
 
+        ``cap_add``/``cap_drop``/``privileged``/``security_opt`` have docker's meaning; they are
+        checked (and a seccomp profile file read) before anything is pulled or created.
+        """
+        from .runtime import RunOptions, parse_security_opts, resolve_capabilities
+
+        security = parse_security_opts(security_opt)
+        resolve_capabilities(cap_add, cap_drop, privileged=privileged)  # refuses unknown names
         img = self._image_for_run(ref, pull, platform, progress)
         cid = id or _generate_id(self)
         opts = RunOptions(
@@ -928,6 +937,11 @@ class Client:
             hostname=hostname,
             read_only=read_only,
             rm=rm,
+            cap_add=tuple(cap_add),
+            cap_drop=tuple(cap_drop),
+            privileged=privileged,
+            seccomp_profile=security.seccomp_profile,
+            no_new_privileges=security.no_new_privileges,
         )
         config = img.config()
         chains = img.record.chain_ids

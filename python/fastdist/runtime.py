@@ -45,12 +45,12 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Union
 
-from . import oci, rootfs
+from . import oci, rootfs, seccomp
 from .errors import ContainerNotFoundError, ContainerRunError, InUseError
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ class WorkdirError(ContainerRunError):
 
 
 class InvalidRunOptionError(ContainerRunError):
-    """A run option is malformed (env entry, mount, network mode, container id)."""
+    """A run option is malformed (env entry, mount, network mode, container id, capability)."""
+
+    exit_code = 2  # a usage error, like argparse's: nothing was created
 
 
 # --- options ------------------------------------------------------------------------------------
@@ -115,6 +117,50 @@ class RunOptions:
     hostname: str | None = None
     read_only: bool = False
     rm: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    seccomp_profile: seccomp.Profile | None = seccomp.DEFAULT_PROFILE  # None: unconfined
+    no_new_privileges: bool = True
+
+
+@dataclass(frozen=True)
+class SecurityOptions:
+    """What ``--security-opt`` entries ask for (see :func:`parse_security_opts`)."""
+
+    seccomp_profile: seccomp.Profile | None = seccomp.DEFAULT_PROFILE  # None: unconfined
+    no_new_privileges: bool = True
+
+
+def parse_security_opts(entries: Sequence[str]) -> SecurityOptions:
+    """docker's ``--security-opt``: ``seccomp=unconfined|default|FILE``, ``no-new-privileges[=B]``.
+
+    ``no-new-privileges`` is on by default here (stricter than docker, whose default is off);
+    ``no-new-privileges=false`` turns it off for images whose setuid programs must work.
+    """
+    profile: seccomp.Profile | None = seccomp.DEFAULT_PROFILE
+    nnp = True
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if not sep:
+            key, sep, value = entry.partition(":")  # docker's old spelling
+        if key == "seccomp" and sep and value:
+            if value == "unconfined":
+                profile = None
+            elif value in ("default", "builtin"):
+                profile = seccomp.DEFAULT_PROFILE
+            else:
+                profile = seccomp.load_profile(value)
+        elif key == "no-new-privileges" and value.lower() in ("", "true", "1", "yes"):
+            nnp = True
+        elif key == "no-new-privileges" and value.lower() in ("false", "0", "no"):
+            nnp = False
+        else:
+            raise InvalidRunOptionError(
+                f"invalid --security-opt {entry[:80]!r}",
+                hint="use seccomp=unconfined, seccomp=PROFILE.json or no-new-privileges[=false]",
+            )
+    return SecurityOptions(profile, nnp)
 
 
 @dataclass(frozen=True)
@@ -307,11 +353,166 @@ MASKED_PATHS = (
     "/sys/devices/virtual/powercap",
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+# Every capability by number (linux/capability.h), for --cap-add/--cap-drop and --privileged.
+ALL_CAPABILITIES = tuple(
+    "CAP_" + c
+    for c in (
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    )
+)
+
+
+def host_capabilities() -> tuple[str, ...]:
+    """The capabilities fastdist can hand on: its own bounding set (a process cannot give what it
+    lacks, and runc fails to start a container asking for more). ``--privileged`` and
+    ``--cap-add ALL`` get these."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            line = next(x for x in f if x.startswith("CapBnd:"))
+        bounding = int(line.split()[1], 16)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return DEFAULT_CAPABILITIES
+    return tuple(c for i, c in enumerate(ALL_CAPABILITIES) if bounding >> i & 1)
+
+
+def _cap_name(text: str) -> str:
+    name = text.strip().upper()
+    name = name if name.startswith("CAP_") else "CAP_" + name
+    if name != "CAP_ALL" and name not in ALL_CAPABILITIES:
+        raise InvalidRunOptionError(
+            f"unknown capability {text[:40]!r}",
+            hint="use a name from capabilities(7), e.g. NET_ADMIN or CAP_SYS_PTRACE, or ALL",
+        )
+    return name
+
+
+def resolve_capabilities(
+    add: Sequence[str] = (), drop: Sequence[str] = (), *, privileged: bool = False
+) -> list[str]:
+    """docker's rules: privileged or ``--cap-add ALL`` start from every capability, ``--cap-drop
+    ALL`` from none, else from the defaults; drops apply, then adds (an add beats a drop)."""
+    adds = [_cap_name(c) for c in add]
+    drops = [_cap_name(c) for c in drop]
+    every = host_capabilities()
+    if privileged or "CAP_ALL" in adds:
+        return list(every)
+    base = [] if "CAP_ALL" in drops else [c for c in DEFAULT_CAPABILITIES if c not in drops]
+    for cap in adds:
+        if cap not in base:
+            if cap not in every:
+                raise InvalidRunOptionError(
+                    f"cannot add capability {cap}: fastdist itself does not have it",
+                    hint="drop it from --cap-add (or run fastdist with it)",
+                )
+            base.append(cap)
+    return base
+
+
+def thermal_throttle_paths(sys_root: Path = Path("/sys")) -> list[str]:
+    """The per-CPU ``thermal_throttle`` directories of this host, masked as docker does (they
+    expose and, on some kernels, reset the host's thermal event counters)."""
+    cpus = sys_root / "devices" / "system" / "cpu"
+    try:
+        names = sorted(
+            (e.name for e in os.scandir(cpus) if re.fullmatch(r"cpu[0-9]+", e.name)),
+            key=lambda n: int(n[3:]),
+        )
+    except OSError:
+        return []
+    return [
+        f"/sys/devices/system/cpu/{n}/thermal_throttle"
+        for n in names
+        if (cpus / n / "thermal_throttle").is_dir()
+    ]
+
+
+_DEV_SKIP = ("pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev", "console")
+
+
+def host_devices(dev: Path = Path("/dev")) -> list[dict[str, Any]]:
+    """Every device node of the host as spec ``linux.devices`` (what ``--privileged`` gets), as
+    runc's HostDevices lists them: no ptys, no console, symlinks not followed."""
+    out: list[dict[str, Any]] = []
+
+    def walk(d: Path, rel: str) -> None:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            if not rel and e.name in _DEV_SKIP:
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            path = f"/dev/{rel}{e.name}"
+            if stat.S_ISDIR(st.st_mode):
+                walk(Path(e.path), f"{rel}{e.name}/")
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                out.append(
+                    {
+                        "path": path,
+                        "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
+                        "major": os.major(st.st_rdev),
+                        "minor": os.minor(st.st_rdev),
+                        "fileMode": stat.S_IMODE(st.st_mode),
+                        "uid": st.st_uid,
+                        "gid": st.st_gid,
+                    }
+                )
+
+    walk(dev, "")
+    return out
+
+
 _KERNEL_FS = ("/proc", "/sys")
 
 
-def _default_mounts() -> list[dict[str, Any]]:
+def _default_mounts(privileged: bool = False) -> list[dict[str, Any]]:
     def m(dst: str, typ: str, src: str, *options: str) -> dict[str, Any]:
+        if privileged and "ro" in options:  # docker: a privileged container's /sys is writable
+            options = tuple(o for o in options if o != "ro")
         return {"destination": dst, "type": typ, "source": src, "options": list(options)}
 
     return [
@@ -532,14 +733,26 @@ def build_spec(
     volumes = _volume_mounts(c, root, taken, state_dir)
 
     extra = sorted(volumes + user_mounts, key=lambda m: m["destination"].count("/"))
-    mounts = [m for m in _default_mounts() if m["destination"] not in taken]
+    mounts = [m for m in _default_mounts(opts.privileged) if m["destination"] not in taken]
     mounts += file_mounts + extra
 
     namespaces = ["pid", "ipc", "uts", "mount"] + (["network"] if opts.net == "none" else [])
     process_user: dict[str, Any] = {"uid": user.uid, "gid": user.gid}
     if user.additional_gids:
         process_user["additionalGids"] = list(user.additional_gids)
-    caps = list(DEFAULT_CAPABILITIES)
+    caps = resolve_capabilities(opts.cap_add, opts.cap_drop, privileged=opts.privileged)
+    linux: dict[str, Any] = {
+        "namespaces": [{"type": t} for t in namespaces],
+        "maskedPaths": [] if opts.privileged else [*MASKED_PATHS, *thermal_throttle_paths()],
+        "readonlyPaths": [] if opts.privileged else list(READONLY_PATHS),
+        "resources": {"devices": [{"allow": opts.privileged, "access": "rwm"}]},
+        # Relative: runc nests it under its own cgroup, so limits on fastdist still apply.
+        "cgroupsPath": f"fastdist/{opts.id}",
+    }
+    if opts.privileged:
+        linux["devices"] = host_devices()
+    elif opts.seccomp_profile is not None:  # docker: --privileged runs without a seccomp filter
+        linux["seccomp"] = seccomp.resolve(opts.seccomp_profile, caps)
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -550,19 +763,12 @@ def build_spec(
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": list(caps)},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": True,
+            "noNewPrivileges": opts.no_new_privileges,
         },
         "root": {"path": str(root.absolute()), "readonly": opts.read_only},
         "hostname": hostname,
         "mounts": mounts,
-        "linux": {
-            "namespaces": [{"type": t} for t in namespaces],
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            # Relative: runc nests it under its own cgroup, so limits on fastdist still apply.
-            "cgroupsPath": f"fastdist/{opts.id}",
-        },
+        "linux": linux,
     }
 
 

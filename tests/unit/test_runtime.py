@@ -25,8 +25,13 @@ from fastdist.runtime import (
     UnknownUserError,
     WorkdirError,
     build_spec,
+    host_devices,
+    parse_security_opts,
+    resolve_capabilities,
     resolve_user,
+    thermal_throttle_paths,
 )
+from fastdist.seccomp import DEFAULT_PROFILE, SeccompProfileError
 
 PASSWD = """\
 root:x:0:0:root:/root:/bin/sh
@@ -370,7 +375,9 @@ def test_read_only_root_and_default_security(root: Path) -> None:
     assert len(DEFAULT_CAPABILITIES) == 14
     assert spec["process"]["noNewPrivileges"] is True
     assert spec["process"]["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
-    assert spec["linux"]["maskedPaths"] == list(MASKED_PATHS)
+    masked = spec["linux"]["maskedPaths"]
+    assert masked[: len(MASKED_PATHS)] == list(MASKED_PATHS)
+    assert masked[len(MASKED_PATHS) :] == thermal_throttle_paths()
     assert "/proc/kcore" in MASKED_PATHS
     assert "/sys/firmware" in MASKED_PATHS
     assert spec["linux"]["readonlyPaths"] == list(READONLY_PATHS)
@@ -507,3 +514,124 @@ def test_prepare_makes_private_bundle_and_refuses_a_taken_id(tmp_path: Path) -> 
 def test_unknown_container_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(ContainerNotFoundError):
         Runtime(tmp_path / "store").state("nope")
+
+
+# --- confinement: seccomp, capabilities, privileged -------------------------------------------
+def test_the_default_seccomp_profile_is_in_every_spec(root: Path) -> None:
+    sec = spec_for(root)["linux"]["seccomp"]
+    assert sec["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert sec["defaultErrnoRet"] == 1
+    assert any("read" in r["names"] for r in sec["syscalls"])
+    assert "seccomp" not in spec_for(root, seccomp_profile=None)["linux"]
+
+
+def test_seccomp_rules_follow_the_containers_capabilities(root: Path) -> None:
+    def allowed(spec: dict[str, Any]) -> set[str]:
+        sec = spec["linux"]["seccomp"]
+        return {
+            n
+            for r in sec["syscalls"]
+            if r["action"] == "SCMP_ACT_ALLOW" and not r.get("args")
+            for n in r["names"]
+        }
+
+    assert "mount" not in allowed(spec_for(root))
+    assert "mount" in allowed(spec_for(root, cap_add=("SYS_ADMIN",)))
+    assert "chroot" in allowed(spec_for(root))
+    assert "chroot" not in allowed(spec_for(root, cap_drop=("sys_chroot",)))
+
+
+def test_cap_add_and_cap_drop_follow_docker_rules() -> None:
+    assert resolve_capabilities() == list(DEFAULT_CAPABILITIES)
+    added = resolve_capabilities(["NET_ADMIN", "cap_sys_ptrace"], ["CHOWN", "MKNOD"])
+    assert added[-2:] == ["CAP_NET_ADMIN", "CAP_SYS_PTRACE"]
+    assert "CAP_CHOWN" not in added
+    assert "CAP_MKNOD" not in added
+    assert resolve_capabilities(["KILL"], ["ALL"]) == ["CAP_KILL"]
+    assert resolve_capabilities(["CHOWN"], ["CHOWN"]).count("CAP_CHOWN") == 1  # add wins
+    every = resolve_capabilities(["ALL"])
+    assert "CAP_SYS_ADMIN" in every
+    assert resolve_capabilities(privileged=True) == every
+    status = Path("/proc/self/status").read_text()
+    bounding = int(next(x for x in status.splitlines() if x.startswith("CapBnd:")).split()[1], 16)
+    assert len(every) == bin(bounding).count("1")
+
+
+@pytest.mark.parametrize("bad", ["NOPE", "CAP_", "SYS ADMIN", ""])
+def test_unknown_capabilities_are_usage_errors(bad: str) -> None:
+    with pytest.raises(InvalidRunOptionError, match="unknown capability") as e:
+        resolve_capabilities([bad])
+    assert e.value.hint
+    assert InvalidRunOptionError.exit_code == 2
+    with pytest.raises(InvalidRunOptionError, match="unknown capability"):
+        resolve_capabilities((), [bad])
+
+
+def test_privileged_spec_has_every_capability_devices_and_no_filter_or_masks(root: Path) -> None:
+    spec = spec_for(root, privileged=True)
+    linux = spec["linux"]
+    assert "seccomp" not in linux
+    assert linux["maskedPaths"] == []
+    assert linux["readonlyPaths"] == []
+    assert linux["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
+    assert linux["devices"] == host_devices()
+    assert "CAP_SYS_ADMIN" in spec["process"]["capabilities"]["bounding"]
+    sysfs = mount_at(spec, "/sys")
+    assert "ro" not in sysfs["options"]
+
+
+def test_host_devices_lists_device_nodes_and_skips_ptys(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    dev = tmp_path / "dev"
+    (dev / "pts").mkdir(parents=True)
+    (dev / "sub").mkdir()
+    os.mknod(dev / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    os.chmod(dev / "null", 0o666)  # past the umask
+    os.mknod(dev / "sub" / "blk", 0o660 | 0o060000, os.makedev(7, 0))
+    os.mknod(dev / "pts" / "0", 0o620 | 0o020000, os.makedev(136, 0))
+    (dev / "plain").write_text("x")
+    (dev / "link").symlink_to("null")
+    got = host_devices(dev)
+    assert [(d["path"], d["type"], d["major"], d["minor"]) for d in got] == [
+        ("/dev/null", "c", 1, 3),
+        ("/dev/sub/blk", "b", 7, 0),
+    ]
+    assert got[0]["fileMode"] == 0o666
+
+
+def test_thermal_throttle_paths_are_the_hosts_per_cpu_ones(tmp_path: Path) -> None:
+    cpus = tmp_path / "devices" / "system" / "cpu"
+    for name in ("cpu0", "cpu1", "cpu10", "cpu2"):
+        (cpus / name).mkdir(parents=True)
+    for name in ("cpu0", "cpu10", "cpu2"):
+        (cpus / name / "thermal_throttle").mkdir()
+    (cpus / "cpufreq").mkdir()
+    assert thermal_throttle_paths(tmp_path) == [
+        f"/sys/devices/system/cpu/cpu{n}/thermal_throttle" for n in (0, 2, 10)
+    ]
+    assert thermal_throttle_paths(tmp_path / "missing") == []
+
+
+def test_security_opts_parse_docker_spellings(tmp_path: Path) -> None:
+    assert parse_security_opts([]).seccomp_profile is DEFAULT_PROFILE
+    assert parse_security_opts([]).no_new_privileges is True
+    assert parse_security_opts(["seccomp=unconfined"]).seccomp_profile is None
+    assert parse_security_opts(["seccomp:unconfined"]).seccomp_profile is None
+    assert parse_security_opts(["no-new-privileges=false"]).no_new_privileges is False
+    assert parse_security_opts(["no-new-privileges"]).no_new_privileges is True
+    (tmp_path / "p.json").write_text('{"defaultAction": "SCMP_ACT_ALLOW"}')
+    custom = parse_security_opts([f"seccomp={tmp_path / 'p.json'}"]).seccomp_profile
+    assert custom is not None
+    assert custom.default_action == "SCMP_ACT_ALLOW"
+    for bad in ("apparmor=unconfined", "seccomp=", "no-new-privileges=maybe", "label:disable"):
+        with pytest.raises(InvalidRunOptionError, match="invalid --security-opt"):
+            parse_security_opts([bad])
+    (tmp_path / "bad.json").write_text("[")
+    with pytest.raises(SeccompProfileError, match="not JSON"):
+        parse_security_opts([f"seccomp={tmp_path / 'bad.json'}"])
+
+
+def test_no_new_privileges_follows_the_option(root: Path) -> None:
+    assert spec_for(root)["process"]["noNewPrivileges"] is True
+    assert spec_for(root, no_new_privileges=False)["process"]["noNewPrivileges"] is False
