@@ -268,6 +268,9 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     client = _client(args)
+    if client.metadata.containers.get(args.ref) is not None:  # docker: a container name first
+        print(json.dumps(client.container(args.ref).inspect(), indent=2, sort_keys=True))
+        return 0
     print(json.dumps(client.inspect(args.ref), indent=2, sort_keys=True))
     return 0
 
@@ -392,7 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-q", "--quiet", action="store_true", help="names only")
     sp.set_defaults(func=cmd_images)
 
-    sp = sub.add_parser("inspect", help="show an image's record, manifest and config as JSON")
+    sp = sub.add_parser(
+        "inspect",
+        help="show a container (state, spec, mounts) or an image (manifest, config) as JSON",
+    )
     sp.add_argument("ref", metavar="REF")
     sp.set_defaults(func=cmd_inspect)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
 
 def add_commands(sub: Any) -> None:
     sp = sub.add_parser("run", help="run a command in a new container from an image")
-    sp.add_argument("--id", help="container id (default: a readable generated one)")
+    sp.add_argument(
+        "--name", "--id", dest="id", help="container name (default: a readable generated one)"
+    )
     sp.add_argument("--rm", action="store_true", help="remove the container when it exits")
     sp.add_argument("-d", "--detach", action="store_true", help="run in the background")
     sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
@@ -32,7 +35,24 @@ def add_commands(sub: Any) -> None:
         default="none",
         help="network: a new namespace with loopback only (default) or the host's",
     )
-    sp.add_argument("--mount", action="append", default=[], metavar="SRC:DST[:ro]")
+    sp.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="SRC:DST[:ro]",
+        help="bind an existing host path",
+    )
+    sp.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="SRC:DST[:ro]",
+        help="bind a host path, creating the directory SRC if it is missing (docker's -v)",
+    )
+    sp.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 512m (no swap)")
+    sp.add_argument("--cpus", metavar="N", help="CPU time limit in CPUs, e.g. 1.5")
+    sp.add_argument("--pids-limit", metavar="N", help="most processes at once (-1: no limit)")
     sp.add_argument("--hostname")
     sp.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
     sp.add_argument(
@@ -63,22 +83,64 @@ def add_commands(sub: Any) -> None:
 
     sp = sub.add_parser("ps", help="list containers")
     sp.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    sp.add_argument("-q", "--quiet", action="store_true", help="print only the container ids")
+    sp.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output (default: table)"
+    )
     sp.set_defaults(func=cmd_ps)
+
+    sp = sub.add_parser("exec", help="run a command in a running container")
+    sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    sp.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    sp.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    sp.add_argument("-u", "--user", metavar="USER[:GROUP]", help="default: the container's user")
+    sp.add_argument("-w", "--workdir", metavar="DIR", help="default: the container's")
+    sp.add_argument("id", metavar="ID")
+    sp.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
+    sp.set_defaults(func=cmd_exec)
+
+    sp = sub.add_parser("stop", help="stop containers: TERM, then KILL after a timeout")
+    sp.add_argument(
+        "-t",
+        "--time",
+        "--timeout",
+        dest="timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait after TERM before KILL (default: 10)",
+    )
+    sp.add_argument("ids", nargs="+", metavar="ID")
+    sp.set_defaults(func=cmd_stop)
+
+    sp = sub.add_parser("wait", help="wait for containers to exit and print their exit codes")
+    sp.add_argument("ids", nargs="+", metavar="ID")
+    sp.set_defaults(func=cmd_wait)
 
     sp = sub.add_parser("logs", help="print a detached container's output")
     sp.add_argument("-f", "--follow", action="store_true")
     sp.add_argument("id", metavar="ID")
     sp.set_defaults(func=cmd_logs)
 
-    sp = sub.add_parser("kill", help="send a signal to a container")
-    sp.add_argument("-s", "--signal", default="TERM")
-    sp.add_argument("id", metavar="ID")
+    sp = sub.add_parser("kill", help="send a signal to containers")
+    sp.add_argument("-s", "--signal", default="KILL", help="signal name or number (default: KILL)")
+    sp.add_argument("ids", nargs="+", metavar="ID")
     sp.set_defaults(func=cmd_kill)
 
     sp = sub.add_parser("rm", help="remove containers and their snapshots")
     sp.add_argument("-f", "--force", action="store_true", help="kill running containers first")
     sp.add_argument("ids", nargs="+", metavar="ID")
     sp.set_defaults(func=cmd_rm)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}")
+    return value
 
 
 def parse_mount(text: str) -> Mount:
@@ -89,10 +151,46 @@ def parse_mount(text: str) -> Mount:
         or not parts[1]
         or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
     ):
-        raise FastdistError(f"invalid --mount {text!r}", hint="use SRC:DST or SRC:DST:ro")
-    from .runtime import Mount
+        from .runtime import InvalidRunOptionError
 
-    return Mount(os.path.abspath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
+        raise InvalidRunOptionError(f"invalid --mount {text!r}", hint="use SRC:DST or SRC:DST:ro")
+    from .runtime import InvalidRunOptionError, Mount
+
+    src = os.path.abspath(parts[0])
+    if not os.path.exists(src):
+        raise InvalidRunOptionError(
+            f"invalid --mount {text!r}: the source {src} does not exist",
+            hint="create it first (docker's -v creates it; --mount does not), or fix the path",
+        )
+    return Mount(src, parts[1], len(parts) == 3 and parts[2] == "ro")
+
+
+def parse_volume(text: str) -> Mount:
+    """docker's ``-v SRC:DST[:ro|rw]`` for host paths: SRC absolute, created if missing."""
+    from .runtime import InvalidRunOptionError, Mount
+
+    parts = text.split(":")
+    if (
+        len(parts) not in (2, 3)
+        or not parts[1]
+        or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
+    ):
+        raise InvalidRunOptionError(
+            f"invalid --volume {text!r}", hint="use -v /host/path:/container/path[:ro]"
+        )
+    if not parts[0].startswith("/"):
+        raise InvalidRunOptionError(
+            f"invalid --volume {text!r}: the source must be an absolute host path",
+            hint="named volumes are not supported; give an absolute path, e.g. -v $PWD/data:/data",
+        )
+    try:
+        os.makedirs(parts[0], mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise InvalidRunOptionError(
+            f"cannot create the --volume source {parts[0]}: {e.strerror}",
+            hint="create it yourself, or pick another path",
+        ) from None
+    return Mount(os.path.normpath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
 
 
 def parse_env_file(path: str) -> list[str]:
@@ -101,7 +199,12 @@ def parse_env_file(path: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError as e:
-        raise FastdistError(f"cannot read --env-file {path}: {e.strerror}") from None
+        from .runtime import InvalidRunOptionError
+
+        raise InvalidRunOptionError(
+            f"cannot read --env-file {path}: {e.strerror}",
+            hint="give the path of a file of KEY=VALUE lines",
+        ) from None
     out = []
     for line in lines:
         s = line.strip()
@@ -150,13 +253,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             tty=args.tty,
             interactive=args.interactive,
             net=args.net,
-            mounts=[parse_mount(m) for m in args.mount],
+            mounts=[parse_mount(m) for m in args.mount] + [parse_volume(v) for v in args.volume],
             hostname=args.hostname,
             read_only=args.read_only,
             cap_add=args.cap_add,
             cap_drop=args.cap_drop,
             privileged=args.privileged,
             security_opt=args.security_opt,
+            on_interrupt=_interrupt_notice,
+            memory=args.memory,
+            cpus=args.cpus,
+            pids_limit=args.pids_limit,
         )
     if args.detach:
         print(container.id)
@@ -164,13 +271,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return container.exit_code if container.exit_code is not None else 1
 
 
+def _interrupt_notice(container_id: str) -> None:
+    print(
+        f"fastdist: sent SIGINT to container {container_id}; press Ctrl-C again within 2 "
+        f"seconds to kill it (or: fastdist stop {container_id})",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     from .cli import _client, _table
 
     client = _client(args)
+    containers = client.containers(all=args.all)
+    if args.quiet:
+        for c in containers:
+            print(c.id)
+        return 0
+    if args.format == "json":
+        for c in containers:
+            row = {
+                "ID": c.id,
+                "Image": c.image,
+                "Command": list(c.command),
+                "Status": c.status,
+                "ExitCode": c.exit_code,
+                "Created": c.created,
+            }
+            print(json.dumps(row))
+        return 0
     rows = [("ID", "IMAGE", "COMMAND", "STATUS", "CREATED")]
     now = time.time()
-    for c in client.containers(all=args.all):
+    for c in containers:
         status = c.status if c.exit_code is None else f"{c.status} ({c.exit_code})"
         cmd = " ".join(c.command)
         cmd = cmd if len(cmd) <= 40 else cmd[:39] + "…"  # docker's ps truncation mark
@@ -198,13 +331,72 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_kill(args: argparse.Namespace) -> int:
+def _each(args: argparse.Namespace, ids: list[str], action: Any) -> int:
+    """Run ``action(client, id)`` for each id, reporting each failure; the last failure's code."""
     from .cli import _client
 
     client = _client(args)
-    sig: int | str = int(args.signal) if args.signal.isdigit() else args.signal.upper()
-    client.container(args.id).kill(sig)
-    return 0
+    rc = 0
+    for cid in ids:
+        try:
+            action(client, cid)
+        except FastdistError as e:
+            print(f"error: {e.message}", file=sys.stderr)
+            if e.hint:
+                print(f"hint: {e.hint}", file=sys.stderr)
+            rc = type(e).exit_code
+    return rc
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from .runtime import parse_signal
+
+    sig = parse_signal(args.signal)  # a usage error before any container is touched
+
+    def kill(client: Any, cid: str) -> None:
+        client.container(cid).kill(sig)
+        print(cid)
+
+    return _each(args, args.ids, kill)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    def stop(client: Any, cid: str) -> None:
+        client.container(cid).stop(args.timeout)
+        print(cid)
+
+    return _each(args, args.ids, stop)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    def wait(client: Any, cid: str) -> None:
+        code = client.container(cid).wait()
+        print("unknown" if code is None else code)
+
+    return _each(args, args.ids, wait)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from .cli import _client
+
+    if not args.command:
+        from .runtime import InvalidRunOptionError
+
+        raise InvalidRunOptionError(
+            "nothing to exec: give a command after the container id",
+            hint=f"fastdist exec {args.id} sh -c '…'",
+        )
+    client = _client(args)
+    return int(
+        client.container(args.id).exec(
+            args.command,
+            tty=args.tty,
+            interactive=args.interactive,
+            env=_env(args.env),
+            user=args.user,
+            workdir=args.workdir,
+        )
+    )
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

@@ -10,11 +10,12 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -904,6 +905,10 @@ class Client:
         cap_drop: Sequence[str] = (),
         privileged: bool = False,
         security_opt: Sequence[str] = (),
+        on_interrupt: Callable[[str], None] | None = None,
+        memory: str | int | None = None,
+        cpus: str | float | None = None,
+        pids_limit: str | int | None = None,
     ) -> Container:
         """Run ``ref`` (pulled first if missing and ``pull``) in a fresh writable snapshot.
 
@@ -914,10 +919,23 @@ class Client:
 
         ``cap_add``/``cap_drop``/``privileged``/``security_opt`` have docker's meaning; they are
         checked (and a seccomp profile file read) before anything is pulled or created.
+        ``on_interrupt(id)`` is called when a first ^C was relayed to a foreground container (a
+        second one within two seconds kills it).
         """
-        from .runtime import RunOptions, parse_security_opts, resolve_capabilities
+        from .runtime import (
+            RunOptions,
+            parse_cpus,
+            parse_memory,
+            parse_pids_limit,
+            parse_security_opts,
+            resolve_capabilities,
+        )
 
+        self.runtime.check()  # runc present, root: refuse before anything is created
         security = parse_security_opts(security_opt)
+        memory_bytes = parse_memory(memory) if memory is not None else None
+        cpu_count = parse_cpus(cpus) if cpus is not None else None
+        pids = parse_pids_limit(pids_limit) if pids_limit is not None else None
         resolve_capabilities(cap_add, cap_drop, privileged=privileged)  # refuses unknown names
         img = self._image_for_run(ref, pull, platform, progress)
         cid = id or _generate_id(self)
@@ -942,6 +960,9 @@ class Client:
             privileged=privileged,
             seccomp_profile=security.seccomp_profile,
             no_new_privileges=security.no_new_privileges,
+            memory=memory_bytes,
+            cpus=cpu_count,
+            pids_limit=pids,
         )
         config = img.config()
         chains = img.record.chain_ids
@@ -981,7 +1002,9 @@ class Client:
             self.metadata.containers.update_status(cid, "running", state.pid, None)
             return container
         try:
-            code = self.runtime.run(cid, stdin=stdin, stdout=stdout, stderr=stderr)
+            code = self.runtime.run(
+                cid, stdin=stdin, stdout=stdout, stderr=stderr, on_interrupt=on_interrupt
+            )
         except ContainerRunError:
             # It never ran (runc could not create or start it, or no terminal for -t): a
             # "created" container nothing can start would only leak its mount and snapshot.
@@ -1074,8 +1097,12 @@ class Container:
             self._client.metadata.containers.update_status(self.id, "stopped", None, code)
         return code
 
-    def kill(self, sig: int | str = "TERM") -> None:
-        """Send ``sig`` to the container's init process; a stopped container is an error."""
+    def kill(self, sig: int | str = "KILL") -> None:
+        """Send ``sig`` (default KILL, as docker) to the container's init process; a stopped
+        container is an error."""
+        from .runtime import parse_signal
+
+        parse_signal(sig)  # a bad name is a usage error, whatever the container's state
         state = self._client.runtime.state(self.id)
         if state.status not in ("running", "paused", "created"):
             raise ContainerRunError(
@@ -1083,6 +1110,105 @@ class Container:
                 hint=f"see its output with: fastdist logs {self.id}",
             )
         self._client.runtime.kill(self.id, sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """TERM, then KILL after ``timeout`` seconds (docker's stop); the exit status."""
+        code = self._client.runtime.stop(self.id, timeout)
+        self.exit_code = code
+        with contextlib.suppress(FastdistError):
+            self._client.metadata.containers.update_status(self.id, "stopped", None, code)
+        return code
+
+    def exec(
+        self,
+        command: Sequence[str],
+        *,
+        tty: bool = False,
+        interactive: bool = False,
+        env: Sequence[str] = (),
+        user: str | None = None,
+        workdir: str | None = None,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+    ) -> int:
+        """Run ``command`` in the running container; its exit status."""
+        return self._client.runtime.exec(
+            self.id,
+            command,
+            tty=tty,
+            interactive=interactive,
+            env=env,
+            user=user,
+            workdir=workdir,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+    def inspect(self) -> dict[str, Any]:
+        """docker-style inspect: state, exit code, times, the spec's process, mounts, ports."""
+        c = self._client
+        rec = c.metadata.containers.get(self.id)
+        if rec is None:
+            raise ContainerNotFoundError(f"no such container: {self.id}")
+        state = c.runtime.state(self.id)
+        bundle = Path(rec.bundle)
+        try:
+            spec = json.loads((bundle / "config.json").read_bytes())
+        except (OSError, ValueError):
+            spec = {}
+        process = spec.get("process", {})
+        linux = spec.get("linux", {})
+        exit_file = bundle / "exit"
+        finished = exit_file.stat().st_mtime if exit_file.exists() else None
+        return {
+            "Id": rec.id,
+            "Name": rec.id,
+            "Image": rec.image,
+            "Created": _iso(rec.created),
+            "State": {
+                "Status": state.status,
+                "Running": state.status == "running",
+                "Pid": state.pid or 0,
+                "ExitCode": state.exit_code,
+                "FinishedAt": _iso(finished) if finished is not None else None,
+            },
+            "Config": {
+                "Cmd": list(process.get("args", rec.command)),
+                "Env": list(process.get("env", [])),
+                "WorkingDir": process.get("cwd"),
+                "User": process.get("user"),
+                "Tty": bool(process.get("terminal", False)),
+                "Hostname": spec.get("hostname"),
+            },
+            "HostConfig": {
+                "AutoRemove": rec.rm,
+                "ReadonlyRootfs": bool(spec.get("root", {}).get("readonly", False)),
+                "Capabilities": list(process.get("capabilities", {}).get("bounding", [])),
+                "NoNewPrivileges": bool(process.get("noNewPrivileges", False)),
+                "Seccomp": "default" if "seccomp" in linux else "unconfined",
+                "NetworkMode": (
+                    "none"
+                    if any(n.get("type") == "network" for n in linux.get("namespaces", []))
+                    else "host"
+                ),
+            },
+            "Mounts": [
+                {
+                    "Type": m.get("type"),
+                    "Source": m.get("source"),
+                    "Destination": m.get("destination"),
+                    "RW": "ro" not in m.get("options", []),
+                }
+                for m in spec.get("mounts", [])
+                if m.get("type") == "bind"
+            ],
+            "Ports": {},
+            "Snapshotter": rec.snapshotter,
+            "Bundle": rec.bundle,
+            "LogPath": rec.log_path,
+        }
 
     def logs(self, follow: bool = False) -> Iterator[bytes]:
         """What a detached container wrote to stdout/stderr."""
@@ -1164,6 +1290,15 @@ _NOUNS = (
     "lemur",
     "gecko",
 )
+
+
+def _iso(t: float) -> str:
+    """A UNIX time as docker prints it in inspect (RFC 3339, UTC)."""
+    import datetime
+
+    return (
+        datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    )
 
 
 def _generate_id(client: Client) -> str:

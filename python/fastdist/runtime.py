@@ -38,14 +38,16 @@ import logging
 import os
 import posixpath
 import re
+import select
 import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Union
@@ -122,6 +124,69 @@ class RunOptions:
     privileged: bool = False
     seccomp_profile: seccomp.Profile | None = seccomp.DEFAULT_PROFILE  # None: unconfined
     no_new_privileges: bool = True
+    memory: int | None = None  # bytes (memory and swap together: no swap beyond it)
+    cpus: float | None = None  # CPUs of time per period (CFS quota)
+    pids_limit: int | None = None
+
+
+MIN_MEMORY = 6 << 20  # docker's minimum: less cannot even start a container
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_CFS_PERIOD = 100_000  # microseconds, the kernel's default period
+
+
+def parse_memory(text: str | int) -> int:
+    """docker's ``--memory``: bytes, or a number with b, k, m, g (binary units, ``kb`` too)."""
+    if isinstance(text, int):
+        value: int | None = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)b?\s*", text.lower())
+        value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)]) if m else None
+    if value is None or value < MIN_MEMORY or value >= 1 << 62:
+        raise InvalidRunOptionError(
+            f"invalid --memory {str(text)[:40]!r}: expected a size of at least 6m",
+            hint="use a number with a unit, e.g. --memory 512m or --memory 2g",
+        )
+    return value
+
+
+def parse_cpus(text: str | float) -> float:
+    """docker's ``--cpus``: a positive number of CPUs, fractions allowed (``0.5``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.01 <= value <= 1 << 20:
+        raise InvalidRunOptionError(
+            f"invalid --cpus {str(text)[:40]!r}: expected a number of CPUs of at least 0.01",
+            hint="e.g. --cpus 1.5",
+        )
+    return value
+
+
+def parse_pids_limit(text: str | int) -> int:
+    """docker's ``--pids-limit``: a positive number of processes (``-1``/``0``: unlimited)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1 or value >= 1 << 62:
+        raise InvalidRunOptionError(
+            f"invalid --pids-limit {str(text)[:40]!r}: expected a number of processes",
+            hint="e.g. --pids-limit 100 (or -1 for no limit)",
+        )
+    return value
+
+
+def _resources(opts: RunOptions) -> dict[str, Any]:
+    """The spec's cgroup resources (runc writes them for cgroup v1 and v2 alike)."""
+    out: dict[str, Any] = {"devices": [{"allow": opts.privileged, "access": "rwm"}]}
+    if opts.memory is not None:
+        out["memory"] = {"limit": opts.memory, "swap": opts.memory}
+    if opts.cpus is not None:
+        out["cpu"] = {"quota": max(1000, int(opts.cpus * _CFS_PERIOD)), "period": _CFS_PERIOD}
+    if opts.pids_limit is not None and opts.pids_limit > 0:
+        out["pids"] = {"limit": opts.pids_limit}
+    return out
 
 
 @dataclass(frozen=True)
@@ -745,7 +810,7 @@ def build_spec(
         "namespaces": [{"type": t} for t in namespaces],
         "maskedPaths": [] if opts.privileged else [*MASKED_PATHS, *thermal_throttle_paths()],
         "readonlyPaths": [] if opts.privileged else list(READONLY_PATHS),
-        "resources": {"devices": [{"allow": opts.privileged, "access": "rwm"}]},
+        "resources": _resources(opts),
         # Relative: runc nests it under its own cgroup, so limits on fastdist still apply.
         "cgroupsPath": f"fastdist/{opts.id}",
     }
@@ -787,6 +852,8 @@ _BUNDLE_FILES = (
 )
 _PR_SET_CHILD_SUBREAPER = 36
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+KILL_AFTER_SECOND_INTERRUPT = 2.0  # seconds: ^C twice in this window kills (docker's habit)
+InterruptNotice = Callable[[str], None]  # told the container id after a first ^C is relayed
 _TAIL = 4000
 StdStream = Union[int, IO[Any], None]
 
@@ -866,7 +933,11 @@ class Runtime:
         return b
 
     # -- preconditions -------------------------------------------------------------------------
-    def _runc_cmd(self, *args: str, bundle: Path | None = None) -> list[str]:
+    def check(self) -> None:
+        """Refuse early (runc missing, not root), before a caller creates anything."""
+        self._runc_cmd()
+
+    def _runc_cmd(self, *args: str, bundle: Path | None = None, log: str = "runc.log") -> list[str]:
         path = shutil.which(self.runc)
         if path is None:
             raise ContainerRunError(
@@ -880,7 +951,7 @@ class Runtime:
             )
         cmd = [path, "--root", str(self.state_root)]
         if bundle is not None:
-            cmd += ["--log", str(bundle / "runc.log"), "--log-format", "json"]
+            cmd += ["--log", str(bundle / log), "--log-format", "json"]
         return cmd + list(args)
 
     def _runc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -962,6 +1033,7 @@ class Runtime:
         stdin: StdStream = None,
         stdout: StdStream = None,
         stderr: StdStream = None,
+        on_interrupt: InterruptNotice | None = None,
     ) -> int:
         """Run in the foreground with ``runc run`` and return the container's exit status.
 
@@ -975,48 +1047,12 @@ class Runtime:
         cmd = self._runc_cmd("run", "--bundle", str(b), container_id, bundle=b)
         if not meta["interactive"] and stdin is None:
             stdin = subprocess.DEVNULL
-        if meta["tty"]:
-            fds = [
-                s if isinstance(s, int) else (s.fileno() if s is not None else d)
-                for s, d in ((stdin, 0), (stdout, 1), (stderr, 2))
-            ]
-            if not any(fd >= 0 and os.isatty(fd) for fd in fds):
-                raise ContainerRunError(
-                    "cannot allocate a terminal: none of stdin, stdout, stderr is a TTY",
-                    hint="drop -t, or run from a terminal",
-                )
         with contextlib.suppress(FileNotFoundError):
             (b / "exit").unlink()
         (b / "runc.log").write_bytes(b"")
-        proc = subprocess.Popen(
-            cmd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            close_fds=True,
-            start_new_session=True,
+        code = self._foreground(
+            container_id, cmd, meta["tty"], stdin, stdout, stderr, on_interrupt=on_interrupt
         )
-        previous: dict[int, Any] = {}
-
-        def forward(signum: int, _frame: object) -> None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signum)
-
-        try:
-            if _in_main_thread():
-                # SIGWINCH too with a terminal: it reaches our process group, not runc's session,
-                # and runc resizes the container's terminal when it gets it.
-                forwarded = _FORWARDED_SIGNALS + ((signal.SIGWINCH,) if meta["tty"] else ())
-                for sig in forwarded:
-                    previous[sig] = signal.signal(sig, forward)
-            code = proc.wait()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            if proc.returncode is None:
-                proc.kill()
-                proc.wait()
-        code = 128 - code if code < 0 else code
         errors = _runc_errors(b / "runc.log")
         if errors:
             raise ContainerRunError(
@@ -1026,6 +1062,144 @@ class Runtime:
                 stderr_tail=errors,
             )
         _write_atomic(b / "exit", f"{code}\n".encode())
+        return code
+
+    def _foreground(
+        self,
+        container_id: str,
+        cmd: list[str],
+        tty: bool,
+        stdin: StdStream,
+        stdout: StdStream,
+        stderr: StdStream,
+        *,
+        on_interrupt: InterruptNotice | None = None,
+    ) -> int:
+        """Run ``runc run``/``runc exec`` in the foreground, relaying signals; its exit status.
+
+        runc is in its own session, so a terminal's ^C reaches it once, through us. A second
+        SIGINT within ``KILL_AFTER_SECOND_INTERRUPT`` seconds of the first kills the container
+        (its PID 1 may ignore SIGINT, as a shell does); ``on_interrupt`` is told after the first.
+        """
+        if tty:
+            fds = [
+                s if isinstance(s, int) else (s.fileno() if s is not None else d)
+                for s, d in ((stdin, 0), (stdout, 1), (stderr, 2))
+            ]
+            if not any(fd >= 0 and os.isatty(fd) for fd in fds):
+                raise ContainerRunError(
+                    "cannot allocate a terminal: none of stdin, stdout, stderr is a TTY",
+                    hint="drop -t, or run from a terminal",
+                )
+        proc = subprocess.Popen(
+            cmd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            close_fds=True,
+            start_new_session=True,
+        )
+        previous: dict[int, Any] = {}
+        last_interrupt: list[float] = []
+
+        def forward(signum: int, _frame: object) -> None:
+            now = time.monotonic()
+            if signum == signal.SIGINT:
+                if last_interrupt and now - last_interrupt[-1] <= KILL_AFTER_SECOND_INTERRUPT:
+                    with contextlib.suppress(ContainerRunError):
+                        self._runc("kill", container_id, "KILL", check=False)
+                    return
+                last_interrupt.append(now)
+                if on_interrupt is not None:
+                    on_interrupt(container_id)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+        try:
+            if _in_main_thread():
+                # SIGWINCH too with a terminal: it reaches our process group, not runc's session,
+                # and runc resizes the container's terminal when it gets it.
+                forwarded = _FORWARDED_SIGNALS + ((signal.SIGWINCH,) if tty else ())
+                for sig in forwarded:
+                    previous[sig] = signal.signal(sig, forward)
+            code = proc.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        return 128 - code if code < 0 else code
+
+    def exec(
+        self,
+        container_id: str,
+        args: Sequence[str],
+        *,
+        tty: bool = False,
+        interactive: bool = False,
+        env: Sequence[str] = (),
+        user: str | None = None,
+        workdir: str | None = None,
+        stdin: StdStream = None,
+        stdout: StdStream = None,
+        stderr: StdStream = None,
+    ) -> int:
+        """Run ``args`` in the running container (``runc exec``); the process's exit status.
+
+        The new process is the container's own process spec (capabilities, rlimits,
+        no_new_privs, the seccomp filter of the container) with its args, env (``env`` entries
+        replace or add ``KEY=VALUE``), user (resolved in the container's root) and cwd replaced.
+        """
+        b = self._existing(container_id)
+        if not args:
+            raise InvalidRunOptionError("nothing to exec: give a command", hint="exec ID CMD…")
+        state = self.state(container_id)
+        if state.status != "running":
+            raise ContainerRunError(
+                f"cannot exec in container {container_id}: it is {state.status}",
+                hint="exec needs a running container (start one with run -d)",
+            )
+        spec = json.loads((b / "config.json").read_bytes())
+        process = dict(spec["process"])
+        process["args"] = list(args)
+        process["terminal"] = tty
+        process["env"] = _merge_env(list(process.get("env", [])), tuple(env), "-e")
+        if user is not None:
+            u = resolve_user(b / "rootfs", user)
+            process["user"] = {"uid": u.uid, "gid": u.gid}
+            if u.additional_gids:
+                process["user"]["additionalGids"] = list(u.additional_gids)
+        if workdir is not None:
+            if not workdir.startswith("/"):
+                raise WorkdirError(
+                    f"invalid working directory {workdir!r}: it must be an absolute path"
+                )
+            process["cwd"] = workdir
+        if not interactive and stdin is None:
+            stdin = subprocess.DEVNULL
+        fd, name = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=b)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(process).encode())
+            log_name = Path(name).name.removesuffix(".json") + ".log"
+            cmd = self._runc_cmd("exec", "--process", name, container_id, bundle=b, log=log_name)
+            try:
+                code = self._foreground(container_id, cmd, tty, stdin, stdout, stderr)
+                errors = _runc_errors(b / log_name)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    (b / log_name).unlink()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        if errors:
+            raise ContainerRunError(
+                f"runc could not exec in container {container_id}: {errors.splitlines()[-1]}",
+                hint=_hint_for(errors),
+                status=code,
+                stderr_tail=errors,
+            )
         return code
 
     def start(self, container_id: str) -> ContainerState:
@@ -1115,8 +1289,10 @@ class Runtime:
         return ContainerState(container_id, status, None, exit_code, b)
 
     def wait(self, container_id: str) -> int | None:
-        """Block until a detached container's supervisor is done; its exit status, if known."""
+        """Block until the container exits (and a detached one's supervisor recorded it); its
+        exit status, if known."""
         b = self._existing(container_id)
+        self._wait_exit(container_id, None)
         self._wait_supervisor(b)
         return self.state(container_id).exit_code
 
@@ -1163,11 +1339,57 @@ class Runtime:
             f.close()
 
     # -- control -------------------------------------------------------------------------------
-    def kill(self, container_id: str, sig: int | str = signal.SIGTERM) -> None:
-        """Send ``sig`` (a number, or a name like ``KILL``/``SIGKILL``) to the container's init."""
+    def kill(self, container_id: str, sig: int | str = signal.SIGKILL) -> None:
+        """Send ``sig`` (a number, or a name like ``KILL``/``SIGKILL``) to the container's init.
+
+        The default is KILL, as docker's: a shell as PID 1 ignores TERM.
+        """
         self._existing(container_id)
-        name = str(int(sig)) if isinstance(sig, int) else sig.upper().removeprefix("SIG")
-        self._runc("kill", container_id, name)
+        self._runc("kill", container_id, parse_signal(sig))
+
+    def _init_pidfd(self, container_id: str) -> int | None:
+        """A pidfd of the container's running init (None once it is gone)."""
+        state = self.state(container_id)
+        if state.status not in ("running", "paused") or state.pid is None:
+            return None
+        try:
+            fd = os.pidfd_open(state.pid)
+        except ProcessLookupError:
+            return None
+        # The pid could have been reused between runc's answer and pidfd_open: ask again.
+        again = self.state(container_id)
+        if again.pid != state.pid or again.status not in ("running", "paused"):
+            os.close(fd)
+            return None
+        return fd
+
+    def _wait_exit(self, container_id: str, timeout: float | None) -> bool:
+        """Wait for the container's init to exit (at most ``timeout`` s); whether it did."""
+        fd = self._init_pidfd(container_id)
+        if fd is None:
+            return True
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+        finally:
+            os.close(fd)
+
+    def stop(self, container_id: str, timeout: float = 10.0) -> int | None:
+        """docker's stop: TERM, then KILL if the container still runs after ``timeout`` s.
+
+        Returns the exit status once known (recorded by a detached container's supervisor).
+        """
+        b = self._existing(container_id)
+        if self.state(container_id).status in ("running", "paused"):
+            with contextlib.suppress(ContainerRunError):  # it may exit meanwhile
+                self._runc("kill", container_id, "TERM")
+            if not self._wait_exit(container_id, timeout):
+                with contextlib.suppress(ContainerRunError):
+                    self._runc("kill", container_id, "KILL")
+                self._wait_exit(container_id, None)
+        self._wait_supervisor(b)
+        return self.state(container_id).exit_code
 
     def delete(self, container_id: str, *, force: bool = False) -> None:
         """Make runc forget the container (``force`` kills a running one first).
@@ -1204,6 +1426,9 @@ class Runtime:
             for leftover in (name, name + ".tmp"):  # .tmp: an interrupted _write_atomic
                 with contextlib.suppress(FileNotFoundError):
                     (b / leftover).unlink()
+        for stale in b.glob("exec-*"):  # an interrupted exec's process spec and log
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
         if (b / "volumes").exists():
             shutil.rmtree(b / "volumes")  # fd-based on Linux: never follows symlinks out
         for d in (rootfs_dir, b):
@@ -1216,6 +1441,22 @@ class Runtime:
                     f"cannot remove {d}: {e.strerror}",
                     hint="it holds files fastdist did not write; inspect and remove it by hand",
                 ) from None
+
+
+def parse_signal(sig: int | str) -> str:
+    """A signal as runc takes it (``KILL``, ``15``); unknown names and numbers are usage errors."""
+    if isinstance(sig, int) or (isinstance(sig, str) and sig.isdigit()):
+        number = int(sig)
+        if 1 <= number <= signal.SIGRTMAX:
+            return str(number)
+    else:
+        name = sig.upper().removeprefix("SIG")
+        if name in {s.name.removeprefix("SIG") for s in signal.Signals}:
+            return name
+    raise InvalidRunOptionError(
+        f"unknown signal {str(sig)[:40]!r}",
+        hint="use a name like KILL, TERM, HUP, INT, USR1 (with or without SIG), or a number",
+    )
 
 
 def _hint_for(errors: str) -> str | None:

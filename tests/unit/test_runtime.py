@@ -26,6 +26,9 @@ from fastdist.runtime import (
     WorkdirError,
     build_spec,
     host_devices,
+    parse_cpus,
+    parse_memory,
+    parse_pids_limit,
     parse_security_opts,
     resolve_capabilities,
     resolve_user,
@@ -635,3 +638,48 @@ def test_security_opts_parse_docker_spellings(tmp_path: Path) -> None:
 def test_no_new_privileges_follows_the_option(root: Path) -> None:
     assert spec_for(root)["process"]["noNewPrivileges"] is True
     assert spec_for(root, no_new_privileges=False)["process"]["noNewPrivileges"] is False
+
+
+# --- resources ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("512m", 512 << 20),
+        ("1g", 1 << 30),
+        ("1.5G", 3 << 29),
+        ("8192k", 8 << 20),
+        ("64mb", 64 << 20),
+        (str(7 << 20), 7 << 20),
+        (7 << 20, 7 << 20),
+    ],
+)
+def test_memory_sizes_follow_docker_units(text: str | int, value: int) -> None:
+    assert parse_memory(text) == value
+
+
+@pytest.mark.parametrize("bad", ["lots", "", "-1m", "5m", "1x", "m", "1e9"])
+def test_bad_memory_sizes_are_usage_errors(bad: str) -> None:
+    with pytest.raises(InvalidRunOptionError, match="invalid --memory") as e:
+        parse_memory(bad)
+    assert e.value.hint
+
+
+def test_cpus_and_pids_limit_are_checked() -> None:
+    assert parse_cpus("1.5") == 1.5
+    assert parse_pids_limit("100") == 100
+    assert parse_pids_limit("-1") == -1
+    for bad in ("none", "0", "-2", "nan", "inf"):
+        with pytest.raises(InvalidRunOptionError, match="invalid --cpus"):
+            parse_cpus(bad)
+    for bad in ("many", "-5", "1.5"):
+        with pytest.raises(InvalidRunOptionError, match="invalid --pids-limit"):
+            parse_pids_limit(bad)
+
+
+def test_limits_become_cgroup_resources(root: Path) -> None:
+    res = spec_for(root, memory=64 << 20, cpus=0.5, pids_limit=20)["linux"]["resources"]
+    assert res["memory"] == {"limit": 64 << 20, "swap": 64 << 20}  # no swap beyond the limit
+    assert res["cpu"] == {"quota": 50_000, "period": 100_000}
+    assert res["pids"] == {"limit": 20}
+    plain = spec_for(root, pids_limit=-1)["linux"]["resources"]
+    assert set(plain) == {"devices"}
