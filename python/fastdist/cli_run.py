@@ -117,8 +117,16 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("ids", nargs="+", metavar="ID")
     sp.set_defaults(func=cmd_wait)
 
-    sp = sub.add_parser("logs", help="print a detached container's output")
-    sp.add_argument("-f", "--follow", action="store_true")
+    sp = sub.add_parser(
+        "logs", help="print a detached container's output (its stderr to stderr, as docker)"
+    )
+    sp.add_argument("-f", "--follow", action="store_true", help="keep printing until it exits")
+    sp.add_argument(
+        "-n", "--tail", type=_count, metavar="N", help="only the last N lines (default: all)"
+    )
+    sp.add_argument(
+        "-t", "--timestamps", action="store_true", help="prefix each line with its time (UTC)"
+    )
     sp.add_argument("id", metavar="ID")
     sp.set_defaults(func=cmd_logs)
 
@@ -131,6 +139,14 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("-f", "--force", action="store_true", help="kill running containers first")
     sp.add_argument("ids", nargs="+", metavar="ID")
     sp.set_defaults(func=cmd_rm)
+
+
+def _count(text: str) -> int | None:
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid number of lines: {text!r} (a number or all)")
+    return int(text)
 
 
 def _seconds(text: str) -> float:
@@ -324,11 +340,21 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from .cli import _client
 
     client = _client(args)
-    out = sys.stdout.buffer
-    for chunk in client.container(args.id).logs(follow=args.follow):
-        out.write(chunk)
+    streams = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    for entry in client.container(args.id).log_entries(follow=args.follow, tail=args.tail):
+        out = streams.get(entry.stream, sys.stdout.buffer)
+        if args.timestamps:
+            out.write(_rfc3339(entry.time).encode() + b" ")
+        out.write(entry.data)
         out.flush()
     return 0
+
+
+def _rfc3339(t: float) -> str:
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"  # docker's nanosecond form
 
 
 def _each(args: argparse.Namespace, ids: list[str], action: Any) -> int:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .fetcher import Fetcher
     from .mirrors import Mirrors
     from .resolver import Resolved, Resolver
-    from .runtime import Mount, Runtime
+    from .runtime import LogEntry, Mount, Runtime
     from .transport import Transport, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -1211,8 +1211,12 @@ class Container:
         }
 
     def logs(self, follow: bool = False) -> Iterator[bytes]:
-        """What a detached container wrote to stdout/stderr."""
+        """What a detached container wrote to stdout/stderr, in the order written."""
         return self._client.runtime.logs(self.id, follow=follow)
+
+    def log_entries(self, follow: bool = False, tail: int | None = None) -> Iterator[LogEntry]:
+        """Its output line by line, each with its stream (stdout/stderr) and time."""
+        return self._client.runtime.log_entries(self.id, follow=follow, tail=tail)
 
     def remove(self, force: bool = False) -> None:
         """Delete the container, its bundle and its writable snapshot (``force``: kill first)."""

@@ -1312,29 +1312,56 @@ class Runtime:
             os.close(fd)
 
     def logs(self, container_id: str, *, follow: bool = False) -> Iterator[bytes]:
-        """The output of a detached container, in chunks; with ``follow``, until it stops."""
+        """The output of a detached container (stdout and stderr in the order written);
+        with ``follow``, until it stops."""
+        return (e.data for e in self.log_entries(container_id, follow=follow))
+
+    def log_entries(
+        self, container_id: str, *, follow: bool = False, tail: int | None = None
+    ) -> Iterator[LogEntry]:
+        """The lines of a detached container's output with their stream and time; ``tail``:
+        only the last N already written; with ``follow``, then what comes until it stops."""
         b = self._existing(container_id)
         try:
             f = open(b / "log", "rb")  # noqa: SIM115 - closed in the generator's finally
         except FileNotFoundError:
             return iter(())
-        return self._read_log(b, f, follow)
+        return self._read_log(b, f, follow, tail)
 
-    def _read_log(self, b: Path, f: IO[bytes], follow: bool) -> Iterator[bytes]:
+    def _read_log(
+        self, b: Path, f: IO[bytes], follow: bool, tail: int | None
+    ) -> Iterator[LogEntry]:
         try:
+            if tail is not None:
+                import collections
+
+                last: collections.deque[bytes] = collections.deque(maxlen=max(0, tail))
+                pending = b""
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        pending = line  # being written: read again below
+                        break
+                    last.append(line)
+                for line in last:
+                    yield parse_log_line(line)
+                f.seek(-len(pending), os.SEEK_CUR)
+            pending = b""
             while True:
                 chunk = f.read(65536)
                 if chunk:
-                    yield chunk
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        yield parse_log_line(line)
                     continue
                 if not follow:
-                    return
+                    break
                 if self._wait_supervisor(b, block=False):
-                    rest = f.read()
-                    if rest:
-                        yield rest
-                    return
+                    pending += f.read()
+                    break
                 time.sleep(0.1)  # like tail -f; the supervisor gives no write notifications
+            if pending and not pending.startswith(b'{"s": '):  # else a record still being written
+                yield parse_log_line(pending)
         finally:
             f.close()
 
@@ -1498,17 +1525,26 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     base = [runc_path, "--root", str(root / "runc"), "--log", str(b / "runc.log")]
     base += ["--log-format", "json"]
-    log_fd = os.open(b / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    created = subprocess.run(
-        [*base, "create", "--bundle", str(b), "--pid-file", str(b / "pid"), container_id],
-        stdin=subprocess.DEVNULL,
-        stdout=log_fd,
-        stderr=log_fd,
-        close_fds=True,
-        check=False,
-    )
-    os.close(log_fd)
+    log = _LogWriter(b / "log")
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        created = subprocess.run(
+            [*base, "create", "--bundle", str(b), "--pid-file", str(b / "pid"), container_id],
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            close_fds=True,
+            check=False,
+        )
+    finally:
+        os.close(out_w)  # the container holds its own copies now
+        os.close(err_w)
+    readers = [log.follow(out_r, "stdout"), log.follow(err_r, "stderr")]
     if created.returncode != 0:
+        for t in readers:
+            t.join()
+        log.close()
         send({"ok": False, "status": created.returncode, "error": _runc_errors(b / "runc.log")})
         return 1
     pid = int((b / "pid").read_text().strip())
@@ -1530,12 +1566,100 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
         )
         send({"ok": False, "status": started.returncode, "error": error})
         _reap(pid)
+        for t in readers:
+            t.join(_LOG_DRAIN_SECONDS)
+        log.close()
         return 1
     send({"ok": True, "pid": pid})
     code = _reap(pid)
+    # Once init is gone the kernel kills the rest of its pid namespace, so the pipes reach EOF;
+    # bounded anyway, so a leaked writer cannot keep `wait` and `logs -f` from returning.
+    for t in readers:
+        t.join(_LOG_DRAIN_SECONDS)
+    log.close()
     if code is not None:
         _write_atomic(b / "exit", f"{code}\n".encode())
     return 0
+
+
+_LOG_DRAIN_SECONDS = 10.0
+_LOG_LINE_MAX = 16 * 1024  # a longer line is recorded in pieces (docker: 16 KiB too)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line (or piece of a long one) a detached container wrote, with its stream and time."""
+
+    stream: str  # "stdout" or "stderr"
+    time: float
+    data: bytes
+
+
+class _LogWriter:
+    """``<bundle>/log``: one JSON object per line the container wrote, so stdout and stderr
+    stay apart and keep their order (``{"s": stream, "t": unix time, "b": text}``, the text
+    with undecodable bytes kept as surrogate escapes)."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._lock = threading.Lock()
+
+    def write(self, stream: str, data: bytes) -> None:
+        record = {"s": stream, "t": time.time(), "b": data.decode("utf-8", "surrogateescape")}
+        line = json.dumps(record).encode() + b"\n"
+        with self._lock:
+            os.write(self._fd, line)
+
+    def follow(self, fd: int, stream: str) -> Any:
+        import threading
+
+        def pump() -> None:
+            pending = b""
+            try:
+                while True:
+                    try:
+                        chunk = os.read(fd, 65536)
+                    except OSError:
+                        break
+                    if not chunk:
+                        break
+                    pending += chunk
+                    while True:
+                        cut = pending.find(b"\n")
+                        if cut < 0 and len(pending) < _LOG_LINE_MAX:
+                            break
+                        end = cut + 1 if 0 <= cut < _LOG_LINE_MAX else _LOG_LINE_MAX
+                        self.write(stream, pending[:end])
+                        pending = pending[end:]
+                if pending:
+                    self.write(stream, pending)
+            finally:
+                os.close(fd)
+
+        t = threading.Thread(target=pump, name=f"log-{stream}", daemon=True)
+        t.start()
+        return t
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def parse_log_line(line: bytes) -> LogEntry:
+    """A line of ``<bundle>/log``; anything not ours (an older raw log) is stdout text."""
+    try:
+        record = json.loads(line)
+        if isinstance(record, dict) and record.get("s") in ("stdout", "stderr"):
+            text = str(record.get("b", ""))
+            return LogEntry(
+                str(record["s"]),
+                float(record.get("t", 0.0)),
+                text.encode("utf-8", "surrogateescape"),
+            )
+    except (ValueError, TypeError, UnicodeError):
+        pass
+    return LogEntry("stdout", 0.0, line)
 
 
 def _reap(pid: int) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -397,3 +398,38 @@ def test_bad_resource_and_volume_options_exit_2_before_anything_is_created(
     assert "\nhint: " in r.stderr
     assert fastdist("ps", "-aq").stdout == ""
     assert fastdist.leftovers() == CLEAN
+
+
+# --- logs --------------------------------------------------------------------------------------
+def test_logs_keep_stdout_and_stderr_apart_with_tail_and_timestamps(
+    fastdist: FastdistCLI, img: str
+) -> None:
+    script = "echo out1; echo err1 >&2; echo out2; printf 'err2 no newline' >&2"
+    r = fastdist("run", "-d", "--name", "split", img, "sh", "-c", script)
+    assert r.rc == 0, r.stderr
+    assert fastdist("wait", "split").stdout == "0\n"
+    logs = fastdist("logs", "split")
+    assert logs.rc == 0
+    assert logs.stdout == "out1\nout2\n"
+    assert logs.stderr == "err1\nerr2 no newline"
+    # (The order between the two streams is the order fastdist read them in, as in docker.)
+    assert fastdist("logs", "-n", "0", "split").stdout == ""
+    r = fastdist("run", "-d", "--name", "count", img, "seq", "5")
+    assert r.rc == 0, r.stderr
+    assert fastdist("wait", "count").stdout == "0\n"
+    assert fastdist("logs", "--tail", "2", "count").stdout == "4\n5\n"
+    assert fastdist("logs", "--tail", "all", "count").stdout == "1\n2\n3\n4\n5\n"
+    stamped = fastdist("logs", "-t", "split").stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in stamped] == ["out1", "out2"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", stamped[0].split()[0])
+    bad = fastdist("logs", "--tail", "some", "split")
+    assert bad.rc == 2
+    assert "invalid number of lines" in bad.stderr
+
+
+def test_logs_follow_streams_both_until_exit(fastdist: FastdistCLI, img: str) -> None:
+    script = "echo ready; read x < /dev/null; echo late-out; echo late-err >&2"
+    _detach(fastdist, img, "follow", script)
+    r = fastdist("logs", "-f", "follow")  # returns once the container has exited
+    assert r.stdout == "ready\nlate-out\n"
+    assert r.stderr == "late-err\n"

@@ -24,9 +24,11 @@ from fastdist.runtime import (
     Runtime,
     UnknownUserError,
     WorkdirError,
+    _LogWriter,
     build_spec,
     host_devices,
     parse_cpus,
+    parse_log_line,
     parse_memory,
     parse_pids_limit,
     parse_security_opts,
@@ -683,3 +685,32 @@ def test_limits_become_cgroup_resources(root: Path) -> None:
     assert res["pids"] == {"limit": 20}
     plain = spec_for(root, pids_limit=-1)["linux"]["resources"]
     assert set(plain) == {"devices"}
+
+
+# --- the detached log ---------------------------------------------------------------------
+def test_log_records_keep_streams_lines_and_bytes(tmp_path: Path) -> None:
+    log = _LogWriter(tmp_path / "log")
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    readers = [log.follow(r1, "stdout"), log.follow(r2, "stderr")]
+    os.write(w1, b"one\ntwo")
+    os.write(w1, b" halves\n\xff\xfebinary\n" + b"x" * 40000)
+    os.close(w1)
+    os.write(w2, b"err\n")
+    os.close(w2)
+    for t in readers:
+        t.join()
+    log.close()
+    entries = [parse_log_line(line) for line in (tmp_path / "log").read_bytes().splitlines()]
+    out = [e.data for e in entries if e.stream == "stdout"]
+    assert out[:3] == [b"one\n", b"two halves\n", b"\xff\xfebinary\n"]
+    assert [len(d) for d in out[3:]] == [16384, 16384, 40000 - 32768]  # long lines in pieces
+    assert [e.data for e in entries if e.stream == "stderr"] == [b"err\n"]
+    assert all(e.time > 0 for e in entries)
+
+
+def test_a_raw_log_line_reads_as_stdout() -> None:
+    assert parse_log_line(b"plain text") == parse_log_line(b"plain text")
+    entry = parse_log_line(b"plain text")
+    assert (entry.stream, entry.data) == ("stdout", b"plain text")
+    assert parse_log_line(b'{"s": "other"}').stream == "stdout"
