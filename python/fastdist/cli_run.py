@@ -50,6 +50,14 @@ def add_commands(sub: Any) -> None:
         metavar="SRC:DST[:ro]",
         help="bind a host path, creating the directory SRC if it is missing (docker's -v)",
     )
+    sp.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[IP:]HOST:CONTAINER",
+        help="relay a host TCP port to a port on the container's loopback (with -d)",
+    )
     sp.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 512m (no swap)")
     sp.add_argument("--cpus", metavar="N", help="CPU time limit in CPUs, e.g. 1.5")
     sp.add_argument("--pids-limit", metavar="N", help="most processes at once (-1: no limit)")
@@ -280,6 +288,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             memory=args.memory,
             cpus=args.cpus,
             pids_limit=args.pids_limit,
+            publish=args.publish,
         )
     if args.detach:
         print(container.id)

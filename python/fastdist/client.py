@@ -909,6 +909,7 @@ class Client:
         memory: str | int | None = None,
         cpus: str | float | None = None,
         pids_limit: str | int | None = None,
+        publish: Sequence[str] = (),
     ) -> Container:
         """Run ``ref`` (pulled first if missing and ``pull``) in a fresh writable snapshot.
 
@@ -923,10 +924,13 @@ class Client:
         second one within two seconds kills it).
         """
         from .runtime import (
+            InvalidRunOptionError,
             RunOptions,
+            check_ports,
             parse_cpus,
             parse_memory,
             parse_pids_limit,
+            parse_publish,
             parse_security_opts,
             resolve_capabilities,
         )
@@ -936,6 +940,13 @@ class Client:
         memory_bytes = parse_memory(memory) if memory is not None else None
         cpu_count = parse_cpus(cpus) if cpus is not None else None
         pids = parse_pids_limit(pids_limit) if pids_limit is not None else None
+        ports = tuple(parse_publish(p) for p in publish)
+        if ports and not detach:
+            raise InvalidRunOptionError(
+                "-p needs a detached container for now",
+                hint="add -d (the port forwarder lives in the detached container's supervisor)",
+            )
+        check_ports(ports)  # a port in use is named before anything is pulled or created
         resolve_capabilities(cap_add, cap_drop, privileged=privileged)  # refuses unknown names
         img = self._image_for_run(ref, pull, platform, progress)
         cid = id or _generate_id(self)
@@ -960,6 +971,7 @@ class Client:
             privileged=privileged,
             seccomp_profile=security.seccomp_profile,
             no_new_privileges=security.no_new_privileges,
+            ports=ports,
             memory=memory_bytes,
             cpus=cpu_count,
             pids_limit=pids,
@@ -1204,7 +1216,12 @@ class Container:
                 for m in spec.get("mounts", [])
                 if m.get("type") == "bind"
             ],
-            "Ports": {},
+            "Ports": {
+                f"{p['container_port']}/{p['protocol']}": [
+                    {"HostIp": p["host_ip"], "HostPort": str(p["host_port"])}
+                ]
+                for p in _bundle_meta(bundle).get("ports", [])
+            },
             "Snapshotter": rec.snapshotter,
             "Bundle": rec.bundle,
             "LogPath": rec.log_path,
@@ -1294,6 +1311,14 @@ _NOUNS = (
     "lemur",
     "gecko",
 )
+
+
+def _bundle_meta(bundle: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((bundle / "fastdist.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _iso(t: float) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
 import json
 import logging
@@ -95,6 +96,79 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class PortMapping:
+    """``-p [IP:]HOST:CONTAINER[/tcp]``: connections to ``host_ip:host_port`` on the host are
+    relayed to ``127.0.0.1:container_port`` inside the container's network namespace."""
+
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+
+def parse_publish(text: str) -> PortMapping:
+    """docker's ``-p/--publish [IP:]HOST:CONTAINER[/tcp]`` (IPv6 addresses in brackets)."""
+    import ipaddress
+
+    spec, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    m = re.fullmatch(r"(?:(\[[0-9a-fA-F:.]+\]|[0-9.]+):)?([0-9]{1,5}):([0-9]{1,5})", spec)
+    if proto != "tcp" or m is None:
+        what = "only tcp can be published" if m is not None else "expected [IP:]HOST:CONTAINER"
+        raise InvalidRunOptionError(
+            f"invalid --publish {text[:80]!r}: {what}",
+            hint="e.g. -p 8080:80 or -p 127.0.0.1:6379:6379",
+        )
+    ip = (m.group(1) or "0.0.0.0").strip("[]")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise InvalidRunOptionError(
+            f"invalid --publish {text[:80]!r}: {ip!r} is not an IP address",
+            hint="e.g. -p 127.0.0.1:8080:80",
+        ) from None
+    host, container = int(m.group(2)), int(m.group(3))
+    for port in (host, container):
+        if not 1 <= port <= 65535:
+            raise InvalidRunOptionError(
+                f"invalid --publish {text[:80]!r}: port {port} is not in 1-65535",
+                hint="e.g. -p 8080:80",
+            )
+    return PortMapping(ip, host, container, proto)
+
+
+def _listen(mapping: PortMapping) -> socket.socket:
+    """The host's listening socket for a published port; a port in use is named."""
+    family = socket.AF_INET6 if ":" in mapping.host_ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((mapping.host_ip, mapping.host_port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ContainerRunError(
+            f"cannot publish port {mapping.host_ip}:{mapping.host_port}: {e.strerror or e}",
+            hint="the port is in use or not allowed: pick another host port with -p",
+        ) from None
+    return sock
+
+
+def check_ports(ports: Sequence[PortMapping]) -> None:
+    """Refuse duplicate host ports and ports already in use, before anything is created."""
+    seen: set[tuple[str, int]] = set()
+    for p in ports:
+        if (p.host_ip, p.host_port) in seen:
+            raise InvalidRunOptionError(
+                f"host port {p.host_ip}:{p.host_port} is published twice",
+                hint="give each -p its own host port",
+            )
+        seen.add((p.host_ip, p.host_port))
+    for p in ports:
+        _listen(p).close()
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """What ``fastdist run`` was asked for, on top of the image config.
 
@@ -124,6 +198,7 @@ class RunOptions:
     privileged: bool = False
     seccomp_profile: seccomp.Profile | None = seccomp.DEFAULT_PROFILE  # None: unconfined
     no_new_privileges: bool = True
+    ports: tuple[PortMapping, ...] = ()
     memory: int | None = None  # bytes (memory and swap together: no swap beyond it)
     cpus: float | None = None  # CPUs of time per period (CFS quota)
     pids_limit: int | None = None
@@ -1007,7 +1082,12 @@ class Runtime:
             f"127.0.1.1\t{hostname}\n"
         )
         _write_atomic(b / "hosts", hosts.encode(), 0o644)
-        meta = {"id": opts.id, "interactive": opts.interactive, "tty": opts.tty}
+        meta = {
+            "id": opts.id,
+            "interactive": opts.interactive,
+            "tty": opts.tty,
+            "ports": [dataclasses.asdict(p) for p in opts.ports],
+        }
         _write_atomic(b / "fastdist.json", json.dumps(meta).encode())
         _write_atomic(b / "config.json", json.dumps(spec, indent=1).encode())
         return spec
@@ -1265,7 +1345,7 @@ class Runtime:
             errors = str(result.get("error") or "the supervisor died; see supervisor.log")
             raise ContainerRunError(
                 f"runc could not start container {container_id}: {errors.splitlines()[-1]}",
-                hint=_hint_for(errors),
+                hint=str(result["hint"]) if result.get("hint") else _hint_for(errors),
                 status=result.get("status"),
                 stderr_tail=errors[-_TAIL:],
             )
@@ -1525,6 +1605,13 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     base = [runc_path, "--root", str(root / "runc"), "--log", str(b / "runc.log")]
     base += ["--log-format", "json"]
+    try:
+        meta = json.loads((b / "fastdist.json").read_bytes())
+        ports = [PortMapping(**p) for p in meta.get("ports", [])]
+        listeners = [(p, _listen(p)) for p in ports]
+    except ContainerRunError as e:
+        send({"ok": False, "error": f"{e.message}\n", "hint": e.hint})
+        return 1
     log = _LogWriter(b / "log")
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -1548,6 +1635,8 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
         send({"ok": False, "status": created.returncode, "error": _runc_errors(b / "runc.log")})
         return 1
     pid = int((b / "pid").read_text().strip())
+    if listeners:
+        _PortForwarder(pid, listeners).start()
     started = subprocess.run(
         [*base, "start", container_id],
         stdin=subprocess.DEVNULL,
@@ -1582,6 +1671,72 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
     return 0
 
 
+class _PortForwarder:
+    """Relays each connection accepted on a host port to ``127.0.0.1:PORT`` inside the
+    container's network namespace: the connecting side enters the namespace (``setns`` on
+    its own thread), so no bridge, veth or NAT is needed and ``--net none`` keeps its
+    loopback-only namespace."""
+
+    def __init__(self, pid: int, listeners: list[tuple[PortMapping, socket.socket]]) -> None:
+        self._netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._listeners = listeners
+        self._libc = ctypes.CDLL(None, use_errno=True)
+
+    def start(self) -> None:
+        import threading
+
+        for mapping, sock in self._listeners:
+            threading.Thread(
+                target=self._accept, args=(mapping, sock), name="publish", daemon=True
+            ).start()
+
+    def _accept(self, mapping: PortMapping, sock: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._relay, args=(mapping, client), name="relay", daemon=True
+            ).start()
+
+    def _relay(self, mapping: PortMapping, client: socket.socket) -> None:
+        import threading
+
+        with client:
+            if self._libc.setns(self._netns, _CLONE_NEWNET) != 0:  # this thread only
+                log.warning("publish: setns: errno %d", ctypes.get_errno())
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", mapping.container_port), 10)
+            except OSError as e:
+                log.info("publish: port %d in the container: %s", mapping.container_port, e)
+                return
+            with upstream:
+                upstream.settimeout(None)
+                back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+                back.start()
+                _pipe(client, upstream)
+                back.join()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    """Copy until EOF, then half-close, so each direction ends on its own."""
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+_CLONE_NEWNET = 0x40000000
 _LOG_DRAIN_SECONDS = 10.0
 _LOG_LINE_MAX = 16 * 1024  # a longer line is recorded in pieces (docker: 16 KiB too)
 

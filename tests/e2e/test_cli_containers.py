@@ -433,3 +433,65 @@ def test_logs_follow_streams_both_until_exit(fastdist: FastdistCLI, img: str) ->
     r = fastdist("logs", "-f", "follow")  # returns once the container has exited
     assert r.stdout == "ready\nlate-out\n"
     assert r.stderr == "late-err\n"
+
+
+# --- publish ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (("-d", "-p", "99999:80"), "port 99999 is not in 1-65535"),
+        (("-d", "-p", "80"), "expected [IP:]HOST:CONTAINER"),
+        (("-d", "-p", "5353:53/udp"), "only tcp can be published"),
+        (("-d", "-p", "999.1.1.1:80:80"), "is not an IP address"),
+        (("-d", "-p", "8080:80", "-p", "8080:81"), "is published twice"),
+        (("-p", "8080:80"), "-p needs a detached container for now"),
+    ],
+)
+def test_bad_publish_options_exit_2_before_anything_is_created(
+    fastdist: FastdistCLI, img: str, flags: tuple[str, ...], error: str
+) -> None:
+    r = fastdist("run", "--rm", *flags, img, "true")
+    assert r.rc == 2, r.stderr
+    assert error in r.stderr
+    assert "\nhint: " in r.stderr
+    assert fastdist.leftovers() == CLEAN
+
+
+def test_published_port_reaches_a_server_on_the_containers_loopback(
+    fastdist: FastdistCLI, img: str
+) -> None:
+    import urllib.request
+
+    from fastdist.testing.registry import free_port
+
+    port = free_port()
+    # busybox httpd serves the image's /srv (motd from the app layer) inside --net none.
+    r = fastdist(
+        "run",
+        "-d",
+        "-p",
+        f"127.0.0.1:{port}:80",
+        "--name",
+        "web",
+        img,
+        "httpd",
+        "-f",
+        "-p",
+        "127.0.0.1:80",
+        "-h",
+        "/srv",
+    )
+    assert r.rc == 0, r.stderr
+    deadline = time.monotonic() + 30
+    body = b""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/motd", timeout=5) as resp:
+                body = resp.read()
+            break
+        except OSError:
+            time.sleep(0.1)  # the server in the container is still starting
+    assert body == b"hello from the app layer\n"
+    assert fastdist("stop", "-t", "1", "web").rc == 0
+    assert fastdist("rm", "web").rc == 0
+    assert fastdist.leftovers() == CLEAN
