@@ -58,6 +58,12 @@ def add_commands(sub: Any) -> None:
         metavar="[IP:]HOST:CONTAINER",
         help="relay a host TCP port to a port on the container's loopback (with -d)",
     )
+    sp.add_argument(
+        "--restart",
+        default="no",
+        metavar="POLICY",
+        help="no (default), on-failure[:N], always: restart a detached container when it exits",
+    )
     sp.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 512m (no swap)")
     sp.add_argument("--cpus", metavar="N", help="CPU time limit in CPUs, e.g. 1.5")
     sp.add_argument("--pids-limit", metavar="N", help="most processes at once (-1: no limit)")
@@ -289,6 +295,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cpus=args.cpus,
             pids_limit=args.pids_limit,
             publish=args.publish,
+            restart=args.restart,
         )
     if args.detach:
         print(container.id)

@@ -910,6 +910,7 @@ class Client:
         cpus: str | float | None = None,
         pids_limit: str | int | None = None,
         publish: Sequence[str] = (),
+        restart: str = "no",
     ) -> Container:
         """Run ``ref`` (pulled first if missing and ``pull``) in a fresh writable snapshot.
 
@@ -931,6 +932,7 @@ class Client:
             parse_memory,
             parse_pids_limit,
             parse_publish,
+            parse_restart,
             parse_security_opts,
             resolve_capabilities,
         )
@@ -945,6 +947,12 @@ class Client:
             raise InvalidRunOptionError(
                 "-p needs a detached container for now",
                 hint="add -d (the port forwarder lives in the detached container's supervisor)",
+            )
+        restart_policy = parse_restart(restart)
+        if restart_policy.name != "no" and (not detach or rm):
+            raise InvalidRunOptionError(
+                f"--restart {restart} needs a detached container without --rm",
+                hint="add -d (the detached container's supervisor restarts it), or drop --rm",
             )
         check_ports(ports)  # a port in use is named before anything is pulled or created
         resolve_capabilities(cap_add, cap_drop, privileged=privileged)  # refuses unknown names
@@ -972,6 +980,7 @@ class Client:
             seccomp_profile=security.seccomp_profile,
             no_new_privileges=security.no_new_privileges,
             ports=ports,
+            restart=restart_policy,
             memory=memory_bytes,
             cpus=cpu_count,
             pids_limit=pids,
@@ -1196,6 +1205,7 @@ class Container:
             },
             "HostConfig": {
                 "AutoRemove": rec.rm,
+                "RestartPolicy": _bundle_meta(bundle).get("restart", {"name": "no"}),
                 "ReadonlyRootfs": bool(spec.get("root", {}).get("readonly", False)),
                 "Capabilities": list(process.get("capabilities", {}).get("bounding", [])),
                 "NoNewPrivileges": bool(process.get("noNewPrivileges", False)),
@@ -1222,6 +1232,7 @@ class Container:
                 ]
                 for p in _bundle_meta(bundle).get("ports", [])
             },
+            "RestartCount": _restart_count(bundle),
             "Snapshotter": rec.snapshotter,
             "Bundle": rec.bundle,
             "LogPath": rec.log_path,
@@ -1319,6 +1330,13 @@ def _bundle_meta(bundle: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
+
+
+def _restart_count(bundle: Path) -> int:
+    try:
+        return int((bundle / "restarts").read_text().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 def _iso(t: float) -> str:

@@ -169,6 +169,35 @@ def check_ports(ports: Sequence[PortMapping]) -> None:
 
 
 @dataclass(frozen=True)
+class RestartPolicy:
+    """docker's ``--restart``: ``no``, ``on-failure[:N]`` (at most N restarts; 0: no limit),
+    ``always``; a container stopped, killed or removed by the user is not restarted."""
+
+    name: str = "no"
+    max_restarts: int = 0
+
+    def wants(self, code: int | None, restarts: int) -> bool:
+        if self.name == "always":
+            return True
+        if self.name == "on-failure" and code != 0:
+            return self.max_restarts == 0 or restarts < self.max_restarts
+        return False
+
+
+def parse_restart(text: str) -> RestartPolicy:
+    name, _, count = text.partition(":")
+    if name in ("no", "always", "unless-stopped") and not count:
+        # unless-stopped is always here: fastdist has no daemon whose restart would tell them apart
+        return RestartPolicy("always" if name == "unless-stopped" else name)
+    if name == "on-failure" and (not count or count.isdigit()):
+        return RestartPolicy(name, int(count) if count else 0)
+    raise InvalidRunOptionError(
+        f"invalid --restart {text[:40]!r}",
+        hint="use no, on-failure, on-failure:N, always or unless-stopped",
+    )
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """What ``fastdist run`` was asked for, on top of the image config.
 
@@ -199,6 +228,7 @@ class RunOptions:
     seccomp_profile: seccomp.Profile | None = seccomp.DEFAULT_PROFILE  # None: unconfined
     no_new_privileges: bool = True
     ports: tuple[PortMapping, ...] = ()
+    restart: RestartPolicy = RestartPolicy()
     memory: int | None = None  # bytes (memory and swap together: no swap beyond it)
     cpus: float | None = None  # CPUs of time per period (CFS quota)
     pids_limit: int | None = None
@@ -924,6 +954,8 @@ _BUNDLE_FILES = (
     "hosts",
     "supervisor.lock",
     "supervisor.log",
+    "stopped",
+    "restarts",
 )
 _PR_SET_CHILD_SUBREAPER = 36
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -1087,6 +1119,7 @@ class Runtime:
             "interactive": opts.interactive,
             "tty": opts.tty,
             "ports": [dataclasses.asdict(p) for p in opts.ports],
+            "restart": dataclasses.asdict(opts.restart),
         }
         _write_atomic(b / "fastdist.json", json.dumps(meta).encode())
         _write_atomic(b / "config.json", json.dumps(spec, indent=1).encode())
@@ -1295,7 +1328,7 @@ class Runtime:
             )
         cmd = self._runc_cmd("state", container_id)  # checks runc and root up front
         runc_path = cmd[0]
-        for name in ("exit", "pid"):
+        for name in ("exit", "pid", "stopped", "restarts"):
             with contextlib.suppress(FileNotFoundError):
                 (b / name).unlink()
         (b / "runc.log").write_bytes(b"")
@@ -1451,8 +1484,11 @@ class Runtime:
 
         The default is KILL, as docker's: a shell as PID 1 ignores TERM.
         """
-        self._existing(container_id)
-        self._runc("kill", container_id, parse_signal(sig))
+        b = self._existing(container_id)
+        name = parse_signal(sig)
+        if name in ("KILL", "TERM", "9", "15"):
+            _mark_stopped(b)  # the user stops it: no restart policy brings it back
+        self._runc("kill", container_id, name)
 
     def _init_pidfd(self, container_id: str) -> int | None:
         """A pidfd of the container's running init (None once it is gone)."""
@@ -1488,6 +1524,7 @@ class Runtime:
         Returns the exit status once known (recorded by a detached container's supervisor).
         """
         b = self._existing(container_id)
+        _mark_stopped(b)
         if self.state(container_id).status in ("running", "paused"):
             with contextlib.suppress(ContainerRunError):  # it may exit meanwhile
                 self._runc("kill", container_id, "TERM")
@@ -1513,6 +1550,7 @@ class Runtime:
                     f"container {container_id} is {status}",
                     hint="stop it first (kill), or force the removal",
                 )
+            _mark_stopped(b)
             self._runc("delete", *(["--force"] if force else []), container_id)
         self._wait_supervisor(b)
 
@@ -1548,6 +1586,10 @@ class Runtime:
                     f"cannot remove {d}: {e.strerror}",
                     hint="it holds files fastdist did not write; inspect and remove it by hand",
                 ) from None
+
+
+def _mark_stopped(b: Path) -> None:
+    _write_atomic(b / "stopped", b"")
 
 
 def parse_signal(sig: int | str) -> str:
@@ -1612,7 +1654,60 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
     except ContainerRunError as e:
         send({"ok": False, "error": f"{e.message}\n", "hint": e.hint})
         return 1
+    restart = RestartPolicy(**meta.get("restart", {}))
     log = _LogWriter(b / "log")
+    forwarder: _PortForwarder | None = None
+    restarts = 0
+    reported = False
+    code: int | None = None
+    while True:
+        launched = _launch(base, b, container_id, log)
+        if isinstance(launched, str):  # runc failed: the first time, the caller is told
+            if not reported:
+                send({"ok": False, "error": launched})
+                log.close()
+                return 1
+            log.write("stderr", f"fastdist: restart failed: {launched}\n".encode())
+            break
+        pid, readers = launched
+        if forwarder is None and listeners:
+            forwarder = _PortForwarder(listeners)
+            forwarder.start()
+        if forwarder is not None:
+            forwarder.enter(pid)
+        if not reported:
+            send({"ok": True, "pid": pid})
+            reported = True
+        code = _reap(pid)
+        # Once init is gone the kernel kills the rest of its pid namespace, so the pipes reach
+        # EOF; bounded anyway, so a leaked writer cannot keep `wait` and `logs -f` from returning.
+        for t in readers:
+            t.join(_LOG_DRAIN_SECONDS)
+        if not restart.wants(code, restarts) or (b / "stopped").exists():
+            break
+        restarts += 1
+        _write_atomic(b / "restarts", f"{restarts}\n".encode())
+        subprocess.run(
+            [*base, "delete", "--force", container_id],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            close_fds=True,
+            check=False,
+        )
+        time.sleep(min(0.1 * 2 ** min(restarts, 10), 10.0))  # docker's back-off, capped
+        if (b / "stopped").exists():  # stopped or removed during the back-off
+            break
+    log.close()
+    if code is not None:
+        _write_atomic(b / "exit", f"{code}\n".encode())
+    return 0
+
+
+def _launch(
+    base: list[str], b: Path, container_id: str, log: _LogWriter
+) -> tuple[int, list[Any]] | str:
+    """``runc create`` + ``runc start`` with stdout/stderr piped into the log; the init's pid
+    and the log readers, or runc's error."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
@@ -1630,13 +1725,9 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
     readers = [log.follow(out_r, "stdout"), log.follow(err_r, "stderr")]
     if created.returncode != 0:
         for t in readers:
-            t.join()
-        log.close()
-        send({"ok": False, "status": created.returncode, "error": _runc_errors(b / "runc.log")})
-        return 1
+            t.join(_LOG_DRAIN_SECONDS)
+        return _runc_errors(b / "runc.log") or f"runc create exited {created.returncode}"
     pid = int((b / "pid").read_text().strip())
-    if listeners:
-        _PortForwarder(pid, listeners).start()
     started = subprocess.run(
         [*base, "start", container_id],
         stdin=subprocess.DEVNULL,
@@ -1653,22 +1744,11 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
             close_fds=True,
             check=False,
         )
-        send({"ok": False, "status": started.returncode, "error": error})
         _reap(pid)
         for t in readers:
             t.join(_LOG_DRAIN_SECONDS)
-        log.close()
-        return 1
-    send({"ok": True, "pid": pid})
-    code = _reap(pid)
-    # Once init is gone the kernel kills the rest of its pid namespace, so the pipes reach EOF;
-    # bounded anyway, so a leaked writer cannot keep `wait` and `logs -f` from returning.
-    for t in readers:
-        t.join(_LOG_DRAIN_SECONDS)
-    log.close()
-    if code is not None:
-        _write_atomic(b / "exit", f"{code}\n".encode())
-    return 0
+        return error or f"runc start exited {started.returncode}"
+    return pid, readers
 
 
 class _PortForwarder:
@@ -1677,10 +1757,22 @@ class _PortForwarder:
     its own thread), so no bridge, veth or NAT is needed and ``--net none`` keeps its
     loopback-only namespace."""
 
-    def __init__(self, pid: int, listeners: list[tuple[PortMapping, socket.socket]]) -> None:
-        self._netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    def __init__(self, listeners: list[tuple[PortMapping, socket.socket]]) -> None:
+        import threading
+
+        self._netns = -1
+        self._lock = threading.Lock()
         self._listeners = listeners
         self._libc = ctypes.CDLL(None, use_errno=True)
+
+    def enter(self, pid: int) -> None:
+        """Relay into the network namespace of ``pid`` (a container's init, also a restarted
+        one) from now on."""
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        with self._lock:
+            old, self._netns = self._netns, fd
+        if old >= 0:
+            os.close(old)
 
     def start(self) -> None:
         import threading
@@ -1706,7 +1798,13 @@ class _PortForwarder:
         import threading
 
         with client:
-            if self._libc.setns(self._netns, _CLONE_NEWNET) != 0:  # this thread only
+            with self._lock:  # a restart replaces self._netns
+                netns = os.dup(self._netns)
+            try:
+                entered = self._libc.setns(netns, _CLONE_NEWNET) == 0  # this thread only
+            finally:
+                os.close(netns)
+            if not entered:
                 log.warning("publish: setns: errno %d", ctypes.get_errno())
                 return
             try:

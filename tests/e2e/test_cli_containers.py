@@ -495,3 +495,65 @@ def test_published_port_reaches_a_server_on_the_containers_loopback(
     assert fastdist("stop", "-t", "1", "web").rc == 0
     assert fastdist("rm", "web").rc == 0
     assert fastdist.leftovers() == CLEAN
+
+
+# --- restart policies ------------------------------------------------------------------------
+def test_on_failure_restarts_at_most_n_times(fastdist: FastdistCLI, img: str) -> None:
+    r = fastdist(
+        "run",
+        "-d",
+        "--restart",
+        "on-failure:2",
+        "--name",
+        "flaky",
+        img,
+        "sh",
+        "-c",
+        "echo run; exit 3",
+    )
+    assert r.rc == 0, r.stderr
+    assert fastdist("wait", "flaky").stdout == "3\n"  # once the policy gave up
+    assert fastdist("logs", "flaky").stdout == "run\nrun\nrun\n"
+    got = json.loads(fastdist("inspect", "flaky").stdout)
+    assert got["RestartCount"] == 2
+    assert got["HostConfig"]["RestartPolicy"] == {"name": "on-failure", "max_restarts": 2}
+    ok = fastdist("run", "-d", "--restart", "on-failure", "--name", "fine", img, "true")
+    assert ok.rc == 0
+    assert fastdist("wait", "fine").stdout == "0\n"  # success: no restart
+    assert json.loads(fastdist("inspect", "fine").stdout)["RestartCount"] == 0
+
+
+def test_always_restarts_until_the_user_stops_it(fastdist: FastdistCLI, img: str) -> None:
+    r = fastdist(
+        "run", "-d", "--restart", "always", "--name", "loop", img, "sh", "-c", "echo ready; exit 0"
+    )
+    assert r.rc == 0, r.stderr
+    deadline = time.monotonic() + 60
+    while fastdist("logs", "loop").stdout.count("ready") < 3:  # it came back twice at least
+        assert time.monotonic() < deadline, "no restarts"
+        time.sleep(0.1)
+    assert fastdist("stop", "-t", "1", "loop").rc == 0  # returns once the supervisor is done
+    # stop returned only once the supervisor exited: nothing is left to restart it
+    rows = [json.loads(x) for x in fastdist("ps", "-a", "--format", "json").stdout.splitlines()]
+    assert [(x["ID"], x["Status"]) for x in rows] == [("loop", "stopped")]
+    assert (fastdist.root / "containers" / "loop" / "stopped").exists()
+    assert fastdist("rm", "loop").rc == 0
+    assert fastdist.leftovers() == CLEAN
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (("-d", "--restart", "sometimes"), "invalid --restart 'sometimes'"),
+        (("-d", "--restart", "on-failure:x"), "invalid --restart 'on-failure:x'"),
+        (("--restart", "always"), "needs a detached container without --rm"),
+        (("-d", "--rm", "--restart", "always"), "needs a detached container without --rm"),
+    ],
+)
+def test_bad_restart_policies_exit_2(
+    fastdist: FastdistCLI, img: str, flags: tuple[str, ...], error: str
+) -> None:
+    r = fastdist("run", *flags, img, "true")
+    assert r.rc == 2, r.stderr
+    assert error in r.stderr
+    assert fastdist.leftovers() == CLEAN
