@@ -127,6 +127,24 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("ids", nargs="+", metavar="ID")
     sp.set_defaults(func=cmd_stop)
 
+    sp = sub.add_parser("start", help="start stopped containers again, detached")
+    sp.add_argument("ids", nargs="+", metavar="ID")
+    sp.set_defaults(func=cmd_start)
+
+    sp = sub.add_parser("restart", help="stop containers, then start them again, detached")
+    sp.add_argument(
+        "-t",
+        "--time",
+        "--timeout",
+        dest="timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait after TERM before KILL (default: 10)",
+    )
+    sp.add_argument("ids", nargs="+", metavar="ID")
+    sp.set_defaults(func=cmd_restart)
+
     sp = sub.add_parser("wait", help="wait for containers to exit and print their exit codes")
     sp.add_argument("ids", nargs="+", metavar="ID")
     sp.set_defaults(func=cmd_wait)
@@ -408,6 +426,22 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print(cid)
 
     return _each(args, args.ids, stop)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    def start(client: Any, cid: str) -> None:
+        client.container(cid).start()
+        print(cid)
+
+    return _each(args, args.ids, start)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    def restart(client: Any, cid: str) -> None:
+        client.container(cid).restart(args.timeout)
+        print(cid)
+
+    return _each(args, args.ids, restart)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:

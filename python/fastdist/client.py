@@ -1132,6 +1132,26 @@ class Container:
             )
         self._client.runtime.kill(self.id, sig)
 
+    def start(self) -> None:
+        """Start a stopped (or never started) container again, detached, on its own snapshot:
+        what it wrote stays; its output goes to its log (docker's start without -a)."""
+        rt = self._client.runtime
+        state = rt.state(self.id)
+        if state.status in ("running", "paused"):
+            raise InUseError(
+                f"container {self.id} is already {state.status}",
+                hint=f"stop it first (fastdist stop {self.id}), or use restart",
+            )
+        rt.delete(self.id)  # runc forgets the old run; the bundle and the mount stay
+        new = rt.start(self.id)
+        self.exit_code = None
+        self._client.metadata.containers.update_status(self.id, "running", new.pid, None)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """stop (TERM, then KILL after ``timeout``) and start again."""
+        self.stop(timeout)
+        self.start()
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """TERM, then KILL after ``timeout`` seconds (docker's stop); the exit status."""
         code = self._client.runtime.stop(self.id, timeout)

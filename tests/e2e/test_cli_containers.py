@@ -557,3 +557,31 @@ def test_bad_restart_policies_exit_2(
     assert r.rc == 2, r.stderr
     assert error in r.stderr
     assert fastdist.leftovers() == CLEAN
+
+
+def test_start_and_restart_run_a_stopped_container_again_on_its_snapshot(
+    fastdist: FastdistCLI, img: str
+) -> None:
+    script = "echo run >> /count; wc -l < /count; exit 4"
+    assert fastdist("run", "--name", "again", img, "sh", "-c", script).stdout == "1\n"
+    r = fastdist("start", "again")
+    assert (r.rc, r.stdout) == (0, "again\n"), r.stderr
+    assert fastdist("wait", "again").stdout == "4\n"
+    assert fastdist("logs", "again").stdout == "2\n"  # what it wrote before is still there
+    busy = fastdist("run", "-d", "--name", "up", img, "sh", "-c", "echo ready; exec sleep 300")
+    assert busy.rc == 0
+    _ready(fastdist, "up")
+    twice = fastdist("start", "up")
+    assert twice.rc == 7
+    assert "error: container up is already running" in twice.stderr
+    r = fastdist("restart", "-t", "0", "up")
+    assert (r.rc, r.stdout) == (0, "up\n"), r.stderr
+    rows = {
+        x["ID"]: x
+        for x in map(json.loads, fastdist("ps", "--format", "json").stdout.split("\n")[:-1])
+    }
+    assert rows["up"]["Status"] == "running"
+    deadline = time.monotonic() + 60
+    while fastdist("logs", "up").stdout != "ready\nready\n":  # the new run's first line
+        assert time.monotonic() < deadline, fastdist("logs", "up").stdout
+        time.sleep(0.1)
