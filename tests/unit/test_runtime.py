@@ -19,7 +19,9 @@ from fastdist.runtime import (
     InvalidRunOptionError,
     Mount,
     NoCommandError,
+    PortMapping,
     ResolvedUser,
+    RestartPolicy,
     RunOptions,
     Runtime,
     UnknownUserError,
@@ -31,7 +33,10 @@ from fastdist.runtime import (
     parse_log_line,
     parse_memory,
     parse_pids_limit,
+    parse_publish,
+    parse_restart,
     parse_security_opts,
+    parse_signal,
     resolve_capabilities,
     resolve_user,
     thermal_throttle_paths,
@@ -714,3 +719,51 @@ def test_a_raw_log_line_reads_as_stdout() -> None:
     entry = parse_log_line(b"plain text")
     assert (entry.stream, entry.data) == ("stdout", b"plain text")
     assert parse_log_line(b'{"s": "other"}').stream == "stdout"
+
+
+# --- publish, restart, signals ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "mapping"),
+    [
+        ("8080:80", PortMapping("0.0.0.0", 8080, 80)),
+        ("127.0.0.1:6379:6379/tcp", PortMapping("127.0.0.1", 6379, 6379)),
+        ("[::1]:8443:443", PortMapping("::1", 8443, 443)),
+    ],
+)
+def test_publish_follows_docker_syntax(text: str, mapping: PortMapping) -> None:
+    assert parse_publish(text) == mapping
+
+
+@pytest.mark.parametrize(
+    "bad", ["99999:80", "0:80", "80", "a:b", "1.2.3:80:80", "8080:80/udp", "8080:80/sctp", ""]
+)
+def test_bad_publish_specs_are_usage_errors(bad: str) -> None:
+    with pytest.raises(InvalidRunOptionError, match="invalid --publish") as e:
+        parse_publish(bad)
+    assert e.value.hint
+
+
+def test_restart_policies_follow_docker() -> None:
+    assert parse_restart("no") == RestartPolicy()
+    assert parse_restart("always") == RestartPolicy("always")
+    assert parse_restart("unless-stopped") == RestartPolicy("always")
+    on3 = parse_restart("on-failure:3")
+    assert on3 == RestartPolicy("on-failure", 3)
+    assert [on3.wants(1, n) for n in range(4)] == [True, True, True, False]
+    assert not on3.wants(0, 0)
+    assert parse_restart("on-failure").wants(1, 1000)
+    assert RestartPolicy("always").wants(0, 1000)
+    assert not RestartPolicy().wants(1, 0)
+    for bad in ("sometimes", "on-failure:x", "always:2", "no:1", ""):
+        with pytest.raises(InvalidRunOptionError, match="invalid --restart"):
+            parse_restart(bad)
+
+
+def test_signals_are_checked_before_runc_sees_them() -> None:
+    assert parse_signal("kill") == "KILL"
+    assert parse_signal("SIGTERM") == "TERM"
+    assert parse_signal(9) == "9"
+    assert parse_signal("15") == "15"
+    for bad in ("BOGUS", "SIGBOGUS", "0", "999", "", "-1"):
+        with pytest.raises(InvalidRunOptionError, match="unknown signal"):
+            parse_signal(bad)
