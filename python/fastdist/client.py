@@ -943,11 +943,6 @@ class Client:
         cpu_count = parse_cpus(cpus) if cpus is not None else None
         pids = parse_pids_limit(pids_limit) if pids_limit is not None else None
         ports = tuple(parse_publish(p) for p in publish)
-        if ports and not detach:
-            raise InvalidRunOptionError(
-                "-p needs a detached container for now",
-                hint="add -d (the port forwarder lives in the detached container's supervisor)",
-            )
         restart_policy = parse_restart(restart)
         if restart_policy.name != "no" and (not detach or rm):
             raise InvalidRunOptionError(

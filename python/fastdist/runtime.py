@@ -1136,7 +1136,11 @@ class Runtime:
                 f"container {b.name} has no spec yet", hint="call create() before starting it"
             ) from None
         spec, meta = data
-        return {"tty": bool(spec["process"]["terminal"]), "interactive": bool(meta["interactive"])}
+        return {
+            "tty": bool(spec["process"]["terminal"]),
+            "interactive": bool(meta["interactive"]),
+            "ports": [PortMapping(**p) for p in meta.get("ports", [])],
+        }
 
     # -- running -------------------------------------------------------------------------------
     def run(
@@ -1157,15 +1161,27 @@ class Runtime:
         """
         b = self._existing(container_id)
         meta = self._meta(b)
-        cmd = self._runc_cmd("run", "--bundle", str(b), container_id, bundle=b)
+        pid_file = b / "pid"
+        cmd = self._runc_cmd(
+            "run", "--bundle", str(b), "--pid-file", str(pid_file), container_id, bundle=b
+        )
         if not meta["interactive"] and stdin is None:
             stdin = subprocess.DEVNULL
-        with contextlib.suppress(FileNotFoundError):
-            (b / "exit").unlink()
+        for name in ("exit", "pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (b / name).unlink()
         (b / "runc.log").write_bytes(b"")
-        code = self._foreground(
-            container_id, cmd, meta["tty"], stdin, stdout, stderr, on_interrupt=on_interrupt
-        )
+        listeners = [(p, _listen(p)) for p in meta["ports"]]  # a port in use: nothing ran
+        forwarder = _PortForwarder(listeners, pid_file) if listeners else None
+        if forwarder is not None:
+            forwarder.start()
+        try:
+            code = self._foreground(
+                container_id, cmd, meta["tty"], stdin, stdout, stderr, on_interrupt=on_interrupt
+            )
+        finally:
+            if forwarder is not None:
+                forwarder.close()
         errors = _runc_errors(b / "runc.log")
         if errors:
             raise ContainerRunError(
@@ -1757,13 +1773,37 @@ class _PortForwarder:
     its own thread), so no bridge, veth or NAT is needed and ``--net none`` keeps its
     loopback-only namespace."""
 
-    def __init__(self, listeners: list[tuple[PortMapping, socket.socket]]) -> None:
+    def __init__(
+        self, listeners: list[tuple[PortMapping, socket.socket]], pid_file: Path | None = None
+    ) -> None:
+        """``pid_file``: where runc writes the init's pid (foreground runs), read at the first
+        connection when :meth:`enter` was not called."""
         import threading
 
         self._netns = -1
         self._lock = threading.Lock()
         self._listeners = listeners
+        self._pid_file = pid_file
         self._libc = ctypes.CDLL(None, use_errno=True)
+
+    def close(self) -> None:
+        for _, sock in self._listeners:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            sock.close()
+        with self._lock:
+            old, self._netns = self._netns, -1
+        if old >= 0:
+            os.close(old)
+
+    def _netns_fd(self) -> int:
+        """A duplicate of the current network namespace fd (-1: none yet)."""
+        with self._lock:
+            if self._netns < 0 and self._pid_file is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pid = int(self._pid_file.read_text().strip())
+                    self._netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            return os.dup(self._netns) if self._netns >= 0 else -1
 
     def enter(self, pid: int) -> None:
         """Relay into the network namespace of ``pid`` (a container's init, also a restarted
@@ -1798,8 +1838,9 @@ class _PortForwarder:
         import threading
 
         with client:
-            with self._lock:  # a restart replaces self._netns
-                netns = os.dup(self._netns)
+            netns = self._netns_fd()  # a restart replaces self._netns meanwhile
+            if netns < 0:
+                return  # the container is not up yet: the client sees the connection close
             try:
                 entered = self._libc.setns(netns, _CLONE_NEWNET) == 0  # this thread only
             finally:

@@ -10,6 +10,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -444,7 +445,6 @@ def test_logs_follow_streams_both_until_exit(fastdist: FastdistCLI, img: str) ->
         (("-d", "-p", "5353:53/udp"), "only tcp can be published"),
         (("-d", "-p", "999.1.1.1:80:80"), "is not an IP address"),
         (("-d", "-p", "8080:80", "-p", "8080:81"), "is published twice"),
-        (("-p", "8080:80"), "-p needs a detached container for now"),
     ],
 )
 def test_bad_publish_options_exit_2_before_anything_is_created(
@@ -457,8 +457,9 @@ def test_bad_publish_options_exit_2_before_anything_is_created(
     assert fastdist.leftovers() == CLEAN
 
 
+@pytest.mark.parametrize("mode", ["-d", "--rm"])
 def test_published_port_reaches_a_server_on_the_containers_loopback(
-    fastdist: FastdistCLI, img: str
+    fastdist: FastdistCLI, img: str, mode: str
 ) -> None:
     import urllib.request
 
@@ -466,9 +467,9 @@ def test_published_port_reaches_a_server_on_the_containers_loopback(
 
     port = free_port()
     # busybox httpd serves the image's /srv (motd from the app layer) inside --net none.
-    r = fastdist(
+    argv = (
         "run",
-        "-d",
+        mode,
         "-p",
         f"127.0.0.1:{port}:80",
         "--name",
@@ -481,19 +482,33 @@ def test_published_port_reaches_a_server_on_the_containers_loopback(
         "-h",
         "/srv",
     )
-    assert r.rc == 0, r.stderr
-    deadline = time.monotonic() + 30
-    body = b""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/motd", timeout=5) as resp:
-                body = resp.read()
-            break
-        except OSError:
-            time.sleep(0.1)  # the server in the container is still starting
-    assert body == b"hello from the app layer\n"
-    assert fastdist("stop", "-t", "1", "web").rc == 0
-    assert fastdist("rm", "web").rc == 0
+    foreground = fastdist.popen(*argv) if mode == "--rm" else None
+    try:
+        if foreground is None:
+            r = fastdist(*argv)
+            assert r.rc == 0, r.stderr
+        deadline = time.monotonic() + 30
+        body = b""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/motd", timeout=5) as resp:
+                    body = resp.read()
+                break
+            except OSError:
+                time.sleep(0.1)  # the server in the container is still starting
+        assert body == b"hello from the app layer\n"
+        assert fastdist("stop", "-t", "1", "web").rc == 0
+        if foreground is not None:
+            _, err = foreground.communicate(timeout=60)
+            assert foreground.returncode == 137, err  # httpd as PID 1 ignores TERM
+        else:
+            assert fastdist("rm", "web").rc == 0
+    finally:
+        if foreground is not None and foreground.poll() is None:
+            foreground.kill()
+            foreground.wait()
+    with socket.socket() as probe:  # the host port is closed with the container
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
     assert fastdist.leftovers() == CLEAN
 
 
