@@ -56,7 +56,7 @@ def add_commands(sub: Any) -> None:
         action="append",
         default=[],
         metavar="[IP:]HOST:CONTAINER",
-        help="relay a host TCP port to a port on the container's loopback (with -d)",
+        help="relay a host TCP port to a port on the container's loopback",
     )
     sp.add_argument(
         "--restart",
