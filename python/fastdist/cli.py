@@ -66,6 +66,7 @@ class PullDisplay:
         self._drawn = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._finished = False
 
     def __enter__(self) -> PullDisplay:
         if self._live:
@@ -76,43 +77,44 @@ class PullDisplay:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
-        if self._json and exc is not None:
+        if self._json and exc is not None and not self._finished:
             self._emit_json_error(exc)
+        # The header says how the pull ended: an interrupted or failed pull is not "done".
+        if exc_type is None:
+            self._finish("done")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self._finish("interrupted")
+        else:
+            self._finish("failed")
+
+    def _finish(self, state: str) -> None:
+        """Stop redrawing and draw the final state, once. A recorded pull finishes the display
+        at once (``run``: the container starts right after, and a live display redrawing its
+        rows would overwrite what the container prints, or corrupt a ``-t`` prompt)."""
+        if self._finished:
+            return
+        self._finished = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-            # The header says how the pull ended: an interrupted or failed pull is not "done".
-            if exc_type is None:
-                state = "done"
-            elif issubclass(exc_type, KeyboardInterrupt):
-                state = "interrupted"
-            else:
-                state = "failed"
             self._draw(state)
 
     def __call__(self, ev: ProgressEvent) -> None:
         if self._json:
             self._emit_json(ev)
             return
+        if self._finished:
+            return  # the pull was recorded; what follows (a container) is not drawn over
+        digest = ev.digest
+        if digest is None:
+            if self._pull_event(ev):
+                self._finish("done")  # outside the lock: the drawing thread takes it
+            return
         with self._lock:
-            if ev.digest is None:
-                if ev.phase is Phase.RESOLVING and ev.message != self._title:
-                    self._title = ev.message
-                    self._start = time.monotonic()
-                    self._plain(f"{ev.message}: resolving")
-                elif ev.phase is Phase.DONE:
-                    # The pull is recorded: the manifests and indexes it resolved (stored right
-                    # after resolving, with no event of their own) are done too.
-                    for resolved in self._rows.values():
-                        if resolved.phase is Phase.RESOLVED:
-                            resolved.phase = Phase.DONE
-                            self._plain(f"{resolved.label}: done")
-                    self._plain(self._summary())
-                return
-            row = self._rows.get(ev.digest)
+            row = self._rows.get(digest)
             label = _label(ev)
             if row is None:
-                row = self._rows[ev.digest] = _Row(label, ev.phase)
+                row = self._rows[digest] = _Row(label, ev.phase)
                 changed = True
             else:
                 changed = row.phase is not ev.phase
@@ -131,6 +133,24 @@ class PullDisplay:
             elif changed and ev.phase is not Phase.WAITING:
                 size = f" ({human_size(row.total)})" if row.total and _SIZED[ev.phase] else ""
                 self._plain(f"{row.label}: {ev.phase.value}{size}")
+
+    def _pull_event(self, ev: ProgressEvent) -> bool:
+        """An event of the pull as a whole (no digest); True once the pull is recorded."""
+        with self._lock:
+            if ev.phase is Phase.RESOLVING and ev.message != self._title:
+                self._title = ev.message
+                self._start = time.monotonic()
+                self._plain(f"{ev.message}: resolving")
+            elif ev.phase is Phase.DONE:
+                # The pull is recorded: the manifests and indexes it resolved (stored right
+                # after resolving, with no event of their own) are done too.
+                for resolved in self._rows.values():
+                    if resolved.phase is Phase.RESOLVED:
+                        resolved.phase = Phase.DONE
+                        self._plain(f"{resolved.label}: done")
+                self._plain(self._summary())
+                return True
+        return False
 
     def _summary(self) -> str:
         """The pipe's closing line: what came over the network, how long it took, how fast."""
@@ -505,6 +525,9 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     client = _client(args)
+    if client.metadata.containers.get(args.ref) is not None:  # docker: a container name first
+        print(json.dumps(client.container(args.ref).inspect(), indent=2, sort_keys=True))
+        return 0
     print(json.dumps(client.inspect(args.ref), indent=2, sort_keys=True))
     return 0
 
@@ -743,11 +766,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser(
         "inspect",
-        help="show an image's record, manifest and config as JSON",
-        description="Print a local image's record (name, target, size, chain_ids), its "
-        "manifest and its config as one JSON document.",
+        help="show a container (state, spec, mounts) or an image (manifest, config) as JSON",
+        description="Print a container's state, spec summary, mounts and ports, or a local "
+        "image's record (name, target, size, chain_ids), its manifest and its config, as one "
+        "JSON document. A container id or name wins over an image of the same name.",
     )
-    sp.add_argument("ref", metavar="REF", help="a local image's name")
+    sp.add_argument("ref", metavar="REF", help="a container id or name, or a local image")
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser(

@@ -11,12 +11,13 @@ import dataclasses
 import errno
 import fcntl
 import functools
+import json
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     from .fetcher import Fetcher
     from .mirrors import Mirrors
     from .resolver import Resolved, Resolver
-    from .runtime import Mount, Runtime
+    from .runtime import LogEntry, Mount, Runtime
     from .transport import Transport, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -1113,6 +1114,16 @@ class Client:
         mounts: Sequence[Mount] = (),
         hostname: str | None = None,
         read_only: bool = False,
+        cap_add: Sequence[str] = (),
+        cap_drop: Sequence[str] = (),
+        privileged: bool = False,
+        security_opt: Sequence[str] = (),
+        on_interrupt: Callable[[str], None] | None = None,
+        memory: str | int | None = None,
+        cpus: str | float | None = None,
+        pids_limit: str | int | None = None,
+        publish: Sequence[str] = (),
+        restart: str = "no",
     ) -> Container:
         """Run ``ref`` (pulled first if missing and ``pull``) in a fresh writable snapshot.
 
@@ -1120,9 +1131,39 @@ class Client:
         ``detach``: returns once it runs; output goes to its log. ``rm`` removes the container
         and its snapshot when it exits (for detached containers: at the next ``containers()``
         or ``ps``, since nothing of fastdist waits for them).
-        """
-        from .runtime import RunOptions
 
+        ``cap_add``/``cap_drop``/``privileged``/``security_opt`` have docker's meaning; they are
+        checked (and a seccomp profile file read) before anything is pulled or created.
+        ``on_interrupt(id)`` is called when a first ^C was relayed to a foreground container (a
+        second one within two seconds kills it).
+        """
+        from .runtime import (
+            InvalidRunOptionError,
+            RunOptions,
+            check_ports,
+            parse_cpus,
+            parse_memory,
+            parse_pids_limit,
+            parse_publish,
+            parse_restart,
+            parse_security_opts,
+            resolve_capabilities,
+        )
+
+        self.runtime.check()  # runc present, root: refuse before anything is created
+        security = parse_security_opts(security_opt)
+        memory_bytes = parse_memory(memory) if memory is not None else None
+        cpu_count = parse_cpus(cpus) if cpus is not None else None
+        pids = parse_pids_limit(pids_limit) if pids_limit is not None else None
+        ports = tuple(parse_publish(p) for p in publish)
+        restart_policy = parse_restart(restart)
+        if restart_policy.name != "no" and (not detach or rm):
+            raise InvalidRunOptionError(
+                f"--restart {restart} needs a detached container without --rm",
+                hint="add -d (the detached container's supervisor restarts it), or drop --rm",
+            )
+        check_ports(ports)  # a port in use is named before anything is pulled or created
+        resolve_capabilities(cap_add, cap_drop, privileged=privileged)  # refuses unknown names
         img = self.image_for_run(ref, pull=pull, platform=platform, progress=progress)
         cid = id or _generate_id(self)
         opts = RunOptions(
@@ -1141,6 +1182,16 @@ class Client:
             hostname=hostname,
             read_only=read_only,
             rm=rm,
+            cap_add=tuple(cap_add),
+            cap_drop=tuple(cap_drop),
+            privileged=privileged,
+            seccomp_profile=security.seccomp_profile,
+            no_new_privileges=security.no_new_privileges,
+            ports=ports,
+            restart=restart_policy,
+            memory=memory_bytes,
+            cpus=cpu_count,
+            pids_limit=pids,
         )
         config = img.config()
         chains = img.record.chain_ids
@@ -1180,7 +1231,9 @@ class Client:
             self.metadata.containers.update_status(cid, "running", state.pid, None)
             return container
         try:
-            code = self.runtime.run(cid, stdin=stdin, stdout=stdout, stderr=stderr)
+            code = self.runtime.run(
+                cid, stdin=stdin, stdout=stdout, stderr=stderr, on_interrupt=on_interrupt
+            )
         except ContainerRunError:
             # It never ran (runc could not create or start it, or no terminal for -t): a
             # "created" container nothing can start would only leak its mount and snapshot.
@@ -1301,8 +1354,12 @@ class Container:
             self._client.metadata.containers.update_status(self.id, "stopped", None, code)
         return code
 
-    def kill(self, sig: int | str = "TERM") -> None:
-        """Send ``sig`` to the container's init process; a stopped container is an error."""
+    def kill(self, sig: int | str = "KILL") -> None:
+        """Send ``sig`` (default KILL, as docker) to the container's init process; a stopped
+        container is an error."""
+        from .runtime import parse_signal
+
+        parse_signal(sig)  # a bad name is a usage error, whatever the container's state
         state = self._client.runtime.state(self.id)
         if state.status not in ("running", "paused", "created"):
             raise ContainerRunError(
@@ -1311,9 +1368,139 @@ class Container:
             )
         self._client.runtime.kill(self.id, sig)
 
+    def start(self) -> None:
+        """Start a stopped (or never started) container again, detached, on its own snapshot:
+        what it wrote stays; its output goes to its log (docker's start without -a)."""
+        rt = self._client.runtime
+        state = rt.state(self.id)
+        if state.status in ("running", "paused"):
+            raise InUseError(
+                f"container {self.id} is already {state.status}",
+                hint=f"stop it first (fastdist stop {self.id}), or use restart",
+            )
+        rt.delete(self.id)  # runc forgets the old run; the bundle and the mount stay
+        new = rt.start(self.id)
+        self.exit_code = None
+        self._client.metadata.containers.update_status(self.id, "running", new.pid, None)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """stop (TERM, then KILL after ``timeout``) and start again."""
+        self.stop(timeout)
+        self.start()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """TERM, then KILL after ``timeout`` seconds (docker's stop); the exit status."""
+        code = self._client.runtime.stop(self.id, timeout)
+        self.exit_code = code
+        with contextlib.suppress(FastdistError):
+            self._client.metadata.containers.update_status(self.id, "stopped", None, code)
+        return code
+
+    def exec(
+        self,
+        command: Sequence[str],
+        *,
+        tty: bool = False,
+        interactive: bool = False,
+        env: Sequence[str] = (),
+        user: str | None = None,
+        workdir: str | None = None,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+    ) -> int:
+        """Run ``command`` in the running container; its exit status."""
+        return self._client.runtime.exec(
+            self.id,
+            command,
+            tty=tty,
+            interactive=interactive,
+            env=env,
+            user=user,
+            workdir=workdir,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+    def inspect(self) -> dict[str, Any]:
+        """docker-style inspect: state, exit code, times, the spec's process, mounts, ports."""
+        c = self._client
+        rec = c.metadata.containers.get(self.id)
+        if rec is None:
+            raise ContainerNotFoundError(f"no such container: {self.id}")
+        state = c.runtime.state(self.id)
+        bundle = Path(rec.bundle)
+        try:
+            spec = json.loads((bundle / "config.json").read_bytes())
+        except (OSError, ValueError):
+            spec = {}
+        process = spec.get("process", {})
+        linux = spec.get("linux", {})
+        exit_file = bundle / "exit"
+        finished = exit_file.stat().st_mtime if exit_file.exists() else None
+        return {
+            "Id": rec.id,
+            "Name": rec.id,
+            "Image": rec.image,
+            "Created": _iso(rec.created),
+            "State": {
+                "Status": state.status,
+                "Running": state.status == "running",
+                "Pid": state.pid or 0,
+                "ExitCode": state.exit_code,
+                "FinishedAt": _iso(finished) if finished is not None else None,
+            },
+            "Config": {
+                "Cmd": list(process.get("args", rec.command)),
+                "Env": list(process.get("env", [])),
+                "WorkingDir": process.get("cwd"),
+                "User": process.get("user"),
+                "Tty": bool(process.get("terminal", False)),
+                "Hostname": spec.get("hostname"),
+            },
+            "HostConfig": {
+                "AutoRemove": rec.rm,
+                "RestartPolicy": _bundle_meta(bundle).get("restart", {"name": "no"}),
+                "ReadonlyRootfs": bool(spec.get("root", {}).get("readonly", False)),
+                "Capabilities": list(process.get("capabilities", {}).get("bounding", [])),
+                "NoNewPrivileges": bool(process.get("noNewPrivileges", False)),
+                "Seccomp": "default" if "seccomp" in linux else "unconfined",
+                "NetworkMode": (
+                    "none"
+                    if any(n.get("type") == "network" for n in linux.get("namespaces", []))
+                    else "host"
+                ),
+            },
+            "Mounts": [
+                {
+                    "Type": m.get("type"),
+                    "Source": m.get("source"),
+                    "Destination": m.get("destination"),
+                    "RW": "ro" not in m.get("options", []),
+                }
+                for m in spec.get("mounts", [])
+                if m.get("type") == "bind"
+            ],
+            "Ports": {
+                f"{p['container_port']}/{p['protocol']}": [
+                    {"HostIp": p["host_ip"], "HostPort": str(p["host_port"])}
+                ]
+                for p in _bundle_meta(bundle).get("ports", [])
+            },
+            "RestartCount": _restart_count(bundle),
+            "Snapshotter": rec.snapshotter,
+            "Bundle": rec.bundle,
+            "LogPath": rec.log_path,
+        }
+
     def logs(self, follow: bool = False) -> Iterator[bytes]:
-        """What a detached container wrote to stdout/stderr."""
+        """What a detached container wrote to stdout/stderr, in the order written."""
         return self._client.runtime.logs(self.id, follow=follow)
+
+    def log_entries(self, follow: bool = False, tail: int | None = None) -> Iterator[LogEntry]:
+        """Its output line by line, each with its stream (stdout/stderr) and time."""
+        return self._client.runtime.log_entries(self.id, follow=follow, tail=tail)
 
     def remove(self, force: bool = False) -> None:
         """Delete the container, its bundle and its writable snapshot (``force``: kill first)."""
@@ -1391,6 +1578,30 @@ _NOUNS = (
     "lemur",
     "gecko",
 )
+
+
+def _bundle_meta(bundle: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((bundle / "fastdist.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _restart_count(bundle: Path) -> int:
+    try:
+        return int((bundle / "restarts").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _iso(t: float) -> str:
+    """A UNIX time as docker prints it in inspect (RFC 3339, UTC)."""
+    import datetime
+
+    return (
+        datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    )
 
 
 def _generate_id(client: Client) -> str:
