@@ -745,6 +745,7 @@ class RegistryServer:
         self.registry = Registry(client, Authenticator(self.config.htpasswd, self.config.token))
         self._tls = self._tls_context()
         self._sock: socket.socket | None = None
+        self._address: str | None = None
         self._thread: threading.Thread | None = None
         self._conns: dict[_Connection, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -775,10 +776,9 @@ class RegistryServer:
     @property
     def address(self) -> str:
         """``host:port`` actually bound (the port chosen when the config said 0)."""
-        if self._sock is None:
+        if self._address is None:
             raise ServeError("the server is not started")
-        host, port = self._sock.getsockname()[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return self._address
 
     @property
     def url(self) -> str:
@@ -797,6 +797,10 @@ class RegistryServer:
             raise ServeError(f"cannot listen on {self.config.listen}: {e.strerror or e}") from e
         sock.setblocking(False)
         self._sock = sock
+        bound_host, bound_port = sock.getsockname()[:2]
+        self._address = (
+            f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+        )
         self._thread = threading.Thread(
             target=self._accept_loop, name="fastdist-serve", daemon=True
         )

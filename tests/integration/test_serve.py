@@ -568,3 +568,56 @@ def test_skopeo_copy_and_umoci_unpack_give_the_same_blobs_and_tree(
 def test_index_bytes_decode_to_what_was_pushed(served: Served) -> None:
     r = requests.get(f"{served.url}/v2/{served.path}/manifests/v1")
     assert json.loads(r.content)["manifests"][0]["digest"] == served.image.descriptor.digest
+
+
+def test_serving_goes_on_while_the_store_pulls_removes_and_prunes(
+    served: Served, pusher: object, tmp_path: Path
+) -> None:
+    wanted = {layer.descriptor.digest: layer.blob for layer in served.image.layers}
+    wanted[served.image.config_descriptor.digest] = served.image.config
+    done = threading.Event()
+    seen: list[tuple[int, bool]] = []
+
+    def fetch() -> None:
+        with requests.Session() as s:
+            while True:
+                last = done.is_set()
+                for digest, blob in wanted.items():
+                    r = s.get(f"{served.url}/v2/{served.path}/blobs/{digest}")
+                    seen.append((r.status_code, r.status_code != 200 or r.content == blob))
+                if last:
+                    return
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        other = _client(served.client.root)  # another client on the same root, as a 2nd process
+        push_image(pusher, f"{served.upstream}/{served.path}:v3", _image("v3"))
+        other.pull(f"{served.upstream}/{served.path}:v3")
+        other.remove(f"{served.upstream}/{served.path}:v1")
+        other.prune()
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert all(whole for _, whole in seen)
+    assert {status for status, _ in seen} <= {200, 404}
+    # The shared BIG layer is still used by :v3; the small layers of :v1 were pruned.
+    assert (404, True) in seen
+
+
+def test_stop_lets_an_in_flight_download_finish(served: Served) -> None:
+    server = _start(served.client)
+    layer = served.image.layers[1]
+    with requests.get(
+        f"{server.url}/v2/{served.path}/blobs/{layer.descriptor.digest}", stream=True
+    ) as r:
+        first = next(r.iter_content(4096))
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        body = first + b"".join(r.iter_content(65536))
+    stopper.join()
+    assert body == layer.blob
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"{server.url}/v2/", timeout=30)
