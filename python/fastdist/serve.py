@@ -823,6 +823,9 @@ class RegistryServer:
                         continue
                     except OSError as e:  # EMFILE and friends: keep serving the others
                         log.warning("serve: accept failed: %s", e)
+                        # Back off: the pending connection keeps the socket readable, so
+                        # retrying at once would spin until an fd is free.
+                        self._stop.wait(0.1)
                         continue
                     self._admit(conn, addr)
 
