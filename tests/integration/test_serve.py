@@ -621,3 +621,108 @@ def test_stop_lets_an_in_flight_download_finish(served: Served) -> None:
     assert body == layer.blob
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"{server.url}/v2/", timeout=30)
+
+
+@dataclass
+class Containerd:
+    address: str
+    proc: subprocess.Popen[bytes]
+    dir: Path
+
+    def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ctr", "--address", self.address, "-n", "fastdist-test", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+
+@pytest.fixture
+def containerd() -> Iterator[Containerd]:
+    """Debian's containerd with its own root, state and socket (no CRI), for ``ctr``."""
+    if shutil.which("containerd") is None or shutil.which("ctr") is None:
+        if os.environ.get("CI"):
+            pytest.fail("containerd is needed (scripts/setup.sh installs it)")
+        pytest.skip("containerd not installed")
+    import tempfile
+    import time
+
+    d = Path(tempfile.mkdtemp(prefix="fd-ctr-"))  # short: a unix socket path has 108 bytes
+    cfg = d / "config.toml"
+    cfg.write_text(
+        f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{d}/c.sock"\n[ttrpc]\n  address = "{d}/t.sock"\n'
+    )
+    with open(d / "log", "wb") as log:
+        proc = subprocess.Popen(
+            ["containerd", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT
+        )
+    c = Containerd(str(d / "c.sock"), proc, d)
+    try:
+        deadline = time.monotonic() + 60
+        while c.ctr("version").returncode != 0:
+            assert proc.poll() is None, (d / "log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "containerd did not start"
+            time.sleep(0.1)  # polling a process we just started, not synchronising a test
+        yield c
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["umount", "-R", str(d / "root")], capture_output=True, check=False)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _ctr_blobs(c: Containerd, digests: list[str]) -> dict[str, bytes]:
+    out = {}
+    for d in digests:
+        r = subprocess.run(
+            ["ctr", "--address", c.address, "-n", "fastdist-test", "content", "get", d],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        out[d] = r.stdout
+    return out
+
+
+def test_ctr_pulls_from_fastdist_serve_plain_and_as_a_hosts_toml_mirror(
+    served: Served, containerd: Containerd, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fastdist.serve.access")
+    blobs = {served.index.descriptor.digest: served.index.index}
+    blobs[served.image.descriptor.digest] = served.image.manifest
+    blobs.update(served.image.blobs())
+    # 1. Straight at the server, by the repository path (no ns): ctr images pull --plain-http.
+    direct = f"{served.server.address}/{served.path}:v1"
+    r = containerd.ctr("images", "pull", "--plain-http", "--snapshotter", "native", direct)
+    assert r.returncode == 0, r.stderr
+    assert _ctr_blobs(containerd, list(blobs)) == blobs
+    # 2. As the mirror of the upstream in hosts.toml: requests carry ?ns=<upstream>.
+    hosts = _hosts_toml(tmp_path / "certs.d", served.upstream, served.url)
+    caplog.clear()
+    ref = f"{served.upstream}/{served.path}:v1"
+    r = containerd.ctr("images", "pull", "--hosts-dir", str(hosts), "--snapshotter", "native", ref)
+    assert r.returncode == 0, r.stderr
+    ns = "ns=" + quote(served.upstream, safe="")
+    lines = [rec.getMessage() for rec in caplog.records]
+    assert any(ns in m and "/manifests/v1" in m and " 200 " in m for m in lines), lines
+    r = containerd.ctr("images", "check")
+    assert r.returncode == 0, r.stderr
+    assert "complete" in r.stdout, r.stdout
+    # The tree containerd unpacked equals fastdist's own unpack of the source image.
+    mnt, mine = tmp_path / "mnt", tmp_path / "mine"
+    mnt.mkdir()
+    r = containerd.ctr("images", "mount", "--snapshotter", "native", ref, str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        served.client.unpack(ref, mine)
+        assert tree_snapshot(mnt) == tree_snapshot(mine)
+    finally:
+        containerd.ctr("images", "unmount", "--rm", str(mnt))
