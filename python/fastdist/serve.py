@@ -308,7 +308,7 @@ class Registry:
             return error_response(400, "UNSUPPORTED", "malformed query string")
         for kind in ("/manifests/", "/blobs/"):
             name, sep, obj = rest.rpartition(kind)
-            if sep:
+            if sep and "/" not in obj:  # a repository may have a "blobs" or "manifests" part
                 bad = self._check_name(name)
                 if bad is not None:
                     return bad
@@ -750,7 +750,8 @@ class RegistryServer:
         self._conns: dict[_Connection, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r: socket.socket | None = None  # wakes the accept loop on stop()
+        self._wake_w: socket.socket | None = None
 
     def _tls_context(self) -> ssl.SSLContext | None:
         cfg = self.config
@@ -797,6 +798,7 @@ class RegistryServer:
             raise ServeError(f"cannot listen on {self.config.listen}: {e.strerror or e}") from e
         sock.setblocking(False)
         self._sock = sock
+        self._wake_r, self._wake_w = socket.socketpair()
         bound_host, bound_port = sock.getsockname()[:2]
         self._address = (
             f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
@@ -810,6 +812,7 @@ class RegistryServer:
 
     def _accept_loop(self) -> None:
         assert self._sock is not None
+        assert self._wake_r is not None
         with selectors.DefaultSelector() as sel:
             sel.register(self._sock, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
@@ -889,8 +892,9 @@ class RegistryServer:
         if self._stop.is_set():
             return
         self._stop.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
         if self._thread is not None:
             self._thread.join()
         if self._sock is not None:
@@ -908,8 +912,9 @@ class RegistryServer:
                 with contextlib.suppress(OSError):
                     conn.sock.shutdown(socket.SHUT_RDWR)
                 t.join(1.0)
-        self._wake_r.close()
-        self._wake_w.close()
+        for s in (self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
         log.info("stopped serving %s", self.client.root)
 
     def __enter__(self) -> RegistryServer:

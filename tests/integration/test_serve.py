@@ -213,6 +213,9 @@ def test_unknown_names_tags_and_digests_are_spec_errors(served: Served) -> None:
         (f"/v2/{served.path}/manifests/nope", 404, "MANIFEST_UNKNOWN"),
         (f"/v2/{served.path}/manifests/{missing}", 404, "MANIFEST_UNKNOWN"),
         (f"/v2/{served.path}/blobs/{missing}", 404, "BLOB_UNKNOWN"),
+        # "manifests" and "blobs" are legal repository components.
+        (f"/v2/a/manifests/b/blobs/{missing}", 404, "BLOB_UNKNOWN"),
+        ("/v2/a/blobs/b/manifests/v1", 404, "NAME_UNKNOWN"),
         ("/v2/no/such/repo/manifests/v1", 404, "NAME_UNKNOWN"),
         ("/v2/no/such/repo/tags/list", 404, "NAME_UNKNOWN"),
         # A config is a blob, not a manifest: not served as one.
