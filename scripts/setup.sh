@@ -5,12 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(runc docker-registry umoci busybox-static redis-server redis-tools pigz zstd gzip
+APT_PACKAGES=(runc docker-registry umoci skopeo containerd busybox-static redis-server redis-tools pigz zstd gzip
               tar openssl ca-certificates iproute2 python3-venv
               nasm autoconf automake libtool make)  # last line: build of the bundled ISA-L (igzip)
 scripts/apt-ensure.sh "${APT_PACKAGES[@]}"
-# Where systemd runs, Debian starts the packaged registry (:5000) and redis (:6379); the tests,
-# the demo and the benchmarks start their own on free loopback ports, so those do not matter.
+# Where systemd runs, Debian starts the packaged registry (:5000), redis (:6379) and containerd
+# (/run/containerd); the tests, the demo and the benchmarks start their own (free loopback
+# ports, temp sockets), so those do not matter.
 command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required: https://rustup.rs" >&2; exit 1; }
 
 PY=${PYTHON:-python3}

@@ -617,6 +617,45 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from .serve import ServeConfig, ServeError
+
+    token = None
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ServeError(f"cannot read token file {args.token_file}: {e}") from e
+        if not token:
+            raise ServeError(f"token file {args.token_file} is empty")
+    config = ServeConfig(
+        listen=args.listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        htpasswd=args.htpasswd,
+        token=token,
+        max_connections=args.max_connections,
+        head_timeout=args.timeout,
+        idle_timeout=max(args.timeout, 30.0),
+        io_timeout=max(args.timeout, 30.0),
+    )
+    if not args.quiet:
+        logging.getLogger("fastdist.serve.access").setLevel(logging.INFO)
+    server = _client(args).serve(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(f"serving {server.client.root} read-only on {server.url}", flush=True)
+    stop.wait()
+    server.stop()
+    print("stopped", flush=True)
+    return 0
+
+
 def _table(rows: Sequence[Sequence[str]]) -> None:
     """Left-aligned columns; every cell goes through the terminal sanitiser (one line each)."""
     rows = [[sanitize(c) for c in r] for r in rows]
@@ -842,6 +881,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="give DIR the mode of the image's own ./ entry instead of 0700 (default: 0700)",
     )
     sp.set_defaults(func=cmd_unpack)
+
+    sp = sub.add_parser(
+        "serve",
+        help="serve the store read-only as an OCI registry (a mirror for other hosts)",
+        description="Serve the local store read-only over the OCI distribution API (pull side). "
+        "A request with ?ns=REGISTRY (containerd's hosts.toml mirrors) is answered from the image "
+        "pulled from REGISTRY; without it, NAME is a docker reference (library/redis means "
+        "docker.io/library/redis), else the repository path under the one registry holding it. "
+        "Stops gracefully on SIGTERM.",
+    )
+    sp.add_argument(
+        "--listen", default="127.0.0.1:5000", metavar="HOST:PORT", help="default: 127.0.0.1:5000"
+    )
+    sp.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    sp.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    sp.add_argument(
+        "--htpasswd", metavar="FILE", help="require basic auth: bcrypt (htpasswd -B) or {SHA} lines"
+    )
+    sp.add_argument(
+        "--token-file", metavar="FILE", help="require 'Authorization: Bearer <token in FILE>'"
+    )
+    sp.add_argument("--max-connections", type=int, default=256, metavar="N")
+    sp.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request head must arrive within this (default 10)",
+    )
+    sp.add_argument("-q", "--quiet", action="store_true", help="no access log")
+    sp.set_defaults(func=cmd_serve)
 
     _add_run_commands(sub)
 

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from .mirrors import Mirrors
     from .resolver import Resolved, Resolver
     from .runtime import LogEntry, Mount, Runtime
+    from .serve import RegistryServer, ServeConfig
     from .transport import Transport, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -1311,6 +1312,17 @@ class Client:
                     ContainerInfo(rec.id, rec.image, rec.command, status, exit_code, rec.created)
                 )
         return out
+
+    # --- serve -----------------------------------------------------------------------------
+    def serve(self, config: ServeConfig | None = None) -> RegistryServer:
+        """This store as a read-only OCI registry (serve.py), not yet listening: call
+        ``start()`` (or use it as a context manager), then ``address``/``url``, and ``stop()``.
+
+        It reads the store while this or other processes pull, prune and remove: a blob being
+        removed is served whole (from its open fd) or not found, never truncated."""
+        from .serve import RegistryServer
+
+        return RegistryServer(self, config)
 
     # --- locking ---------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -13,9 +13,11 @@ A blob becomes visible only by ``rename`` after its digest and size were proved 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,15 @@ from types import TracebackType
 from . import _native
 from .errors import DigestMismatchError, FastdistError, SizeMismatchError, StoreError
 from .oci import Descriptor, Digest, parse_digest, sha256_digest
-from .store import FileLock, check_beneath, ensure_dir, ensure_root, fsync_dir, rmtree
+from .store import (
+    FileLock,
+    check_beneath,
+    ensure_dir,
+    ensure_root,
+    fsync_dir,
+    open_beneath,
+    rmtree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,37 @@ class ContentStore:
         if not p.is_file():
             raise StoreError(f"blob {digest} is not in the content store")
         return p
+
+    def open_blob(self, digest: Digest) -> int | None:
+        """An fd (read-only, close-on-exec) on the committed blob of ``digest``, or None if it
+        is not in the store; the caller closes it. Opened relative to the store root's fd with
+        no symlink followed (``store.open_beneath``), and refused unless it is a regular file.
+
+        The fd keeps the blob's bytes readable whole even if a prune unlinks it meanwhile
+        (blobs are never rewritten in place: replaced only by ``rename`` of identical bytes)."""
+        name = _hex(digest)
+        dfd = open_beneath(self.root, "content/blobs/sha256", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # O_NONBLOCK: a FIFO planted in the store must not hang the open.
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+            fd = os.open(name, flags, dir_fd=dfd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(
+                f"cannot open blob {digest}: {e.strerror}"
+                + (" (a symlink in the content store)" if e.errno == errno.ELOOP else ""),
+                hint="something other than fastdist changed the store; run fastdist check",
+            ) from e
+        finally:
+            os.close(dfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(
+                f"blob {digest} in the content store is not a regular file",
+                hint="something other than fastdist changed the store; run fastdist check",
+            )
+        return fd
 
     def size(self, digest: Digest) -> int:
         try:

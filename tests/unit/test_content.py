@@ -135,3 +135,47 @@ def test_default_root_honours_fastdist_root(monkeypatch: pytest.MonkeyPatch) -> 
     assert default_root() == Path("/srv/fd")
     monkeypatch.delenv("FASTDIST_ROOT")
     assert default_root() == Path("/var/lib/fastdist")
+
+
+def test_open_blob_gives_an_fd_that_outlives_removal_and_none_when_missing(
+    tmp_path: Path,
+) -> None:
+    store = ContentStore(tmp_path)
+    assert store.open_blob(DESC.digest) is None
+    store.write_blob(DESC.digest, DATA)
+    fd = store.open_blob(DESC.digest)
+    assert fd is not None
+    try:
+        store.delete(DESC.digest)  # as prune does while the blob is being served
+        assert os.pread(fd, len(DATA) + 1, 0) == DATA
+        assert os.get_inheritable(fd) is False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "dir"])
+def test_open_blob_refuses_what_is_not_a_regular_blob_file(tmp_path: Path, kind: str) -> None:
+    store = ContentStore(tmp_path)
+    outside = tmp_path / "secret"
+    outside.write_bytes(DATA)
+    planted = store.blob_path(DESC.digest)
+    if kind == "symlink":
+        planted.symlink_to(outside)
+    elif kind == "fifo":
+        os.mkfifo(planted)  # a blocking open would hang the server: refused at once
+    else:
+        planted.mkdir()
+    with pytest.raises(StoreError):
+        store.open_blob(DESC.digest)
+
+
+def test_open_blob_refuses_a_symlinked_blobs_directory(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / DESC.digest[7:]).write_bytes(DATA)
+    blobs = tmp_path / "content" / "blobs" / "sha256"
+    blobs.rmdir()
+    blobs.symlink_to(elsewhere)
+    with pytest.raises(StoreError):
+        store.open_blob(DESC.digest)
