@@ -892,25 +892,46 @@ def build_parser() -> argparse.ArgumentParser:
         "Stops gracefully on SIGTERM.",
     )
     sp.add_argument(
-        "--listen", default="127.0.0.1:5000", metavar="HOST:PORT", help="default: 127.0.0.1:5000"
-    )
-    sp.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain)")
-    sp.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
-    sp.add_argument(
-        "--htpasswd", metavar="FILE", help="require basic auth: bcrypt (htpasswd -B) or {SHA} lines"
+        "--listen",
+        default="127.0.0.1:5000",
+        metavar="HOST:PORT",
+        help="address to listen on (default: 127.0.0.1:5000, loopback only)",
     )
     sp.add_argument(
-        "--token-file", metavar="FILE", help="require 'Authorization: Bearer <token in FILE>'"
+        "--tls-cert",
+        metavar="PEM",
+        help="serve HTTPS with this certificate chain (default: plain HTTP)",
     )
-    sp.add_argument("--max-connections", type=int, default=256, metavar="N")
+    sp.add_argument(
+        "--tls-key", metavar="PEM", help="the certificate's private key (default: none)"
+    )
+    sp.add_argument(
+        "--htpasswd",
+        metavar="FILE",
+        help="require basic auth: bcrypt (htpasswd -B) or {SHA} lines (default: no auth)",
+    )
+    sp.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="require 'Authorization: Bearer <token in FILE>' (default: no auth)",
+    )
+    sp.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        metavar="N",
+        help="connections served at once, the rest get 503 (default: 256)",
+    )
     sp.add_argument(
         "--timeout",
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="a request head must arrive within this (default 10)",
+        help="a request head must arrive within this (default: 10)",
     )
-    sp.add_argument("-q", "--quiet", action="store_true", help="no access log")
+    sp.add_argument(
+        "-q", "--quiet", action="store_true", help="no access log (default: log each request)"
+    )
     sp.set_defaults(func=cmd_serve)
 
     _add_run_commands(sub)
