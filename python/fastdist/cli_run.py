@@ -210,17 +210,13 @@ def add_commands(sub: Any) -> None:
     )
     sp.set_defaults(func=cmd_exec)
 
-    timeout_help = "seconds to wait after TERM before KILL (default: 10)"
     sp = sub.add_parser(
         "stop",
         help="stop containers: TERM, then KILL after a timeout",
         description="Send TERM to each container's main process, then KILL if it has not "
         "exited after the timeout.",
     )
-    sp.add_argument(
-        "-t", "--time", "--timeout", dest="timeout", type=_seconds, default=10.0,
-        metavar="SECONDS", help=timeout_help,
-    )  # fmt: skip
+    _add_stop_timeout(sp)
     sp.add_argument("ids", nargs="+", metavar="ID", help="container ids or names")
     sp.set_defaults(func=cmd_stop)
 
@@ -238,10 +234,7 @@ def add_commands(sub: Any) -> None:
         description="Stop containers (TERM, then KILL after the timeout), then start them "
         "again, detached.",
     )
-    sp.add_argument(
-        "-t", "--time", "--timeout", dest="timeout", type=_seconds, default=10.0,
-        metavar="SECONDS", help=timeout_help,
-    )  # fmt: skip
+    _add_stop_timeout(sp)
     sp.add_argument("ids", nargs="+", metavar="ID", help="container ids or names")
     sp.set_defaults(func=cmd_restart)
 
@@ -296,6 +289,20 @@ def add_commands(sub: Any) -> None:
     )
     sp.add_argument("ids", nargs="+", metavar="ID", help="container ids or names")
     sp.set_defaults(func=cmd_rm)
+
+
+def _add_stop_timeout(sp: argparse.ArgumentParser) -> None:
+    """``-t SECONDS`` of ``stop`` and ``restart`` (docker's spelling, and its 10 s default)."""
+    sp.add_argument(
+        "-t",
+        "--time",
+        "--timeout",
+        dest="timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait after TERM before KILL (default: 10)",
+    )
 
 
 def _count(text: str) -> int | None:
