@@ -357,6 +357,35 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tag(args: argparse.Namespace) -> int:
+    client = _client(args)
+    img = client.tag(args.src, args.dest)
+    print(f"tagged {img.name}: {img.target.digest}")
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.output == "-":
+        if sys.stdout.isatty():
+            raise InvalidArgumentError(
+                "refusing to write an archive to a terminal", hint="redirect it: -o - > FILE"
+            )
+        client.save(args.refs, sys.stdout.buffer, format=args.format)
+        return 0
+    client.save(args.refs, args.output, format=args.format)
+    print(f"saved {len(args.refs)} image(s) to {args.output} ({args.format})", file=sys.stderr)
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    client = _client(args)
+    source = sys.stdin.buffer if args.input in (None, "-") else args.input
+    for img in client.load(source, tag=args.tag):
+        print(f"loaded {img.name}: {img.target.digest}")
+    return 0
+
+
 def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -425,6 +454,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("rmi", help="remove images (content stays until prune)")
     sp.add_argument("refs", nargs="+", metavar="REF")
     sp.set_defaults(func=cmd_rmi)
+
+    sp = sub.add_parser("tag", help="give a present image another name (same digest)")
+    sp.add_argument("src", metavar="SRC", help="name, name@digest or image ID (prefix)")
+    sp.add_argument("dest", metavar="DEST", help="the new name[:tag]")
+    sp.set_defaults(func=cmd_tag)
+
+    sp = sub.add_parser(
+        "save",
+        help="write images to a docker-archive or OCI layout",
+        description="Write present images to FILE: a docker-archive (default; docker >= 25's "
+        "form with an OCI layout inside, read by docker load, podman load and OCI tools), an "
+        "oci-archive, or an oci-dir. FILE is made 0600 (DIR 0700) under a temporary name and "
+        "renamed into place when complete; -o - writes the archive to stdout.",
+    )
+    sp.add_argument("refs", nargs="+", metavar="REF")
+    sp.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE, DIR or -")
+    sp.add_argument(
+        "--format", default="docker-archive", choices=("docker-archive", "oci-archive", "oci-dir")
+    )
+    sp.set_defaults(func=cmd_save)
+
+    sp = sub.add_parser(
+        "load",
+        help="load images from a docker-archive or OCI layout (file, directory or stdin)",
+        description="Load the images of a docker-archive (docker save, either form; podman "
+        "save), an OCI layout directory or an oci-archive, verified as a pull is. Without -i "
+        "(or with -i -) the archive is read from stdin.",
+    )
+    sp.add_argument("-i", "--input", default=None, metavar="FILE|DIR")
+    sp.add_argument("--tag", default=None, metavar="NAME", help="name a single-image archive")
+    sp.set_defaults(func=cmd_load)
 
     sp = sub.add_parser(
         "prune",
