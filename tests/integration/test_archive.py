@@ -4,6 +4,7 @@ docker-registry, round trips through the real ``skopeo`` and ``umoci``, and host
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -11,7 +12,10 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -385,3 +389,70 @@ def test_a_layer_whose_diff_id_lies_is_refused_and_its_blobs_removed(
         client.load(io.BytesIO(_tar([_file(n, d) for n, d in members])))
     assert client.images() == []
     assert os.listdir(root / "content/blobs/sha256") == []
+
+
+# --- podman --------------------------------------------------------------------------------------
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[Any]:
+    """``podman`` on a private store under ``tmp_path`` (never the host's /var/lib/containers)."""
+    _need("podman")
+    if os.geteuid() != 0:
+        pytest.skip("podman's overlay store here needs root")
+    root = tmp_path / "podman-root"
+    runroot = Path(tempfile.mkdtemp(prefix="fd-podman-"))  # podman wants it under 50 chars
+
+    def run(*args: str) -> str:
+        return _run(
+            "podman",
+            "--root",
+            str(root),
+            "--runroot",
+            str(runroot),
+            "--storage-driver",
+            "vfs",
+            *args,
+        )
+
+    yield run
+    with contextlib.suppress(AssertionError):
+        run("image", "unmount", "--all")
+    with contextlib.suppress(AssertionError):
+        run("rmi", "--all", "--force")
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(runroot, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_podman_loads_what_fastdist_saves_with_the_same_tree(
+    gzip_ref: str, tmp_path: Path, podman: Any, fmt: str
+) -> None:
+    client = Client(tmp_path / "src-store", snapshotter="native")
+    client.pull(gzip_ref)
+    out = tmp_path / "saved.tar"
+    client.save([gzip_ref], out, format=fmt)
+    loaded = podman("load", "-q", "-i", str(out))
+    assert "Loaded image" in loaded
+    name = gzip_ref if fmt == "docker-archive" else loaded.split(":", 1)[1].strip()
+    mount = Path(podman("image", "mount", name).strip())
+    theirs = tree_snapshot(mount)
+    ours = _tree(client, gzip_ref, tmp_path / "ours")
+    theirs.pop(".", None)
+    ours.pop(".", None)
+    assert {k: v[:6] for k, v in ours.items()} == {k: v[:6] for k, v in theirs.items()}
+
+
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_fastdist_loads_what_podman_saves_with_the_same_tree(
+    gzip_ref: str, tmp_path: Path, podman: Any, fmt: str
+) -> None:
+    podman("pull", "-q", "--tls-verify=false", f"docker://{gzip_ref}")
+    out = tmp_path / "podman.tar"
+    podman("save", "-q", "--format", fmt, "-o", str(out), gzip_ref)
+    client = Client(tmp_path / "store", snapshotter="native")
+    (img,) = client.load(out, tag=None if fmt == "docker-archive" else "example.test/podman:1")
+    mount = Path(podman("image", "mount", gzip_ref).strip())
+    theirs = tree_snapshot(mount)
+    ours = _tree(client, img.name, tmp_path / "ours")
+    theirs.pop(".", None)
+    ours.pop(".", None)
+    assert {k: v[:6] for k, v in ours.items()} == {k: v[:6] for k, v in theirs.items()}
