@@ -364,6 +364,31 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    client = _client(args)
+    out = sys.stdout
+    live = out.isatty() and not args.quiet and not args.json
+    if args.quiet:
+        rep = client.push(args.ref, args.dest)
+    else:
+        with PullDisplay(out, live=live, json_events=args.json) as display:
+            rep = client.push(args.ref, args.dest, progress=display)
+    for platform in rep.missing:
+        print(
+            f"note: platform {platform} of {args.ref} is not present: pushed this platform's "
+            "manifest only, not the index",
+            file=sys.stderr,
+        )
+    if not args.json:
+        print(
+            rep.digest
+            if args.quiet
+            else f"{rep.name}: {rep.digest} ({len(rep.uploaded)} uploaded, {len(rep.mounted)} "
+            f"mounted, {len(rep.existed)} already there)"
+        )
+    return 0
+
+
 def cmd_save(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.output == "-":
@@ -459,6 +484,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("src", metavar="SRC", help="name, name@digest or image ID (prefix)")
     sp.add_argument("dest", metavar="DEST", help="the new name[:tag]")
     sp.set_defaults(func=cmd_tag)
+
+    sp = sub.add_parser(
+        "push",
+        help="push a present image to a registry",
+        description="Push a present image to DEST (default: its own name): blobs first "
+        "(skipped when the registry has them, mounted from the image's repository when it is "
+        "on the same registry), then the manifest, an index last; bytes exactly as stored.",
+    )
+    sp.add_argument("ref", metavar="REF")
+    sp.add_argument("dest", metavar="DEST", nargs="?", default=None)
+    sp.add_argument(
+        "--plain-http",
+        action="append",
+        metavar="HOST",
+        help="allow plain HTTP to HOST[:PORT] (loopback is always allowed)",
+    )
+    sp.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
+    sp.add_argument("--json", action="store_true", help="one JSON progress event per line")
+    sp.set_defaults(func=cmd_push)
 
     sp = sub.add_parser(
         "save",

@@ -943,6 +943,70 @@ class Client:
             raise ImageNotFoundError(f"image {target} vanished right after it was tagged")
         return Image(stored.name, stored.target, stored, self)
 
+    # --- push ------------------------------------------------------------------------------
+    def push(
+        self, ref: str, dest: str | None = None, progress: Progress = no_progress
+    ) -> PushReport:
+        """Push the present image ``ref`` (any form :meth:`find` takes) to ``dest`` (default:
+        its own name). Blobs first (HEAD each and skip what the registry has; a
+        cross-repository mount when the image's own repository is on the same registry;
+        otherwise a monolithic upload), then the manifest, and an index last, so a push that
+        fails midway leaves no tag pointing at missing content. Every document is sent as the
+        bytes stored (digests preserved). An index is pushed only when every platform it
+        lists is present; otherwise the present platform's manifest is pushed at the tag and
+        ``missing`` names the others."""
+        from .pusher import Pusher
+
+        rec = self.find(ref)[0]
+        src = Reference.parse(rec.name)
+        target = Reference.parse(dest) if dest is not None else src
+        manifest_bytes = self.content.read_bytes(rec.manifest_digest, oci.MAX_MANIFEST_BYTES)
+        manifest = oci.parse_document(manifest_bytes, None)
+        if not isinstance(manifest, oci.Manifest):
+            raise StoreError(f"{rec.manifest_digest} of {rec.name} is not an image manifest")
+        missing: list[str] = []
+        index_bytes: bytes | None = None
+        if rec.target.digest != rec.manifest_digest:
+            index_bytes = self.content.read_bytes(rec.target.digest, oci.MAX_MANIFEST_BYTES)
+            index = oci.parse_document(index_bytes, rec.target.media_type)
+            if isinstance(index, oci.Index):
+                missing = [
+                    str(d.platform) if d.platform is not None else d.digest
+                    for d in index.manifests
+                    if d.digest != rec.manifest_digest
+                ]
+        mount_from = src if src.registry == target.registry and src.path != target.path else None
+        pusher = Pusher(self.transport)
+        outcomes: dict[str, list[Digest]] = {"exists": [], "mounted": [], "uploaded": []}
+        with self._gc_lock(shared=True):
+            for desc in (manifest.config, *manifest.layers):
+                progress(ProgressEvent(Phase.UPLOADING, desc.digest, desc.media_type, 0, desc.size))
+                outcome = pusher.push_blob(
+                    target,
+                    desc.digest,
+                    self.content.path(desc.digest),
+                    mount_from=mount_from,
+                    on_read=_UploadMeter(desc, progress),
+                )
+                outcomes[outcome].append(desc.digest)
+                phase = Phase.EXISTS if outcome == "exists" else Phase.DONE
+                progress(ProgressEvent(phase, desc.digest, desc.media_type, desc.size, desc.size))
+            mtype = manifest.media_type
+            if index_bytes is not None and not missing:
+                pusher.push_manifest(target.with_digest(rec.manifest_digest), manifest_bytes, mtype)
+                top = pusher.push_manifest(target, index_bytes, rec.target.media_type)
+            else:
+                top = pusher.push_manifest(target, manifest_bytes, mtype)
+        progress(ProgressEvent(Phase.DONE, message=f"{target} {top}"))
+        return PushReport(
+            str(target),
+            top,
+            tuple(outcomes["uploaded"]),
+            tuple(outcomes["mounted"]),
+            tuple(outcomes["exists"]),
+            tuple(missing),
+        )
+
     # --- save / load (archive.py owns the formats) ------------------------------------------
     def save(
         self,
@@ -1653,6 +1717,37 @@ class _AbortableSink:
 
 
 @dataclass(frozen=True)
+class PushReport:
+    """What ``Client.push`` did: the name and digest pushed, and per blob what happened."""
+
+    name: str
+    digest: Digest
+    uploaded: tuple[Digest, ...]
+    mounted: tuple[Digest, ...]
+    existed: tuple[Digest, ...]
+    missing: tuple[str, ...]  # platforms of the image's index not present, so not pushed
+
+
+class _UploadMeter:
+    """Turns the pusher's read counts into UPLOADING events, about one per MiB."""
+
+    def __init__(self, desc: Descriptor, progress: Progress) -> None:
+        self._desc = desc
+        self._progress = progress
+        self._sent = 0
+        self._told = 0
+
+    def __call__(self, n: int) -> None:
+        self._sent += n
+        if self._sent - self._told >= (1 << 20) or self._sent == self._desc.size:
+            self._told = self._sent
+            d = self._desc
+            self._progress(
+                ProgressEvent(Phase.UPLOADING, d.digest, d.media_type, self._sent, d.size)
+            )
+
+
+@dataclass(frozen=True)
 class PruneReport:
     blobs: int
     snapshots: int
@@ -1797,4 +1892,12 @@ class _UnpackDestination:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-__all__ = ["Client", "Container", "ContainerInfo", "Image", "PruneReport", "default_root"]
+__all__ = [
+    "Client",
+    "Container",
+    "ContainerInfo",
+    "Image",
+    "PruneReport",
+    "PushReport",
+    "default_root",
+]

@@ -95,3 +95,18 @@ def test_save_of_a_missing_image_is_an_error_and_writes_nothing(
     assert r.stderr.startswith("error: ")
     assert not out.exists()
     assert os.listdir(tmp_path) == ["store"]
+
+
+def test_push_prints_what_it_did_and_the_pushed_image_pulls_back(
+    fastdist: FastdistCLI, busybox: PushedImage, registry: object
+) -> None:
+    assert fastdist("pull", "-q", busybox.ref).rc == 0
+    dest = f"{registry.host}/e2e/pushed-copy:v1"  # type: ignore[attr-defined]
+    r = fastdist("push", busybox.ref, dest)
+    assert r.rc == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == (
+        f"{dest}: {busybox.digest} (0 uploaded, {len(busybox.image.layers) + 1} mounted, "
+        "0 already there)"
+    )
+    assert fastdist("rmi", busybox.ref).rc == 0
+    assert fastdist("pull", "-q", dest).stdout.strip() == busybox.digest
