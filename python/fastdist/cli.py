@@ -389,6 +389,35 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_login(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+    else:
+        raise InvalidArgumentError(
+            "no password given", hint="pipe it in with --password-stdin (never on the command line)"
+        )
+    username = args.username
+    if username is None:
+        if not sys.stdin.isatty() or args.password_stdin:
+            raise InvalidArgumentError("no username given", hint="pass -u USER")
+        username = input("Username: ")
+    where = _client(args).login(args.registry, username, password)
+    print(f"login succeeded; credentials saved to {where}")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    if _client(args).logout(args.registry):
+        print(f"removed the credentials of {args.registry}")
+    else:
+        print(f"not logged in to {args.registry}")
+    return 0
+
+
 def cmd_save(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.output == "-":
@@ -503,6 +532,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-q", "--quiet", action="store_true", help="print only the digest")
     sp.add_argument("--json", action="store_true", help="one JSON progress event per line")
     sp.set_defaults(func=cmd_push)
+
+    sp = sub.add_parser(
+        "login",
+        help="check credentials against a registry and save them in docker's config",
+        description="Check USER's password against REGISTRY (default docker.io) and save it "
+        "where docker would: the registry's credHelpers entry or the credsStore, else auths "
+        "in $DOCKER_CONFIG/config.json or ~/.docker/config.json (0600). Pulls and pushes read "
+        "credentials from the same places.",
+    )
+    sp.add_argument("registry", metavar="REGISTRY", nargs="?", default="docker.io")
+    sp.add_argument("-u", "--username", default=None)
+    sp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    sp.add_argument(
+        "--plain-http", action="append", metavar="HOST", help="allow plain HTTP to HOST[:PORT]"
+    )
+    sp.set_defaults(func=cmd_login)
+
+    sp = sub.add_parser("logout", help="remove a registry's saved credentials")
+    sp.add_argument("registry", metavar="REGISTRY", nargs="?", default="docker.io")
+    sp.set_defaults(func=cmd_logout)
 
     sp = sub.add_parser(
         "save",

@@ -1007,6 +1007,40 @@ class Client:
             tuple(missing),
         )
 
+    # --- login / logout (auth.py owns the docker config) -------------------------------------
+    def login(self, registry: str, username: str, password: str) -> str:
+        """Check ``username``/``password`` against ``registry`` (``GET /v2/`` answering its
+        challenge, Basic or token) and only then save them where docker would (the host's
+        credential helper, the ``credsStore``, or ``auths`` in ``$DOCKER_CONFIG/config.json`` or
+        ``~/.docker/config.json``, written 0600 and atomically). Returns where they went."""
+        from .auth import Credentials, CredentialStore, normalize_host, store_login
+        from .transport import Transport, TransportConfig
+
+        if not username or not password:
+            raise InvalidArgumentError(
+                "login needs a username and a password", hint="pass -u USER --password-stdin"
+            )
+        host = normalize_host(registry)
+        server = Reference.parse(f"{host}/x").registry  # docker.io → registry-1.docker.io
+        creds = Credentials(username, password)
+        t = Transport(
+            self._transport_config or TransportConfig(),
+            CredentialStore({host: creds, server: creds}),
+        )
+        t.request("GET", t.url(server, "/v2/"), registry=server).close()
+        where = store_login(host, creds)
+        # This client's transport read the old config: the next request reads the new one.
+        self.__dict__.pop("transport", None)
+        return where
+
+    def logout(self, registry: str) -> bool:
+        """Forget the saved credentials of ``registry``; whether there were any."""
+        from .auth import normalize_host, remove_login
+
+        gone = remove_login(normalize_host(registry))
+        self.__dict__.pop("transport", None)
+        return gone
+
     # --- save / load (archive.py owns the formats) ------------------------------------------
     def save(
         self,
