@@ -69,13 +69,15 @@ fuzz: setup       ## each fuzz target for FUZZ_SECONDS (atheris, then cargo-fuzz
 # -fsanitize=address to C code (isa-l's configure links its test program -static, which gcc
 # refuses with ASan), so C dependencies are built plain with CFLAGS; the Rust code has ASan
 # and libFuzzer coverage.
+# `-O -a`: optimised, with debug assertions and overflow checks, so that a size sum that would
+# silently wrap in a release build panics under the fuzzer instead.
 RUST_FUZZ_TARGETS := apply_layer apply_compressed decompress tar_reader
 CARGO_FUZZ_ENV := RUSTC_BOOTSTRAP=1 CRATE_CC_NO_DEFAULTS=1 CFLAGS="-O2 -fPIC"
 fuzz-rust:        ## cargo-fuzz targets of the Rust core for FUZZ_SECONDS each, then the replay tests
 	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 	cargo run --quiet --release --manifest-path rust/fuzz/Cargo.toml --bin seed_corpus -- rust/fuzz/corpus
 	cd rust && failed=; for t in $(RUST_FUZZ_TARGETS); do \
-		$(CARGO_FUZZ_ENV) cargo fuzz run -O $$t fuzz/corpus/$$t -- \
+		$(CARGO_FUZZ_ENV) cargo fuzz run -O -a $$t fuzz/corpus/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 || failed="$$failed $$t"; \
 	done; \
 	cargo test --release --manifest-path fuzz/Cargo.toml || failed="$$failed replay"; \

@@ -6,9 +6,12 @@
 #   2. builds an image holding this host's redis-server (the binary, the shared libraries ldd lists
 #      and the dynamic loader; examples/redis_image.py) whose config runs
 #      `redis-server --port PORT --bind 127.0.0.1 --save "" --appendonly no`, and pushes it there;
-#   3. `fastdist pull` it, `fastdist images`, `fastdist run -d --net host`, then asks it
-#      `redis-cli -p PORT ping` from the host until it answers PONG (bounded: 30 s);
-#   4. `fastdist ps`, `fastdist kill`, `fastdist logs -f` (returns once redis has exited), `fastdist rm`.
+#   3. `fastdist pull` it, `fastdist images`, `fastdist run -d -p 127.0.0.1:PORT:PORT` (in the
+#      default `--net none` namespace: fastdist relays the host port to the container's
+#      loopback), then asks it `redis-cli -p PORT ping` from the host until it answers PONG
+#      (bounded: 30 s);
+#   4. `fastdist ps`, `fastdist stop` (TERM), `fastdist logs -f` (returns once redis has exited),
+#      `fastdist rm`.
 #
 # Needs: root (overlayfs mounts and runc), and the Debian packages runc, docker-registry,
 # redis-server and redis-tools (scripts/setup.sh installs them). Runs with the repository's venv
@@ -93,7 +96,7 @@ fastdist pull "$REF"
 echo
 fastdist images
 echo
-fastdist run -d --net host --id "$ID" "$REF"
+fastdist run -d -p "127.0.0.1:$REDIS_PORT:$REDIS_PORT" --name "$ID" "$REF"
 answer=""
 for _ in $(seq 300); do  # 300 x 0.1 s: give up after 30 s
     answer="$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null || true)"
@@ -110,7 +113,7 @@ echo
 
 # 4. the container's lifecycle
 fastdist ps
-fastdist kill "$ID"
+fastdist stop "$ID"
 fastdist logs -f "$ID" | tail -n 3
 fastdist ps -a
 fastdist rm "$ID"

@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -65,7 +66,11 @@ class Fault:
     ``retry_after`` header), ``redirect_to`` (base URL; Location = base + same path),
     ``body`` (serve these bytes instead of the blob), then body tweaks that may combine:
     ``ignore_range``, ``cut_after`` (close after N body bytes), ``drip`` (seconds between
-    ``drip_chunk``-byte writes), ``no_content_length`` (body delimited by closing).
+    ``drip_chunk``-byte writes; blobs and manifests), ``no_content_length`` (body delimited
+    by closing),
+    ``content_length`` (a verbatim, possibly malformed header), ``stall_after`` (N body bytes,
+    then silence with the connection open) and ``hold_open`` (silence after the whole body).
+    ``location`` answers with a redirect to that exact (possibly malformed) ``Location``.
     """
 
     path_contains: str = ""
@@ -84,6 +89,10 @@ class Fault:
     drip_chunk: int = 1024
     no_content_length: bool = False  # blob GETs: no Content-Length, body ends at close
     headers: dict[str, str] = field(default_factory=dict)
+    location: str | None = None  # a redirect (redirect_status) to exactly this Location
+    content_length: str | None = None  # blob and manifest GETs: this Content-Length, verbatim
+    stall_after: int | None = None  # blob and manifest GETs: hang after N body bytes
+    hold_open: bool = False  # keep the connection open after the body (no close, no EOF)
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and self.path_contains in path
@@ -103,7 +112,11 @@ class FakeRegistry:
         identity_tokens: dict[str, str] | None = None,  # refresh token → username
         token_expires_in: int | None = 300,
         hostname: str = "127.0.0.1",
+        token_value: str | None = None,  # token mode: hand out this (possibly hostile) token
     ) -> None:
+        self.token_value = token_value
+        # Set by stop(): releases handlers that hang on purpose (stall_after, hold_open).
+        self.stopping = threading.Event()
         self.auth = auth
         self.users = dict(users or {})
         self.anonymous_pull = anonymous_pull
@@ -153,6 +166,7 @@ class FakeRegistry:
         self._thread.start()
 
     def stop(self) -> None:
+        self.stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -284,7 +298,7 @@ class FakeRegistry:
         ]
 
     def issue_token(self, user: str, scope: str) -> str:
-        tok = f"tok-{next(self._counter)}-{uuid.uuid4().hex[:8]}"
+        tok = self.token_value or f"tok-{next(self._counter)}-{uuid.uuid4().hex[:8]}"
         with self._lock:
             self.issued_tokens[tok] = (user, scope)
         return tok
@@ -308,6 +322,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def handle_one_request(self) -> None:
+        # A TLS ClientHello (record type 0x16) sent to this plain-HTTP server is answered with
+        # a plain-HTTP 400, as Go's net/http (the real registry) answers it, instead of
+        # waiting for a request line that never comes.
+        try:
+            first = self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            first = b""
+        if first == b"\x16":
+            self.wfile.write(b"HTTP/1.0 400 Bad Request\r\n\r\nplain HTTP server\n")
+            self.close_connection = True
+            return
+        super().handle_one_request()
 
     # --- plumbing ----------------------------------------------------------------------------
     def _read_body(self) -> bytes:
@@ -360,6 +388,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized(method):
             return
         fault = fake.take_fault(method, path, status=False)
+        if fault is not None and fault.location is not None:
+            self._send(fault.redirect_status, headers={"Location": fault.location})
+            return
         if fault is not None and fault.redirect_to is not None:
             self._send(fault.redirect_status, headers={"Location": fault.redirect_to + self.path})
             return
@@ -475,9 +506,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         else:
             headers["Content-Length"] = str(len(payload))
+        if fault is not None and fault.content_length is not None:
+            headers["Content-Length"] = fault.content_length
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
+        if self._hang(fault, payload):
+            return
         if fault is not None and fault.cut_after is not None:
             self.wfile.write(payload[: fault.cut_after])
             self.wfile.flush()
@@ -495,6 +530,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(payload)
         self.fake.count_sent(digest, len(payload))
+
+    def _hang(self, fault: Fault | None, payload: bytes) -> bool:
+        """``stall_after`` / ``hold_open``: write the body (or its first N bytes), then stay
+        silent with the connection open until the registry stops. True if it did."""
+        if fault is None or (fault.stall_after is None and not fault.hold_open):
+            return False
+        n = len(payload) if fault.stall_after is None else fault.stall_after
+        self.wfile.write(payload[:n])
+        self.wfile.flush()
+        self.fake.stopping.wait()  # the fault itself: a server that never finishes
+        self.close_connection = True
+        return True
 
     def _manifest(self, method: str, repo: str, ref: str, body: bytes, fault: Fault | None) -> None:
         fake = self.fake
@@ -522,6 +569,28 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"Content-Type": media_type, "Docker-Content-Digest": digest_of(data)}
         if fault is not None:
             headers.update(fault.headers)
+        if fault is not None and (fault.stall_after is not None or fault.hold_open):
+            self.send_response(200)
+            headers["Content-Length"] = fault.content_length or str(len(data))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self._hang(fault, data)
+            return
+        if fault is not None and fault.content_length is not None:
+            headers["Content-Length"] = fault.content_length
+        if fault is not None and fault.drip is not None and method == "GET":
+            self.send_response(200)
+            headers["Content-Length"] = str(len(data))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            for i in range(0, len(data), fault.drip_chunk):
+                self.wfile.write(data[i : i + fault.drip_chunk])
+                self.wfile.flush()
+                if self.fake.stopping.wait(fault.drip):  # the fault: a slow server
+                    break
+            return
         if fault is not None and fault.cut_after is not None:
             self.send_response(200)
             headers["Content-Length"] = str(len(data))

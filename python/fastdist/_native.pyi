@@ -35,7 +35,8 @@ class Sha256:
 
 @final
 class Limits:
-    """Resource limits for one layer. Every breach raises LimitExceededError naming the limit."""
+    """Resource limits for one layer (and ``max_volumes`` for one image config). Every breach
+    raises LimitExceededError naming the limit."""
 
     def __new__(
         cls,
@@ -49,6 +50,7 @@ class Limits:
         max_ratio: int = 1000,
         ratio_grace_bytes: int = 256 << 20,
         zstd_window_log_max: int = 27,
+        max_volumes: int = 1024,
     ) -> Self: ...
     max_entries: int
     max_layer_bytes: int
@@ -59,6 +61,7 @@ class Limits:
     max_ratio: int
     ratio_grace_bytes: int
     zstd_window_log_max: int
+    max_volumes: int
 
 @final
 class LayerResult:

@@ -389,6 +389,19 @@ def parse_www_authenticate(header: str) -> list[Challenge]:
     return challenges
 
 
+# RFC 9110 §5.5 field-value: visible characters, space, tab and obs-text (what http.client can
+# send: latin-1); no CR, LF or other control characters, which would split or end the header.
+_FIELD_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# A bearer token goes into ``Authorization: Bearer <token>``: RFC 6750's b64token is a subset of
+# the visible ASCII characters allowed here (JWTs and every registry's opaque tokens fit).
+_TOKEN_VALUE_RE = re.compile(r"[\x21-\x7e]+")
+
+
+def valid_header_value(value: str) -> bool:
+    """Whether ``value`` can be sent as an HTTP header value as it is."""
+    return _FIELD_VALUE_RE.fullmatch(value) is not None
+
+
 @dataclass(frozen=True)
 class Token:
     value: str = field(repr=False)
@@ -406,6 +419,13 @@ def parse_token_response(body: bytes, *, now: float | None = None) -> Token:
     value = obj.get("token") or obj.get("access_token")
     if not isinstance(value, str) or not value:
         raise AuthenticationError("token server answer has no token")
+    if _TOKEN_VALUE_RE.fullmatch(value) is None:
+        # Quoting it would print a secret: say what is wrong with it only.
+        raise AuthenticationError(
+            "token server answered with a token holding characters a header cannot carry "
+            "(whitespace, control or non-ASCII characters)",
+            hint="the token server is broken or hostile; report it to the registry's operator",
+        )
     lifetime = obj.get("expires_in")
     if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
         lifetime = DEFAULT_TOKEN_LIFETIME

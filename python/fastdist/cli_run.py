@@ -3,63 +3,317 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import FastdistError
+from .termsafe import sanitize
 
 if TYPE_CHECKING:
     from .runtime import Mount  # imported where used: the parser is built for every command
 
 
 def add_commands(sub: Any) -> None:
-    sp = sub.add_parser("run", help="run a command in a new container from an image")
-    sp.add_argument("--id", help="container id (default: a readable generated one)")
-    sp.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    sp.add_argument("-d", "--detach", action="store_true", help="run in the background")
-    sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
-    sp.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
-    sp.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
-    sp.add_argument("--env-file", action="append", default=[], metavar="FILE")
-    sp.add_argument("-w", "--workdir", metavar="DIR")
-    sp.add_argument("-u", "--user", metavar="USER[:GROUP]")
-    sp.add_argument("--entrypoint", metavar="CMD")
+    from .cli import SNAPSHOTTER_HELP, add_registry_options
+
+    sp = sub.add_parser(
+        "run",
+        help="run a command in a new container from an image",
+        description="Run IMAGE's entrypoint and command (or CMD) in a new container on a "
+        "fresh writable snapshot, confined by default (docker's capabilities, masked paths and "
+        "a default seccomp profile), with runc. The image is pulled first when it is not "
+        "present (the pull display ends before the container starts). Foreground runs exit "
+        "with the container's status.",
+    )
+    sp.add_argument(
+        "--name",
+        "--id",
+        dest="id",
+        help="container name (default: a readable generated one)",
+    )
+    sp.add_argument(
+        "--rm", action="store_true", help="remove the container when it exits (default: keep)"
+    )
+    sp.add_argument(
+        "-d", "--detach", action="store_true", help="run in the background (default: foreground)"
+    )
+    sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal (default: no)")
+    sp.add_argument(
+        "-i", "--interactive", action="store_true", help="keep stdin open (default: /dev/null)"
+    )
+    sp.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable; a bare K passes the host's value (default: the "
+        "image's Env)",
+    )
+    sp.add_argument(
+        "--env-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read K=V lines from FILE, as docker does (default: none)",
+    )
+    sp.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory (default: the image's, or /)"
+    )
+    sp.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="user to run as, a name from the image's /etc/passwd or a uid (default: the "
+        "image's User, or root)",
+    )
+    sp.add_argument(
+        "--entrypoint", metavar="CMD", help="replace the image's entrypoint (default: the image's)"
+    )
     sp.add_argument(
         "--net",
         choices=("none", "host"),
         default="none",
-        help="network: a new namespace with loopback only (default) or the host's",
+        help="network: a new namespace with loopback only, or the host's (default: none)",
     )
-    sp.add_argument("--mount", action="append", default=[], metavar="SRC:DST[:ro]")
-    sp.add_argument("--hostname")
-    sp.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
-    sp.add_argument("--platform", help="platform to pull if the image is not present")
-    sp.add_argument("--plain-http", action="append", metavar="HOST")
-    sp.add_argument("--snapshotter", choices=("overlayfs", "native"))
-    sp.add_argument("image", metavar="IMAGE")
-    sp.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
+    sp.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="SRC:DST[:ro]",
+        help="bind-mount an existing host path SRC at DST, read-only with :ro (default: none)",
+    )
+    sp.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="SRC:DST[:ro]",
+        help="bind a host path, creating the directory SRC if it is missing (docker's -v; "
+        "default: none)",
+    )
+    sp.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[IP:]HOST:CONTAINER",
+        help="relay a host TCP port to a port on the container's loopback (default: none)",
+    )
+    sp.add_argument(
+        "--restart",
+        default="no",
+        metavar="POLICY",
+        help="no, on-failure[:N], always: restart a detached container when it exits (default: no)",
+    )
+    sp.add_argument(
+        "-m", "--memory", metavar="SIZE", help="memory limit, e.g. 512m, no swap (default: none)"
+    )
+    sp.add_argument("--cpus", metavar="N", help="CPU time limit in CPUs, e.g. 1.5 (default: none)")
+    sp.add_argument(
+        "--pids-limit", metavar="N", help="most processes at once, -1 for none (default: none)"
+    )
+    sp.add_argument(
+        "--hostname", help="the container's hostname (default: its id; the host's with --net host)"
+    )
+    sp.add_argument(
+        "--read-only",
+        action="store_true",
+        help="mount the root filesystem read-only (default: writable)",
+    )
+    sp.add_argument(
+        "--cap-add",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="add a capability, or ALL (default: docker's set)",
+    )
+    sp.add_argument(
+        "--cap-drop",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="drop a capability, or ALL (default: docker's set)",
+    )
+    sp.add_argument(
+        "--privileged",
+        action="store_true",
+        help="every capability and host device, no seccomp filter, no masked paths "
+        "(default: confined)",
+    )
+    sp.add_argument(
+        "--security-opt",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="seccomp=unconfined|PROFILE.json, no-new-privileges[=false] (default: the built-in "
+        "seccomp profile, no-new-privileges on)",
+    )
+    sp.add_argument(
+        "--platform", help="platform to pull if the image is not present (default: this host)"
+    )
+    add_registry_options(sp)
+    sp.add_argument("--snapshotter", choices=("overlayfs", "native"), help=SNAPSHOTTER_HELP)
+    sp.add_argument("image", metavar="IMAGE", help="the image (pulled if missing)")
+    sp.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments"
+    )
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("ps", help="list containers")
-    sp.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    sp = sub.add_parser(
+        "ps",
+        help="list containers",
+        description="List containers: id, image, command, status (with the exit status of a "
+        "stopped one) and age.",
+    )
+    sp.add_argument(
+        "-a", "--all", action="store_true", help="include stopped containers (default: running)"
+    )
+    sp.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the container ids (default: table)"
+    )
+    sp.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output (default: table)"
+    )
     sp.set_defaults(func=cmd_ps)
 
-    sp = sub.add_parser("logs", help="print a detached container's output")
-    sp.add_argument("-f", "--follow", action="store_true")
-    sp.add_argument("id", metavar="ID")
+    sp = sub.add_parser(
+        "exec",
+        help="run a command in a running container",
+        description="Run CMD inside a running container, with its process settings (filter, "
+        "capabilities, environment), as docker exec.",
+    )
+    sp.add_argument("-t", "--tty", action="store_true", help="allocate a terminal (default: no)")
+    sp.add_argument(
+        "-i", "--interactive", action="store_true", help="keep stdin open (default: /dev/null)"
+    )
+    sp.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable (default: the container's)",
+    )
+    sp.add_argument(
+        "-u", "--user", metavar="USER[:GROUP]", help="user to run as (default: the container's)"
+    )
+    sp.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory (default: the container's)"
+    )
+    sp.add_argument("id", metavar="ID", help="container id or name")
+    sp.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments"
+    )
+    sp.set_defaults(func=cmd_exec)
+
+    timeout_help = "seconds to wait after TERM before KILL (default: 10)"
+    sp = sub.add_parser(
+        "stop",
+        help="stop containers: TERM, then KILL after a timeout",
+        description="Send TERM to each container's main process, then KILL if it has not "
+        "exited after the timeout.",
+    )
+    sp.add_argument(
+        "-t", "--time", "--timeout", dest="timeout", type=_seconds, default=10.0,
+        metavar="SECONDS", help=timeout_help,
+    )  # fmt: skip
+    sp.add_argument("ids", nargs="+", metavar="ID", help="container ids or names")
+    sp.set_defaults(func=cmd_stop)
+
+    sp = sub.add_parser(
+        "start",
+        help="start stopped containers again, detached",
+        description="Start stopped containers again, detached, on their writable snapshots.",
+    )
+    sp.add_argument("ids", nargs="+", metavar="ID", help="container ids or names")
+    sp.set_defaults(func=cmd_start)
+
+    sp = sub.add_parser(
+        "restart",
+        help="stop containers, then start them again, detached",
+        description="Stop containers (TERM, then KILL after the timeout), then start them "
+        "again, detached.",
+    )
+    sp.add_argument(
+        "-t", "--time", "--timeout", dest="timeout", type=_seconds, default=10.0,
+        metavar="SECONDS", help=timeout_help,
+    )  # fmt: skip
+    sp.add_argument("ids", nargs="+", metavar="ID", help="container ids or names")
+    sp.set_defaults(func=cmd_restart)
+
+    sp = sub.add_parser(
+        "wait",
+        help="wait for containers to exit and print their exit codes",
+        description="Block until each container exits, then print its exit code.",
+    )
+    sp.add_argument("ids", nargs="+", metavar="ID", help="container ids or names")
+    sp.set_defaults(func=cmd_wait)
+
+    sp = sub.add_parser(
+        "logs",
+        help="print a detached container's output",
+        description="Print what a detached container wrote: its stdout to stdout and its "
+        "stderr to stderr, as docker does.",
+    )
+    sp.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until it exits (default: no)"
+    )
+    sp.add_argument(
+        "-n", "--tail", type=_count, metavar="N", help="only the last N lines (default: all)"
+    )
+    sp.add_argument(
+        "-t",
+        "--timestamps",
+        action="store_true",
+        help="prefix each line with its time, UTC (default: no)",
+    )
+    sp.add_argument("id", metavar="ID", help="container id or name")
     sp.set_defaults(func=cmd_logs)
 
-    sp = sub.add_parser("kill", help="send a signal to a container")
-    sp.add_argument("-s", "--signal", default="TERM")
-    sp.add_argument("id", metavar="ID")
+    sp = sub.add_parser(
+        "kill",
+        help="send a signal to containers",
+        description="Send a signal to running containers' main processes (KILL, as docker).",
+    )
+    sp.add_argument("-s", "--signal", default="KILL", help="signal name or number (default: KILL)")
+    sp.add_argument("ids", nargs="+", metavar="ID", help="container ids or names")
     sp.set_defaults(func=cmd_kill)
 
-    sp = sub.add_parser("rm", help="remove containers and their snapshots")
-    sp.add_argument("-f", "--force", action="store_true", help="kill running containers first")
-    sp.add_argument("ids", nargs="+", metavar="ID")
+    sp = sub.add_parser(
+        "rm",
+        help="remove containers and their snapshots",
+        description="Remove stopped containers: their bundles and writable snapshots.",
+    )
+    sp.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="kill running containers first (default: refuse them)",
+    )
+    sp.add_argument("ids", nargs="+", metavar="ID", help="container ids or names")
     sp.set_defaults(func=cmd_rm)
+
+
+def _count(text: str) -> int | None:
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid number of lines: {text!r} (a number or all)")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}")
+    return value
 
 
 def parse_mount(text: str) -> Mount:
@@ -70,10 +324,46 @@ def parse_mount(text: str) -> Mount:
         or not parts[1]
         or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
     ):
-        raise FastdistError(f"invalid --mount {text!r}", hint="use SRC:DST or SRC:DST:ro")
-    from .runtime import Mount
+        from .runtime import InvalidRunOptionError
 
-    return Mount(os.path.abspath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
+        raise InvalidRunOptionError(f"invalid --mount {text!r}", hint="use SRC:DST or SRC:DST:ro")
+    from .runtime import InvalidRunOptionError, Mount
+
+    src = os.path.abspath(parts[0])
+    if not os.path.exists(src):
+        raise InvalidRunOptionError(
+            f"invalid --mount {text!r}: the source {src} does not exist",
+            hint="create it first (docker's -v creates it; --mount does not), or fix the path",
+        )
+    return Mount(src, parts[1], len(parts) == 3 and parts[2] == "ro")
+
+
+def parse_volume(text: str) -> Mount:
+    """docker's ``-v SRC:DST[:ro|rw]`` for host paths: SRC absolute, created if missing."""
+    from .runtime import InvalidRunOptionError, Mount
+
+    parts = text.split(":")
+    if (
+        len(parts) not in (2, 3)
+        or not parts[1]
+        or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
+    ):
+        raise InvalidRunOptionError(
+            f"invalid --volume {text!r}", hint="use -v /host/path:/container/path[:ro]"
+        )
+    if not parts[0].startswith("/"):
+        raise InvalidRunOptionError(
+            f"invalid --volume {text!r}: the source must be an absolute host path",
+            hint="named volumes are not supported; give an absolute path, e.g. -v $PWD/data:/data",
+        )
+    try:
+        os.makedirs(parts[0], mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise InvalidRunOptionError(
+            f"cannot create the --volume source {parts[0]}: {e.strerror}",
+            hint="create it yourself, or pick another path",
+        ) from None
+    return Mount(os.path.normpath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
 
 
 def parse_env_file(path: str) -> list[str]:
@@ -82,9 +372,11 @@ def parse_env_file(path: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError as e:
-        raise FastdistError(
+        from .runtime import InvalidRunOptionError
+
+        raise InvalidRunOptionError(
             f"cannot read --env-file {path}: {e.strerror}",
-            hint="pass a readable file of KEY=VALUE lines, or -e KEY=VALUE",
+            hint="give the path of a file of KEY=VALUE lines",
         ) from None
     out = []
     for line in lines:
@@ -134,9 +426,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             tty=args.tty,
             interactive=args.interactive,
             net=args.net,
-            mounts=[parse_mount(m) for m in args.mount],
+            mounts=[parse_mount(m) for m in args.mount] + [parse_volume(v) for v in args.volume],
             hostname=args.hostname,
             read_only=args.read_only,
+            cap_add=args.cap_add,
+            cap_drop=args.cap_drop,
+            privileged=args.privileged,
+            security_opt=args.security_opt,
+            on_interrupt=_interrupt_notice,
+            memory=args.memory,
+            cpus=args.cpus,
+            pids_limit=args.pids_limit,
+            publish=args.publish,
+            restart=args.restart,
         )
     if args.detach:
         print(container.id)
@@ -144,13 +446,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return container.exit_code if container.exit_code is not None else 1
 
 
+def _interrupt_notice(container_id: str) -> None:
+    print(
+        f"fastdist: sent SIGINT to container {container_id}; press Ctrl-C again within 2 "
+        f"seconds to kill it (or: fastdist stop {container_id})",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     from .cli import _client, _table
 
     client = _client(args)
+    containers = client.containers(all=args.all)
+    if args.quiet:
+        for c in containers:
+            print(c.id)
+        return 0
+    if args.format == "json":
+        for c in containers:
+            row = {
+                "ID": c.id,
+                "Image": c.image,
+                "Command": list(c.command),
+                "Status": c.status,
+                "ExitCode": c.exit_code,
+                "Created": c.created,
+            }
+            print(json.dumps(row))
+        return 0
     rows = [("ID", "IMAGE", "COMMAND", "STATUS", "CREATED")]
     now = time.time()
-    for c in client.containers(all=args.all):
+    for c in containers:
         status = c.status if c.exit_code is None else f"{c.status} ({c.exit_code})"
         cmd = " ".join(c.command)
         cmd = cmd if len(cmd) <= 40 else cmd[:39] + "…"  # docker's ps truncation mark
@@ -171,34 +499,108 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from .cli import _client
 
     client = _client(args)
-    out = sys.stdout.buffer
-    for chunk in client.container(args.id).logs(follow=args.follow):
-        out.write(chunk)
+    streams = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    for entry in client.container(args.id).log_entries(follow=args.follow, tail=args.tail):
+        out = streams.get(entry.stream, sys.stdout.buffer)
+        if args.timestamps:
+            out.write(_rfc3339(entry.time).encode() + b" ")
+        out.write(entry.data)
         out.flush()
     return 0
 
 
-def cmd_kill(args: argparse.Namespace) -> int:
-    from .cli import _client
+def _rfc3339(t: float) -> str:
+    import datetime
 
-    client = _client(args)
-    sig: int | str = int(args.signal) if args.signal.isdigit() else args.signal.upper()
-    client.container(args.id).kill(sig)
-    return 0
+    stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"  # docker's nanosecond form
 
 
-def cmd_rm(args: argparse.Namespace) -> int:
-    from .cli import _client
+def _each(args: argparse.Namespace, ids: list[str], action: Any) -> int:
+    """Run ``action(client, id)`` for each id, reporting each failure; the last failure's code."""
+    from .cli import _client, print_error
 
     client = _client(args)
     rc = 0
-    for cid in args.ids:
+    for cid in ids:
         try:
-            client.container(cid).remove(force=args.force)
-            print(cid)
+            action(client, cid)
         except FastdistError as e:
-            print(f"error: {e.message}", file=sys.stderr)
-            if e.hint:
-                print(f"hint: {e.hint}", file=sys.stderr)
+            print_error(e)
             rc = type(e).exit_code
     return rc
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from .runtime import parse_signal
+
+    sig = parse_signal(args.signal)  # a usage error before any container is touched
+
+    def kill(client: Any, cid: str) -> None:
+        client.container(cid).kill(sig)
+        print(sanitize(cid))
+
+    return _each(args, args.ids, kill)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    def stop(client: Any, cid: str) -> None:
+        client.container(cid).stop(args.timeout)
+        print(sanitize(cid))
+
+    return _each(args, args.ids, stop)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    def start(client: Any, cid: str) -> None:
+        client.container(cid).start()
+        print(sanitize(cid))
+
+    return _each(args, args.ids, start)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    def restart(client: Any, cid: str) -> None:
+        client.container(cid).restart(args.timeout)
+        print(sanitize(cid))
+
+    return _each(args, args.ids, restart)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    def wait(client: Any, cid: str) -> None:
+        code = client.container(cid).wait()
+        print("unknown" if code is None else code)
+
+    return _each(args, args.ids, wait)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from .cli import _client
+
+    if not args.command:
+        from .runtime import InvalidRunOptionError
+
+        raise InvalidRunOptionError(
+            "nothing to exec: give a command after the container id",
+            hint=f"fastdist exec {args.id} sh -c '…'",
+        )
+    client = _client(args)
+    return int(
+        client.container(args.id).exec(
+            args.command,
+            tty=args.tty,
+            interactive=args.interactive,
+            env=_env(args.env),
+            user=args.user,
+            workdir=args.workdir,
+        )
+    )
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    def remove(client: Any, cid: str) -> None:
+        client.container(cid).remove(force=args.force)
+        print(sanitize(cid))
+
+    return _each(args, args.ids, remove)

@@ -11,12 +11,13 @@ import dataclasses
 import errno
 import fcntl
 import functools
+import json
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
@@ -44,6 +45,7 @@ from .metadata import ContainerRecord, ImageRecord, MetadataDB
 from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference, names_only_an_id, parse_image_id
+from .sizes import over_limit, size_and_bytes
 from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
 from .store import ensure_root, rmtree
 from .unpacker import LayerSink, Unpacker
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
     from .fetcher import Fetcher
     from .mirrors import Mirrors
     from .resolver import Resolved, Resolver
-    from .runtime import Mount, Runtime
+    from .runtime import LogEntry, Mount, Runtime
     from .transport import Transport, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ class Image:
     def config(self) -> ImageConfig:
         """The parsed image config (from the content store, verified)."""
         data = self._client.content.read_bytes(self.record.config_digest, oci.MAX_CONFIG_BYTES)
-        return oci.parse_config(data)
+        return oci.parse_config(data, max_volumes=self._client.max_volumes)
 
     def rootfs(self) -> tuple[Digest, ...]:
         """The layers' diff_ids, bottom first (as containerd's ``Image.RootFS``)."""
@@ -168,6 +170,7 @@ class Client:
             self.content, self.snapshotter, _cap_layer_bytes(limits, max_pull_bytes)
         )
         self.limits = limits
+        self.max_volumes = (limits or _native.Limits()).max_volumes
         self._budgets: dict[int, _PullBudget] = {}
         self._budgets_lock = threading.Lock()
         self._runc = runc
@@ -257,7 +260,7 @@ class Client:
             if resolved.manifest_descriptor.digest != resolved.target.digest:
                 self._store_document(resolved.manifest_descriptor, resolved.manifest_bytes)
             config_bytes = self._fetch_config(reference, resolved.manifest.config, progress)
-            config = oci.parse_config(config_bytes)
+            config = oci.parse_config(config_bytes, max_volumes=self.max_volumes)
             self._check_platform(reference, plat, resolved.target.media_type, config)
             layers = resolved.manifest.layers
             _check_layers(layers, config)
@@ -405,8 +408,8 @@ class Client:
         announced = config.size + sum(d.size for d in layers)
         if announced > self.max_pull_bytes:
             raise LimitExceededError(
-                f"pull of {ref}: its blobs total {announced} bytes, over the per-pull limit of "
-                f"{self.max_pull_bytes} bytes (max_pull_bytes)",
+                f"pull of {ref}: its blobs total {size_and_bytes(announced)}, over the per-pull "
+                f"limit of {size_and_bytes(self.max_pull_bytes)} (max_pull_bytes)",
                 hint="raise Client(max_pull_bytes=...) only if you trust this image",
             )
         to_fetch = sum(d.size for d in layers if not self.content.exists(d.digest))
@@ -426,8 +429,8 @@ class Client:
             free = st.f_bavail * st.f_frsize
             if free < need:
                 raise StoreError(
-                    f"not enough free space to pull {ref}: at least {need} bytes needed under "
-                    f"{path}, {free} available",
+                    f"not enough free space to pull {ref}: at least {size_and_bytes(need)} "
+                    f"needed under {path}, {size_and_bytes(free)} available",
                     hint="free some space (fastdist prune removes what no image uses) or use "
                     "a store root on a larger filesystem (--root)",
                 )
@@ -455,8 +458,7 @@ class Client:
             )
         if desc.size > oci.MAX_CONFIG_BYTES:
             raise ManifestError(
-                f"config {desc.digest} is {desc.size} bytes, over the "
-                f"{oci.MAX_CONFIG_BYTES}-byte limit"
+                f"config {desc.digest} is {over_limit(desc.size, oci.MAX_CONFIG_BYTES)}"
             )
         if self.content.exists(desc.digest):
             try:
@@ -1386,6 +1388,16 @@ class Client:
         mounts: Sequence[Mount] = (),
         hostname: str | None = None,
         read_only: bool = False,
+        cap_add: Sequence[str] = (),
+        cap_drop: Sequence[str] = (),
+        privileged: bool = False,
+        security_opt: Sequence[str] = (),
+        on_interrupt: Callable[[str], None] | None = None,
+        memory: str | int | None = None,
+        cpus: str | float | None = None,
+        pids_limit: str | int | None = None,
+        publish: Sequence[str] = (),
+        restart: str = "no",
     ) -> Container:
         """Run ``ref`` (pulled first if missing and ``pull``) in a fresh writable snapshot.
 
@@ -1393,10 +1405,40 @@ class Client:
         ``detach``: returns once it runs; output goes to its log. ``rm`` removes the container
         and its snapshot when it exits (for detached containers: at the next ``containers()``
         or ``ps``, since nothing of fastdist waits for them).
-        """
-        from .runtime import RunOptions
 
-        img = self._image_for_run(ref, pull, platform, progress)
+        ``cap_add``/``cap_drop``/``privileged``/``security_opt`` have docker's meaning; they are
+        checked (and a seccomp profile file read) before anything is pulled or created.
+        ``on_interrupt(id)`` is called when a first ^C was relayed to a foreground container (a
+        second one within two seconds kills it).
+        """
+        from .runtime import (
+            InvalidRunOptionError,
+            RunOptions,
+            check_ports,
+            parse_cpus,
+            parse_memory,
+            parse_pids_limit,
+            parse_publish,
+            parse_restart,
+            parse_security_opts,
+            resolve_capabilities,
+        )
+
+        self.runtime.check()  # runc present, root: refuse before anything is created
+        security = parse_security_opts(security_opt)
+        memory_bytes = parse_memory(memory) if memory is not None else None
+        cpu_count = parse_cpus(cpus) if cpus is not None else None
+        pids = parse_pids_limit(pids_limit) if pids_limit is not None else None
+        ports = tuple(parse_publish(p) for p in publish)
+        restart_policy = parse_restart(restart)
+        if restart_policy.name != "no" and (not detach or rm):
+            raise InvalidRunOptionError(
+                f"--restart {restart} needs a detached container without --rm",
+                hint="add -d (the detached container's supervisor restarts it), or drop --rm",
+            )
+        check_ports(ports)  # a port in use is named before anything is pulled or created
+        resolve_capabilities(cap_add, cap_drop, privileged=privileged)  # refuses unknown names
+        img = self.image_for_run(ref, pull=pull, platform=platform, progress=progress)
         cid = id or _generate_id(self)
         opts = RunOptions(
             id=cid,
@@ -1414,6 +1456,16 @@ class Client:
             hostname=hostname,
             read_only=read_only,
             rm=rm,
+            cap_add=tuple(cap_add),
+            cap_drop=tuple(cap_drop),
+            privileged=privileged,
+            seccomp_profile=security.seccomp_profile,
+            no_new_privileges=security.no_new_privileges,
+            ports=ports,
+            restart=restart_policy,
+            memory=memory_bytes,
+            cpus=cpu_count,
+            pids_limit=pids,
         )
         config = img.config()
         chains = img.record.chain_ids
@@ -1453,7 +1505,9 @@ class Client:
             self.metadata.containers.update_status(cid, "running", state.pid, None)
             return container
         try:
-            code = self.runtime.run(cid, stdin=stdin, stdout=stdout, stderr=stderr)
+            code = self.runtime.run(
+                cid, stdin=stdin, stdout=stdout, stderr=stderr, on_interrupt=on_interrupt
+            )
         except ContainerRunError:
             # It never ran (runc could not create or start it, or no terminal for -t): a
             # "created" container nothing can start would only leak its mount and snapshot.
@@ -1469,9 +1523,17 @@ class Client:
             container.remove(force=True)
         return container
 
-    def _image_for_run(
-        self, ref: str, pull: bool, platform: str | Platform | None, progress: Progress
+    def image_for_run(
+        self,
+        ref: str,
+        *,
+        pull: bool = True,
+        platform: str | Platform | None = None,
+        progress: Progress = no_progress,
     ) -> Image:
+        """The image ``run`` would use for ``ref``: the present one, or (with ``pull``) pulled
+        when missing or present only for another platform than ``platform``. An ID or digest
+        names no registry image, so it is never pulled."""
         want, _ = _wanted_platform(platform)
         try:
             img = self.get(ref)
@@ -1566,8 +1628,12 @@ class Container:
             self._client.metadata.containers.update_status(self.id, "stopped", None, code)
         return code
 
-    def kill(self, sig: int | str = "TERM") -> None:
-        """Send ``sig`` to the container's init process; a stopped container is an error."""
+    def kill(self, sig: int | str = "KILL") -> None:
+        """Send ``sig`` (default KILL, as docker) to the container's init process; a stopped
+        container is an error."""
+        from .runtime import parse_signal
+
+        parse_signal(sig)  # a bad name is a usage error, whatever the container's state
         state = self._client.runtime.state(self.id)
         if state.status not in ("running", "paused", "created"):
             raise ContainerRunError(
@@ -1576,9 +1642,139 @@ class Container:
             )
         self._client.runtime.kill(self.id, sig)
 
+    def start(self) -> None:
+        """Start a stopped (or never started) container again, detached, on its own snapshot:
+        what it wrote stays; its output goes to its log (docker's start without -a)."""
+        rt = self._client.runtime
+        state = rt.state(self.id)
+        if state.status in ("running", "paused"):
+            raise InUseError(
+                f"container {self.id} is already {state.status}",
+                hint=f"stop it first (fastdist stop {self.id}), or use restart",
+            )
+        rt.delete(self.id)  # runc forgets the old run; the bundle and the mount stay
+        new = rt.start(self.id)
+        self.exit_code = None
+        self._client.metadata.containers.update_status(self.id, "running", new.pid, None)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """stop (TERM, then KILL after ``timeout``) and start again."""
+        self.stop(timeout)
+        self.start()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """TERM, then KILL after ``timeout`` seconds (docker's stop); the exit status."""
+        code = self._client.runtime.stop(self.id, timeout)
+        self.exit_code = code
+        with contextlib.suppress(FastdistError):
+            self._client.metadata.containers.update_status(self.id, "stopped", None, code)
+        return code
+
+    def exec(
+        self,
+        command: Sequence[str],
+        *,
+        tty: bool = False,
+        interactive: bool = False,
+        env: Sequence[str] = (),
+        user: str | None = None,
+        workdir: str | None = None,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+    ) -> int:
+        """Run ``command`` in the running container; its exit status."""
+        return self._client.runtime.exec(
+            self.id,
+            command,
+            tty=tty,
+            interactive=interactive,
+            env=env,
+            user=user,
+            workdir=workdir,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+    def inspect(self) -> dict[str, Any]:
+        """docker-style inspect: state, exit code, times, the spec's process, mounts, ports."""
+        c = self._client
+        rec = c.metadata.containers.get(self.id)
+        if rec is None:
+            raise ContainerNotFoundError(f"no such container: {self.id}")
+        state = c.runtime.state(self.id)
+        bundle = Path(rec.bundle)
+        try:
+            spec = json.loads((bundle / "config.json").read_bytes())
+        except (OSError, ValueError):
+            spec = {}
+        process = spec.get("process", {})
+        linux = spec.get("linux", {})
+        exit_file = bundle / "exit"
+        finished = exit_file.stat().st_mtime if exit_file.exists() else None
+        return {
+            "Id": rec.id,
+            "Name": rec.id,
+            "Image": rec.image,
+            "Created": _iso(rec.created),
+            "State": {
+                "Status": state.status,
+                "Running": state.status == "running",
+                "Pid": state.pid or 0,
+                "ExitCode": state.exit_code,
+                "FinishedAt": _iso(finished) if finished is not None else None,
+            },
+            "Config": {
+                "Cmd": list(process.get("args", rec.command)),
+                "Env": list(process.get("env", [])),
+                "WorkingDir": process.get("cwd"),
+                "User": process.get("user"),
+                "Tty": bool(process.get("terminal", False)),
+                "Hostname": spec.get("hostname"),
+            },
+            "HostConfig": {
+                "AutoRemove": rec.rm,
+                "RestartPolicy": _bundle_meta(bundle).get("restart", {"name": "no"}),
+                "ReadonlyRootfs": bool(spec.get("root", {}).get("readonly", False)),
+                "Capabilities": list(process.get("capabilities", {}).get("bounding", [])),
+                "NoNewPrivileges": bool(process.get("noNewPrivileges", False)),
+                "Seccomp": "default" if "seccomp" in linux else "unconfined",
+                "NetworkMode": (
+                    "none"
+                    if any(n.get("type") == "network" for n in linux.get("namespaces", []))
+                    else "host"
+                ),
+            },
+            "Mounts": [
+                {
+                    "Type": m.get("type"),
+                    "Source": m.get("source"),
+                    "Destination": m.get("destination"),
+                    "RW": "ro" not in m.get("options", []),
+                }
+                for m in spec.get("mounts", [])
+                if m.get("type") == "bind"
+            ],
+            "Ports": {
+                f"{p['container_port']}/{p['protocol']}": [
+                    {"HostIp": p["host_ip"], "HostPort": str(p["host_port"])}
+                ]
+                for p in _bundle_meta(bundle).get("ports", [])
+            },
+            "RestartCount": _restart_count(bundle),
+            "Snapshotter": rec.snapshotter,
+            "Bundle": rec.bundle,
+            "LogPath": rec.log_path,
+        }
+
     def logs(self, follow: bool = False) -> Iterator[bytes]:
-        """What a detached container wrote to stdout/stderr."""
+        """What a detached container wrote to stdout/stderr, in the order written."""
         return self._client.runtime.logs(self.id, follow=follow)
+
+    def log_entries(self, follow: bool = False, tail: int | None = None) -> Iterator[LogEntry]:
+        """Its output line by line, each with its stream (stdout/stderr) and time."""
+        return self._client.runtime.log_entries(self.id, follow=follow, tail=tail)
 
     def remove(self, force: bool = False) -> None:
         """Delete the container, its bundle and its writable snapshot (``force``: kill first)."""
@@ -1658,6 +1854,30 @@ _NOUNS = (
 )
 
 
+def _bundle_meta(bundle: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((bundle / "fastdist.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _restart_count(bundle: Path) -> int:
+    try:
+        return int((bundle / "restarts").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _iso(t: float) -> str:
+    """A UNIX time as docker prints it in inspect (RFC 3339, UTC)."""
+    import datetime
+
+    return (
+        datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    )
+
+
 def _generate_id(client: Client) -> str:
     """A readable unique id like ``swift-heron-3fa2``."""
     import secrets
@@ -1684,8 +1904,8 @@ class _PullBudget:
             if self.used > self.limit:
                 raise LimitExceededError(
                     f"pull of {self.what}: layer {digest} brings the unpacked total to "
-                    f"{self.used} bytes, over the per-pull limit of {self.limit} bytes "
-                    "(max_pull_bytes)",
+                    f"{size_and_bytes(self.used)}, over the per-pull limit of "
+                    f"{size_and_bytes(self.limit)} (max_pull_bytes)",
                     hint="raise Client(max_pull_bytes=...) only if you trust this image",
                 )
 
@@ -1705,6 +1925,7 @@ def _cap_layer_bytes(limits: _native.Limits | None, cap: int) -> _native.Limits 
         max_ratio=base.max_ratio,
         ratio_grace_bytes=base.ratio_grace_bytes,
         zstd_window_log_max=base.zstd_window_log_max,
+        max_volumes=base.max_volumes,
     )
 
 

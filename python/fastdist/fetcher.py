@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 import requests
+import urllib3.exceptions
 
 from .errors import (
     DigestMismatchError,
@@ -28,7 +29,16 @@ from .mirrors import MIRROR_RETRIES, Mirrors
 from .oci import NONDISTRIBUTABLE_TYPES, Descriptor, sha256_digest
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
-from .transport import BODY_ERRORS, Transport, http_log, redact_url
+from .sizes import over_limit
+from .transport import (
+    BODY_ERRORS,
+    Transport,
+    checked_url,
+    declared_length,
+    http_log,
+    redact_url,
+    set_read_timeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +103,11 @@ def _read_chunks(resp: requests.Response, limit: int) -> Iterator[bytes]:
                 piece = raw.read(want, decode_content=False)
         except BODY_ERRORS as e:
             # Only read errors become retries; a failing sink.write propagates as it is.
-            raise _Truncated(type(e).__name__) from e
+            timed_out = isinstance(e, (TimeoutError, urllib3.exceptions.ReadTimeoutError)) or (
+                isinstance(e.__context__, (TimeoutError, urllib3.exceptions.ReadTimeoutError))
+            )
+            why = "stalled: no data within the stall timeout" if timed_out else type(e).__name__
+            raise _Truncated(why) from e
         if not piece:
             return
         remaining -= len(piece)
@@ -121,13 +135,16 @@ class Fetcher:
         """Stream ``desc``'s blob into ``sink`` from ``sink.offset`` to ``desc.size``."""
         if desc.urls and desc.media_type in NONDISTRIBUTABLE_TYPES:
             if self.transport.config.allow_foreign_urls:
-                for url in desc.urls:
+                for raw_url in desc.urls:
                     try:
+                        url = checked_url(raw_url, what=f"{desc.digest}: foreign URL")
                         self._fetch_from(url, None, None, desc, sink, progress)
                         return
                     except RegistryError as e:
                         log.warning(
-                            "foreign URL %s failed (%s); trying the registry", redact_url(url), e
+                            "foreign URL %s failed (%s); trying the registry",
+                            redact_url(raw_url),
+                            e,
                         )
             else:
                 log.info(
@@ -173,9 +190,7 @@ class Fetcher:
     def fetch_bytes(self, ref: Reference, desc: Descriptor, limit: int) -> bytes:
         """A small blob whole, verified (size and sha256); over ``limit`` is refused unread."""
         if desc.size > limit:
-            raise ManifestError(
-                f"blob {desc.digest} is {desc.size} bytes, over the {limit}-byte limit"
-            )
+            raise ManifestError(f"blob {desc.digest} is {over_limit(desc.size, limit)}")
         sink = BytesSink()
         self.fetch(ref, desc, sink)
         data = sink.getvalue()
@@ -276,6 +291,9 @@ class Fetcher:
             max_retries=max_retries,
         )
         with resp:
+            # The request's deadline bounded the wait for headers; a blob's body may take
+            # long, but never stall_timeout without a byte.
+            set_read_timeout(resp, self.transport.config.stall_timeout)
             skip = self._prefix_to_skip(resp, desc, start, url)
             self._check_length(resp, desc, start, skip)
             received = start
@@ -335,10 +353,10 @@ class Fetcher:
 
     @staticmethod
     def _check_length(resp: requests.Response, desc: Descriptor, start: int, skip: int) -> None:
-        declared = resp.headers.get("Content-Length")
-        if declared is None or not declared.isdigit():
+        declared = declared_length(resp)
+        if declared is None:
             return
-        total = start - skip + int(declared)
+        total = start - skip + declared
         if total > desc.size:
             raise SizeMismatchError(
                 f"blob {desc.digest}: {redact_url(resp.url or '')} announces {total} bytes, "

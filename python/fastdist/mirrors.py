@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from .auth import valid_header_value
 from .errors import FastdistError
 from .reference import Reference
 from .transport import HostTLS, Transport
@@ -47,6 +49,7 @@ DEFAULT_COOLDOWN = 600.0
 # Retries on a mirror before falling back: one quick retry, since the upstream is the fallback.
 MIRROR_RETRIES = 1
 MAX_HOSTS_TOML = 1 << 20
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.1 token
 
 
 class HostsConfigError(FastdistError):
@@ -193,9 +196,14 @@ def _host(
     if not isinstance(header_raw, dict):
         raise HostsConfigError(f"{where}: {url}: header must be a table")
     for k, v in header_raw.items():
+        if not _HEADER_NAME_RE.fullmatch(k):
+            raise HostsConfigError(f"{where}: {url}: {k!r} is not a valid header name")
         for value in v if isinstance(v, list) else [v]:
-            if not isinstance(value, str) or "\n" in value or "\r" in value:
-                raise HostsConfigError(f"{where}: {url}: header {k!r} must be strings")
+            if not isinstance(value, str) or not valid_header_value(value):
+                raise HostsConfigError(
+                    f"{where}: {url}: header {k!r} must be strings without control or "
+                    "non-latin-1 characters"
+                )
             headers.append((k, value))
     return RegistryHost(
         url=url.rstrip("/"),
@@ -212,8 +220,9 @@ def _host(
 class Mirrors:
     """The hosts to try per reference (hosts.toml or just the registry), remembering failures.
 
-    The upstream of a registry without a ``server`` line is ``transport.base_url`` (http for
-    loopback, https otherwise). Mirrors' TLS settings are handed to the transport. Thread-safe.
+    The upstream of a registry without a ``server`` line is ``transport.base_url`` (https
+    unless the host is known to speak plain HTTP). Mirrors' TLS settings are handed to the
+    transport. Thread-safe.
     """
 
     def __init__(

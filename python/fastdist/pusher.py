@@ -15,12 +15,12 @@ import logging
 import os
 from collections.abc import Callable
 from typing import BinaryIO, Literal, Union
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import DigestMismatchError, RegistryError
 from .oci import Digest, parse_digest, sha256_digest
 from .reference import Reference
-from .transport import Body, Transport, redact_url
+from .transport import Body, Transport, checked_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,10 @@ class Pusher:
                 url=redact_url(start.url),
                 status=start.status_code,
             )
-        upload_url = _with_query(urljoin(start.url, location), digest=digest)
+        upload_url = _with_query(
+            checked_url(location, start.url, what=f"POST {redact_url(start.url)}: upload location"),
+            digest=digest,
+        )
         resp = t.request(
             "PUT",
             upload_url,

@@ -50,6 +50,15 @@ class Reference:
         """Parse ``[domain/]path[:tag][@digest]`` with docker's normalisation."""
         if not isinstance(text, str) or not text:
             raise InvalidReferenceError("invalid reference: empty string", hint=_FORMS)
+        scheme = text.split("://", 1)[0].lower() if "://" in text else None
+        if scheme is not None:
+            rest = text.split("://", 1)[1]
+            raise InvalidReferenceError(
+                f"invalid reference {text[:100]!r}: a reference names a registry host, "
+                f"not a {scheme}:// URL",
+                hint=f"drop the scheme: {rest[:100]}; for a registry that speaks plain HTTP "
+                "add --plain-http (loopback registries are found either way)",
+            )
         if text != text.strip() or any(c.isspace() for c in text):
             raise InvalidReferenceError(
                 f"invalid reference {text[:100]!r}: contains whitespace", hint=_FORMS
@@ -87,12 +96,6 @@ class Reference:
                     "not starting with '.' or '-'",
                 )
 
-        if "://" in text:
-            raise InvalidReferenceError(
-                f"invalid reference {text[:100]!r}: a reference has no URL scheme",
-                hint="drop the scheme (host[:port]/repo:tag); for a registry without TLS, "
-                "pass --plain-http HOST",
-            )
         domain, path = _split_domain(rest)
         if not _DOMAIN_RE.fullmatch(domain):
             raise InvalidReferenceError(

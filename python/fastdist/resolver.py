@@ -36,6 +36,7 @@ from .oci import (
 )
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference
+from .sizes import over_limit
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Resolver:
             log.debug("%s: content type %r is not a manifest type; using mediaType", ref, ct)
         doc = parse_document(body, declared)
         target = Descriptor(doc.media_type, digest, len(body))
-        progress(ProgressEvent(Phase.RESOLVED, digest=digest, media_type=doc.media_type))
+        progress(ProgressEvent(Phase.RESOLVED, digest, doc.media_type, len(body), len(body)))
 
         desc, doc_bytes = target, body
         depth = 0
@@ -107,7 +108,9 @@ class Resolver:
                 raise ManifestError(f"{ref}: indexes nest deeper than {MAX_INDEX_DEPTH} levels")
             desc = select_platform(doc, want, ref, any_platform=any_platform)
             doc_bytes, doc = self._get_by_descriptor(ref, desc)
-            progress(ProgressEvent(Phase.RESOLVED, digest=desc.digest, media_type=desc.media_type))
+            progress(
+                ProgressEvent(Phase.RESOLVED, desc.digest, desc.media_type, desc.size, desc.size)
+            )
         return Resolved(
             reference=ref,
             target=target,
@@ -165,8 +168,7 @@ class Resolver:
             )
         if desc.size > MAX_MANIFEST_BYTES:
             raise ManifestError(
-                f"manifest {desc.digest} is {desc.size} bytes, "
-                f"over the {MAX_MANIFEST_BYTES}-byte limit"
+                f"manifest {desc.digest} is {over_limit(desc.size, MAX_MANIFEST_BYTES)}"
             )
         body, content_type = self._get(ref, desc.digest)
         digest = sha256_digest(body)

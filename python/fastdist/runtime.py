@@ -32,25 +32,28 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
 import json
 import logging
 import os
 import posixpath
 import re
+import select
 import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Union
 
-from . import oci, rootfs
+from . import oci, rootfs, seccomp
 from .errors import ContainerNotFoundError, ContainerRunError, InUseError
 from .store import check_beneath
 
@@ -71,7 +74,9 @@ class WorkdirError(ContainerRunError):
 
 
 class InvalidRunOptionError(ContainerRunError):
-    """A run option is malformed (env entry, mount, network mode, container id)."""
+    """A run option is malformed (env entry, mount, network mode, container id, capability)."""
+
+    exit_code = 2  # a usage error, like argparse's: nothing was created
 
 
 # --- options ------------------------------------------------------------------------------------
@@ -89,6 +94,108 @@ class Mount:
     src: str
     dst: str
     readonly: bool = False
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """``-p [IP:]HOST:CONTAINER[/tcp]``: connections to ``host_ip:host_port`` on the host are
+    relayed to ``127.0.0.1:container_port`` inside the container's network namespace."""
+
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+
+def parse_publish(text: str) -> PortMapping:
+    """docker's ``-p/--publish [IP:]HOST:CONTAINER[/tcp]`` (IPv6 addresses in brackets)."""
+    import ipaddress
+
+    spec, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    m = re.fullmatch(r"(?:(\[[0-9a-fA-F:.]+\]|[0-9.]+):)?([0-9]{1,5}):([0-9]{1,5})", spec)
+    if proto != "tcp" or m is None:
+        what = "only tcp can be published" if m is not None else "expected [IP:]HOST:CONTAINER"
+        raise InvalidRunOptionError(
+            f"invalid --publish {text[:80]!r}: {what}",
+            hint="e.g. -p 8080:80 or -p 127.0.0.1:6379:6379",
+        )
+    ip = (m.group(1) or "0.0.0.0").strip("[]")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise InvalidRunOptionError(
+            f"invalid --publish {text[:80]!r}: {ip!r} is not an IP address",
+            hint="e.g. -p 127.0.0.1:8080:80",
+        ) from None
+    host, container = int(m.group(2)), int(m.group(3))
+    for port in (host, container):
+        if not 1 <= port <= 65535:
+            raise InvalidRunOptionError(
+                f"invalid --publish {text[:80]!r}: port {port} is not in 1-65535",
+                hint="e.g. -p 8080:80",
+            )
+    return PortMapping(ip, host, container, proto)
+
+
+def _listen(mapping: PortMapping) -> socket.socket:
+    """The host's listening socket for a published port; a port in use is named."""
+    family = socket.AF_INET6 if ":" in mapping.host_ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((mapping.host_ip, mapping.host_port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ContainerRunError(
+            f"cannot publish port {mapping.host_ip}:{mapping.host_port}: {e.strerror or e}",
+            hint="the port is in use or not allowed: pick another host port with -p",
+        ) from None
+    return sock
+
+
+def check_ports(ports: Sequence[PortMapping]) -> None:
+    """Refuse duplicate host ports and ports already in use, before anything is created."""
+    seen: set[tuple[str, int]] = set()
+    for p in ports:
+        if (p.host_ip, p.host_port) in seen:
+            raise InvalidRunOptionError(
+                f"host port {p.host_ip}:{p.host_port} is published twice",
+                hint="give each -p its own host port",
+            )
+        seen.add((p.host_ip, p.host_port))
+    for p in ports:
+        _listen(p).close()
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """docker's ``--restart``: ``no``, ``on-failure[:N]`` (at most N restarts; 0: no limit),
+    ``always``; a container stopped, killed or removed by the user is not restarted."""
+
+    name: str = "no"
+    max_restarts: int = 0
+
+    def wants(self, code: int | None, restarts: int) -> bool:
+        if self.name == "always":
+            return True
+        if self.name == "on-failure" and code != 0:
+            return self.max_restarts == 0 or restarts < self.max_restarts
+        return False
+
+
+def parse_restart(text: str) -> RestartPolicy:
+    name, _, count = text.partition(":")
+    if name in ("no", "always", "unless-stopped") and not count:
+        # unless-stopped is always here: fastdist has no daemon whose restart would tell them apart
+        return RestartPolicy("always" if name == "unless-stopped" else name)
+    if name == "on-failure" and (not count or count.isdigit()):
+        return RestartPolicy(name, int(count) if count else 0)
+    raise InvalidRunOptionError(
+        f"invalid --restart {text[:40]!r}",
+        hint="use no, on-failure, on-failure:N, always or unless-stopped",
+    )
 
 
 @dataclass(frozen=True)
@@ -116,6 +223,115 @@ class RunOptions:
     hostname: str | None = None
     read_only: bool = False
     rm: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    seccomp_profile: seccomp.Profile | None = seccomp.DEFAULT_PROFILE  # None: unconfined
+    no_new_privileges: bool = True
+    ports: tuple[PortMapping, ...] = ()
+    restart: RestartPolicy = RestartPolicy()
+    memory: int | None = None  # bytes (memory and swap together: no swap beyond it)
+    cpus: float | None = None  # CPUs of time per period (CFS quota)
+    pids_limit: int | None = None
+
+
+MIN_MEMORY = 6 << 20  # docker's minimum: less cannot even start a container
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_CFS_PERIOD = 100_000  # microseconds, the kernel's default period
+
+
+def parse_memory(text: str | int) -> int:
+    """docker's ``--memory``: bytes, or a number with b, k, m, g (binary units, ``kb`` too)."""
+    if isinstance(text, int):
+        value: int | None = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)b?\s*", text.lower())
+        value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)]) if m else None
+    if value is None or value < MIN_MEMORY or value >= 1 << 62:
+        raise InvalidRunOptionError(
+            f"invalid --memory {str(text)[:40]!r}: expected a size of at least 6m",
+            hint="use a number with a unit, e.g. --memory 512m or --memory 2g",
+        )
+    return value
+
+
+def parse_cpus(text: str | float) -> float:
+    """docker's ``--cpus``: a positive number of CPUs, fractions allowed (``0.5``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.01 <= value <= 1 << 20:
+        raise InvalidRunOptionError(
+            f"invalid --cpus {str(text)[:40]!r}: expected a number of CPUs of at least 0.01",
+            hint="e.g. --cpus 1.5",
+        )
+    return value
+
+
+def parse_pids_limit(text: str | int) -> int:
+    """docker's ``--pids-limit``: a positive number of processes (``-1``/``0``: unlimited)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1 or value >= 1 << 62:
+        raise InvalidRunOptionError(
+            f"invalid --pids-limit {str(text)[:40]!r}: expected a number of processes",
+            hint="e.g. --pids-limit 100 (or -1 for no limit)",
+        )
+    return value
+
+
+def _resources(opts: RunOptions) -> dict[str, Any]:
+    """The spec's cgroup resources (runc writes them for cgroup v1 and v2 alike)."""
+    out: dict[str, Any] = {"devices": [{"allow": opts.privileged, "access": "rwm"}]}
+    if opts.memory is not None:
+        out["memory"] = {"limit": opts.memory, "swap": opts.memory}
+    if opts.cpus is not None:
+        out["cpu"] = {"quota": max(1000, int(opts.cpus * _CFS_PERIOD)), "period": _CFS_PERIOD}
+    if opts.pids_limit is not None and opts.pids_limit > 0:
+        out["pids"] = {"limit": opts.pids_limit}
+    return out
+
+
+@dataclass(frozen=True)
+class SecurityOptions:
+    """What ``--security-opt`` entries ask for (see :func:`parse_security_opts`)."""
+
+    seccomp_profile: seccomp.Profile | None = seccomp.DEFAULT_PROFILE  # None: unconfined
+    no_new_privileges: bool = True
+
+
+def parse_security_opts(entries: Sequence[str]) -> SecurityOptions:
+    """docker's ``--security-opt``: ``seccomp=unconfined|default|FILE``, ``no-new-privileges[=B]``.
+
+    ``no-new-privileges`` is on by default here (stricter than docker, whose default is off);
+    ``no-new-privileges=false`` turns it off for images whose setuid programs must work.
+    """
+    profile: seccomp.Profile | None = seccomp.DEFAULT_PROFILE
+    nnp = True
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if not sep:
+            key, sep, value = entry.partition(":")  # docker's old spelling
+        if key == "seccomp" and sep and value:
+            if value == "unconfined":
+                profile = None
+            elif value in ("default", "builtin"):
+                profile = seccomp.DEFAULT_PROFILE
+            else:
+                profile = seccomp.load_profile(value)
+        elif key == "no-new-privileges" and value.lower() in ("", "true", "1", "yes"):
+            nnp = True
+        elif key == "no-new-privileges" and value.lower() in ("false", "0", "no"):
+            nnp = False
+        else:
+            raise InvalidRunOptionError(
+                f"invalid --security-opt {entry[:80]!r}",
+                hint="use seccomp=unconfined, seccomp=PROFILE.json or no-new-privileges[=false]",
+            )
+    return SecurityOptions(profile, nnp)
 
 
 @dataclass(frozen=True)
@@ -308,11 +524,166 @@ MASKED_PATHS = (
     "/sys/devices/virtual/powercap",
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+# Every capability by number (linux/capability.h), for --cap-add/--cap-drop and --privileged.
+ALL_CAPABILITIES = tuple(
+    "CAP_" + c
+    for c in (
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    )
+)
+
+
+def host_capabilities() -> tuple[str, ...]:
+    """The capabilities fastdist can hand on: its own bounding set (a process cannot give what it
+    lacks, and runc fails to start a container asking for more). ``--privileged`` and
+    ``--cap-add ALL`` get these."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            line = next(x for x in f if x.startswith("CapBnd:"))
+        bounding = int(line.split()[1], 16)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return DEFAULT_CAPABILITIES
+    return tuple(c for i, c in enumerate(ALL_CAPABILITIES) if bounding >> i & 1)
+
+
+def _cap_name(text: str) -> str:
+    name = text.strip().upper()
+    name = name if name.startswith("CAP_") else "CAP_" + name
+    if name != "CAP_ALL" and name not in ALL_CAPABILITIES:
+        raise InvalidRunOptionError(
+            f"unknown capability {text[:40]!r}",
+            hint="use a name from capabilities(7), e.g. NET_ADMIN or CAP_SYS_PTRACE, or ALL",
+        )
+    return name
+
+
+def resolve_capabilities(
+    add: Sequence[str] = (), drop: Sequence[str] = (), *, privileged: bool = False
+) -> list[str]:
+    """docker's rules: privileged or ``--cap-add ALL`` start from every capability, ``--cap-drop
+    ALL`` from none, else from the defaults; drops apply, then adds (an add beats a drop)."""
+    adds = [_cap_name(c) for c in add]
+    drops = [_cap_name(c) for c in drop]
+    every = host_capabilities()
+    if privileged or "CAP_ALL" in adds:
+        return list(every)
+    base = [] if "CAP_ALL" in drops else [c for c in DEFAULT_CAPABILITIES if c not in drops]
+    for cap in adds:
+        if cap not in base:
+            if cap not in every:
+                raise InvalidRunOptionError(
+                    f"cannot add capability {cap}: fastdist itself does not have it",
+                    hint="drop it from --cap-add (or run fastdist with it)",
+                )
+            base.append(cap)
+    return base
+
+
+def thermal_throttle_paths(sys_root: Path = Path("/sys")) -> list[str]:
+    """The per-CPU ``thermal_throttle`` directories of this host, masked as docker does (they
+    expose and, on some kernels, reset the host's thermal event counters)."""
+    cpus = sys_root / "devices" / "system" / "cpu"
+    try:
+        names = sorted(
+            (e.name for e in os.scandir(cpus) if re.fullmatch(r"cpu[0-9]+", e.name)),
+            key=lambda n: int(n[3:]),
+        )
+    except OSError:
+        return []
+    return [
+        f"/sys/devices/system/cpu/{n}/thermal_throttle"
+        for n in names
+        if (cpus / n / "thermal_throttle").is_dir()
+    ]
+
+
+_DEV_SKIP = ("pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev", "console")
+
+
+def host_devices(dev: Path = Path("/dev")) -> list[dict[str, Any]]:
+    """Every device node of the host as spec ``linux.devices`` (what ``--privileged`` gets), as
+    runc's HostDevices lists them: no ptys, no console, symlinks not followed."""
+    out: list[dict[str, Any]] = []
+
+    def walk(d: Path, rel: str) -> None:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            if not rel and e.name in _DEV_SKIP:
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            path = f"/dev/{rel}{e.name}"
+            if stat.S_ISDIR(st.st_mode):
+                walk(Path(e.path), f"{rel}{e.name}/")
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                out.append(
+                    {
+                        "path": path,
+                        "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
+                        "major": os.major(st.st_rdev),
+                        "minor": os.minor(st.st_rdev),
+                        "fileMode": stat.S_IMODE(st.st_mode),
+                        "uid": st.st_uid,
+                        "gid": st.st_gid,
+                    }
+                )
+
+    walk(dev, "")
+    return out
+
+
 _KERNEL_FS = ("/proc", "/sys")
 
 
-def _default_mounts() -> list[dict[str, Any]]:
+def _default_mounts(privileged: bool = False) -> list[dict[str, Any]]:
     def m(dst: str, typ: str, src: str, *options: str) -> dict[str, Any]:
+        if privileged and "ro" in options:  # docker: a privileged container's /sys is writable
+            options = tuple(o for o in options if o != "ro")
         return {"destination": dst, "type": typ, "source": src, "options": list(options)}
 
     return [
@@ -533,14 +904,26 @@ def build_spec(
     volumes = _volume_mounts(c, root, taken, state_dir)
 
     extra = sorted(volumes + user_mounts, key=lambda m: m["destination"].count("/"))
-    mounts = [m for m in _default_mounts() if m["destination"] not in taken]
+    mounts = [m for m in _default_mounts(opts.privileged) if m["destination"] not in taken]
     mounts += file_mounts + extra
 
     namespaces = ["pid", "ipc", "uts", "mount"] + (["network"] if opts.net == "none" else [])
     process_user: dict[str, Any] = {"uid": user.uid, "gid": user.gid}
     if user.additional_gids:
         process_user["additionalGids"] = list(user.additional_gids)
-    caps = list(DEFAULT_CAPABILITIES)
+    caps = resolve_capabilities(opts.cap_add, opts.cap_drop, privileged=opts.privileged)
+    linux: dict[str, Any] = {
+        "namespaces": [{"type": t} for t in namespaces],
+        "maskedPaths": [] if opts.privileged else [*MASKED_PATHS, *thermal_throttle_paths()],
+        "readonlyPaths": [] if opts.privileged else list(READONLY_PATHS),
+        "resources": _resources(opts),
+        # Relative: runc nests it under its own cgroup, so limits on fastdist still apply.
+        "cgroupsPath": f"fastdist/{opts.id}",
+    }
+    if opts.privileged:
+        linux["devices"] = host_devices()
+    elif opts.seccomp_profile is not None:  # docker: --privileged runs without a seccomp filter
+        linux["seccomp"] = seccomp.resolve(opts.seccomp_profile, caps)
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -551,19 +934,12 @@ def build_spec(
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": list(caps)},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": True,
+            "noNewPrivileges": opts.no_new_privileges,
         },
         "root": {"path": str(root.absolute()), "readonly": opts.read_only},
         "hostname": hostname,
         "mounts": mounts,
-        "linux": {
-            "namespaces": [{"type": t} for t in namespaces],
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            # Relative: runc nests it under its own cgroup, so limits on fastdist still apply.
-            "cgroupsPath": f"fastdist/{opts.id}",
-        },
+        "linux": linux,
     }
 
 
@@ -579,9 +955,13 @@ _BUNDLE_FILES = (
     "hosts",
     "supervisor.lock",
     "supervisor.log",
+    "stopped",
+    "restarts",
 )
 _PR_SET_CHILD_SUBREAPER = 36
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+KILL_AFTER_SECOND_INTERRUPT = 2.0  # seconds: ^C twice in this window kills (docker's habit)
+InterruptNotice = Callable[[str], None]  # told the container id after a first ^C is relayed
 _TAIL = 4000
 StdStream = Union[int, IO[Any], None]
 
@@ -661,7 +1041,11 @@ class Runtime:
         return b
 
     # -- preconditions -------------------------------------------------------------------------
-    def _runc_cmd(self, *args: str, bundle: Path | None = None) -> list[str]:
+    def check(self) -> None:
+        """Refuse early (runc missing, not root), before a caller creates anything."""
+        self._runc_cmd()
+
+    def _runc_cmd(self, *args: str, bundle: Path | None = None, log: str = "runc.log") -> list[str]:
         path = shutil.which(self.runc)
         if path is None:
             raise ContainerRunError(
@@ -675,7 +1059,7 @@ class Runtime:
             )
         cmd = [path, "--root", str(self.state_root)]
         if bundle is not None:
-            cmd += ["--log", str(bundle / "runc.log"), "--log-format", "json"]
+            cmd += ["--log", str(bundle / log), "--log-format", "json"]
         return cmd + list(args)
 
     def _runc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -732,7 +1116,13 @@ class Runtime:
             f"127.0.1.1\t{hostname}\n"
         )
         _write_atomic(b / "hosts", hosts.encode(), 0o644)
-        meta = {"id": opts.id, "interactive": opts.interactive, "tty": opts.tty}
+        meta = {
+            "id": opts.id,
+            "interactive": opts.interactive,
+            "tty": opts.tty,
+            "ports": [dataclasses.asdict(p) for p in opts.ports],
+            "restart": dataclasses.asdict(opts.restart),
+        }
         _write_atomic(b / "fastdist.json", json.dumps(meta).encode())
         _write_atomic(b / "config.json", json.dumps(spec, indent=1).encode())
         return spec
@@ -748,7 +1138,11 @@ class Runtime:
                 f"container {b.name} has no spec yet", hint="call create() before starting it"
             ) from None
         spec, meta = data
-        return {"tty": bool(spec["process"]["terminal"]), "interactive": bool(meta["interactive"])}
+        return {
+            "tty": bool(spec["process"]["terminal"]),
+            "interactive": bool(meta["interactive"]),
+            "ports": [PortMapping(**p) for p in meta.get("ports", [])],
+        }
 
     # -- running -------------------------------------------------------------------------------
     def run(
@@ -758,6 +1152,7 @@ class Runtime:
         stdin: StdStream = None,
         stdout: StdStream = None,
         stderr: StdStream = None,
+        on_interrupt: InterruptNotice | None = None,
     ) -> int:
         """Run in the foreground with ``runc run`` and return the container's exit status.
 
@@ -768,51 +1163,27 @@ class Runtime:
         """
         b = self._existing(container_id)
         meta = self._meta(b)
-        cmd = self._runc_cmd("run", "--bundle", str(b), container_id, bundle=b)
+        pid_file = b / "pid"
+        cmd = self._runc_cmd(
+            "run", "--bundle", str(b), "--pid-file", str(pid_file), container_id, bundle=b
+        )
         if not meta["interactive"] and stdin is None:
             stdin = subprocess.DEVNULL
-        if meta["tty"]:
-            fds = [
-                s if isinstance(s, int) else (s.fileno() if s is not None else d)
-                for s, d in ((stdin, 0), (stdout, 1), (stderr, 2))
-            ]
-            if not any(fd >= 0 and os.isatty(fd) for fd in fds):
-                raise ContainerRunError(
-                    "cannot allocate a terminal: none of stdin, stdout, stderr is a TTY",
-                    hint="drop -t, or run from a terminal",
-                )
-        with contextlib.suppress(FileNotFoundError):
-            (b / "exit").unlink()
+        for name in ("exit", "pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (b / name).unlink()
         (b / "runc.log").write_bytes(b"")
-        proc = subprocess.Popen(
-            cmd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            close_fds=True,
-            start_new_session=True,
-        )
-        previous: dict[int, Any] = {}
-
-        def forward(signum: int, _frame: object) -> None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signum)
-
+        listeners = [(p, _listen(p)) for p in meta["ports"]]  # a port in use: nothing ran
+        forwarder = _PortForwarder(listeners, pid_file) if listeners else None
+        if forwarder is not None:
+            forwarder.start()
         try:
-            if _in_main_thread():
-                # SIGWINCH too with a terminal: it reaches our process group, not runc's session,
-                # and runc resizes the container's terminal when it gets it.
-                forwarded = _FORWARDED_SIGNALS + ((signal.SIGWINCH,) if meta["tty"] else ())
-                for sig in forwarded:
-                    previous[sig] = signal.signal(sig, forward)
-            code = proc.wait()
+            code = self._foreground(
+                container_id, cmd, meta["tty"], stdin, stdout, stderr, on_interrupt=on_interrupt
+            )
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            if proc.returncode is None:
-                proc.kill()
-                proc.wait()
-        code = 128 - code if code < 0 else code
+            if forwarder is not None:
+                forwarder.close()
         errors = _runc_errors(b / "runc.log")
         if errors:
             raise ContainerRunError(
@@ -822,6 +1193,144 @@ class Runtime:
                 stderr_tail=errors,
             )
         _write_atomic(b / "exit", f"{code}\n".encode())
+        return code
+
+    def _foreground(
+        self,
+        container_id: str,
+        cmd: list[str],
+        tty: bool,
+        stdin: StdStream,
+        stdout: StdStream,
+        stderr: StdStream,
+        *,
+        on_interrupt: InterruptNotice | None = None,
+    ) -> int:
+        """Run ``runc run``/``runc exec`` in the foreground, relaying signals; its exit status.
+
+        runc is in its own session, so a terminal's ^C reaches it once, through us. A second
+        SIGINT within ``KILL_AFTER_SECOND_INTERRUPT`` seconds of the first kills the container
+        (its PID 1 may ignore SIGINT, as a shell does); ``on_interrupt`` is told after the first.
+        """
+        if tty:
+            fds = [
+                s if isinstance(s, int) else (s.fileno() if s is not None else d)
+                for s, d in ((stdin, 0), (stdout, 1), (stderr, 2))
+            ]
+            if not any(fd >= 0 and os.isatty(fd) for fd in fds):
+                raise ContainerRunError(
+                    "cannot allocate a terminal: none of stdin, stdout, stderr is a TTY",
+                    hint="drop -t, or run from a terminal",
+                )
+        proc = subprocess.Popen(
+            cmd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            close_fds=True,
+            start_new_session=True,
+        )
+        previous: dict[int, Any] = {}
+        last_interrupt: list[float] = []
+
+        def forward(signum: int, _frame: object) -> None:
+            now = time.monotonic()
+            if signum == signal.SIGINT:
+                if last_interrupt and now - last_interrupt[-1] <= KILL_AFTER_SECOND_INTERRUPT:
+                    with contextlib.suppress(ContainerRunError):
+                        self._runc("kill", container_id, "KILL", check=False)
+                    return
+                last_interrupt.append(now)
+                if on_interrupt is not None:
+                    on_interrupt(container_id)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+        try:
+            if _in_main_thread():
+                # SIGWINCH too with a terminal: it reaches our process group, not runc's session,
+                # and runc resizes the container's terminal when it gets it.
+                forwarded = _FORWARDED_SIGNALS + ((signal.SIGWINCH,) if tty else ())
+                for sig in forwarded:
+                    previous[sig] = signal.signal(sig, forward)
+            code = proc.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        return 128 - code if code < 0 else code
+
+    def exec(
+        self,
+        container_id: str,
+        args: Sequence[str],
+        *,
+        tty: bool = False,
+        interactive: bool = False,
+        env: Sequence[str] = (),
+        user: str | None = None,
+        workdir: str | None = None,
+        stdin: StdStream = None,
+        stdout: StdStream = None,
+        stderr: StdStream = None,
+    ) -> int:
+        """Run ``args`` in the running container (``runc exec``); the process's exit status.
+
+        The new process is the container's own process spec (capabilities, rlimits,
+        no_new_privs, the seccomp filter of the container) with its args, env (``env`` entries
+        replace or add ``KEY=VALUE``), user (resolved in the container's root) and cwd replaced.
+        """
+        b = self._existing(container_id)
+        if not args:
+            raise InvalidRunOptionError("nothing to exec: give a command", hint="exec ID CMD…")
+        state = self.state(container_id)
+        if state.status != "running":
+            raise ContainerRunError(
+                f"cannot exec in container {container_id}: it is {state.status}",
+                hint="exec needs a running container (start one with run -d)",
+            )
+        spec = json.loads((b / "config.json").read_bytes())
+        process = dict(spec["process"])
+        process["args"] = list(args)
+        process["terminal"] = tty
+        process["env"] = _merge_env(list(process.get("env", [])), tuple(env), "-e")
+        if user is not None:
+            u = resolve_user(b / "rootfs", user)
+            process["user"] = {"uid": u.uid, "gid": u.gid}
+            if u.additional_gids:
+                process["user"]["additionalGids"] = list(u.additional_gids)
+        if workdir is not None:
+            if not workdir.startswith("/"):
+                raise WorkdirError(
+                    f"invalid working directory {workdir!r}: it must be an absolute path"
+                )
+            process["cwd"] = workdir
+        if not interactive and stdin is None:
+            stdin = subprocess.DEVNULL
+        fd, name = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=b)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(process).encode())
+            log_name = Path(name).name.removesuffix(".json") + ".log"
+            cmd = self._runc_cmd("exec", "--process", name, container_id, bundle=b, log=log_name)
+            try:
+                code = self._foreground(container_id, cmd, tty, stdin, stdout, stderr)
+                errors = _runc_errors(b / log_name)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    (b / log_name).unlink()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        if errors:
+            raise ContainerRunError(
+                f"runc could not exec in container {container_id}: {errors.splitlines()[-1]}",
+                hint=_hint_for(errors),
+                status=code,
+                stderr_tail=errors,
+            )
         return code
 
     def start(self, container_id: str) -> ContainerState:
@@ -837,7 +1346,7 @@ class Runtime:
             )
         cmd = self._runc_cmd("state", container_id)  # checks runc and root up front
         runc_path = cmd[0]
-        for name in ("exit", "pid"):
+        for name in ("exit", "pid", "stopped", "restarts"):
             with contextlib.suppress(FileNotFoundError):
                 (b / name).unlink()
         (b / "runc.log").write_bytes(b"")
@@ -887,7 +1396,7 @@ class Runtime:
             errors = str(result.get("error") or "the supervisor died; see supervisor.log")
             raise ContainerRunError(
                 f"runc could not start container {container_id}: {errors.splitlines()[-1]}",
-                hint=_hint_for(errors),
+                hint=str(result["hint"]) if result.get("hint") else _hint_for(errors),
                 status=result.get("status"),
                 stderr_tail=errors[-_TAIL:],
             )
@@ -911,8 +1420,10 @@ class Runtime:
         return ContainerState(container_id, status, None, exit_code, b)
 
     def wait(self, container_id: str) -> int | None:
-        """Block until a detached container's supervisor is done; its exit status, if known."""
+        """Block until the container exits (and a detached one's supervisor recorded it); its
+        exit status, if known."""
         b = self._existing(container_id)
+        self._wait_exit(container_id, None)
         self._wait_supervisor(b)
         return self.state(container_id).exit_code
 
@@ -932,38 +1443,115 @@ class Runtime:
             os.close(fd)
 
     def logs(self, container_id: str, *, follow: bool = False) -> Iterator[bytes]:
-        """The output of a detached container, in chunks; with ``follow``, until it stops."""
+        """The output of a detached container (stdout and stderr in the order written);
+        with ``follow``, until it stops."""
+        return (e.data for e in self.log_entries(container_id, follow=follow))
+
+    def log_entries(
+        self, container_id: str, *, follow: bool = False, tail: int | None = None
+    ) -> Iterator[LogEntry]:
+        """The lines of a detached container's output with their stream and time; ``tail``:
+        only the last N already written; with ``follow``, then what comes until it stops."""
         b = self._existing(container_id)
         try:
             f = open(b / "log", "rb")  # noqa: SIM115 - closed in the generator's finally
         except FileNotFoundError:
             return iter(())
-        return self._read_log(b, f, follow)
+        return self._read_log(b, f, follow, tail)
 
-    def _read_log(self, b: Path, f: IO[bytes], follow: bool) -> Iterator[bytes]:
+    def _read_log(
+        self, b: Path, f: IO[bytes], follow: bool, tail: int | None
+    ) -> Iterator[LogEntry]:
         try:
+            if tail is not None:
+                import collections
+
+                last: collections.deque[bytes] = collections.deque(maxlen=max(0, tail))
+                pending = b""
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        pending = line  # being written: read again below
+                        break
+                    last.append(line)
+                for line in last:
+                    yield parse_log_line(line)
+                f.seek(-len(pending), os.SEEK_CUR)
+            pending = b""
             while True:
                 chunk = f.read(65536)
                 if chunk:
-                    yield chunk
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        yield parse_log_line(line)
                     continue
                 if not follow:
-                    return
+                    break
                 if self._wait_supervisor(b, block=False):
-                    rest = f.read()
-                    if rest:
-                        yield rest
-                    return
+                    pending += f.read()
+                    break
                 time.sleep(0.1)  # like tail -f; the supervisor gives no write notifications
+            if pending and not pending.startswith(b'{"s": '):  # else a record still being written
+                yield parse_log_line(pending)
         finally:
             f.close()
 
     # -- control -------------------------------------------------------------------------------
-    def kill(self, container_id: str, sig: int | str = signal.SIGTERM) -> None:
-        """Send ``sig`` (a number, or a name like ``KILL``/``SIGKILL``) to the container's init."""
-        self._existing(container_id)
-        name = str(int(sig)) if isinstance(sig, int) else sig.upper().removeprefix("SIG")
+    def kill(self, container_id: str, sig: int | str = signal.SIGKILL) -> None:
+        """Send ``sig`` (a number, or a name like ``KILL``/``SIGKILL``) to the container's init.
+
+        The default is KILL, as docker's: a shell as PID 1 ignores TERM.
+        """
+        b = self._existing(container_id)
+        name = parse_signal(sig)
+        if name in ("KILL", "TERM", "9", "15"):
+            _mark_stopped(b)  # the user stops it: no restart policy brings it back
         self._runc("kill", container_id, name)
+
+    def _init_pidfd(self, container_id: str) -> int | None:
+        """A pidfd of the container's running init (None once it is gone)."""
+        state = self.state(container_id)
+        if state.status not in ("running", "paused") or state.pid is None:
+            return None
+        try:
+            fd = os.pidfd_open(state.pid)
+        except ProcessLookupError:
+            return None
+        # The pid could have been reused between runc's answer and pidfd_open: ask again.
+        again = self.state(container_id)
+        if again.pid != state.pid or again.status not in ("running", "paused"):
+            os.close(fd)
+            return None
+        return fd
+
+    def _wait_exit(self, container_id: str, timeout: float | None) -> bool:
+        """Wait for the container's init to exit (at most ``timeout`` s); whether it did."""
+        fd = self._init_pidfd(container_id)
+        if fd is None:
+            return True
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+        finally:
+            os.close(fd)
+
+    def stop(self, container_id: str, timeout: float = 10.0) -> int | None:
+        """docker's stop: TERM, then KILL if the container still runs after ``timeout`` s.
+
+        Returns the exit status once known (recorded by a detached container's supervisor).
+        """
+        b = self._existing(container_id)
+        _mark_stopped(b)
+        if self.state(container_id).status in ("running", "paused"):
+            with contextlib.suppress(ContainerRunError):  # it may exit meanwhile
+                self._runc("kill", container_id, "TERM")
+            if not self._wait_exit(container_id, timeout):
+                with contextlib.suppress(ContainerRunError):
+                    self._runc("kill", container_id, "KILL")
+                self._wait_exit(container_id, None)
+        self._wait_supervisor(b)
+        return self.state(container_id).exit_code
 
     def delete(self, container_id: str, *, force: bool = False) -> None:
         """Make runc forget the container (``force`` kills a running one first).
@@ -980,6 +1568,7 @@ class Runtime:
                     f"container {container_id} is {status}",
                     hint="stop it first (kill), or force the removal",
                 )
+            _mark_stopped(b)
             self._runc("delete", *(["--force"] if force else []), container_id)
         self._wait_supervisor(b)
 
@@ -1000,6 +1589,9 @@ class Runtime:
             for leftover in (name, name + ".tmp"):  # .tmp: an interrupted _write_atomic
                 with contextlib.suppress(FileNotFoundError):
                     (b / leftover).unlink()
+        for stale in b.glob("exec-*"):  # an interrupted exec's process spec and log
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
         if (b / "volumes").exists():
             shutil.rmtree(b / "volumes")  # fd-based on Linux: never follows symlinks out
         for d in (rootfs_dir, b):
@@ -1012,6 +1604,26 @@ class Runtime:
                     f"cannot remove {d}: {e.strerror}",
                     hint="it holds files fastdist did not write; inspect and remove it by hand",
                 ) from None
+
+
+def _mark_stopped(b: Path) -> None:
+    _write_atomic(b / "stopped", b"")
+
+
+def parse_signal(sig: int | str) -> str:
+    """A signal as runc takes it (``KILL``, ``15``); unknown names and numbers are usage errors."""
+    if isinstance(sig, int) or (isinstance(sig, str) and sig.isdigit()):
+        number = int(sig)
+        if 1 <= number <= signal.SIGRTMAX:
+            return str(number)
+    else:
+        name = sig.upper().removeprefix("SIG")
+        if name in {s.name.removeprefix("SIG") for s in signal.Signals}:
+            return name
+    raise InvalidRunOptionError(
+        f"unknown signal {str(sig)[:40]!r}",
+        hint="use a name like KILL, TERM, HUP, INT, USR1 (with or without SIG), or a number",
+    )
 
 
 def _hint_for(errors: str) -> str | None:
@@ -1053,19 +1665,86 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     base = [runc_path, "--root", str(root / "runc"), "--log", str(b / "runc.log")]
     base += ["--log-format", "json"]
-    log_fd = os.open(b / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    created = subprocess.run(
-        [*base, "create", "--bundle", str(b), "--pid-file", str(b / "pid"), container_id],
-        stdin=subprocess.DEVNULL,
-        stdout=log_fd,
-        stderr=log_fd,
-        close_fds=True,
-        check=False,
-    )
-    os.close(log_fd)
-    if created.returncode != 0:
-        send({"ok": False, "status": created.returncode, "error": _runc_errors(b / "runc.log")})
+    try:
+        meta = json.loads((b / "fastdist.json").read_bytes())
+        ports = [PortMapping(**p) for p in meta.get("ports", [])]
+        listeners = [(p, _listen(p)) for p in ports]
+    except ContainerRunError as e:
+        send({"ok": False, "error": f"{e.message}\n", "hint": e.hint})
         return 1
+    restart = RestartPolicy(**meta.get("restart", {}))
+    log = _LogWriter(b / "log")
+    forwarder: _PortForwarder | None = None
+    restarts = 0
+    reported = False
+    code: int | None = None
+    while True:
+        launched = _launch(base, b, container_id, log)
+        if isinstance(launched, str):  # runc failed: the first time, the caller is told
+            if not reported:
+                send({"ok": False, "error": launched})
+                log.close()
+                return 1
+            log.write("stderr", f"fastdist: restart failed: {launched}\n".encode())
+            break
+        pid, readers = launched
+        if forwarder is None and listeners:
+            forwarder = _PortForwarder(listeners)
+            forwarder.start()
+        if forwarder is not None:
+            forwarder.enter(pid)
+        if not reported:
+            send({"ok": True, "pid": pid})
+            reported = True
+        code = _reap(pid)
+        # Once init is gone the kernel kills the rest of its pid namespace, so the pipes reach
+        # EOF; bounded anyway, so a leaked writer cannot keep `wait` and `logs -f` from returning.
+        for t in readers:
+            t.join(_LOG_DRAIN_SECONDS)
+        if not restart.wants(code, restarts) or (b / "stopped").exists():
+            break
+        restarts += 1
+        _write_atomic(b / "restarts", f"{restarts}\n".encode())
+        subprocess.run(
+            [*base, "delete", "--force", container_id],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            close_fds=True,
+            check=False,
+        )
+        time.sleep(min(0.1 * 2 ** min(restarts, 10), 10.0))  # docker's back-off, capped
+        if (b / "stopped").exists():  # stopped or removed during the back-off
+            break
+    log.close()
+    if code is not None:
+        _write_atomic(b / "exit", f"{code}\n".encode())
+    return 0
+
+
+def _launch(
+    base: list[str], b: Path, container_id: str, log: _LogWriter
+) -> tuple[int, list[Any]] | str:
+    """``runc create`` + ``runc start`` with stdout/stderr piped into the log; the init's pid
+    and the log readers, or runc's error."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        created = subprocess.run(
+            [*base, "create", "--bundle", str(b), "--pid-file", str(b / "pid"), container_id],
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            close_fds=True,
+            check=False,
+        )
+    finally:
+        os.close(out_w)  # the container holds its own copies now
+        os.close(err_w)
+    readers = [log.follow(out_r, "stdout"), log.follow(err_r, "stderr")]
+    if created.returncode != 0:
+        for t in readers:
+            t.join(_LOG_DRAIN_SECONDS)
+        return _runc_errors(b / "runc.log") or f"runc create exited {created.returncode}"
     pid = int((b / "pid").read_text().strip())
     started = subprocess.run(
         [*base, "start", container_id],
@@ -1083,14 +1762,200 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
             close_fds=True,
             check=False,
         )
-        send({"ok": False, "status": started.returncode, "error": error})
         _reap(pid)
-        return 1
-    send({"ok": True, "pid": pid})
-    code = _reap(pid)
-    if code is not None:
-        _write_atomic(b / "exit", f"{code}\n".encode())
-    return 0
+        for t in readers:
+            t.join(_LOG_DRAIN_SECONDS)
+        return error or f"runc start exited {started.returncode}"
+    return pid, readers
+
+
+class _PortForwarder:
+    """Relays each connection accepted on a host port to ``127.0.0.1:PORT`` inside the
+    container's network namespace: the connecting side enters the namespace (``setns`` on
+    its own thread), so no bridge, veth or NAT is needed and ``--net none`` keeps its
+    loopback-only namespace."""
+
+    def __init__(
+        self, listeners: list[tuple[PortMapping, socket.socket]], pid_file: Path | None = None
+    ) -> None:
+        """``pid_file``: where runc writes the init's pid (foreground runs), read at the first
+        connection when :meth:`enter` was not called."""
+        import threading
+
+        self._netns = -1
+        self._lock = threading.Lock()
+        self._listeners = listeners
+        self._pid_file = pid_file
+        self._libc = ctypes.CDLL(None, use_errno=True)
+
+    def close(self) -> None:
+        for _, sock in self._listeners:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            sock.close()
+        with self._lock:
+            old, self._netns = self._netns, -1
+        if old >= 0:
+            os.close(old)
+
+    def _netns_fd(self) -> int:
+        """A duplicate of the current network namespace fd (-1: none yet)."""
+        with self._lock:
+            if self._netns < 0 and self._pid_file is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pid = int(self._pid_file.read_text().strip())
+                    self._netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            return os.dup(self._netns) if self._netns >= 0 else -1
+
+    def enter(self, pid: int) -> None:
+        """Relay into the network namespace of ``pid`` (a container's init, also a restarted
+        one) from now on."""
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        with self._lock:
+            old, self._netns = self._netns, fd
+        if old >= 0:
+            os.close(old)
+
+    def start(self) -> None:
+        import threading
+
+        for mapping, sock in self._listeners:
+            threading.Thread(
+                target=self._accept, args=(mapping, sock), name="publish", daemon=True
+            ).start()
+
+    def _accept(self, mapping: PortMapping, sock: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._relay, args=(mapping, client), name="relay", daemon=True
+            ).start()
+
+    def _relay(self, mapping: PortMapping, client: socket.socket) -> None:
+        import threading
+
+        with client:
+            netns = self._netns_fd()  # a restart replaces self._netns meanwhile
+            if netns < 0:
+                return  # the container is not up yet: the client sees the connection close
+            try:
+                entered = self._libc.setns(netns, _CLONE_NEWNET) == 0  # this thread only
+            finally:
+                os.close(netns)
+            if not entered:
+                log.warning("publish: setns: errno %d", ctypes.get_errno())
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", mapping.container_port), 10)
+            except OSError as e:
+                log.info("publish: port %d in the container: %s", mapping.container_port, e)
+                return
+            with upstream:
+                upstream.settimeout(None)
+                back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+                back.start()
+                _pipe(client, upstream)
+                back.join()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    """Copy until EOF, then half-close, so each direction ends on its own."""
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+_CLONE_NEWNET = 0x40000000
+_LOG_DRAIN_SECONDS = 10.0
+_LOG_LINE_MAX = 16 * 1024  # a longer line is recorded in pieces (docker: 16 KiB too)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line (or piece of a long one) a detached container wrote, with its stream and time."""
+
+    stream: str  # "stdout" or "stderr"
+    time: float
+    data: bytes
+
+
+class _LogWriter:
+    """``<bundle>/log``: one JSON object per line the container wrote, so stdout and stderr
+    stay apart and keep their order (``{"s": stream, "t": unix time, "b": text}``, the text
+    with undecodable bytes kept as surrogate escapes)."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._lock = threading.Lock()
+
+    def write(self, stream: str, data: bytes) -> None:
+        record = {"s": stream, "t": time.time(), "b": data.decode("utf-8", "surrogateescape")}
+        line = json.dumps(record).encode() + b"\n"
+        with self._lock:
+            os.write(self._fd, line)
+
+    def follow(self, fd: int, stream: str) -> Any:
+        import threading
+
+        def pump() -> None:
+            pending = b""
+            try:
+                while True:
+                    try:
+                        chunk = os.read(fd, 65536)
+                    except OSError:
+                        break
+                    if not chunk:
+                        break
+                    pending += chunk
+                    while True:
+                        cut = pending.find(b"\n")
+                        if cut < 0 and len(pending) < _LOG_LINE_MAX:
+                            break
+                        end = cut + 1 if 0 <= cut < _LOG_LINE_MAX else _LOG_LINE_MAX
+                        self.write(stream, pending[:end])
+                        pending = pending[end:]
+                if pending:
+                    self.write(stream, pending)
+            finally:
+                os.close(fd)
+
+        t = threading.Thread(target=pump, name=f"log-{stream}", daemon=True)
+        t.start()
+        return t
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def parse_log_line(line: bytes) -> LogEntry:
+    """A line of ``<bundle>/log``; anything not ours (an older raw log) is stdout text."""
+    try:
+        record = json.loads(line)
+        if isinstance(record, dict) and record.get("s") in ("stdout", "stderr"):
+            text = str(record.get("b", ""))
+            return LogEntry(
+                str(record["s"]),
+                float(record.get("t", 0.0)),
+                text.encode("utf-8", "surrogateescape"),
+            )
+    except (ValueError, TypeError, UnicodeError):
+        pass
+    return LogEntry("stdout", 0.0, line)
 
 
 def _reap(pid: int) -> int | None:

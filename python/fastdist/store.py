@@ -40,6 +40,35 @@ def ensure_dir(path: Path) -> Path:
     ``path`` itself must end up a real directory: a symlink in its place is refused (a store
     directory is never trusted through a symlink, design.md §7)."""
     # Path.mkdir(parents=True) would give the parents the umask's mode; make each one 0700.
+    # A concurrent holder may remove what was just made (an ingest directory, after its commit):
+    # then make it again, a bounded number of times.
+    for attempt in range(_ENSURE_DIR_TRIES):
+        try:
+            st = _make_dirs(path)
+            break
+        except FileNotFoundError as e:
+            if attempt + 1 < _ENSURE_DIR_TRIES:
+                continue
+            error: OSError = e
+        except OSError as e:
+            error = e
+        raise StoreError(
+            f"cannot create store directory {path}: {error.strerror}",
+            hint="pass a directory you can create (or own) with --root or $FASTDIST_ROOT",
+        ) from error
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(
+            f"store directory {path} is not a directory (a symlink?)",
+            hint="the store is not trusted through symlinks; remove it, or choose another --root",
+        )
+    return path
+
+
+_ENSURE_DIR_TRIES = 20
+
+
+def _make_dirs(path: Path) -> os.stat_result:
+    """mkdir ``path`` and its missing parents 0700; the ``lstat`` of ``path`` afterwards."""
     missing: list[Path] = []
     p = path
     while not p.is_dir():
@@ -47,22 +76,13 @@ def ensure_dir(path: Path) -> Path:
         if p.parent == p:
             break
         p = p.parent
-    try:
-        for d in reversed(missing):
-            try:
-                os.mkdir(d, DIR_MODE)
-            except FileExistsError:
-                if not d.is_dir():
-                    raise
-        st = os.lstat(path)
-    except OSError as e:
-        raise StoreError(f"cannot create store directory {path}: {e.strerror}") from e
-    if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(
-            f"store directory {path} is not a directory (a symlink?)",
-            hint="the store is not trusted through symlinks; remove it, or choose another --root",
-        )
-    return path
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+    return os.lstat(path)
 
 
 def ensure_root(root: Path) -> Path:

@@ -5,8 +5,14 @@ the only place that retries (design.md §4): temporary failures (connection erro
 retried with exponential backoff and jitter; 429's ``Retry-After`` is honoured within a bounded
 total wait. Authentication follows distribution's token spec: on a 401 the ``WWW-Authenticate``
 challenge is answered once (Bearer token, or Basic), tokens are cached per (host, scope).
-Redirects are followed by hand so credentials never travel to another host (security rule §7),
-and plain HTTP is used only for loopback and explicitly allowed hosts, never as a fallback.
+Redirects are followed by hand so credentials never travel to another host (security rule §7).
+Plain HTTP is spoken to hosts the user named, and to loopback (and ``--tls-verify=false``) hosts
+only after TLS failed and the server was seen answering in plain HTTP, as containerd's
+``HTTPFallback`` and docker do; never after a certificate error, never to any other host.
+Every URL and header value that comes from the network is checked before use, and every
+exception requests or urllib3 raise on such input becomes a typed ``RegistryError``. A request
+has a total deadline (headers, retries and, for small documents, the body); blob bodies have a
+stall timeout instead, since their size bounds nothing about their time.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import logging
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Union
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -41,6 +48,7 @@ from .auth import (
 )
 from .auth import parse_www_authenticate as _parse_challenges
 from .errors import AuthenticationError, ManifestError, NotFoundError, RegistryError
+from .termsafe import sanitize
 
 log = logging.getLogger(__name__)
 # One DEBUG line per HTTP exchange (``fastdist --debug``): method, redacted URL, status, bytes,
@@ -72,14 +80,26 @@ class HostTLS:
 
 @dataclass(frozen=True)
 class TransportConfig:
-    """Network policy. Loopback registries are always reachable over plain HTTP."""
+    """Network policy.
+
+    ``plain_http_hosts``: spoken to in plain HTTP from the start (``host`` or ``host:port``).
+    Loopback hosts and ``insecure_skip_verify_hosts`` are tried over TLS first and fall back to
+    plain HTTP only when the server answers in plain HTTP (never after a certificate error).
+    ``ca_file`` is trusted for every host; ``host_ca_files`` (``host[:port]`` → PEM file) for
+    one host each. ``insecure_skip_verify_hosts`` skip certificate verification.
+    ``request_deadline``: seconds one request may take in all (connection, headers, retries
+    and, for manifests, configs and tokens, the body). ``stall_timeout``: seconds a blob body
+    may go without a byte.
+    """
 
     plain_http_hosts: frozenset[str] = frozenset()
     ca_file: str | None = None
     insecure_skip_verify_hosts: frozenset[str] = frozenset()
+    host_ca_files: Mapping[str, str] = field(default_factory=dict)
     connect_timeout: float = 10
     read_timeout: float = 60
     stall_timeout: float = 30
+    request_deadline: float = 300
     max_retries: int = 5
     backoff_base: float = 0.2
     backoff_max: float = 10
@@ -126,6 +146,109 @@ def _netloc(url: str) -> str:
     return parts.netloc.rsplit("@", 1)[-1].lower()
 
 
+def _host_in(netloc: str, hosts: Collection[str]) -> bool:
+    """``host:port`` is listed as itself or by its bare host name."""
+    names = {x.lower() for x in hosts}
+    h = netloc.lower()
+    return h in names or hostname_of(h) in names
+
+
+_BAD_URL_HINT = "the registry sent a malformed URL; report it to the registry's operator"
+
+
+def checked_url(url: str, base: str | None = None, *, what: str) -> str:
+    """A URL from the network (a redirect's ``Location``, a token realm, an upload location),
+    resolved against ``base`` and parsed strictly before use: an http(s) scheme, a host, a port
+    in range, no whitespace or control characters. Anything else is a RegistryError here, not a
+    ValueError or InvalidURL from deep inside requests."""
+    try:
+        full = urljoin(base, url) if base is not None else url
+        parts = urlsplit(full)
+        _ = parts.port  # ValueError when out of range or not a number
+        host = parts.hostname
+    except ValueError as e:
+        raise RegistryError(
+            f"{what} '{_clean(url, 120)}' is not a valid URL: {_clean(str(e), 80)}",
+            hint=_BAD_URL_HINT,
+        ) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise RegistryError(
+            f"{what} '{_clean(url, 120)}' is not an http(s) URL with a host", hint=_BAD_URL_HINT
+        )
+    if _CONTROL_RE.search(full) or any(c.isspace() for c in full):
+        raise RegistryError(
+            f"{what} '{_clean(url, 120)}' holds whitespace or control characters",
+            hint=_BAD_URL_HINT,
+        )
+    return full
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """An exception and what it wraps (requests → urllib3 ``reason`` → ``__cause__``...)."""
+    out: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and len(out) < 16 and all(cur is not c for c in out):
+        out.append(cur)
+        nxt = getattr(cur, "reason", None)
+        if not isinstance(nxt, BaseException):
+            args = getattr(cur, "args", ())
+            nxt = next((a for a in args if isinstance(a, BaseException)), None)
+        cur = nxt if isinstance(nxt, BaseException) else (cur.__cause__ or cur.__context__)
+    return out
+
+
+def _is_certificate_error(e: BaseException) -> bool:
+    return any(isinstance(c, ssl.SSLCertVerificationError) for c in _chain(e))
+
+
+def answers_plain_http(netloc: str, timeout: float) -> bool:
+    """Whether the server at ``host:port`` answers a plain-HTTP request with an HTTP status
+    line. The request (``OPTIONS *``) names no resource, so it touches no registry state."""
+    host, port = hostname_of(netloc), netloc.rsplit(":", 1)[-1]
+    if not port.isdigit():
+        return False
+    head = b""
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as s:
+            host_header = netloc.encode("latin-1", "replace")
+            s.sendall(b"OPTIONS * HTTP/1.0\r\nHost: " + host_header + b"\r\n\r\n")
+            # Read the whole (HTTP/1.0: closed) answer, bounded: closing on unread bytes
+            # would reset the connection under the server's feet.
+            while len(head) < 8192:
+                piece = s.recv(8192)
+                if not piece:
+                    break
+                head += piece
+    except OSError:
+        pass
+    return head.startswith(b"HTTP/")
+
+
+def speaks_plain_http(netloc: str, timeout: float) -> bool | None:
+    """Probe ``host:port`` once: False when a TLS handshake completes (the server speaks TLS;
+    its certificate is verified by the real request, and a certificate error is then an error,
+    never a reason to fall back); True when the handshake fails and the server answers a
+    plain-HTTP request; None when nothing answers (connection refused: ask again next time).
+    The handshake verifies nothing and loads no CA bundle, so the probe costs a round trip."""
+    host, port = hostname_of(netloc), netloc.rsplit(":", 1)[-1]
+    if not port.isdigit():
+        return False
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host),
+        ):
+            return False
+    except (ConnectionRefusedError, socket.gaierror):
+        return None
+    except OSError:  # ssl.SSLError (not TLS: "wrong version number"), a reset, a timeout
+        pass
+    return answers_plain_http(netloc, timeout)
+
+
 # What may carry a secret inside text we did not write (a registry's error message, a library's
 # exception text quoting a URL): a URL's query (signed CDN URLs), an Authorization value, a
 # ``token=``/``password=``-style pair.
@@ -167,9 +290,9 @@ for _name in ("urllib3.connectionpool", "urllib3.connection", "requests"):
 
 
 def _clean(text: str, limit: int = 200, secrets: Collection[str] = ()) -> str:
-    """Text we did not write goes into our messages: strip control characters and anything
-    that may be a credential, bound it."""
-    text = redact_text(_CONTROL_RE.sub(" ", text).strip(), secrets)
+    """Text we did not write goes into our messages: control characters shown escaped (the
+    one terminal sanitiser, ``termsafe``), anything that may be a credential redacted, bounded."""
+    text = redact_text(sanitize(text.strip()), secrets)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -217,6 +340,9 @@ class Transport:
         self._lock = threading.Lock()
         self._basic_hosts: set[str] = set()
         self._host_tls: dict[str, HostTLS] = {}
+        # Hosts that may fall back, probed: True when the server failed a TLS handshake and
+        # answered in plain HTTP, False when it speaks TLS (then TLS errors are errors).
+        self._speaks_plain: dict[str, bool] = {}
         # Every password and token this transport has used: scrubbed from registry-supplied text.
         self._secrets: set[str] = set()
         self.sleep: Callable[[float], None] = time.sleep
@@ -232,21 +358,59 @@ class Transport:
             return self._host_tls.get(netloc.lower())
 
     def plain_http_allowed(self, host: str) -> bool:
-        """Loopback hosts, hosts the user listed (``host`` or ``host:port``), and mirrors whose
-        hosts.toml URL says http:// (an explicit choice, never a fallback)."""
+        """Whether plain HTTP may be spoken to ``host`` at all: what ``prefers_plain_http``
+        allows, and loopback hosts (a loopback server that hands us an http:// URL chose it)."""
+        return self.prefers_plain_http(host) or is_loopback(host)
+
+    def prefers_plain_http(self, host: str) -> bool:
+        """Hosts spoken to in plain HTTP from the first request: those the user listed
+        (``host`` or ``host:port``), mirrors whose hosts.toml URL says http:// (an explicit
+        choice), and hosts seen answering in plain HTTP after TLS failed (``_effective_url``)."""
         h = host.lower()
-        allowed = {x.lower() for x in self.config.plain_http_hosts}
         tls = self._tls(h)
         if tls is not None and tls.plain_http:
             return True
-        return is_loopback(h) or h in allowed or hostname_of(h) in allowed
+        with self._lock:
+            if self._speaks_plain.get(h):
+                return True
+        return _host_in(h, self.config.plain_http_hosts)
+
+    def may_fall_back(self, host: str) -> bool:
+        """Hosts tried over TLS first whose plain-HTTP answer is accepted when TLS fails:
+        loopback and ``insecure_skip_verify_hosts`` (docker's insecure registries). The port
+        must be explicit: the fallback speaks plain HTTP to the same port."""
+        h = host.lower()
+        if not h.rsplit(":", 1)[-1].isdigit() or h.endswith("]"):
+            return False
+        return is_loopback(h) or _host_in(h, self.config.insecure_skip_verify_hosts)
 
     def base_url(self, registry_host: str) -> str:
-        scheme = "http" if self.plain_http_allowed(registry_host) else "https"
+        scheme = "http" if self.prefers_plain_http(registry_host) else "https"
         return f"{scheme}://{registry_host}"
 
     def url(self, registry_host: str, path: str) -> str:
         return self.base_url(registry_host) + path
+
+    def _effective_url(self, url: str) -> str:
+        """``url``, with https replaced by http for a host that may fall back (``may_fall_back``)
+        and whose server, probed once, failed a TLS handshake and answered in plain HTTP."""
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return url  # refused with a RegistryError where it is used
+        host = parts.netloc.rsplit("@", 1)[-1].lower()
+        if parts.scheme != "https" or not self.may_fall_back(host):
+            return url
+        with self._lock:
+            plain = self._speaks_plain.get(host)
+        if plain is None:
+            plain = speaks_plain_http(host, self.config.connect_timeout)
+            if plain is not None:
+                if plain:
+                    log.info("%s answers in plain HTTP, not TLS: using http:// for it", host)
+                with self._lock:
+                    self._speaks_plain[host] = plain
+        return urlunsplit(("http", *parts[1:])) if plain else url
 
     def _check_url(self, url: str) -> None:
         parts = urlsplit(url)
@@ -265,9 +429,12 @@ class Transport:
         tls = self._tls(host)
         if tls is not None and tls.verify is not True:
             return tls.verify
-        skip = {h.lower() for h in self.config.insecure_skip_verify_hosts}
-        if host in skip or hostname_of(host) in skip:
+        if _host_in(host, self.config.insecure_skip_verify_hosts):
             return False
+        for name in (host, hostname_of(host)):
+            for key, path in self.config.host_ca_files.items():
+                if key.lower() == name:
+                    return path
         return self.config.ca_file or True
 
     @staticmethod
@@ -288,32 +455,36 @@ class Transport:
         stall: bool = False,
         on_retry: RetryHook | None = None,
         max_retries: int | None = None,
+        deadline: float | None = None,
     ) -> requests.Response:
         """Send a request and return the (streamed) response once its status is 2xx or listed
         in ``accept_status``; the caller closes it. ``registry`` is the host whose credentials
         apply (None: anonymous, for foreign URLs); they are sent only while the URL is on that
         host. Temporary failures are retried here (``max_retries`` overrides the config: a
-        mirror gets few, its fallback is the next host); other failures raise typed errors."""
+        mirror gets few, its fallback is the next host); other failures raise typed errors.
+        ``deadline`` (``time.monotonic()`` based; default: ``request_deadline`` from now)
+        bounds every attempt and every wait between them."""
+        if deadline is None:
+            deadline = time.monotonic() + self.config.request_deadline
         attempt = 0
         waited_for_retry_after = 0.0
         while True:
             retry_after: float | None = None
+            shown = redact_url(self._effective_url(url))  # http:// once a fallback is known
+            if time.monotonic() >= deadline:
+                raise self.deadline_error(method, url)
             try:
-                resp = self._send(method, url, registry, scope, headers, body, stall)
+                resp = self._send(method, url, registry, scope, headers, body, stall, deadline)
             except requests.exceptions.SSLError as e:
-                raise RegistryError(
-                    f"{method} {redact_url(url)}: TLS failure: {_clean(str(e))}",
-                    hint="pass a CA file, or allow the host to skip verification if you must",
-                    url=redact_url(url),
-                ) from None
+                raise _tls_error(method, url, e) from None
             except (
                 requests.exceptions.ConnectionError,
                 requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError,
             ) as e:
                 err: RegistryError = RegistryError(
-                    f"{method} {redact_url(url)}: {_connection_reason(e)}",
-                    url=redact_url(url),
+                    f"{method} {shown}: {_connection_reason(e)}",
+                    url=shown,
                     temporary=True,
                     hint=f"is a registry reachable at {_netloc(url)}? check the name, the port "
                     "and the network (a proxy from $HTTPS_PROXY is used if set)",
@@ -323,6 +494,16 @@ class Transport:
                 if not e.temporary:
                     raise
                 err = e
+            except INPUT_ERRORS as e:
+                # What requests/urllib3 raise on a URL or header they cannot use (a malformed
+                # Location or realm that slipped past checked_url, a header value that is not
+                # latin-1): the input is wrong, so no retry.
+                raise RegistryError(
+                    f"{method} {shown}: cannot send the request: "
+                    f"{type(e).__name__}: {_clean(str(e), secrets=self._known_secrets())}",
+                    url=shown,
+                    hint=_BAD_URL_HINT,
+                ) from e
             else:
                 if 200 <= resp.status_code < 300 or resp.status_code in accept_status:
                     return resp
@@ -336,7 +517,7 @@ class Transport:
             delay = self.retry_delay(
                 err, attempt, retry_after, waited_for_retry_after, max_retries=max_retries
             )
-            if delay is None:
+            if delay is None or time.monotonic() + delay >= deadline:
                 raise err
             if retry_after is not None:
                 waited_for_retry_after += delay
@@ -357,8 +538,10 @@ class Transport:
         max_retries: int | None = None,
     ) -> tuple[bytes, Mapping[str, str]]:
         """GET a small document whole (manifests, configs, tokens): capped at ``limit`` before
-        reading past it, retried when the body is cut. Returns the body and response headers."""
+        reading past it, retried when the body is cut, all within one ``request_deadline``.
+        Returns the body and response headers."""
         attempt = 0
+        deadline = time.monotonic() + self.config.request_deadline
         while True:
             resp = self.request(
                 "GET",
@@ -367,9 +550,13 @@ class Transport:
                 scope=scope,
                 headers=headers,
                 max_retries=max_retries,
+                deadline=deadline,
             )
             try:
-                return read_capped(resp, limit, what), resp.headers
+                body = read_capped(
+                    resp, limit, what, deadline=deadline, stall=self.config.read_timeout
+                )
+                return body, resp.headers
             except BODY_ERRORS as e:
                 err = RegistryError(
                     f"GET {redact_url(url)}: body cut: {_clean(str(e))}",
@@ -382,7 +569,18 @@ class Transport:
             delay = self.retry_delay(err, attempt, max_retries=max_retries)
             if delay is None:
                 raise err
+            if time.monotonic() + delay >= deadline:
+                raise self.deadline_error("GET", url) from err
             self.sleep(delay)
+
+    def deadline_error(self, method: str, url: str) -> RegistryError:
+        return RegistryError(
+            f"{method} {redact_url(url)}: no complete answer within the "
+            f"{self.config.request_deadline:g}s request deadline",
+            url=redact_url(url),
+            hint="the registry stalls or is very slow; try again later (the deadline is "
+            "TransportConfig(request_deadline=...))",
+        )
 
     def retry_delay(
         self,
@@ -417,7 +615,11 @@ class Transport:
         code: str | None = None
         detail = ""
         try:
+            # A malformed Content-Length means a body read until the connection closes: skip.
+            declared_length(resp)
             raw = resp.raw.read(MAX_ERROR_BODY, decode_content=True) if resp.raw else b""
+        except RegistryError:
+            raw = b""
         except (requests.exceptions.RequestException, OSError, ValueError) as e:
             log.debug("could not read error body from %s: %s", url, e)
             raw = b""
@@ -465,7 +667,16 @@ class Transport:
             )
             return NotFoundError(message, status=status, code=code, url=url, hint=hint)
         temporary = status in _TEMPORARY_STATUSES or code in _TEMPORARY_CODES
-        return RegistryError(message, status=status, code=code, url=url, temporary=temporary)
+        tls_hint: str | None = None
+        if status == 400 and url.startswith("http://") and code is None:
+            # Go's TLS servers (the registry, Harbor) answer plain HTTP with a bare 400.
+            tls_hint = (
+                "if this registry speaks TLS, drop --plain-http for it (a loopback "
+                "registry is tried over TLS first by itself)"
+            )
+        return RegistryError(
+            message, status=status, code=code, url=url, temporary=temporary, hint=tls_hint
+        )
 
     # --- one attempt: auth + redirects -----------------------------------------------------------
     def _send(
@@ -477,16 +688,21 @@ class Transport:
         headers: Mapping[str, str] | None,
         body: Body | None,
         stall: bool,
+        deadline: float,
     ) -> requests.Response:
         origin = registry.lower() if registry else None
         authorized = False
         current = url
-        timeout = (
-            self.config.connect_timeout,
-            self.config.stall_timeout if stall else self.config.read_timeout,
-        )
         for _hop in range(MAX_REDIRECTS + 1):
+            current = self._effective_url(current)
             self._check_url(current)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self.deadline_error(method, url)
+            timeout = (
+                min(self.config.connect_timeout, remaining),
+                min(self.config.stall_timeout if stall else self.config.read_timeout, remaining),
+            )
             same_origin = origin is not None and _netloc(current) == origin
             hdrs = dict(headers or {})
             if same_origin and origin is not None:
@@ -509,6 +725,7 @@ class Transport:
                     verify=self._verify(current),
                     cert=tls.cert if tls is not None else None,
                     proxies=self._proxies(current),
+                    hooks={"response": _check_location},
                 )
             except requests.exceptions.RequestException as e:
                 if http_log.isEnabledFor(logging.DEBUG):
@@ -533,8 +750,11 @@ class Transport:
                     time.monotonic() - started,
                 )
             if resp.status_code in _REDIRECT_STATUSES and resp.headers.get("Location"):
-                target = urljoin(current, resp.headers["Location"])
+                location = resp.headers["Location"]
                 resp.close()
+                target = checked_url(
+                    location, current, what=f"{method} {redact_url(current)}: redirect to"
+                )
                 log.debug("redirect %s → %s", redact_url(current), redact_url(target))
                 if resp.status_code == 303:
                     method, body = "GET", None
@@ -544,7 +764,7 @@ class Transport:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.close()
                 self._tokens.drop(origin, scope or "")
-                self._answer_challenge(origin, scope, challenge, current)
+                self._answer_challenge(origin, scope, challenge, current, deadline)
                 authorized = True
                 continue
             return resp
@@ -580,11 +800,13 @@ class Transport:
             # Longest first, so a secret containing another is replaced whole.
             return sorted(self._secrets, key=len, reverse=True)
 
-    def _answer_challenge(self, host: str, scope: str | None, header: str, url: str) -> None:
+    def _answer_challenge(
+        self, host: str, scope: str | None, header: str, url: str, deadline: float
+    ) -> None:
         challenges = _parse_challenges(header)
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         if bearer is not None:
-            token = self._fetch_token(host, scope, bearer)
+            token = self._fetch_token(host, scope, bearer, deadline)
             self._tokens.put(host, scope or "", token)
             return
         if any(c.scheme == "basic" for c in challenges):
@@ -605,12 +827,16 @@ class Transport:
             url=redact_url(url),
         )
 
-    def _fetch_token(self, host: str, scope: str | None, challenge: Challenge) -> Token:
+    def _fetch_token(
+        self, host: str, scope: str | None, challenge: Challenge, deadline: float
+    ) -> Token:
         """distribution token spec: GET realm?service&scope (anonymous or Basic), or the OAuth2
         refresh_token grant (POST) when we hold an identity token."""
-        realm = challenge.realm
-        if not realm:
+        if not challenge.realm:
             raise AuthenticationError(f"registry {host}: Bearer challenge without a realm")
+        realm = self._effective_url(
+            checked_url(challenge.realm, what=f"registry {host}: token realm")
+        )
         parts = urlsplit(realm)
         realm_host = parts.netloc.rsplit("@", 1)[-1]
         if parts.scheme == "http":
@@ -637,7 +863,13 @@ class Transport:
             log.warning("not sending credentials to plain-http token realm %s", redact_url(realm))
             creds = None
         headers: dict[str, str] = {}
-        timeout = (self.config.connect_timeout, self.config.read_timeout)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise self.deadline_error("GET", realm)
+        timeout = (
+            min(self.config.connect_timeout, remaining),
+            min(self.config.read_timeout, remaining),
+        )
         form: dict[str, str] | None = None
         params: list[tuple[str, str]] = []
         if creds is not None and creds.identity_token:
@@ -671,9 +903,9 @@ class Transport:
                 proxies=self._proxies(realm),
             )
         except requests.exceptions.SSLError as e:
+            err = _tls_error("GET", realm, e)
             raise AuthenticationError(
-                f"token realm {redact_url(realm)}: TLS failure: {_clean(str(e))}",
-                url=redact_url(realm),
+                f"token realm: {err.message}", url=redact_url(realm), hint=err.hint
             ) from None
         with resp:
             if resp.status_code != 200:
@@ -687,7 +919,20 @@ class Transport:
                     )
                 err.message = f"token request failed: {err.message}"
                 raise err
-            raw = read_capped(resp, MAX_TOKEN_BODY, "token response")
+            try:
+                raw = read_capped(
+                    resp,
+                    MAX_TOKEN_BODY,
+                    "token response",
+                    deadline=deadline,
+                    stall=self.config.read_timeout,
+                )
+            except BODY_ERRORS as e:
+                raise RegistryError(
+                    f"token realm {redact_url(realm)}: answer cut: {_connection_reason(e)}",
+                    url=redact_url(realm),
+                    temporary=True,
+                ) from None
         token = parse_token_response(raw)
         self._remember_secret(token.value)
         return token
@@ -696,12 +941,7 @@ class Transport:
 def _connection_reason(e: BaseException) -> str:
     """The root cause of a requests/urllib3 connection failure in a few words (their own
     messages nest three exception reprs and bury "Connection refused" past any sane width)."""
-    chain: list[BaseException] = []
-    cur: BaseException | None = e
-    while cur is not None and len(chain) < 16 and all(cur is not c for c in chain):
-        chain.append(cur)
-        nxt = getattr(cur, "reason", None)
-        cur = nxt if isinstance(nxt, BaseException) else (cur.__cause__ or cur.__context__)
+    chain = _chain(e)
     # Most specific first: urllib3's NewConnectionError is itself a ConnectTimeoutError.
     checks: tuple[tuple[type[BaseException], str], ...] = (
         (urllib3.exceptions.NameResolutionError, "cannot resolve the host name"),
@@ -716,6 +956,52 @@ def _connection_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {_clean(str(e))}"
 
 
+def _check_location(resp: requests.Response, *args: object, **kwargs: object) -> None:
+    """Response hook: a redirect's ``Location`` is checked before requests parses it (it
+    does so even with ``allow_redirects=False``, raising a bare ValueError on a bad one)."""
+    location = resp.headers.get("Location")
+    if resp.status_code in _REDIRECT_STATUSES and location:
+        method = resp.request.method if resp.request is not None else "GET"
+        try:
+            checked_url(location, resp.url, what=f"{method} {redact_url(resp.url)}: redirect to")
+        except RegistryError:
+            resp.close()
+            raise
+
+
+_TLS_HINT = (
+    "if the registry uses a private CA, pass its certificate: --ca-file FILE "
+    "(TransportConfig(host_ca_files=...), or ca in hosts.toml); --tls-verify=false skips "
+    "verification for the reference's registry, only if you trust the network"
+)
+
+
+def _tls_error(method: str, url: str, e: BaseException) -> RegistryError:
+    if _is_certificate_error(e):
+        cert = next(c for c in _chain(e) if isinstance(c, ssl.SSLCertVerificationError))
+        why = cert.verify_message or cert.reason or "verification failed"
+        return RegistryError(
+            f"{method} {redact_url(url)}: TLS certificate not trusted: {_clean(str(why))}",
+            hint=_TLS_HINT,
+            url=redact_url(url),
+        )
+    return RegistryError(
+        f"{method} {redact_url(url)}: TLS failure: {_connection_reason(e)}",
+        hint="the server does not speak TLS as expected on this port; for a registry that "
+        "speaks plain HTTP pass --plain-http (TransportConfig(plain_http_hosts=...))",
+        url=redact_url(url),
+    )
+
+
+# What requests and urllib3 raise when a URL or header value cannot be used: InvalidURL,
+# InvalidHeader, InvalidSchema, MissingSchema (RequestException), LocationParseError and
+# UnicodeEncodeError (ValueError), and urllib3's own errors that requests does not wrap.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,
+    ValueError,
+)
+
 # Errors raised while reading a response body: the connection dropped or stalled mid-stream.
 BODY_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.HTTPError,
@@ -729,18 +1015,75 @@ def _basic(creds: Credentials) -> str:
     return "Basic " + base64.b64encode(raw).decode()
 
 
-def read_capped(resp: requests.Response, limit: int, what: str) -> bytes:
-    """Read a whole body, refusing (before reading past it) anything over ``limit`` bytes."""
-    declared = resp.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+def declared_length(resp: requests.Response) -> int | None:
+    """The response's ``Content-Length`` (RFC 9110 §8.6), None when absent. A value that is
+    not a decimal number (``-5``, ``1e3``, two different values) is refused: http.client reads
+    such a body until the connection closes, and a kept-alive connection never does."""
+    raw = resp.headers.get("Content-Length")
+    if raw is None:
+        return None
+    values = {v.strip() for v in raw.split(",")}
+    if len(values) != 1 or not all(v.isascii() and v.isdigit() for v in values):
+        url = redact_url(resp.url or "")
+        raise RegistryError(
+            f"{resp.request.method if resp.request else 'GET'} {url}: invalid Content-Length "
+            f"'{_clean(raw, 40)}'",
+            url=url,
+            status=resp.status_code,
+            hint="the registry (or a proxy in front of it) sent a malformed response",
+        )
+    return int(values.pop())
+
+
+def set_read_timeout(resp: requests.Response, seconds: float) -> None:
+    """The socket timeout for the next reads of ``resp``'s body (a stall timeout, or what is
+    left of a deadline)."""
+    conn = getattr(resp.raw, "connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
+
+
+def read_capped(
+    resp: requests.Response,
+    limit: int,
+    what: str,
+    *,
+    deadline: float | None = None,
+    stall: float | None = None,
+) -> bytes:
+    """Read a whole body, refusing (before reading past it) anything over ``limit`` bytes, and
+    giving up (RegistryError) when ``deadline`` (``time.monotonic()`` based) passes; each read
+    waits at most ``stall`` seconds for a byte."""
+    declared = declared_length(resp)
+    if declared is not None and declared > limit:
         raise ManifestError(
-            f"{what} from {redact_url(resp.url or '')} is {int(declared)} bytes, "
+            f"{what} from {redact_url(resp.url or '')} is {declared} bytes, "
             f"over the {limit}-byte limit"
         )
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = resp.raw.read(min(65536, limit + 1 - total), decode_content=True)
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RegistryError(
+                    f"{what} from {redact_url(resp.url or '')}: body not complete within the "
+                    "request deadline",
+                    url=redact_url(resp.url or ""),
+                    hint="the registry stalls or is very slow; try again later (the deadline "
+                    "is TransportConfig(request_deadline=...))",
+                )
+            set_read_timeout(resp, remaining if stall is None else min(stall, remaining))
+        want = min(65536, limit + 1 - total)
+        # read1 returns what has arrived (urllib3 >= 2), so a dripping body meets the deadline
+        # check between reads; read() would wait for all ``want`` bytes.
+        read1 = getattr(resp.raw, "read1", None)
+        chunk = (
+            read1(want, decode_content=True)
+            if read1 is not None
+            else resp.raw.read(want, decode_content=True)
+        )
         if not chunk:
             break
         chunks.append(chunk)

@@ -15,7 +15,7 @@ import logging
 
 from . import _native
 from .content import ContentStore, Ingest
-from .errors import LayerError, VerificationError
+from .errors import LayerError, StoreError, VerificationError
 from .oci import Descriptor, Digest
 from .snapshots import Snapshotter, Staging
 
@@ -170,6 +170,12 @@ class Unpacker:
             # The resumed prefix is already wrong (or the media type unusable): start over.
             self.snapshotter.abort(staging)
             ingest.discard()
+            raise
+        except StoreError as e:
+            # The ingest itself is unusable (e.g. a planted symlink, which is never followed).
+            self.snapshotter.abort(staging)
+            if e.hint is None:
+                raise StoreError(e.message, hint=f"remove {ingest.dir} and pull again") from e
             raise
         except BaseException:
             self.snapshotter.abort(staging)

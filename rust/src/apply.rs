@@ -3,29 +3,28 @@
 //!
 //! Every filesystem operation goes through a parent-directory fd resolved inside the root by
 //! `safepath` (or, for a new regular file whose directory is not open, one
-//! `openat2(RESOLVE_IN_ROOT)` from the root); the final component is never followed: entries
-//! are created with `O_EXCL|O_NOFOLLOW` (or `mkdirat`/`symlinkat`/`mknodat`/`linkat(…, 0)`) after
-//! unlinking what was there, and metadata is set through the new fd or with
-//! `AT_SYMLINK_NOFOLLOW`. Names are created in the layer's order on one thread; small files'
+//! `openat2(RESOLVE_IN_ROOT)` from the root), and every write through `safepath`'s audited
+//! primitives; the final component is never followed: entries are created with
+//! `O_EXCL|O_NOFOLLOW` (or `mkdirat`/`symlinkat`/`mknodat`/`linkat(…, 0)`) after unlinking
+//! what was there, and metadata is set through the new fd or with `AT_SYMLINK_NOFOLLOW`. Names are created in the layer's order on one thread; small files'
 //! data and metadata are then finished through their fds on a second (`Finisher`).
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rustix::fs::{AtFlags, FileType, Gid, Mode as FsMode, OFlags, Timespec, Timestamps, Uid};
-use rustix::fs::{XattrFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Gid, Mode as FsMode, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 use crate::limits::Limits;
-use crate::safepath::{normalize, split_parent, Root};
+use crate::safepath::{self, normalize, split_parent, Root};
 use crate::tar::{EntryMeta, Kind, TarReader};
 
 /// How whiteouts are materialised.
@@ -349,16 +348,7 @@ impl<'a> Applier<'a> {
     /// following a symlink.
     fn remove(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
         self.cache_dirty = true;
-        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        remove_listed(
-            dir,
-            name,
-            FileType::from_raw_mode(st.st_mode) == FileType::Directory,
-        )
+        safepath::remove(dir, name)
     }
 
     /// Run `create`; if the name exists, remove it and run `create` once more.
@@ -404,13 +394,9 @@ impl<'a> Applier<'a> {
         dir: BorrowedFd<'_>,
         name: &[u8],
     ) -> Result<()> {
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let perm = self.create_perm(meta)?;
         let fd = self
-            .create_replacing(dir, name, || {
-                rustix::fs::openat(dir, name, flags, FsMode::from_raw_mode(perm))
-            })
+            .create_replacing(dir, name, || safepath::create_file(dir, name, perm))
             .map_err(|e| io_err("create file", meta, e))?;
         self.fill_regular(reader, meta, fd, perm)
     }
@@ -445,7 +431,7 @@ impl<'a> Applier<'a> {
         path: &[u8],
         name: &[u8],
     ) -> Result<()> {
-        match rustix::fs::mkdirat(dir, name, FsMode::from_raw_mode(0o700)) {
+        match safepath::mkdir(dir, name, 0o700) {
             Ok(()) => {}
             Err(Errno::EXIST) => {
                 let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
@@ -455,19 +441,13 @@ impl<'a> Applier<'a> {
                 if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
                     self.remove(dir, name)
                         .map_err(|e| io_err("remove", meta, e))?;
-                    rustix::fs::mkdirat(dir, name, FsMode::from_raw_mode(0o700))
+                    safepath::mkdir(dir, name, 0o700)
                         .map_err(|e| io_err("create directory", meta, e))?;
                 }
             }
             Err(e) => return Err(io_err("create directory", meta, e)),
         }
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            FsMode::empty(),
-        )
-        .map_err(|e| io_err("open directory", meta, e))?;
+        let fd = safepath::open_dir_at(dir, name).map_err(|e| io_err("open directory", meta, e))?;
         self.dir_metadata(fd.as_fd(), meta, path)?;
         self.put_dir(CachedDir::new(path.to_vec(), fd));
         Ok(())
@@ -477,7 +457,7 @@ impl<'a> Applier<'a> {
     fn dir_metadata(&mut self, fd: BorrowedFd<'_>, meta: &EntryMeta, path: &[u8]) -> Result<()> {
         if self.opts.preserve_owner {
             let (uid, gid) = uid_gid(meta)?;
-            rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io_err("chown", meta, e))?;
+            safepath::fchown(fd, uid, gid).map_err(|e| io_err("chown", meta, e))?;
         }
         set_xattrs(XattrTarget::Fd(fd), meta, false)?;
         self.deferred.push(DeferredDir {
@@ -496,7 +476,7 @@ impl<'a> Applier<'a> {
             ));
         }
         let target: &[u8] = &meta.link;
-        self.create_replacing(dir, name, || rustix::fs::symlinkat(target, dir, name))
+        self.create_replacing(dir, name, || safepath::symlink(target, dir, name))
             .map_err(|e| io_err("create symlink", meta, e))?;
         self.name_metadata(meta, dir, name, false)
     }
@@ -511,20 +491,14 @@ impl<'a> Applier<'a> {
     ) -> Result<()> {
         if self.opts.preserve_owner {
             let (uid, gid) = uid_gid(meta)?;
-            rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| io_err("chown", meta, e))?;
+            safepath::chown_at(dir, name, uid, gid).map_err(|e| io_err("chown", meta, e))?;
         }
         set_xattrs(XattrTarget::At(dir, name), meta, true)?;
         if chmod {
-            chmod_nofollow(dir, name, meta.mode).map_err(|e| io_err("chmod", meta, e))?;
+            safepath::chmod_at(dir, name, meta.mode).map_err(|e| io_err("chmod", meta, e))?;
         }
-        rustix::fs::utimensat(
-            dir,
-            name,
-            &ts(meta.mtime_sec, meta.mtime_nsec),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| io_err("set times", meta, e))?;
+        safepath::set_times_at(dir, name, &ts(meta.mtime_sec, meta.mtime_nsec))
+            .map_err(|e| io_err("set times", meta, e))?;
         Ok(())
     }
 
@@ -605,13 +579,11 @@ impl<'a> Applier<'a> {
             }
         }
         let tdir = tdir.as_fd();
-        self.create_replacing(dir, name, || {
-            rustix::fs::linkat(tdir, tname, dir, name, AtFlags::empty())
-        })
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => missing(),
-            _ => io_err("create hardlink", meta, e),
-        })
+        self.create_replacing(dir, name, || safepath::hardlink(tdir, tname, dir, name))
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => missing(),
+                _ => io_err("create hardlink", meta, e),
+            })
     }
 
     fn special(&mut self, meta: &EntryMeta, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
@@ -643,10 +615,8 @@ impl<'a> Applier<'a> {
                 )
             }
         };
-        self.create_replacing(dir, name, || {
-            rustix::fs::mknodat(dir, name, ft, FsMode::from_raw_mode(0o600), dev)
-        })
-        .map_err(|e| io_err("create device node", meta, e))?;
+        self.create_replacing(dir, name, || safepath::mknod(dir, name, ft, 0o600, dev))
+            .map_err(|e| io_err("create device node", meta, e))?;
         self.name_metadata(meta, dir, name, true)
     }
 
@@ -716,11 +686,11 @@ impl<'a> Applier<'a> {
             Err(Errno::NOENT) => {}
             Err(e) => return Err(io_err("stat", meta, e)),
         }
-        rustix::fs::mknodat(
+        safepath::mknod(
             dir,
             target,
             FileType::CharacterDevice,
-            FsMode::empty(),
+            0,
             rustix::fs::makedev(0, 0),
         )
         .map_err(|e| {
@@ -737,10 +707,8 @@ impl<'a> Applier<'a> {
             .take_dir(parent, true)
             .map_err(|e| io_err("open opaque directory", meta, e))?;
         let r = match self.opts.mode {
-            Mode::Layer => {
-                rustix::fs::fsetxattr(pfd.fd.as_fd(), OVERLAY_OPAQUE, b"y", XattrFlags::empty())
-                    .map_err(|e| io_err("set trusted.overlay.opaque", meta, e))
-            }
+            Mode::Layer => safepath::set_xattr(pfd.fd.as_fd(), OVERLAY_OPAQUE.as_bytes(), b"y")
+                .map_err(|e| io_err("set trusted.overlay.opaque", meta, e)),
             Mode::Flatten => {
                 let mut prefix = parent.to_vec();
                 self.cache_dirty = true;
@@ -761,37 +729,56 @@ impl<'a> Applier<'a> {
             self.cache.clear();
             self.cache_dirty = false;
         }
-        let deferred = std::mem::take(&mut self.deferred);
+        let mut deferred = std::mem::take(&mut self.deferred);
+        // The last entry of a path wins; then the deepest first, so that no directory is made
+        // unsearchable (a mode without x, for a user without CAP_DAC_OVERRIDE) before the
+        // directories below it are done.
+        let mut seen = HashSet::new();
+        deferred.reverse();
+        deferred.retain(|d| seen.insert(d.path.clone()));
+        deferred.sort_by_key(|d| std::cmp::Reverse(d.path.iter().filter(|&&b| b == b'/').count()));
         for d in &deferred {
             let shown = || String::from_utf8_lossy(&d.path).into_owned();
-            let fd = if d.path.is_empty() {
-                self.take_dir(b"", false).map(|d| d.fd)
-            } else {
-                let (parent, name) = split_parent(&d.path);
-                let pfd = match self.take_dir(parent, false) {
-                    Ok(p) => p,
-                    // Removed or replaced later in the layer: nothing to do.
-                    Err(_) => continue,
-                };
-                let r = rustix::fs::openat(
-                    pfd.fd.as_fd(),
-                    name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    FsMode::empty(),
-                );
-                self.put_dir(pfd);
-                match r {
-                    Ok(fd) => Ok(fd),
-                    Err(_) => continue,
-                }
+            let fd = match self.deferred_dir_fd(&d.path) {
+                Ok(Some(fd)) => fd,
+                Ok(None) => continue,
+                Err(e) => return Err(Error::io("open directory", shown(), e)),
             };
-            let fd = fd.map_err(|e| Error::io("open directory", shown(), e))?;
-            rustix::fs::fchmod(&fd, FsMode::from_raw_mode(d.mode))
+            safepath::fchmod(fd.as_fd(), d.mode)
                 .map_err(|e| Error::io("chmod", shown(), e.into()))?;
-            rustix::fs::futimens(&fd, &ts(d.mtime.0, d.mtime.1))
+            safepath::set_times(fd.as_fd(), &ts(d.mtime.0, d.mtime.1))
                 .map_err(|e| Error::io("set times", shown(), e.into()))?;
         }
         Ok(())
+    }
+
+    /// The directory a deferred entry created, or `None` when a later entry of the layer
+    /// removed or replaced it (ENOENT: gone, whited out; ENOTDIR / ELOOP: the name, or a
+    /// directory on the way, is now a file or a symlink): then there is nothing to set.
+    /// Any other failure is an error: the directory would silently keep its 0700.
+    fn deferred_dir_fd(&mut self, path: &[u8]) -> io::Result<Option<OwnedFd>> {
+        let gone = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+            )
+        };
+        if path.is_empty() {
+            return self.take_dir(b"", false).map(|d| Some(d.fd));
+        }
+        let (parent, name) = split_parent(path);
+        let pdir = match self.take_dir(parent, false) {
+            Ok(p) => p,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let r = safepath::open_dir_at(pdir.fd.as_fd(), name).map_err(io::Error::from);
+        self.put_dir(pdir);
+        match r {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if gone(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -810,16 +797,15 @@ fn finish_file(
     if preserve_owner {
         let (uid, gid) = uid_gid(meta)?;
         if (st.st_uid, st.st_gid) != (uid.as_raw(), gid.as_raw()) {
-            rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io_err("chown", meta, e))?;
+            safepath::fchown(fd, uid, gid).map_err(|e| io_err("chown", meta, e))?;
         }
     }
     set_xattrs(XattrTarget::Fd(fd), meta, false)?;
     // Created without set-id bits, so a chown cleared nothing: compare with what we got.
     if created_perm != meta.mode & 0o7777 || st.st_mode & 0o7777 != created_perm {
-        rustix::fs::fchmod(fd, FsMode::from_raw_mode(meta.mode))
-            .map_err(|e| io_err("chmod", meta, e))?;
+        safepath::fchmod(fd, meta.mode).map_err(|e| io_err("chmod", meta, e))?;
     }
-    rustix::fs::futimens(fd, &ts(meta.mtime_sec, meta.mtime_nsec))
+    safepath::set_times(fd, &ts(meta.mtime_sec, meta.mtime_nsec))
         .map_err(|e| io_err("set times", meta, e))?;
     Ok(())
 }
@@ -828,25 +814,14 @@ fn set_xattrs(target: XattrTarget<'_>, meta: &EntryMeta, non_regular: bool) -> R
     if meta.xattrs.is_empty() {
         return Ok(());
     }
-    let proc_path;
-    let target = match target {
-        XattrTarget::Fd(fd) => Ok(fd),
-        XattrTarget::At(dir, name) => {
-            // lsetxattr on /proc/self/fd/DIR/NAME: the directory is ours, NAME not followed.
-            let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-            p.extend_from_slice(name);
-            proc_path = p;
-            Err(proc_path.as_slice())
-        }
-    };
     for (key, value) in &meta.xattrs {
         // Overlay metadata in a layer would be honoured by overlayfs: never apply it.
         if key.starts_with(b"trusted.overlay.") || key.starts_with(b"user.overlay.") {
             continue;
         }
         let r = match target {
-            Ok(fd) => rustix::fs::fsetxattr(fd, key.as_slice(), value, XattrFlags::empty()),
-            Err(p) => rustix::fs::lsetxattr(p, key.as_slice(), value, XattrFlags::empty()),
+            XattrTarget::Fd(fd) => safepath::set_xattr(fd, key, value),
+            XattrTarget::At(dir, name) => safepath::set_xattr_at(dir, name, key, value),
         };
         match r {
             Ok(()) => {}
@@ -1038,103 +1013,6 @@ fn finisher_main(
     Ok(())
 }
 
-/// chmod a just-created special file without following a symlink: open it O_PATH|O_NOFOLLOW,
-/// check it is not a symlink, chmod through its /proc/self/fd magic link.
-fn chmod_nofollow(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
-    let fd = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        FsMode::empty(),
-    )?;
-    let st = rustix::fs::fstat(&fd)?;
-    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
-        return Err(io::Error::from_raw_os_error(libc::ELOOP));
-    }
-    let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    rustix::fs::chmodat(
-        CWD,
-        p.as_str(),
-        FsMode::from_raw_mode(mode),
-        AtFlags::empty(),
-    )?;
-    Ok(())
-}
-
-/// Remove the directory `name` in `dir` and everything below it, never following symlinks.
-fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    let fd = match rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        FsMode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(()),
-        // Not a directory after all (swapped): unlink it.
-        Err(Errno::NOTDIR | Errno::LOOP) => {
-            return rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(Into::into)
-        }
-        Err(e) => return Err(e.into()),
-    };
-    clear_dir(fd.as_fd(), |_| false)?;
-    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// List a directory's entries (name, is a real directory).
-fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, bool)>> {
-    let dup = rustix::fs::openat(
-        fd,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        FsMode::empty(),
-    )?;
-    let mut dir = rustix::fs::Dir::new(dup)?;
-    let mut out = Vec::new();
-    while let Some(ent) = dir.read() {
-        let ent = ent?;
-        let name = ent.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        let is_dir = match ent.file_type() {
-            FileType::Directory => true,
-            FileType::Unknown => {
-                let st = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
-                FileType::from_raw_mode(st.st_mode) == FileType::Directory
-            }
-            _ => false,
-        };
-        out.push((name.to_vec(), is_dir));
-    }
-    Ok(out)
-}
-
-/// Remove `name` from `dir`: a whole tree for a directory, symlinks never followed; gone is fine.
-fn remove_listed(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::Result<()> {
-    if is_dir {
-        return remove_tree(dir, name);
-    }
-    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Remove every entry of `fd` for which `keep` is false.
-fn clear_dir(fd: BorrowedFd<'_>, keep: impl Fn(&[u8]) -> bool) -> io::Result<()> {
-    for (name, is_dir) in list_dir(fd)? {
-        if keep(&name) {
-            continue;
-        }
-        remove_listed(fd, &name, is_dir)?;
-    }
-    Ok(())
-}
-
 /// Opaque directory in Flatten mode: remove everything below `dir` (at normalised `prefix`)
 /// that this layer did not write. Directories this layer wrote into are kept and purged
 /// recursively, so lower contents vanish while this layer's entries stay.
@@ -1144,7 +1022,7 @@ fn purge_lower(
     layer: &HashSet<Vec<u8>>,
 ) -> io::Result<()> {
     let base = prefix.len();
-    for (name, is_dir) in list_dir(dir)? {
+    for (name, is_dir) in safepath::list_dir(dir)? {
         prefix.truncate(base);
         if base > 0 {
             prefix.push(b'/');
@@ -1152,18 +1030,13 @@ fn purge_lower(
         prefix.extend_from_slice(&name);
         if layer.contains(prefix.as_slice()) {
             if is_dir {
-                if let Ok(sub) = rustix::fs::openat(
-                    dir,
-                    name.as_slice(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    FsMode::empty(),
-                ) {
+                if let Ok(sub) = safepath::open_dir_at(dir, &name) {
                     purge_lower(sub.as_fd(), prefix, layer)?;
                 }
             }
             continue;
         }
-        remove_listed(dir, &name, is_dir)?;
+        safepath::remove_listed(dir, &name, is_dir)?;
     }
     prefix.truncate(base);
     Ok(())

@@ -5,7 +5,6 @@
 //! invalid. Hashing uses the `sha2` crate, which on x86_64 detects SHA-NI at run time
 //! (cpufeatures) and uses the intrinsics; its `asm` feature only swaps the non-SHA-NI fallback.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
@@ -220,7 +219,7 @@ impl<W: Write> Write for HashingWriter<W> {
 /// Hash a whole file; returns (`sha256:<hex>`, size).
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
     let shown = || path.display().to_string();
-    let mut file = File::open(path).map_err(|e| Error::io("open", shown(), e))?;
+    let mut file = crate::safepath::open_read(path).map_err(|e| Error::io("open", shown(), e))?;
     let mut buf = vec![0u8; FILE_BUF];
     let mut sha = Sha256::new();
     loop {

@@ -1,7 +1,9 @@
-//! Resource limits for one layer (design.md §7). Defaults are safe for real images; every
-//! breach is `Error::Limit` naming the limit.
+//! Resource limits for one layer and one image config (design.md §7). Defaults are safe for
+//! real images; every breach is `Error::Limit` (or Python's `LimitExceededError`) naming the
+//! limit.
 
-/// Limits applied while decompressing and applying one layer.
+/// Limits applied while decompressing and applying one layer, and (`max_volumes`) while the
+/// Python side parses an image config: the one place a user configures them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Tar entries per layer.
@@ -22,6 +24,8 @@ pub struct Limits {
     pub ratio_grace_bytes: u64,
     /// zstd `window_log_max` (2^N bytes of decoder window).
     pub zstd_window_log_max: u32,
+    /// Entries of an image config's `Volumes` (each becomes a mount of every container).
+    pub max_volumes: u64,
 }
 
 impl Default for Limits {
@@ -36,6 +40,7 @@ impl Default for Limits {
             max_ratio: 1000,
             ratio_grace_bytes: 256 << 20,
             zstd_window_log_max: 27,
+            max_volumes: 1024,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! tar (compressed layers only); the *apply* thread feeds the sink. Queues are bounded and
 //! buffers are recycled, so the steady state neither allocates nor grows. No Python here.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +20,7 @@ use crate::decompress::Decoder;
 use crate::digest::{self, Sha256};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
+use crate::safepath;
 
 /// Largest chunk the writer queues; bigger writes are split so the queue stays bounded.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -509,7 +510,7 @@ fn read_blob(
 pub fn apply_blob(blob: &Path, spec: &LayerSpec, sink: impl TarSink) -> Result<LayerOutcome> {
     spec.check()?;
     let shown = blob.display().to_string();
-    let file = File::open(blob).map_err(|e| Error::io("open", shown.clone(), e))?;
+    let file = safepath::open_read(blob).map_err(|e| Error::io("open", shown.clone(), e))?;
     let shared = Arc::<Shared>::default();
     let (tx, rx) = mpsc::sync_channel(READ_QUEUE);
     let (recycle_tx, recycled) = mpsc::sync_channel(READ_QUEUE + 2);
@@ -570,11 +571,11 @@ impl LayerWriter {
         let mut tee = None;
         if let Some(path) = tee_path {
             let shown = path.display().to_string();
-            let file = OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(path)
-                .map_err(|e| Error::io("open", shown.clone(), e))?;
+            // No-follow, relative to its directory, and a regular file: a planted
+            // `ingest/<hex>/data -> /host/file` is refused, never read as the resumed prefix
+            // nor appended to (as the Python ingest path opens it).
+            let file = safepath::open_append(path)
+                .map_err(|e| Error::io("open ingest", shown.clone(), e))?;
             let len = file
                 .metadata()
                 .map_err(|e| Error::io("stat", shown.clone(), e))?
@@ -585,7 +586,11 @@ impl LayerWriter {
                 }
             }
             if len > 0 {
-                let reader = File::open(path).map_err(|e| Error::io("open", shown.clone(), e))?;
+                // The same open file (not the path again), read from its start: appends go
+                // to the end whatever the offset.
+                let reader = file
+                    .try_clone()
+                    .map_err(|e| Error::io("open ingest", shown.clone(), e))?;
                 prefix = Some((reader.take(len), shown.clone()));
             }
             tee = Some((file, shown));
@@ -854,6 +859,41 @@ mod tests {
     }
 
     #[test]
+    fn symlinked_tee_is_refused_and_its_target_neither_read_nor_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host");
+        let blob = gz(&payload());
+        // The host file even starts like the blob: a resumed prefix it must not become.
+        std::fs::write(&host, &blob[..100]).unwrap();
+        let ingest = dir.path().join("ingest");
+        std::fs::create_dir(&ingest).unwrap();
+        let data = ingest.join("data");
+        std::os::unix::fs::symlink(&host, &data).unwrap();
+        let err = LayerWriter::new(spec(), Some(&data), drain_sink).err();
+        assert!(
+            matches!(
+                &err,
+                Some(Error::Io {
+                    op: "open ingest",
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert!(err.unwrap().to_string().contains("symlink"));
+        // A symlinked directory on the way, and a hard link to the host file, likewise.
+        std::fs::remove_file(&data).unwrap();
+        std::os::unix::fs::symlink(&ingest, dir.path().join("linked")).unwrap();
+        let via = dir.path().join("linked").join("data");
+        assert!(LayerWriter::new(spec(), Some(&via), drain_sink).is_err());
+        assert!(!data.exists());
+        std::fs::hard_link(&host, &data).unwrap();
+        let err = LayerWriter::new(spec(), Some(&data), drain_sink).err();
+        assert!(matches!(err, Some(Error::Io { .. })), "{err:?}");
+        assert_eq!(std::fs::read(&host).unwrap(), &blob[..100]);
+    }
+
+    #[test]
     fn uncompressed_layer_passes_through_with_its_checks() {
         let tar = payload();
         let mut s = spec();
@@ -887,7 +927,12 @@ mod tests {
         if !full.exists() {
             return;
         }
-        let mut w = LayerWriter::new(spec(), Some(full), drain_sink).unwrap();
+        // A device is refused as a tee (not a regular file); so put it in by hand.
+        let refused = LayerWriter::new(spec(), Some(full), drain_sink).err();
+        assert!(matches!(refused, Some(Error::Io { .. })), "{refused:?}");
+        let mut w = LayerWriter::new(spec(), None, drain_sink).unwrap();
+        let dev = std::fs::OpenOptions::new().write(true).open(full).unwrap();
+        w.tee = Some((dev, "/dev/full".into()));
         let err = w.write(&gz(b"abc")).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert!(matches!(w.finish(), Err(Error::Io { .. })));

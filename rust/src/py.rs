@@ -138,6 +138,7 @@ struct PyLimits {
     max_ratio: u64,
     ratio_grace_bytes: u64,
     zstd_window_log_max: u32,
+    max_volumes: u64,
 }
 
 #[pymethods]
@@ -154,6 +155,7 @@ impl PyLimits {
         max_ratio = 1000,
         ratio_grace_bytes = 256 << 20,
         zstd_window_log_max = 27,
+        max_volumes = 1024,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -166,6 +168,7 @@ impl PyLimits {
         max_ratio: u64,
         ratio_grace_bytes: u64,
         zstd_window_log_max: u32,
+        max_volumes: u64,
     ) -> PyResult<Self> {
         if !(10..=31).contains(&zstd_window_log_max) {
             return Err(PyValueError::new_err(format!(
@@ -182,6 +185,7 @@ impl PyLimits {
             max_ratio,
             ratio_grace_bytes,
             zstd_window_log_max,
+            max_volumes,
         })
     }
 
@@ -189,7 +193,7 @@ impl PyLimits {
         format!(
             "Limits(max_entries={}, max_layer_bytes={}, max_entry_bytes={}, max_header_bytes={}, \
              max_path_len={}, max_path_depth={}, max_ratio={}, ratio_grace_bytes={}, \
-             zstd_window_log_max={})",
+             zstd_window_log_max={}, max_volumes={})",
             self.max_entries,
             self.max_layer_bytes,
             self.max_entry_bytes,
@@ -198,7 +202,8 @@ impl PyLimits {
             self.max_path_depth,
             self.max_ratio,
             self.ratio_grace_bytes,
-            self.zstd_window_log_max
+            self.zstd_window_log_max,
+            self.max_volumes
         )
     }
 }
@@ -215,6 +220,7 @@ impl PyLimits {
             max_ratio: self.max_ratio,
             ratio_grace_bytes: self.ratio_grace_bytes,
             zstd_window_log_max: self.zstd_window_log_max,
+            max_volumes: self.max_volumes,
         }
     }
 }

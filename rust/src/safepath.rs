@@ -6,14 +6,27 @@
 //! root fd, so symlinks met on the way (relative or absolute, e.g. `var/run -> /run`) resolve
 //! inside the root. Where openat2 is missing (ENOSYS) a component-by-component `O_NOFOLLOW` walk
 //! resolves symlinks itself, with the same in-root semantics. The final component of an entry is
-//! never resolved here: callers operate on it with `*at` calls relative to the parent fd.
+//! never resolved here: callers operate on it with the write primitives below, relative to
+//! the parent fd.
+//!
+//! It is also the one audited module for every filesystem write of the crate (design.md §7;
+//! `rust/tests/audited_writes.rs` fails on a write call anywhere else): a write primitive takes a
+//! directory fd and a single name, never follows that name (`O_EXCL|O_NOFOLLOW` creates,
+//! `AT_SYMLINK_NOFOLLOW` metadata, `linkat(…, 0)`, chmod of a non-fd through an `O_PATH` fd
+//! checked not to be a symlink), or works on an fd the crate opened itself; every fd it opens
+//! is close-on-exec. The two files opened by path (a layer blob to read, the ingest tee to
+//! append to) are opened with `O_NOFOLLOW` relative to their directory, itself opened
+//! `O_NOFOLLOW`; the tee must be a regular file of one link (or a fifo).
 
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{
+    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timestamps, Uid, XattrFlags, CWD,
+};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
@@ -262,6 +275,258 @@ impl Root {
             }
         }
     }
+}
+
+// ---- the audited writes ----------------------------------------------------------------------
+
+/// Create the regular file `name` in `dir` for writing: `O_CREAT|O_EXCL|O_NOFOLLOW`, so that
+/// nothing existing (a symlink least of all) is opened.
+pub fn create_file(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(perm))
+}
+
+/// Create the directory `name` in `dir` (`mkdirat` never follows the name).
+pub fn mkdir(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> rustix::io::Result<()> {
+    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(perm))
+}
+
+/// Open the directory `name` in `dir` without following it (a symlink fails with ELOOP).
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(dir, name, dir_flags() | OFlags::NOFOLLOW, Mode::empty())
+}
+
+/// Create the symlink `name` in `dir` pointing at `target` (never resolved by us).
+pub fn symlink(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
+    rustix::fs::symlinkat(target, dir, name)
+}
+
+/// Hardlink `tname` in `tdir` as `name` in `dir`; `linkat(…, 0)` does not follow `tname`.
+pub fn hardlink(
+    tdir: BorrowedFd<'_>,
+    tname: &[u8],
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+) -> rustix::io::Result<()> {
+    rustix::fs::linkat(tdir, tname, dir, name, AtFlags::empty())
+}
+
+/// Create a device node, fifo or overlay whiteout `name` in `dir`.
+pub fn mknod(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    ft: FileType,
+    perm: u32,
+    dev: u64,
+) -> rustix::io::Result<()> {
+    rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(perm), dev)
+}
+
+pub fn fchown(fd: BorrowedFd<'_>, uid: Uid, gid: Gid) -> rustix::io::Result<()> {
+    rustix::fs::fchown(fd, Some(uid), Some(gid))
+}
+
+/// chown `name` in `dir` itself, never a symlink's target.
+pub fn chown_at(dir: BorrowedFd<'_>, name: &[u8], uid: Uid, gid: Gid) -> rustix::io::Result<()> {
+    rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+}
+
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> rustix::io::Result<()> {
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))
+}
+
+/// chmod `name` in `dir` (a special file just created) without following a symlink: open it
+/// `O_PATH|O_NOFOLLOW`, check it is not a symlink, chmod through its /proc/self/fd magic link.
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::chmodat(CWD, p.as_str(), Mode::from_raw_mode(mode), AtFlags::empty())?;
+    Ok(())
+}
+
+pub fn set_times(fd: BorrowedFd<'_>, times: &Timestamps) -> rustix::io::Result<()> {
+    rustix::fs::futimens(fd, times)
+}
+
+/// Set the times of `name` in `dir` itself, never a symlink's target.
+pub fn set_times_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    times: &Timestamps,
+) -> rustix::io::Result<()> {
+    rustix::fs::utimensat(dir, name, times, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+pub fn set_xattr(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> rustix::io::Result<()> {
+    rustix::fs::fsetxattr(fd, key, value, XattrFlags::empty())
+}
+
+/// Set an xattr on `name` in `dir` itself (a symlink or a device node, which cannot be opened
+/// for it): `lsetxattr` on /proc/self/fd/DIR/NAME, where DIR is our fd and NAME not followed.
+pub fn set_xattr_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    key: &[u8],
+    value: &[u8],
+) -> rustix::io::Result<()> {
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name);
+    rustix::fs::lsetxattr(p.as_slice(), key, value, XattrFlags::empty())
+}
+
+/// Remove whatever is at `name` in `dir` (a whole tree for a directory) without following a
+/// symlink; gone already is fine.
+pub fn remove(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    remove_listed(
+        dir,
+        name,
+        FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+    )
+}
+
+/// Remove the directory `name` in `dir` and everything below it, never following symlinks.
+fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let fd = match open_dir_at(dir, name) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        // Not a directory after all (swapped): unlink it.
+        Err(Errno::NOTDIR | Errno::LOOP) => {
+            return rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(Into::into)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    clear_dir(fd.as_fd(), |_| false)?;
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// List a directory's entries (name, is a real directory).
+pub fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, bool)>> {
+    let dup = rustix::fs::openat(fd, ".", dir_flags(), Mode::empty())?;
+    let mut dir = rustix::fs::Dir::new(dup)?;
+    let mut out = Vec::new();
+    while let Some(ent) = dir.read() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let is_dir = match ent.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => {
+                let st = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            }
+            _ => false,
+        };
+        out.push((name.to_vec(), is_dir));
+    }
+    Ok(out)
+}
+
+/// Remove `name` from `dir` as listed by `list_dir`: a whole tree for a directory, symlinks
+/// never followed; gone is fine.
+pub fn remove_listed(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::Result<()> {
+    if is_dir {
+        return remove_tree(dir, name);
+    }
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Remove every entry of `fd` for which `keep` is false.
+fn clear_dir(fd: BorrowedFd<'_>, keep: impl Fn(&[u8]) -> bool) -> io::Result<()> {
+    for (name, is_dir) in list_dir(fd)? {
+        if keep(&name) {
+            continue;
+        }
+        remove_listed(fd, &name, is_dir)?;
+    }
+    Ok(())
+}
+
+/// The directory fd and last component of a path to a file the crate opens by path.
+fn open_parent(path: &Path) -> io::Result<(OwnedFd, &std::ffi::OsStr)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dfd = rustix::fs::open(parent, dir_flags() | OFlags::NOFOLLOW, Mode::empty())
+        .map_err(|e| not_followed(e, "its directory"))?;
+    Ok((dfd, name))
+}
+
+/// ELOOP from an `O_NOFOLLOW` open, said plainly.
+fn not_followed(e: Errno, what: &str) -> io::Error {
+    if e == Errno::LOOP {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} is a symlink, which is never followed"),
+        )
+    } else {
+        e.into()
+    }
+}
+
+/// The tee may only be what it was created as: a regular file with one link (a hard link
+/// would make the appends land in another file too), or a fifo, which can only be read by
+/// whoever holds its other end (the tests observe backpressure through one).
+fn tee_file(fd: OwnedFd) -> io::Result<File> {
+    let st = rustix::fs::fstat(&fd)?;
+    let ok = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => st.st_nlink == 1,
+        FileType::Fifo => true,
+        _ => false,
+    };
+    if !ok {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file of one link",
+        ));
+    }
+    Ok(File::from(fd))
+}
+
+/// Open the file at `path` for reading, following no symlink at its last two components (a
+/// planted link to a host file is refused, not read).
+pub fn open_read(path: &Path) -> io::Result<File> {
+    let (dfd, name) = open_parent(path)?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&dfd, name, flags, Mode::empty())
+        .map_err(|e| not_followed(e, "the file"))?;
+    Ok(File::from(fd))
+}
+
+/// Open the file at `path` for reading and appending, creating it (0600) if missing, following
+/// no symlink at its last two components: a planted `data -> /host/file` (or a hard link to
+/// one) is refused, so the host file is neither read as a resumed prefix nor appended to.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    let (dfd, name) = open_parent(path)?;
+    let flags = OFlags::RDWR | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&dfd, name, flags, Mode::from_raw_mode(0o600))
+        .map_err(|e| not_followed(e, "the file"))?;
+    tee_file(fd)
 }
 
 #[cfg(test)]

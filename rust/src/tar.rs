@@ -5,6 +5,13 @@
 //! headers (skipped), and GNU long names/links (`L`/`K`). GNU sparse files and other exotic
 //! types are refused with `Error::Corrupt` naming the entry. The reader never allocates more
 //! than `max_header_bytes` for a metadata record and checks the limit before allocating.
+//!
+//! Entry boundaries are found exactly as Go's `archive/tar` finds them (the reader of
+//! containerd, moby, crane and umoci), so that one layer cannot unpack to different trees
+//! here and there: header-only types (hard link, symlink, char, block, directory, fifo,
+//! including a `'\0'` entry whose name ends in `/`) carry no data whatever their size field
+//! or PAX `size` says, and the next header follows at once; sizes above `i64::MAX` are
+//! refused. Every size read from the stream is added with checked arithmetic.
 
 use std::io::{self, Read, Write};
 
@@ -152,7 +159,7 @@ impl<R: Read> TarReader<R> {
                 }
                 Ok(n) => {
                     self.len = n;
-                    self.consumed += n as u64;
+                    self.consumed = self.consumed.saturating_add(n as u64);
                     if self.consumed > self.limits.max_layer_bytes {
                         return Err(Error::Limit {
                             limit: "max_layer_bytes",
@@ -211,7 +218,13 @@ impl<R: Read> TarReader<R> {
 
     /// Skip whatever is left of the current entry's data and its padding.
     fn finish_entry(&mut self) -> Result<()> {
-        let n = self.remaining + self.padding;
+        // Sizes are at most i64::MAX (header fields parse as i64, a PAX size is bounded), so
+        // this cannot overflow; checked all the same: a wrapped sum would silently
+        // desynchronise the stream in a release build.
+        let n = self
+            .remaining
+            .checked_add(self.padding)
+            .ok_or_else(|| Error::corrupt("entry size out of range", Some(&self.current_name())))?;
         self.remaining = 0;
         self.padding = 0;
         self.skip_bytes(n, "entry data")
@@ -315,7 +328,7 @@ impl<R: Read> TarReader<R> {
     /// Read a metadata record of `size` bytes (already checked against the limit) into
     /// `self.record`, then skip its padding.
     fn read_record(&mut self, size: u64) -> Result<()> {
-        let n = size as usize;
+        let n = usize::try_from(size).map_err(|_| self.truncated("extended header"))?;
         self.record.clear();
         self.record.resize(n, 0);
         let mut rec = std::mem::take(&mut self.record);
@@ -357,11 +370,33 @@ impl<R: Read> TarReader<R> {
                 .position(|&b| b == b'=')
                 .ok_or_else(|| bad("record without '='"))?;
             let (key, value) = (&kv[..eq], &kv[eq + 1..]);
+            if value.is_empty() {
+                // An empty value deletes the keyword (POSIX pax; Go's archive/tar does so):
+                // the header's own field applies again, an xattr is not set.
+                match key {
+                    b"path" => self.pending.path = None,
+                    b"linkpath" => self.pending.link = None,
+                    b"size" => self.pending.size = None,
+                    b"uid" => self.pending.uid = None,
+                    b"gid" => self.pending.gid = None,
+                    b"mtime" => self.pending.mtime = None,
+                    _ => {
+                        if let Some(xname) = key.strip_prefix(b"SCHILY.xattr.") {
+                            self.pending.xattrs.retain(|(n, _)| n.as_slice() != xname);
+                        }
+                    }
+                }
+                continue;
+            }
             match key {
                 b"path" => self.pending.path = Some(value.to_vec()),
                 b"linkpath" => self.pending.link = Some(value.to_vec()),
                 b"size" => {
-                    self.pending.size = Some(parse_dec_u64(value).ok_or_else(|| bad("size"))?)
+                    // Go's archive/tar parses it as an int64: a larger size is no size.
+                    let size = parse_dec_u64(value)
+                        .filter(|&v| i64::try_from(v).is_ok())
+                        .ok_or_else(|| bad("size"))?;
+                    self.pending.size = Some(size);
                 }
                 b"uid" => self.pending.uid = Some(parse_dec_u64(value).ok_or_else(|| bad("uid"))?),
                 b"gid" => self.pending.gid = Some(parse_dec_u64(value).ok_or_else(|| bad("gid"))?),
@@ -487,7 +522,14 @@ impl<R: Read> TarReader<R> {
                 &name,
             )?,
         };
-        let size = self.pending.size.unwrap_or(hdr_size);
+        // Header-only types have no data section, whatever the size field or a PAX `size`
+        // says (Go's archive/tar: `isHeaderOnlyType`); their next header follows at once.
+        // Skipping "their data" instead would hide entries that containerd and umoci apply.
+        let size = if kind == Kind::Regular {
+            self.pending.size.unwrap_or(hdr_size)
+        } else {
+            0
+        };
         meta.size = size;
         (meta.mtime_sec, meta.mtime_nsec) = match self.pending.mtime {
             Some(t) => t,
@@ -518,8 +560,6 @@ impl<R: Read> TarReader<R> {
                 actual: size,
             });
         }
-        // Hard links, symlinks, dirs and devices carry no data in practice, but if a size is
-        // given the data is there in the stream and must be skipped.
         self.remaining = size;
         self.padding = pad(size);
         Ok(())
@@ -601,7 +641,10 @@ fn parse_num(field: &[u8], what: &str, last: &[u8]) -> Result<i64> {
             let negative = first & 0x40 != 0;
             let mut v: i128 = i128::from(first & 0x7f) - if negative { 0x80 } else { 0 };
             for &b in &field[1..] {
-                v = v.checked_mul(256).ok_or_else(bad)? + i128::from(b);
+                v = v
+                    .checked_mul(256)
+                    .and_then(|v| v.checked_add(i128::from(b)))
+                    .ok_or_else(bad)?;
                 if v.abs() > i128::from(i64::MAX) {
                     return Err(bad());
                 }

@@ -22,7 +22,6 @@ REGISTRY = 3  # RegistryError: not found on the registry
 PLATFORM = 4  # PlatformNotFoundError
 STORE = 7  # StoreError: no such local image or container
 LAYER = 6  # UnsupportedMediaTypeError: a digest algorithm other than sha256
-GENERIC = 1  # FastdistError: a bad --mount, a missing --env-file
 
 ZEROS = "sha256:" + "0" * 64
 HEX64 = "f" * 64
@@ -49,7 +48,7 @@ ROWS: dict[str, Row] = {
     "bad-digest-hex": row(USAGE, "sha256", "pull", "{reg}/x@sha256:xyz"),
     "digest-algorithm": row(LAYER, "md5", "pull", "{reg}/x@md5:abc"),
     "bad-port": row(USAGE, "bad domain", "pull", "host:port/x"),
-    "url-scheme": row(USAGE, "URL scheme", "pull", "http://{reg}/x"),
+    "url-scheme": row(USAGE, "not a http:// URL", "pull", "http://{reg}/x"),
     "name-too-long": row(USAGE, "longer than", "pull", "{reg}/" + "a" * 300),
     "bare-digest-pull": row(USAGE, "names no repository", "pull", ZEROS),
     "bare-hex-pull": row(USAGE, "names no repository", "pull", HEX64),
@@ -78,7 +77,8 @@ ROWS: dict[str, Row] = {
     "unpack-missing": row(STORE, "not found", "unpack", "{reg}/e2e/missing:v1", "{tmp}/out"),
     # containers
     "logs-missing": row(STORE, "no such container", "logs", "nosuch"),
-    "kill-missing": row(STORE, "no such container", "kill", "-s", "BOGUS", "nosuch"),
+    "kill-missing": row(STORE, "no such container", "kill", "nosuch"),
+    "kill-bogus-signal": row(USAGE, "unknown signal", "kill", "-s", "BOGUS", "nosuch"),
     "rm-missing": row(STORE, "no such container", "rm", "nosuch"),
     # flags and arguments
     "no-command": row(USAGE, "required", *()),
@@ -91,8 +91,8 @@ ROWS: dict[str, Row] = {
     "repair-without-verify": row(USAGE, "--repair", "check", "--repair", "--no-verify"),
     "bad-net": row(USAGE, "invalid choice", "run", "--net", "bridge", "{img}", "true"),
     # files
-    "bad-mount": row(GENERIC, "--mount", "run", "--mount", "nocolon", "{img}", "true"),
-    "missing-env-file": row(GENERIC, "--env-file", "run", "--env-file", "{tmp}/nope", "{img}"),
+    "bad-mount": row(USAGE, "--mount", "run", "--mount", "nocolon", "{img}", "true"),
+    "missing-env-file": row(USAGE, "--env-file", "run", "--env-file", "{tmp}/nope", "{img}"),
 }
 
 # Paths another engineer's branch gives dedicated errors (issue 17.3: "unpack REF

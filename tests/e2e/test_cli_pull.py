@@ -6,13 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from fastdist import oci
-from fastdist.cli import _human
+from fastdist.sizes import human_size as _human
+from fastdist.testing.images import BuiltLayer, build_image
 from fastdist.testing.registry import free_port
 
 if TYPE_CHECKING:
@@ -27,20 +29,30 @@ def _short(digest: str) -> str:
 
 
 def _blob_lines(stdout: str) -> dict[str, list[str]]:
-    """The plain display's ``<kind>-sha256:<12 hex>: <phase>`` lines, grouped per blob."""
+    """The plain display's ``<kind>-sha256:<12 hex>: <phase>[ (<size>)]`` lines, per blob."""
     rows: dict[str, list[str]] = {}
     for line in stdout.splitlines():
-        label, sep, phase = line.rpartition(": ")
+        label, sep, phase = line.partition(": ")
         if sep and "-sha256:" in label and " " not in label:
-            rows.setdefault(label, []).append(phase)
+            rows.setdefault(label, []).append(phase.partition(" (")[0])
     return rows
+
+
+def _blob_sizes(stdout: str) -> dict[str, set[str]]:
+    """The sizes the plain display printed per blob (``… (1.0 MiB)``)."""
+    sizes: dict[str, set[str]] = {}
+    for line in stdout.splitlines():
+        label, sep, rest = line.partition(": ")
+        if sep and "-sha256:" in label and rest.endswith(")") and " (" in rest:
+            sizes.setdefault(label, set()).add(rest.partition(" (")[2][:-1])
+    return sizes
 
 
 def _table(stdout: str) -> tuple[list[str], list[dict[str, str]]]:
     """Split a left-aligned table by its header's column starts (cells may contain spaces)."""
     lines = stdout.splitlines()
     header = lines[0]
-    names = header.split()
+    names = re.split(r"\s{2,}", header.strip())  # "IMAGE ID" is one column
     starts = [header.index(n) for n in names]
     rows = []
     for line in lines[1:]:
@@ -67,6 +79,14 @@ def test_pull_on_a_pipe_prints_one_plain_line_per_phase_and_every_blob_ends_done
     lines = r.stdout.splitlines()
     assert lines[0] == f"{busybox.ref}: resolving"
     assert lines[-1] == f"{busybox.ref}: {busybox.digest}"
+    # One summary line before the digest: blobs, bytes, time and rate.
+    summary = re.fullmatch(
+        rf"{re.escape(busybox.ref)}: fetched (\d+) blob\(s\), (.+) in ([\d.]+) s \((.+)/s\)",
+        lines[-2],
+    )
+    assert summary, lines[-2]
+    assert int(summary.group(1)) == 2 + len(busybox.image.layers)  # manifest, config, layers
+    assert summary.group(2) == _human(busybox.size)
     rows = _blob_lines(r.stdout)
     image = busybox.image
     expected = {f"manifest-sha256:{_short(busybox.digest)}"}
@@ -76,9 +96,11 @@ def test_pull_on_a_pipe_prints_one_plain_line_per_phase_and_every_blob_ends_done
     for label, phases in rows.items():
         assert phases[-1] == "done", (label, phases)
         assert len(phases) == len(set(phases)), f"{label} repeated a phase: {phases}"
+    sizes = _blob_sizes(r.stdout)
     for layer in image.layers:
-        phases = rows[f"layer-sha256:{_short(layer.descriptor.digest)}"]
-        assert phases == ["downloading", "unpacking", "done"]
+        label = f"layer-sha256:{_short(layer.descriptor.digest)}"
+        assert rows[label] == ["downloading", "unpacking", "done"]
+        assert sizes[label] == {_human(layer.descriptor.size)}  # on downloading and done
 
 
 def test_second_pull_reports_every_blob_as_already_there(
@@ -124,29 +146,94 @@ def test_pull_json_emits_one_event_object_per_line(
     assert events[-1]["phase"] == "done"
     assert events[-1]["digest"] is None
     assert busybox.digest in events[-1]["message"]
+    assert events[-1]["name"] == busybox.ref  # the image recorded, as fields of their own
+    assert events[-1]["image_digest"] == busybox.digest
+
+
+def test_pull_json_reports_a_failure_as_the_last_event(
+    fastdist: FastdistCLI, busybox: PushedImage
+) -> None:
+    repo = busybox.ref.rpartition(":")[0]
+    r = fastdist("pull", "--json", f"{repo}:no-such-tag")
+    assert r.rc == 3
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    last = events[-1]
+    assert last["phase"] == "failed"
+    assert last["digest"] is None
+    assert last["exit_code"] == 3
+    assert "MANIFEST_UNKNOWN" in last["error"]
+    assert last["hint"] == "check the repository name and the tag or digest"
+    _no_traceback(r.stderr)  # people still read error: and hint: on stderr
 
 
 # --- images / inspect / rmi / prune / unpack --------------------------------------------------
-def test_images_lists_ref_type_digest_and_whole_image_size(
+@pytest.fixture(scope="session")
+def hello(push: Any, busybox_layer: BuiltLayer) -> PushedImage:
+    """A second image in another repository."""
+    pushed: PushedImage = push("hello:1", build_image([busybox_layer], cmd=["echo", "hello"]))
+    return pushed
+
+
+def test_images_lists_ref_id_created_and_whole_image_size_within_120_columns(
     fastdist: FastdistCLI, busybox: PushedImage
 ) -> None:
     assert fastdist("pull", "-q", busybox.ref).rc == 0
     r = fastdist("images")
     assert r.rc == 0, r.stderr
     names, rows = _table(r.stdout)
-    assert names[:5] == ["REF", "TYPE", "DIGEST", "SIZE", "UNPACKED"]
+    assert names == ["REF", "IMAGE ID", "CREATED", "SIZE", "UNPACKED", "PLATFORM"]
+    assert max(len(line) for line in r.stdout.splitlines()) <= 120
     [row] = rows
     assert row["REF"] == busybox.ref
-    assert row["TYPE"] == oci.OCI_MANIFEST
-    assert row["DIGEST"] == busybox.digest
+    config_id = busybox.image.config_descriptor.digest
+    assert row["IMAGE ID"] == _short(config_id)  # docker's IMAGE ID: the config digest, short
+    assert re.fullmatch(r"\d+[dhm]? ago", row["CREATED"]), row["CREATED"]  # 2026-01-01
     # The whole image (manifest + config + compressed layers), not just the manifest.
     assert row["SIZE"] == _human(busybox.size)
     assert busybox.size > BUSYBOX.stat().st_size // 3
     unpacked_value, unit = row["UNPACKED"].split()
     assert unit == "MiB"
     assert float(unpacked_value) >= BUSYBOX.stat().st_size / (1 << 20) * 0.9
-    q = fastdist("images", "-q")
-    assert q.stdout == busybox.ref + "\n"
+
+    assert fastdist("images", "-q").stdout == _short(config_id) + "\n"
+    assert fastdist("images", "-q", "--no-trunc").stdout == config_id + "\n"
+
+    wide = fastdist("images", "--digests", "--no-trunc")
+    names, [row] = _table(wide.stdout)
+    assert names[:3] == ["REF", "TYPE", "DIGEST"]
+    assert row["TYPE"] == oci.OCI_MANIFEST
+    assert row["DIGEST"] == busybox.digest
+    assert row["IMAGE ID"] == config_id
+    short = fastdist("images", "--digests")
+    assert _table(short.stdout)[1][0]["DIGEST"] == busybox.digest[:19]
+
+
+def test_images_json_and_repository_filter(
+    fastdist: FastdistCLI, busybox: PushedImage, hello: PushedImage
+) -> None:
+    for ref in (busybox.ref, hello.ref):
+        assert fastdist("pull", "-q", ref).rc == 0
+    r = fastdist("images", "--format", "json")
+    assert r.rc == 0, r.stderr
+    listed = [json.loads(line) for line in r.stdout.splitlines()]
+    by_name = {x["name"]: x for x in listed}
+    assert set(by_name) == {busybox.ref, hello.ref}
+    entry = by_name[busybox.ref]
+    assert entry["id"] == busybox.image.config_descriptor.digest
+    assert entry["digest"] == busybox.digest
+    assert entry["media_type"] == oci.OCI_MANIFEST
+    assert entry["size"] == busybox.size
+    assert entry["created"] == "2026-01-01T00:00:00Z"
+    assert entry["unpacked_size"] > 0
+
+    repo = busybox.ref.rpartition(":")[0]
+    only = fastdist("images", "-q", "--no-trunc", repo)
+    assert only.stdout == busybox.image.config_descriptor.digest + "\n"
+    assert fastdist("images", "-q", "--no-trunc", busybox.ref).stdout == only.stdout
+    assert fastdist("images", "-q", f"{repo}:other-tag").stdout == ""
+    bad = fastdist("images", "Not/Valid")
+    assert bad.rc == 2
+    _no_traceback(bad.stderr)
 
 
 def test_inspect_prints_record_manifest_and_config_as_json(

@@ -245,7 +245,7 @@ def test_invalid_container_id_is_refused_before_anything_is_created(
     fastdist: FastdistCLI, img: str
 ) -> None:
     r = fastdist("run", "--id", "../escape", img, "true")
-    assert r.rc == 8
+    assert r.rc == 2  # a usage error
     assert "error: invalid container id '../escape'" in r.stderr
     assert fastdist.leftovers() == CLEAN
     assert not (fastdist.root.parent / "escape").exists()
@@ -335,7 +335,7 @@ def test_detached_lifecycle_ps_logs_kill_rm(fastdist: FastdistCLI, img: str) -> 
     assert "rm -f" in busy.stderr
     assert _status(fastdist, "x") == "running"  # the failed rm changed nothing
 
-    assert fastdist("kill", "x").rc == 0  # SIGTERM by default
+    assert fastdist("kill", "-s", "TERM", "x").rc == 0  # KILL is the default, as docker's
     follow = fastdist("logs", "-f", "x")  # returns once the container has exited
     assert follow.stdout == "hi\nstopping\n"
     assert _ps(fastdist) == {}  # no longer running
@@ -413,7 +413,7 @@ def test_run_pulls_an_image_that_is_not_there_yet(
     assert r.rc == 0, r.stderr
     assert r.stdout == "hello from the app layer\n"
     assert f"{busybox.ref}: resolving" in r.stderr  # the pull display goes to stderr
-    assert fastdist("images", "-q").stdout == busybox.ref + "\n"
+    assert fastdist("images", "-q", busybox.ref).stdout.strip()  # listed (-q prints IDs)
 
 
 def test_rmi_of_an_image_a_container_uses_fails_with_a_hint(
@@ -425,7 +425,7 @@ def test_rmi_of_an_image_a_container_uses_fails_with_a_hint(
     assert "Traceback" not in r.stderr
     assert "used by container(s) user1" in r.stderr
     assert "hint: remove the containers first: fastdist rm -f user1" in r.stderr
-    assert fastdist("images", "-q").stdout == img + "\n"
+    assert fastdist("images", "-q", img).stdout.strip()  # still listed (-q prints IDs)
     # prune keeps what the container's image needs
     assert fastdist("prune").stdout.startswith("removed 0 blob(s), 0 snapshot(s)")
     assert fastdist("rm", "user1").rc == 0
@@ -495,6 +495,6 @@ def test_mounts_and_hostname_options(fastdist: FastdistCLI, img: str, tmp_path: 
     assert not (shared / "y").exists()
     assert fastdist.leftovers() == CLEAN
     bad = fastdist("run", "--rm", "--mount", "nocolon", img, "true")
-    assert bad.rc == 1
+    assert bad.rc == 2  # a usage error, as argparse's own
     assert "error: invalid --mount 'nocolon'" in bad.stderr
     assert "hint: use SRC:DST or SRC:DST:ro" in bad.stderr

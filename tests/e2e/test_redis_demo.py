@@ -1,10 +1,12 @@
 """The seed's demo, for real: Debian's redis-server in an image pushed to the test registry,
-pulled and run detached with host networking by the fastdist CLI; ``redis-cli ping`` from the host
-answers PONG. Also runs ``examples/redis.sh``, the documented script of the same demo."""
+pulled and run detached by the fastdist CLI, with host networking and with ``-p`` in the default
+``--net none`` namespace; ``redis-cli ping`` from the host answers PONG. Also runs
+``examples/redis.sh``, the documented script of the same demo."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -126,8 +128,8 @@ def test_redis_server_image_runs_detached_on_the_host_network_and_answers_ping(
         )
         assert got.stdout.strip() == "works"
     finally:
-        kill = fastdist("kill", "redis")
-    assert kill.rc == 0, kill.stderr
+        stop = fastdist("stop", "redis")  # TERM (then KILL after 10 s): redis shuts down
+    assert stop.rc == 0, stop.stderr
     logs = fastdist("logs", "-f", "redis")  # returns once redis has exited
     assert "Received SIGTERM" in logs.stdout
     assert "Ready to accept connections" in logs.stdout
@@ -137,6 +139,36 @@ def test_redis_server_image_runs_detached_on_the_host_network_and_answers_ping(
 
     rm = fastdist("rm", "redis")
     assert rm.rc == 0, rm.stderr
+    assert fastdist.leftovers() == {"mounts": [], "snapshots": [], "bundles": [], "runc": []}
+
+
+def test_redis_in_the_default_none_network_answers_on_a_published_port(
+    fastdist: FastdistCLI, registry: Any, pusher: Any
+) -> None:
+    example = _load_example()
+    from fastdist.testing.images import push_image
+
+    port, host_port = free_port(), free_port()
+    ref = f"{registry.host}/e2e/redis:{port}"
+    push_image(pusher, ref, example.redis_image(port))
+    assert fastdist("pull", "-q", ref).rc == 0
+    run = fastdist("run", "-d", "-p", f"127.0.0.1:{host_port}:{port}", "--name", "redis", ref)
+    assert run.rc == 0, run.stderr
+    try:
+        answer = _wait_for_pong(host_port)
+        assert answer == "PONG", fastdist("logs", "redis").stdout
+        assert _ping(port) != "PONG"  # only the published port reaches it: its own is inside
+        ports = json.loads(fastdist("inspect", "redis").stdout)["Ports"]
+        assert ports == {f"{port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(host_port)}]}
+        busy = fastdist("run", "-d", "-p", f"127.0.0.1:{host_port}:{port}", "--name", "second", ref)
+        assert busy.rc == 8
+        assert f"error: cannot publish port 127.0.0.1:{host_port}" in busy.stderr
+        assert "hint: " in busy.stderr
+    finally:
+        stop = fastdist("stop", "redis")
+    assert stop.rc == 0, stop.stderr
+    assert _ping(host_port) != "PONG"
+    assert fastdist("rm", "redis").rc == 0
     assert fastdist.leftovers() == {"mounts": [], "snapshots": [], "bundles": [], "runc": []}
 
 
@@ -155,7 +187,7 @@ def test_the_redis_example_script_runs_end_to_end(tmp_path: Path) -> None:
     lines = proc.stdout.splitlines()
     assert "PONG" in lines
     assert lines[-1] == "redis demo: ok"
-    assert "$ fastdist run -d --net host" in proc.stderr
+    assert "$ fastdist run -d -p 127.0.0.1:" in proc.stderr
     store = tmp_path / "store"
     assert not (store / "containers").exists() or os.listdir(store / "containers") == []
     with open("/proc/self/mountinfo", encoding="utf-8") as f:

@@ -202,6 +202,19 @@ def test_allowed_foreign_urls_are_fetched_without_credentials() -> None:
         assert reg.token_requests == []
 
 
+@pytest.mark.parametrize(
+    "url", ["http://[evil/x", "http://127.0.0.1:99999/x", "file:///etc/shadow", "http://a b/x"]
+)
+def test_a_malformed_foreign_url_is_skipped_for_the_registry(url: str) -> None:
+    with FakeRegistry() as reg:
+        fetcher, ref, desc = _setup(reg, allow_foreign_urls=True)
+        desc = Descriptor(OCI_LAYER_ND_GZIP, desc.digest, desc.size, urls=(url,))
+        sink = BytesSink()
+        fetcher.fetch(ref, desc, sink)
+        assert sink.getvalue() == BLOB
+        assert len(reg.requests) == 1
+
+
 def test_concurrent_fetches_share_one_transport() -> None:
     with FakeRegistry(auth="token") as reg:
         t = Transport(TransportConfig(backoff_base=0.001))

@@ -29,6 +29,7 @@ def test_documented_defaults_are_the_real_defaults() -> None:
     assert (d.max_path_len, d.max_path_depth) == (4096, 128)
     assert (d.max_ratio, d.ratio_grace_bytes) == (1000, 256 << 20)
     assert d.zstd_window_log_max == 27
+    assert d.max_volumes == 1024
     assert oci.MAX_MANIFEST_BYTES == 4 << 20
     assert oci.MAX_CONFIG_BYTES == 8 << 20
     assert oci.MAX_JSON_DEPTH == 64
@@ -140,3 +141,41 @@ def test_redact_text_keeps_ordinary_messages() -> None:
 def test_token_in_a_json_error_body_is_redacted() -> None:
     body = json.dumps({"errors": [{"code": "DENIED", "message": "token=abc.def.ghi"}]})
     assert "abc.def.ghi" not in redact_text(body)
+
+
+# --- Volumes (issue 11 item 8) ------------------------------------------------------------------
+def _config_with_volumes(n: int) -> bytes:
+    return json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "config": {"Volumes": {f"/v/{i}": {} for i in range(n)}},
+        }
+    ).encode()
+
+
+def test_a_config_with_more_volumes_than_the_limit_is_refused() -> None:
+    assert len(oci.parse_config(_config_with_volumes(1024)).config.volumes) == 1024
+    with pytest.raises(LimitExceededError, match="20000 Volumes, over the limit of 1024") as info:
+        oci.parse_config(_config_with_volumes(20_000))
+    assert "max_volumes" in (info.value.hint or "")
+
+
+def test_the_volumes_limit_is_configurable_through_limits(
+    tmp_path: Path, reg: FakeRegistry
+) -> None:
+    reg.add_image("vols", "v1", layers=[], config=_config_with_volumes(5))
+    ref = f"{reg.host}/vols:v1"
+    strict = Client(tmp_path / "a", limits=_native.Limits(max_volumes=4), credentials=None)
+    with pytest.raises(LimitExceededError, match="5 Volumes, over the limit of 4"):
+        strict.pull(ref)
+    assert strict.images() == []
+    # _cap_layer_bytes (a max_pull_bytes below max_layer_bytes) keeps the setting.
+    roomy = Client(
+        tmp_path / "b",
+        limits=_native.Limits(max_volumes=5),
+        credentials=None,
+        max_pull_bytes=1 << 20,
+    )
+    assert roomy.pull(ref).config().config.volumes == tuple(f"/v/{i}" for i in range(5))

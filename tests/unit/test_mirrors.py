@@ -89,6 +89,11 @@ def test_without_server_the_registry_itself_is_the_upstream(tmp_path: Path) -> N
         b'[host."https://m.example"]\ncapabilities = ["fly"]\n',
         b'[host."https://m.example"]\nskip_verify = "yes"\n',
         b'[host."https://user:pw@m.example"]\n',
+        # Header values that requests would refuse (InvalidHeader) or fail to encode
+        # (UnicodeEncodeError) at request time, and a name that is not a token.
+        b'[host."https://m.example".header]\nx-a = "one\\u0007two"\n',
+        b'[host."https://m.example".header]\nx-a = "\\u20ac"\n',
+        b'[host."https://m.example".header]\n"x a" = "v"\n',
     ],
 )
 def test_bad_hosts_toml_is_a_typed_error(tmp_path: Path, toml: bytes) -> None:
@@ -193,4 +198,4 @@ def test_mirrors_without_config_use_the_registry_only(tmp_path: Path) -> None:
     m = Mirrors([tmp_path / "nothing"], Transport())
     [only] = m.hosts(Reference.parse("127.0.0.1:5000/x/y:z"), "resolve")
     assert only.upstream
-    assert only.url == "http://127.0.0.1:5000"
+    assert only.url == "https://127.0.0.1:5000"  # TLS first; plain HTTP once seen

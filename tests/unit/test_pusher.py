@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fakeregistry import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, FakeRegistry, digest_of
+from fakeregistry import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, FakeRegistry, Fault, digest_of
 from fastdist.errors import DigestMismatchError, RegistryError
 from fastdist.fetcher import BytesSink, Fetcher
 from fastdist.oci import Descriptor, Digest, Platform
@@ -106,3 +106,23 @@ def test_push_manifest_by_digest_checks_the_reference_digest() -> None:
         assert reg.requests[-1].path == f"/v2/app/manifests/{d}"
         with pytest.raises(DigestMismatchError):
             pusher.push_manifest(ref, data + b" ", OCI_MANIFEST)
+
+
+@pytest.mark.parametrize("location", ["http://[evil/x", "http://127.0.0.1:99999/u", "ftp://x/u"])
+def test_a_malformed_upload_location_is_a_registry_error(location: str) -> None:
+    with FakeRegistry() as reg:
+        reg.add_fault(
+            Fault(
+                path_contains="/blobs/uploads/",
+                method="POST",
+                location=location,
+                redirect_status=202,
+            )
+        )
+        data = os.urandom(1000)
+        with pytest.raises(RegistryError, match="upload location") as info:
+            Pusher(_transport()).push_blob(
+                Reference.parse(f"{reg.host}/app"), Digest(digest_of(data)), data
+            )
+        assert info.value.hint
+        assert [r.method for r in reg.requests] == ["HEAD", "POST"]

@@ -66,6 +66,8 @@ def test_reference_normalises_like_docker(
         ("a/b_", "bad repository"),
         ("-host.example/a", "bad domain"),
         ("host.example/" + "a" * 260, "longer than"),
+        ("http://localhost:5000/a:b", "not a http:// URL"),
+        ("HTTPS://ghcr.io/a/b", "not a https:// URL"),
     ],
 )
 def test_invalid_references_raise_with_reason(text: str, fragment: str) -> None:
@@ -100,3 +102,11 @@ def test_object_prefers_the_digest_over_the_tag() -> None:
         str(Reference.parse("redis").with_digest(Digest(D)))
         == f"docker.io/library/redis:latest@{D}"
     )
+
+
+def test_a_url_for_a_reference_hints_the_form_without_the_scheme() -> None:
+    with pytest.raises(InvalidReferenceError) as info:
+        Reference.parse("http://localhost:5000/demo/app:v1")
+    assert info.value.hint is not None
+    assert "drop the scheme: localhost:5000/demo/app:v1" in info.value.hint
+    assert "--plain-http" in info.value.hint

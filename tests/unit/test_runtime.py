@@ -19,14 +19,29 @@ from fastdist.runtime import (
     InvalidRunOptionError,
     Mount,
     NoCommandError,
+    PortMapping,
     ResolvedUser,
+    RestartPolicy,
     RunOptions,
     Runtime,
     UnknownUserError,
     WorkdirError,
+    _LogWriter,
     build_spec,
+    host_devices,
+    parse_cpus,
+    parse_log_line,
+    parse_memory,
+    parse_pids_limit,
+    parse_publish,
+    parse_restart,
+    parse_security_opts,
+    parse_signal,
+    resolve_capabilities,
     resolve_user,
+    thermal_throttle_paths,
 )
+from fastdist.seccomp import DEFAULT_PROFILE, SeccompProfileError
 
 PASSWD = """\
 root:x:0:0:root:/root:/bin/sh
@@ -370,7 +385,9 @@ def test_read_only_root_and_default_security(root: Path) -> None:
     assert len(DEFAULT_CAPABILITIES) == 14
     assert spec["process"]["noNewPrivileges"] is True
     assert spec["process"]["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
-    assert spec["linux"]["maskedPaths"] == list(MASKED_PATHS)
+    masked = spec["linux"]["maskedPaths"]
+    assert masked[: len(MASKED_PATHS)] == list(MASKED_PATHS)
+    assert masked[len(MASKED_PATHS) :] == thermal_throttle_paths()
     assert "/proc/kcore" in MASKED_PATHS
     assert "/sys/firmware" in MASKED_PATHS
     assert spec["linux"]["readonlyPaths"] == list(READONLY_PATHS)
@@ -507,3 +524,246 @@ def test_prepare_makes_private_bundle_and_refuses_a_taken_id(tmp_path: Path) -> 
 def test_unknown_container_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(ContainerNotFoundError):
         Runtime(tmp_path / "store").state("nope")
+
+
+# --- confinement: seccomp, capabilities, privileged -------------------------------------------
+def test_the_default_seccomp_profile_is_in_every_spec(root: Path) -> None:
+    sec = spec_for(root)["linux"]["seccomp"]
+    assert sec["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert sec["defaultErrnoRet"] == 1
+    assert any("read" in r["names"] for r in sec["syscalls"])
+    assert "seccomp" not in spec_for(root, seccomp_profile=None)["linux"]
+
+
+def test_seccomp_rules_follow_the_containers_capabilities(root: Path) -> None:
+    def allowed(spec: dict[str, Any]) -> set[str]:
+        sec = spec["linux"]["seccomp"]
+        return {
+            n
+            for r in sec["syscalls"]
+            if r["action"] == "SCMP_ACT_ALLOW" and not r.get("args")
+            for n in r["names"]
+        }
+
+    assert "mount" not in allowed(spec_for(root))
+    assert "mount" in allowed(spec_for(root, cap_add=("SYS_ADMIN",)))
+    assert "chroot" in allowed(spec_for(root))
+    assert "chroot" not in allowed(spec_for(root, cap_drop=("sys_chroot",)))
+
+
+def test_cap_add_and_cap_drop_follow_docker_rules() -> None:
+    assert resolve_capabilities() == list(DEFAULT_CAPABILITIES)
+    added = resolve_capabilities(["NET_ADMIN", "cap_sys_ptrace"], ["CHOWN", "MKNOD"])
+    assert added[-2:] == ["CAP_NET_ADMIN", "CAP_SYS_PTRACE"]
+    assert "CAP_CHOWN" not in added
+    assert "CAP_MKNOD" not in added
+    assert resolve_capabilities(["KILL"], ["ALL"]) == ["CAP_KILL"]
+    assert resolve_capabilities(["CHOWN"], ["CHOWN"]).count("CAP_CHOWN") == 1  # add wins
+    every = resolve_capabilities(["ALL"])
+    assert "CAP_SYS_ADMIN" in every
+    assert resolve_capabilities(privileged=True) == every
+    status = Path("/proc/self/status").read_text()
+    bounding = int(next(x for x in status.splitlines() if x.startswith("CapBnd:")).split()[1], 16)
+    assert len(every) == bin(bounding).count("1")
+
+
+@pytest.mark.parametrize("bad", ["NOPE", "CAP_", "SYS ADMIN", ""])
+def test_unknown_capabilities_are_usage_errors(bad: str) -> None:
+    with pytest.raises(InvalidRunOptionError, match="unknown capability") as e:
+        resolve_capabilities([bad])
+    assert e.value.hint
+    assert InvalidRunOptionError.exit_code == 2
+    with pytest.raises(InvalidRunOptionError, match="unknown capability"):
+        resolve_capabilities((), [bad])
+
+
+def test_privileged_spec_has_every_capability_devices_and_no_filter_or_masks(root: Path) -> None:
+    spec = spec_for(root, privileged=True)
+    linux = spec["linux"]
+    assert "seccomp" not in linux
+    assert linux["maskedPaths"] == []
+    assert linux["readonlyPaths"] == []
+    assert linux["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
+    assert linux["devices"] == host_devices()
+    assert "CAP_SYS_ADMIN" in spec["process"]["capabilities"]["bounding"]
+    sysfs = mount_at(spec, "/sys")
+    assert "ro" not in sysfs["options"]
+
+
+def test_host_devices_lists_device_nodes_and_skips_ptys(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    dev = tmp_path / "dev"
+    (dev / "pts").mkdir(parents=True)
+    (dev / "sub").mkdir()
+    os.mknod(dev / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    os.chmod(dev / "null", 0o666)  # past the umask
+    os.mknod(dev / "sub" / "blk", 0o660 | 0o060000, os.makedev(7, 0))
+    os.mknod(dev / "pts" / "0", 0o620 | 0o020000, os.makedev(136, 0))
+    (dev / "plain").write_text("x")
+    (dev / "link").symlink_to("null")
+    got = host_devices(dev)
+    assert [(d["path"], d["type"], d["major"], d["minor"]) for d in got] == [
+        ("/dev/null", "c", 1, 3),
+        ("/dev/sub/blk", "b", 7, 0),
+    ]
+    assert got[0]["fileMode"] == 0o666
+
+
+def test_thermal_throttle_paths_are_the_hosts_per_cpu_ones(tmp_path: Path) -> None:
+    cpus = tmp_path / "devices" / "system" / "cpu"
+    for name in ("cpu0", "cpu1", "cpu10", "cpu2"):
+        (cpus / name).mkdir(parents=True)
+    for name in ("cpu0", "cpu10", "cpu2"):
+        (cpus / name / "thermal_throttle").mkdir()
+    (cpus / "cpufreq").mkdir()
+    assert thermal_throttle_paths(tmp_path) == [
+        f"/sys/devices/system/cpu/cpu{n}/thermal_throttle" for n in (0, 2, 10)
+    ]
+    assert thermal_throttle_paths(tmp_path / "missing") == []
+
+
+def test_security_opts_parse_docker_spellings(tmp_path: Path) -> None:
+    assert parse_security_opts([]).seccomp_profile is DEFAULT_PROFILE
+    assert parse_security_opts([]).no_new_privileges is True
+    assert parse_security_opts(["seccomp=unconfined"]).seccomp_profile is None
+    assert parse_security_opts(["seccomp:unconfined"]).seccomp_profile is None
+    assert parse_security_opts(["no-new-privileges=false"]).no_new_privileges is False
+    assert parse_security_opts(["no-new-privileges"]).no_new_privileges is True
+    (tmp_path / "p.json").write_text('{"defaultAction": "SCMP_ACT_ALLOW"}')
+    custom = parse_security_opts([f"seccomp={tmp_path / 'p.json'}"]).seccomp_profile
+    assert custom is not None
+    assert custom.default_action == "SCMP_ACT_ALLOW"
+    for bad in ("apparmor=unconfined", "seccomp=", "no-new-privileges=maybe", "label:disable"):
+        with pytest.raises(InvalidRunOptionError, match="invalid --security-opt"):
+            parse_security_opts([bad])
+    (tmp_path / "bad.json").write_text("[")
+    with pytest.raises(SeccompProfileError, match="not JSON"):
+        parse_security_opts([f"seccomp={tmp_path / 'bad.json'}"])
+
+
+def test_no_new_privileges_follows_the_option(root: Path) -> None:
+    assert spec_for(root)["process"]["noNewPrivileges"] is True
+    assert spec_for(root, no_new_privileges=False)["process"]["noNewPrivileges"] is False
+
+
+# --- resources ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("512m", 512 << 20),
+        ("1g", 1 << 30),
+        ("1.5G", 3 << 29),
+        ("8192k", 8 << 20),
+        ("64mb", 64 << 20),
+        (str(7 << 20), 7 << 20),
+        (7 << 20, 7 << 20),
+    ],
+)
+def test_memory_sizes_follow_docker_units(text: str | int, value: int) -> None:
+    assert parse_memory(text) == value
+
+
+@pytest.mark.parametrize("bad", ["lots", "", "-1m", "5m", "1x", "m", "1e9"])
+def test_bad_memory_sizes_are_usage_errors(bad: str) -> None:
+    with pytest.raises(InvalidRunOptionError, match="invalid --memory") as e:
+        parse_memory(bad)
+    assert e.value.hint
+
+
+def test_cpus_and_pids_limit_are_checked() -> None:
+    assert parse_cpus("1.5") == 1.5
+    assert parse_pids_limit("100") == 100
+    assert parse_pids_limit("-1") == -1
+    for bad in ("none", "0", "-2", "nan", "inf"):
+        with pytest.raises(InvalidRunOptionError, match="invalid --cpus"):
+            parse_cpus(bad)
+    for bad in ("many", "-5", "1.5"):
+        with pytest.raises(InvalidRunOptionError, match="invalid --pids-limit"):
+            parse_pids_limit(bad)
+
+
+def test_limits_become_cgroup_resources(root: Path) -> None:
+    res = spec_for(root, memory=64 << 20, cpus=0.5, pids_limit=20)["linux"]["resources"]
+    assert res["memory"] == {"limit": 64 << 20, "swap": 64 << 20}  # no swap beyond the limit
+    assert res["cpu"] == {"quota": 50_000, "period": 100_000}
+    assert res["pids"] == {"limit": 20}
+    plain = spec_for(root, pids_limit=-1)["linux"]["resources"]
+    assert set(plain) == {"devices"}
+
+
+# --- the detached log ---------------------------------------------------------------------
+def test_log_records_keep_streams_lines_and_bytes(tmp_path: Path) -> None:
+    log = _LogWriter(tmp_path / "log")
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    readers = [log.follow(r1, "stdout"), log.follow(r2, "stderr")]
+    os.write(w1, b"one\ntwo")
+    os.write(w1, b" halves\n\xff\xfebinary\n" + b"x" * 40000)
+    os.close(w1)
+    os.write(w2, b"err\n")
+    os.close(w2)
+    for t in readers:
+        t.join()
+    log.close()
+    entries = [parse_log_line(line) for line in (tmp_path / "log").read_bytes().splitlines()]
+    out = [e.data for e in entries if e.stream == "stdout"]
+    assert out[:3] == [b"one\n", b"two halves\n", b"\xff\xfebinary\n"]
+    assert [len(d) for d in out[3:]] == [16384, 16384, 40000 - 32768]  # long lines in pieces
+    assert [e.data for e in entries if e.stream == "stderr"] == [b"err\n"]
+    assert all(e.time > 0 for e in entries)
+
+
+def test_a_raw_log_line_reads_as_stdout() -> None:
+    assert parse_log_line(b"plain text") == parse_log_line(b"plain text")
+    entry = parse_log_line(b"plain text")
+    assert (entry.stream, entry.data) == ("stdout", b"plain text")
+    assert parse_log_line(b'{"s": "other"}').stream == "stdout"
+
+
+# --- publish, restart, signals ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "mapping"),
+    [
+        ("8080:80", PortMapping("0.0.0.0", 8080, 80)),
+        ("127.0.0.1:6379:6379/tcp", PortMapping("127.0.0.1", 6379, 6379)),
+        ("[::1]:8443:443", PortMapping("::1", 8443, 443)),
+    ],
+)
+def test_publish_follows_docker_syntax(text: str, mapping: PortMapping) -> None:
+    assert parse_publish(text) == mapping
+
+
+@pytest.mark.parametrize(
+    "bad", ["99999:80", "0:80", "80", "a:b", "1.2.3:80:80", "8080:80/udp", "8080:80/sctp", ""]
+)
+def test_bad_publish_specs_are_usage_errors(bad: str) -> None:
+    with pytest.raises(InvalidRunOptionError, match="invalid --publish") as e:
+        parse_publish(bad)
+    assert e.value.hint
+
+
+def test_restart_policies_follow_docker() -> None:
+    assert parse_restart("no") == RestartPolicy()
+    assert parse_restart("always") == RestartPolicy("always")
+    assert parse_restart("unless-stopped") == RestartPolicy("always")
+    on3 = parse_restart("on-failure:3")
+    assert on3 == RestartPolicy("on-failure", 3)
+    assert [on3.wants(1, n) for n in range(4)] == [True, True, True, False]
+    assert not on3.wants(0, 0)
+    assert parse_restart("on-failure").wants(1, 1000)
+    assert RestartPolicy("always").wants(0, 1000)
+    assert not RestartPolicy().wants(1, 0)
+    for bad in ("sometimes", "on-failure:x", "always:2", "no:1", ""):
+        with pytest.raises(InvalidRunOptionError, match="invalid --restart"):
+            parse_restart(bad)
+
+
+def test_signals_are_checked_before_runc_sees_them() -> None:
+    assert parse_signal("kill") == "KILL"
+    assert parse_signal("SIGTERM") == "TERM"
+    assert parse_signal(9) == "9"
+    assert parse_signal("15") == "15"
+    for bad in ("BOGUS", "SIGBOGUS", "0", "999", "", "-1"):
+        with pytest.raises(InvalidRunOptionError, match="unknown signal"):
+            parse_signal(bad)

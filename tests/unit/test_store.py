@@ -193,3 +193,28 @@ def test_a_planted_blob_symlink_is_never_read(tmp_path: Path) -> None:
         store.read_bytes(digest, 1024)
     with pytest.raises(StoreError, match="symlink"):
         store.path(digest)  # what the layer applier would be handed
+
+
+def test_ensure_dir_makes_again_a_directory_removed_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An ingest directory is removed by the pull that committed its blob while another one makes
+    # it for its own ingest (tests/integration/test_concurrency.py hit this): make it again.
+    from fastdist import store
+
+    real = store._make_dirs
+    calls: list[Path] = []
+
+    def removed_once(path: Path) -> os.stat_result:
+        calls.append(path)
+        if len(calls) == 1:
+            real(path)
+            path.rmdir()  # the other pull's cleanup, between mkdir and lstat
+            return os.lstat(path)  # FileNotFoundError, as it happens
+        return real(path)
+
+    monkeypatch.setattr(store, "_make_dirs", removed_once)
+    target = tmp_path / "ingest" / "abc"
+    assert store.ensure_dir(target) == target
+    assert target.is_dir()
+    assert len(calls) == 2

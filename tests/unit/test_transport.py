@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
 from fakeregistry import FakeRegistry, Fault, route_https
@@ -28,9 +31,10 @@ def _get(t: Transport, reg: FakeRegistry, path: str, **kw: object) -> bytes:
 @pytest.mark.parametrize(
     ("host", "config", "expected"),
     [
-        ("127.0.0.1:5000", TransportConfig(), "http://127.0.0.1:5000"),
-        ("localhost:5000", TransportConfig(), "http://localhost:5000"),
-        ("[::1]:5000", TransportConfig(), "http://[::1]:5000"),
+        # Loopback is tried over TLS first (a plain-HTTP answer is learned: test_tls.py).
+        ("127.0.0.1:5000", TransportConfig(), "https://127.0.0.1:5000"),
+        ("localhost:5000", TransportConfig(), "https://localhost:5000"),
+        ("[::1]:5000", TransportConfig(), "https://[::1]:5000"),
         ("registry.example", TransportConfig(), "https://registry.example"),
         ("127.0.0.1.example.com", TransportConfig(), "https://127.0.0.1.example.com"),
         ("10.0.0.5:5000", TransportConfig(), "https://10.0.0.5:5000"),
@@ -46,7 +50,7 @@ def _get(t: Transport, reg: FakeRegistry, path: str, **kw: object) -> bytes:
         ),
     ],
 )
-def test_plain_http_only_for_loopback_and_allowed_hosts(
+def test_plain_http_from_the_start_only_for_allowed_hosts(
     host: str, config: TransportConfig, expected: str
 ) -> None:
     assert Transport(config).base_url(host) == expected
@@ -238,3 +242,78 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+# --- TLS first on loopback, plain HTTP only when the server answers in it (issue 17) ------------
+def test_loopback_registry_in_plain_http_is_learned_after_tls_fails() -> None:
+    with FakeRegistry() as reg:
+        d = reg.add_blob(b"payload")
+        t = _transport()
+        assert t.base_url(reg.host) == f"https://{reg.host}"
+        assert _get(t, reg, f"/v2/app/blobs/{d}") == b"payload"
+        assert t.base_url(reg.host) == f"http://{reg.host}"
+        # The TLS handshake probe and the OPTIONS * probe are not registry requests.
+        assert [(r.method, r.path) for r in reg.requests] == [("GET", f"/v2/app/blobs/{d}")]
+        # Probed once per host: a second transport probes again, this one does not.
+        assert _get(t, reg, f"/v2/app/blobs/{d}") == b"payload"
+        assert len(reg.requests) == 2
+
+
+def test_a_refused_connection_is_not_remembered_as_tls() -> None:
+    with FakeRegistry() as reg:
+        port = reg.port
+    # Nothing listens now: the probe learns nothing, and the error is a connection error.
+    t = _transport(TransportConfig(max_retries=0))
+    host = f"127.0.0.1:{port}"
+    with pytest.raises(RegistryError, match="connection refused"):
+        t.request("GET", t.url(host, "/v2/"), registry=host)
+    assert t.may_fall_back(host)
+    assert t.base_url(host) == f"https://{host}"
+
+
+@pytest.mark.parametrize(
+    ("host", "config", "expected"),
+    [
+        ("127.0.0.1:5000", TransportConfig(), True),
+        ("localhost:5443", TransportConfig(), True),
+        ("[::1]:5000", TransportConfig(), True),
+        ("127.0.0.1", TransportConfig(), False),  # no port: http would go to port 80
+        ("registry.example:5000", TransportConfig(), False),
+        (
+            "lan.example:5000",
+            TransportConfig(insecure_skip_verify_hosts=frozenset({"lan.example"})),
+            True,
+        ),
+    ],
+)
+def test_only_loopback_and_insecure_hosts_may_fall_back(
+    host: str, config: TransportConfig, expected: bool
+) -> None:
+    assert Transport(config).may_fall_back(host) is expected
+
+
+def test_a_tls_failure_without_a_plain_http_answer_does_not_fall_back() -> None:
+    # A loopback server that speaks neither TLS nor HTTP (an SSH banner, then close).
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    host = f"127.0.0.1:{srv.getsockname()[1]}"
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        t = _transport(TransportConfig(max_retries=0))
+        with pytest.raises(RegistryError, match="TLS failure") as info:
+            t.request("GET", t.url(host, "/v2/"), registry=host)
+        assert info.value.url == f"https://{host}/v2/"
+        assert t.base_url(host) == f"https://{host}"
+    finally:
+        srv.close()

@@ -33,6 +33,10 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
+_TLS = """  tls:
+    certificate: {cert}
+    key: {key}
+"""
 
 
 def free_port() -> int:
@@ -46,10 +50,17 @@ def free_port() -> int:
 class LocalRegistry:
     """A ``docker-registry serve`` process with its own storage, for tests, benchmarks and demos.
 
-    Use as a context manager; ``host`` is ``127.0.0.1:PORT`` (loopback, so plain HTTP).
+    Use as a context manager; ``host`` is ``127.0.0.1:PORT``. Plain HTTP, or TLS with ``tls``
+    (a certificate and its key, PEM files: ``http.tls`` in the registry's config).
     """
 
-    def __init__(self, storage: Path | None = None, binary: str = "docker-registry") -> None:
+    def __init__(
+        self,
+        storage: Path | None = None,
+        binary: str = "docker-registry",
+        *,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         exe = shutil.which(binary)
         if exe is None:
             raise FastdistError(
@@ -63,11 +74,15 @@ class LocalRegistry:
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
+        self.tls = tls
 
     def start(self, timeout: float = 30.0) -> LocalRegistry:
         self.storage.mkdir(parents=True, exist_ok=True)
         cfg = self._dir / "config.yml"
-        cfg.write_text(_CONFIG.format(storage=self.storage, port=self.port))
+        text = _CONFIG.format(storage=self.storage, port=self.port)
+        if self.tls is not None:
+            text += _TLS.format(cert=self.tls[0], key=self.tls[1])
+        cfg.write_text(text)
         logf = open(self._dir / "registry.log", "wb")  # noqa: SIM115 (owned by the process)
         self._proc = subprocess.Popen(
             [self._exe, "serve", str(cfg)],
@@ -79,7 +94,7 @@ class LocalRegistry:
         )
         logf.close()
         deadline = time.monotonic() + timeout
-        url = f"http://{self.host}/v2/"
+        url = f"{'https' if self.tls else 'http'}://{self.host}/v2/"
         while True:
             if self._proc.poll() is not None:
                 raise FastdistError(
@@ -87,9 +102,13 @@ class LocalRegistry:
                     + (self._dir / "registry.log").read_text(errors="replace")[-2000:]
                 )
             try:
-                if requests.get(url, timeout=1).status_code == 200:
+                if self.tls is not None:
+                    # Trust is the test's business: a listening TLS port means it is up.
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                        break
+                elif requests.get(url, timeout=1).status_code == 200:
                     break
-            except requests.RequestException:
+            except (requests.RequestException, OSError):
                 pass
             if time.monotonic() > deadline:
                 self.stop()

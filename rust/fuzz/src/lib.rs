@@ -34,6 +34,7 @@ pub fn limits() -> Limits {
         max_ratio: 200,
         ratio_grace_bytes: 256 << 10,
         zstd_window_log_max: 20,
+        max_volumes: 16,
     }
 }
 

@@ -228,6 +228,26 @@ pub fn seed_tars() -> Vec<(&'static str, Vec<u8>)> {
             ]),
         ),
         (
+            // Header-only entries with a size: Go's archive/tar reads the next header right
+            // after them, so the "data" here is a whole file entry that must be applied.
+            "header_only_sized",
+            tar(&[
+                E::dir("a/"),
+                E::file("a/f", b"hello"),
+                Entry {
+                    data: tar(&[E::file("a/smuggled1", b"x")])[..2 * BLOCK].to_vec(),
+                    ..E::symlink("a/s", "f")
+                },
+                Entry {
+                    data: tar(&[E::file("a/smuggled2", b"x")])[..2 * BLOCK].to_vec(),
+                    ..E::dir("a/d/")
+                },
+                E::fifo("a/p").pax("size", b"1024"),
+                E::file("a/smuggled3", b"x"),
+                E::hardlink("a/h", "a/f").pax("size", b"18446744073709551615"),
+            ]),
+        ),
+        (
             "replace_kinds",
             tar(&[
                 E::file("x", b"file"),
