@@ -212,6 +212,138 @@ def run_credential_helper(name: str, server: str) -> Credentials | None:
     return Credentials(username, secret)
 
 
+# --- login / logout: writing the docker config ------------------------------------------------
+def docker_config_path() -> Path:
+    """``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json`` (what ``from_docker_config``
+    reads)."""
+    base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    return Path(base) / "config.json"
+
+
+def auth_key(host: str) -> str:
+    """The ``auths`` key docker uses for ``host`` (Docker Hub's is its v1 URL)."""
+    keys = _candidate_keys(host)
+    return keys[0]
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise AuthenticationError(f"cannot read docker config {path}: {e.strerror}") from None
+    try:
+        obj = json.loads(raw)
+    except ValueError as e:
+        raise AuthenticationError(f"docker config {path} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise AuthenticationError(f"docker config {path} is not a JSON object")
+    return obj
+
+
+def _write_config(path: Path, obj: dict[str, Any]) -> None:
+    """Atomically, 0600 (it holds secrets), through no symlink: a temporary file made
+    ``O_EXCL|O_NOFOLLOW`` beside it, renamed over it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.fastdist-{os.urandom(6).hex()}"
+    data = (json.dumps(obj, indent="\t") + "\n").encode()
+    try:
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise AuthenticationError(f"cannot write docker config {path}: {e.strerror}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _helper_for(obj: dict[str, Any], host: str) -> str | None:
+    helpers = obj.get("credHelpers") or {}
+    if isinstance(helpers, dict):
+        for key in _candidate_keys(host):
+            for k, v in helpers.items():
+                if normalize_host(k) == normalize_host(key) and isinstance(v, str) and v:
+                    return v
+    store = obj.get("credsStore")
+    return store if isinstance(store, str) and store else None
+
+
+def _run_helper(name: str, action: str, payload: bytes) -> None:
+    if not _HELPER_NAME_RE.fullmatch(name):
+        raise AuthenticationError(f"invalid credential helper name {name!r}")
+    program = f"docker-credential-{name}"
+    try:
+        proc = subprocess.run(
+            [program, action],
+            input=payload,
+            capture_output=True,
+            timeout=HELPER_TIMEOUT,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise AuthenticationError(
+            f"credential helper {program} not found",
+            hint="install it or remove it from credHelpers/credsStore in docker's config.json",
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise AuthenticationError(f"credential helper {program} timed out") from None
+    if proc.returncode != 0:
+        raise AuthenticationError(  # its output may echo secrets: not quoted
+            f"credential helper {program} {action} failed with exit status {proc.returncode}"
+        )
+
+
+def store_login(host: str, creds: Credentials, path: Path | None = None) -> str:
+    """Save ``creds`` for ``host`` where docker would: the host's ``credHelpers`` entry or the
+    ``credsStore`` (``docker-credential-<name> store``), else base64 ``auths`` in the config
+    file. Returns where they went (for the user, no secret)."""
+    path = path or docker_config_path()
+    obj = _read_config(path)
+    key = auth_key(host)
+    helper = _helper_for(obj, host)
+    if helper is not None:
+        payload = json.dumps(
+            {"ServerURL": key, "Username": creds.username, "Secret": creds.password}
+        ).encode()
+        _run_helper(helper, "store", payload)
+        return f"credential helper docker-credential-{helper}"
+    auths = obj.get("auths")
+    if not isinstance(auths, dict):
+        auths = obj["auths"] = {}
+    token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+    auths[key] = {"auth": token}
+    _write_config(path, obj)
+    return str(path)
+
+
+def remove_login(host: str, path: Path | None = None) -> bool:
+    """Forget the credentials of ``host`` (helper ``erase``, or its ``auths`` entry); whether
+    there was anything to forget (a helper is always asked)."""
+    path = path or docker_config_path()
+    obj = _read_config(path)
+    helper = _helper_for(obj, host)
+    if helper is not None:
+        _run_helper(helper, "erase", auth_key(host).encode())
+        return True
+    auths = obj.get("auths")
+    if not isinstance(auths, dict):
+        return False
+    wanted = {normalize_host(k) for k in _candidate_keys(host)}
+    gone = [k for k in auths if normalize_host(k) in wanted]
+    for k in gone:
+        del auths[k]
+    if gone:
+        _write_config(path, obj)
+    return bool(gone)
+
+
 # --- challenges and tokens ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Challenge:

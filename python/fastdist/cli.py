@@ -656,6 +656,98 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tag(args: argparse.Namespace) -> int:
+    client = _client(args)
+    img = client.tag(args.src, args.dest)
+    print(sanitize(f"tagged {img.name}: {img.target.digest}"))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    args.ref = args.dest or args.src  # the registry options are for the destination
+    client = _client(args)
+    out = sys.stdout
+    live = out.isatty() and not args.quiet and not args.json
+    if args.quiet:
+        rep = client.push(args.src, args.dest)
+    else:
+        with PullDisplay(out, live=live, json_events=args.json) as display:
+            rep = client.push(args.src, args.dest, progress=display)
+    for platform in rep.missing:
+        print(
+            sanitize(
+                f"note: platform {platform} of {args.src} is not present: pushed this "
+                "platform's manifest only, not the index"
+            ),
+            file=sys.stderr,
+        )
+    if not args.json:
+        print(
+            sanitize(
+                rep.digest
+                if args.quiet
+                else f"{rep.name}: {rep.digest} ({len(rep.uploaded)} uploaded, "
+                f"{len(rep.mounted)} mounted, {len(rep.existed)} already there)"
+            )
+        )
+    return 0
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+    else:
+        raise InvalidArgumentError(
+            "no password given", hint="pipe it in with --password-stdin (never on the command line)"
+        )
+    username = args.username
+    if username is None:
+        if not sys.stdin.isatty() or args.password_stdin:
+            raise InvalidArgumentError("no username given", hint="pass -u USER")
+        username = input("Username: ")
+    args.ref = f"{args.registry}/login"  # the registry options are for this registry
+    where = _client(args).login(args.registry, username, password)
+    print(sanitize(f"login succeeded; credentials saved to {where}"))
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    if _client(args).logout(args.registry):
+        print(sanitize(f"removed the credentials of {args.registry}"))
+    else:
+        print(sanitize(f"not logged in to {args.registry}"))
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.output == "-":
+        if sys.stdout.isatty():
+            raise InvalidArgumentError(
+                "refusing to write an archive to a terminal", hint="redirect it: -o - > FILE"
+            )
+        client.save(args.refs, sys.stdout.buffer, format=args.format)
+        return 0
+    client.save(args.refs, args.output, format=args.format)
+    print(
+        sanitize(f"saved {len(args.refs)} image(s) to {args.output} ({args.format})"),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    client = _client(args)
+    source = sys.stdin.buffer if args.input in (None, "-") else args.input
+    for img in client.load(source, tag=args.tag):
+        print(sanitize(f"loaded {img.name}: {img.target.digest}"))
+    return 0
+
+
 def _table(rows: Sequence[Sequence[str]]) -> None:
     """Left-aligned columns; every cell goes through the terminal sanitiser (one line each)."""
     rows = [[sanitize(c) for c in r] for r in rows]
@@ -821,6 +913,122 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("refs", nargs="+", metavar="REF", help="local image names")
     sp.set_defaults(func=cmd_rmi)
+
+    sp = sub.add_parser(
+        "tag",
+        help="give a present image another name (same digest)",
+        description="Give the present image SRC the name DEST: same target, manifest and "
+        "snapshots (as docker tag); an image already called DEST is re-pointed.",
+    )
+    sp.add_argument("src", metavar="SRC", help="name, name@digest or image ID (prefix)")
+    sp.add_argument("dest", metavar="DEST", help="the new name[:tag]")
+    sp.set_defaults(func=cmd_tag)
+
+    sp = sub.add_parser(
+        "push",
+        help="push a present image to a registry",
+        description="Push a present image to DEST (default: its own name): blobs first "
+        "(skipped when the registry has them, mounted from the image's repository when it is "
+        "on the same registry), then the manifest, an index last; bytes exactly as stored.",
+    )
+    sp.add_argument("src", metavar="REF", help="the local image: name, name@digest or ID")
+    sp.add_argument(
+        "dest", metavar="DEST", nargs="?", default=None, help="where to push (default: REF)"
+    )
+    add_registry_options(sp)
+    sp.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the digest (default: a summary)"
+    )
+    sp.add_argument(
+        "--json", action="store_true", help="one JSON progress event per line (default: off)"
+    )
+    sp.set_defaults(func=cmd_push)
+
+    sp = sub.add_parser(
+        "login",
+        help="check credentials against a registry and save them in docker's config",
+        description="Check USER's password against REGISTRY and save it where docker would: "
+        "the registry's credHelpers entry or the credsStore, else auths in "
+        "$DOCKER_CONFIG/config.json or ~/.docker/config.json (0600). Pulls and pushes read "
+        "credentials from the same places.",
+    )
+    sp.add_argument(
+        "registry",
+        metavar="REGISTRY",
+        nargs="?",
+        default="docker.io",
+        help="host[:port] (default: docker.io)",
+    )
+    sp.add_argument(
+        "-u", "--username", default=None, help="the user (default: asked on a terminal)"
+    )
+    sp.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from stdin (default: asked on a terminal)",
+    )
+    add_registry_options(sp)
+    sp.set_defaults(func=cmd_login)
+
+    sp = sub.add_parser(
+        "logout",
+        help="remove a registry's saved credentials",
+        description="Remove REGISTRY's credentials from docker's config or credential helper.",
+    )
+    sp.add_argument(
+        "registry",
+        metavar="REGISTRY",
+        nargs="?",
+        default="docker.io",
+        help="host[:port] (default: docker.io)",
+    )
+    sp.set_defaults(func=cmd_logout)
+
+    sp = sub.add_parser(
+        "save",
+        help="write images to a docker-archive or OCI layout",
+        description="Write present images to FILE: a docker-archive (default; docker >= 25's "
+        "form with an OCI layout inside, read by docker load, podman load and OCI tools), an "
+        "oci-archive, or an oci-dir. FILE is made 0600 (DIR 0700) under a temporary name and "
+        "renamed into place when complete; -o - writes the archive to stdout.",
+    )
+    sp.add_argument("refs", nargs="+", metavar="REF", help="local images to save")
+    sp.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="FILE, DIR (oci-dir) or - for stdout (no default: required)",
+    )
+    sp.add_argument(
+        "--format",
+        default="docker-archive",
+        choices=("docker-archive", "oci-archive", "oci-dir"),
+        help="archive format (default: docker-archive)",
+    )
+    sp.set_defaults(func=cmd_save)
+
+    sp = sub.add_parser(
+        "load",
+        help="load images from a docker-archive or OCI layout (file, directory or stdin)",
+        description="Load the images of a docker-archive (docker save, either form; podman "
+        "save), an OCI layout directory or an oci-archive, verified as a pull is. Without -i "
+        "(or with -i -) the archive is read from stdin.",
+    )
+    sp.add_argument(
+        "-i",
+        "--input",
+        default=None,
+        metavar="FILE|DIR",
+        help="archive file or OCI layout directory (default: stdin)",
+    )
+    sp.add_argument(
+        "--tag",
+        default=None,
+        metavar="NAME",
+        help="name a single-image archive (default: the names in the archive)",
+    )
+    sp.set_defaults(func=cmd_load)
 
     sp = sub.add_parser(
         "prune",

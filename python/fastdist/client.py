@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from . import _native, oci
 from .content import ContentStore
@@ -53,6 +53,7 @@ from .unpacker import LayerSink, Unpacker
 if TYPE_CHECKING:
     # Imported where used, so local commands (images, ps, run of a present image, a pull of a
     # present name@digest) never load the registry side (requests: ~50 ms) or the runtime.
+    from .archive import LoadedImage
     from .auth import CredentialStore
     from .check import CheckReport
     from .fetcher import Fetcher
@@ -922,6 +923,279 @@ class Client:
         self.metadata.images.delete(img.name)
         return img.name
 
+    def tag(self, src: str, dest: str) -> Image:
+        """Give the present image ``src`` (any form :meth:`find` takes) the new name ``dest``
+        (``name[:tag]``, normalised as ``pull`` does): same target, manifest and snapshots, as
+        ``docker tag``. An image already called ``dest`` is re-pointed. Returns the new name's
+        image."""
+        rec = self.find(src)[0]
+        target = Reference.parse(dest)
+        if target.digest is not None:
+            raise InvalidArgumentError(
+                f"cannot tag {src} as {dest}: a tag names no digest",
+                hint="give a name with an optional :tag, e.g. registry.example/app:v2",
+            )
+        if target.tag is None:
+            target = dataclasses.replace(target, tag="latest")
+        now = time.time()
+        self.metadata.images.put(
+            dataclasses.replace(rec, name=str(target), created=now, updated=now)
+        )
+        stored = self.metadata.images.get(str(target))
+        if stored is None:  # removed by another process right away
+            raise ImageNotFoundError(f"image {target} vanished right after it was tagged")
+        return Image(stored.name, stored.target, stored, self)
+
+    # --- push ------------------------------------------------------------------------------
+    def push(
+        self, ref: str, dest: str | None = None, progress: Progress = no_progress
+    ) -> PushReport:
+        """Push the present image ``ref`` (any form :meth:`find` takes) to ``dest`` (default:
+        its own name). Blobs first (HEAD each and skip what the registry has; a
+        cross-repository mount when the image's own repository is on the same registry;
+        otherwise a monolithic upload), then the manifest, and an index last, so a push that
+        fails midway leaves no tag pointing at missing content. Every document is sent as the
+        bytes stored (digests preserved). An index is pushed only when every platform it
+        lists is present; otherwise the present platform's manifest is pushed at the tag and
+        ``missing`` names the others."""
+        from .pusher import Pusher
+
+        rec = self.find(ref)[0]
+        src = Reference.parse(rec.name)
+        target = Reference.parse(dest) if dest is not None else src
+        manifest_bytes = self.content.read_bytes(rec.manifest_digest, oci.MAX_MANIFEST_BYTES)
+        manifest = oci.parse_document(manifest_bytes, None)
+        if not isinstance(manifest, oci.Manifest):
+            raise StoreError(f"{rec.manifest_digest} of {rec.name} is not an image manifest")
+        missing: list[str] = []
+        index_bytes: bytes | None = None
+        if rec.target.digest != rec.manifest_digest:
+            index_bytes = self.content.read_bytes(rec.target.digest, oci.MAX_MANIFEST_BYTES)
+            index = oci.parse_document(index_bytes, rec.target.media_type)
+            if isinstance(index, oci.Index):
+                missing = [
+                    str(d.platform) if d.platform is not None else d.digest
+                    for d in index.manifests
+                    if d.digest != rec.manifest_digest
+                ]
+        mount_from = src if src.registry == target.registry and src.path != target.path else None
+        pusher = Pusher(self.transport)
+        outcomes: dict[str, list[Digest]] = {"exists": [], "mounted": [], "uploaded": []}
+        with self._gc_lock(shared=True):
+            for desc in (manifest.config, *manifest.layers):
+                progress(ProgressEvent(Phase.UPLOADING, desc.digest, desc.media_type, 0, desc.size))
+                outcome = pusher.push_blob(
+                    target,
+                    desc.digest,
+                    self.content.path(desc.digest),
+                    mount_from=mount_from,
+                    on_read=_UploadMeter(desc, progress),
+                )
+                outcomes[outcome].append(desc.digest)
+                phase = Phase.EXISTS if outcome == "exists" else Phase.DONE
+                progress(ProgressEvent(phase, desc.digest, desc.media_type, desc.size, desc.size))
+            mtype = manifest.media_type
+            if index_bytes is not None and not missing:
+                pusher.push_manifest(target.with_digest(rec.manifest_digest), manifest_bytes, mtype)
+                top = pusher.push_manifest(target, index_bytes, rec.target.media_type)
+            else:
+                top = pusher.push_manifest(target, manifest_bytes, mtype)
+        progress(ProgressEvent(Phase.DONE, message=f"{target} {top}"))
+        return PushReport(
+            str(target),
+            top,
+            tuple(outcomes["uploaded"]),
+            tuple(outcomes["mounted"]),
+            tuple(outcomes["exists"]),
+            tuple(missing),
+        )
+
+    # --- login / logout (auth.py owns the docker config) -------------------------------------
+    def login(self, registry: str, username: str, password: str) -> str:
+        """Check ``username``/``password`` against ``registry`` (``GET /v2/`` answering its
+        challenge, Basic or token) and only then save them where docker would (the host's
+        credential helper, the ``credsStore``, or ``auths`` in ``$DOCKER_CONFIG/config.json`` or
+        ``~/.docker/config.json``, written 0600 and atomically). Returns where they went."""
+        from .auth import Credentials, CredentialStore, normalize_host, store_login
+        from .transport import Transport, TransportConfig
+
+        if not username or not password:
+            raise InvalidArgumentError(
+                "login needs a username and a password", hint="pass -u USER --password-stdin"
+            )
+        host = normalize_host(registry)
+        server = Reference.parse(f"{host}/x").registry  # docker.io → registry-1.docker.io
+        creds = Credentials(username, password)
+        t = Transport(
+            self._transport_config or TransportConfig(),
+            CredentialStore({host: creds, server: creds}),
+        )
+        t.request("GET", t.url(server, "/v2/"), registry=server).close()
+        where = store_login(host, creds)
+        # This client's transport read the old config: the next request reads the new one.
+        self.__dict__.pop("transport", None)
+        return where
+
+    def logout(self, registry: str) -> bool:
+        """Forget the saved credentials of ``registry``; whether there were any."""
+        from .auth import normalize_host, remove_login
+
+        gone = remove_login(normalize_host(registry))
+        self.__dict__.pop("transport", None)
+        return gone
+
+    # --- save / load (archive.py owns the formats) ------------------------------------------
+    def save(
+        self,
+        refs: Sequence[str],
+        dest: str | os.PathLike[str] | IO[bytes],
+        *,
+        format: str = "docker-archive",
+    ) -> None:
+        """Write the present images ``refs`` (any form :meth:`find` takes) to ``dest``: a path,
+        made privately (0600/0700) and atomically, or a binary stream. ``format``:
+        ``docker-archive`` (docker ≥ 25's form, an OCI layout inside, which ``docker load``,
+        ``podman load`` and OCI tools all read), ``oci-archive`` or ``oci-dir``. Streaming:
+        every blob is read once from the content store, verified on the way, never
+        re-serialised. An image pulled through an index is saved as its present platform's
+        manifest (the other platforms' blobs are not here)."""
+        from . import archive
+
+        if format not in archive.FORMATS:
+            raise InvalidArgumentError(
+                f"unknown archive format {format!r}",
+                hint="use one of: " + ", ".join(archive.FORMATS),
+            )
+        entries = []
+        for ref in refs:
+            rec = self.find(ref)[0]
+            data = self.content.read_bytes(rec.manifest_digest, oci.MAX_MANIFEST_BYTES)
+            manifest = oci.parse_document(data, None)
+            if not isinstance(manifest, oci.Manifest):
+                raise StoreError(f"{rec.manifest_digest} of {rec.name} is not an image manifest")
+            plat = self.get(rec.name).config().platform
+            mdesc = Descriptor(manifest.media_type, rec.manifest_digest, len(data), platform=plat)
+            name = None if Reference.parse(rec.name).digest is not None else rec.name
+            entries.append(archive.SaveEntry(name, mdesc, manifest.config, manifest.layers))
+
+        def open_blob(digest: Digest) -> Any:
+            return open(self.content.path(digest), "rb")
+
+        with self._gc_lock(shared=True):
+            archive.save(dest, entries, open_blob, format)
+
+    def load(
+        self,
+        source: str | os.PathLike[str] | IO[bytes],
+        *,
+        tag: str | None = None,
+        progress: Progress = no_progress,
+    ) -> list[Image]:
+        """Load the images of an archive or layout ``source`` (a docker-archive of either form,
+        an OCI layout directory or tar, podman/skopeo output; a path or a binary stream) into
+        the store, verified as a pull is: blob digests and sizes, media types and limits, and
+        diff_ids while each layer unpacks into its snapshot. Names come from the archive, or
+        ``tag`` (a single-image archive only). All or nothing: on any error no image is
+        recorded and no blob this load added is left in the store."""
+        from . import archive
+
+        staging = self.content.ingest_dir / f".load-{os.urandom(8).hex()}"
+        out: list[Image] = []
+        with (
+            self._gc_lock(shared=True),
+            archive.open_layout(source, staging, self.max_pull_bytes) as layout,
+        ):
+            found = archive.read_images(layout, Platform.host())
+            if not found:
+                raise InvalidArgumentError("the archive holds no image")
+            if tag is not None:
+                if len(found) != 1:
+                    raise InvalidArgumentError(
+                        f"--tag needs an archive with one image; this one has {len(found)}",
+                        hint="load it without --tag, then fastdist tag each image",
+                    )
+                found = [dataclasses.replace(found[0], names=(tag,))]
+            for img in found:
+                if not img.names:
+                    raise InvalidArgumentError(
+                        f"image {img.target.digest} in the archive has no name",
+                        hint="name it with --tag NAME (tag= in the API)",
+                    )
+            added: list[Digest] = []
+            try:
+                landed = [self._land_loaded(img, added, progress) for img in found]
+            except BaseException:
+                # Nothing half-loaded: the blobs this load stored go (snapshots it
+                # committed are content-addressed and unreferenced: prune removes them).
+                for digest in added:
+                    self.content.delete(digest)
+                raise
+            # Recorded last, once every image is complete.
+            for img, (config, chains) in zip(found, landed, strict=True):
+                out.extend(self._record_loaded(img, config, chains))
+        return out
+
+    def _land_loaded(
+        self, img: LoadedImage, added: list[Digest], progress: Progress
+    ) -> tuple[ImageConfig, list[Digest]]:
+        """Commit one verified archive image's blobs (staged files renamed into the store
+        through the content ingest) and unpack its layers as a pull does."""
+        config = oci.parse_config(img.config_bytes)
+        manifest = img.manifest
+        _check_layers(manifest.layers, config)
+        chains = oci.chain_ids(config.diff_ids)
+        for desc, data in (
+            (img.target, img.target_bytes),
+            (img.manifest_descriptor, img.manifest_bytes),
+            (manifest.config, img.config_bytes),
+        ):
+            if not self.content.exists(desc.digest):
+                self.content.write_blob(desc.digest, data)
+                added.append(desc.digest)
+        for desc, staged in zip(manifest.layers, img.layers, strict=True):
+            if self.content.exists(desc.digest):
+                progress(
+                    ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size)
+                )
+                continue
+            with self.content.ingest(desc) as ingest:
+                if not self.content.exists(desc.digest):
+                    os.replace(staged.path, ingest.path)
+                    ingest.commit(verified=True)  # hashed while staged; size checked again
+                    added.append(desc.digest)
+            progress(ProgressEvent(Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size))
+        reference = Reference.parse(img.names[0])
+        with self._budgets_lock:
+            self._budgets[id(reference)] = _PullBudget(self.max_pull_bytes, str(reference))
+        try:
+            # Every blob is stored now: the pull's layer path only unpacks (never fetches),
+            # verifying each layer's digest, size and diff_id on the way.
+            self._pull_layers(reference, manifest.layers, config.diff_ids, chains, progress)
+        finally:
+            with self._budgets_lock:
+                self._budgets.pop(id(reference), None)
+        return config, chains
+
+    def _record_loaded(
+        self, img: LoadedImage, config: ImageConfig, chains: Sequence[Digest]
+    ) -> list[Image]:
+        from .resolver import Resolved
+
+        images = []
+        for name in img.names:
+            reference = Reference.parse(name)
+            resolved = Resolved(
+                reference,
+                img.target,
+                img.target_bytes,
+                img.manifest_descriptor,
+                img.manifest,
+                img.manifest_bytes,
+            )
+            rec = self._record_image(reference, resolved, config, chains)
+            images.append(Image(rec.name, rec.target, rec, self))
+        return images
+
     def prune(self, *, partial_older_than: float = PARTIAL_KEEP_SECONDS) -> PruneReport:
         """Delete blobs and snapshots that no image references, stale staging, stray mounts,
         and partial downloads untouched for ``partial_older_than`` seconds (default a day).
@@ -1710,6 +1984,37 @@ class _AbortableSink:
 
 
 @dataclass(frozen=True)
+class PushReport:
+    """What ``Client.push`` did: the name and digest pushed, and per blob what happened."""
+
+    name: str
+    digest: Digest
+    uploaded: tuple[Digest, ...]
+    mounted: tuple[Digest, ...]
+    existed: tuple[Digest, ...]
+    missing: tuple[str, ...]  # platforms of the image's index not present, so not pushed
+
+
+class _UploadMeter:
+    """Turns the pusher's read counts into UPLOADING events, about one per MiB."""
+
+    def __init__(self, desc: Descriptor, progress: Progress) -> None:
+        self._desc = desc
+        self._progress = progress
+        self._sent = 0
+        self._told = 0
+
+    def __call__(self, n: int) -> None:
+        self._sent += n
+        if self._sent - self._told >= (1 << 20) or self._sent == self._desc.size:
+            self._told = self._sent
+            d = self._desc
+            self._progress(
+                ProgressEvent(Phase.UPLOADING, d.digest, d.media_type, self._sent, d.size)
+            )
+
+
+@dataclass(frozen=True)
 class PruneReport:
     blobs: int
     snapshots: int
@@ -1854,4 +2159,12 @@ class _UnpackDestination:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-__all__ = ["Client", "Container", "ContainerInfo", "Image", "PruneReport", "default_root"]
+__all__ = [
+    "Client",
+    "Container",
+    "ContainerInfo",
+    "Image",
+    "PruneReport",
+    "PushReport",
+    "default_root",
+]

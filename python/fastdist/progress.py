@@ -19,6 +19,7 @@ class Phase(str, Enum):
     WAITING = "waiting"  # queued for download
     DOWNLOADING = "downloading"  # bytes arriving: current/total
     RETRYING = "retrying"  # a temporary failure; message says why, current = resume offset
+    UPLOADING = "uploading"  # push: bytes sent, current/total
     UNPACKING = "unpacking"  # downloaded, apply still running
     EXISTS = "exists"  # already in the store; nothing fetched
     DONE = "done"  # verified (and unpacked/committed for layers)

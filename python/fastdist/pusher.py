@@ -1,16 +1,20 @@
-"""Push blobs and manifests to a registry (used by the tests' image factory and the benchmarks).
+"""Push blobs and manifests to a registry (``fastdist push``, the tests' image factory, benches).
 
-distribution-spec ``#pushing-blobs``: HEAD the blob first and skip it when present; otherwise a
-monolithic upload, ``POST /v2/<name>/blobs/uploads/`` then ``PUT <location>?digest=<digest>``,
-streaming a file from disk rather than loading it. ``#pushing-manifests``: ``PUT`` to the tag or
-digest with the manifest's media type.
+distribution-spec ``#pushing-blobs``: HEAD the blob first and skip it when present; then, when
+the blob is in another repository of the same registry, a cross-repository mount
+(``#mounting-a-blob-from-another-repository``: ``POST …/blobs/uploads/?mount=<digest>&from=<repo>``,
+201 = mounted; a 202 is an ordinary upload session, used as such); otherwise a monolithic
+upload, ``POST /v2/<name>/blobs/uploads/`` then ``PUT <location>?digest=<digest>``, streaming a
+file from disk rather than loading it. ``#pushing-manifests``: ``PUT`` to the tag or digest with
+the manifest's media type, the bytes exactly as stored (never re-serialised).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import BinaryIO, Union
+from collections.abc import Callable
+from typing import BinaryIO, Literal, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import DigestMismatchError, RegistryError
@@ -23,8 +27,15 @@ log = logging.getLogger(__name__)
 BlobData = Union[bytes, str, "os.PathLike[str]"]
 
 
-def push_scope(ref: Reference) -> str:
-    return f"repository:{ref.path}:pull,push"
+#: What ``push_blob`` did: the registry had it, mounted it from the source repository, or got it.
+Outcome = Literal["exists", "mounted", "uploaded"]
+
+
+def push_scope(ref: Reference, mount_from: Reference | None = None) -> str:
+    scope = f"repository:{ref.path}:pull,push"
+    if mount_from is not None:
+        scope += f" repository:{mount_from.path}:pull"  # a mount reads the source repository
+    return scope
 
 
 class Pusher:
@@ -45,12 +56,23 @@ class Pusher:
         resp.close()
         return resp.status_code == 200
 
-    def push_blob(self, ref: Reference, digest: Digest, data: BlobData) -> None:
-        """Upload one blob unless the registry already has it. ``data`` is bytes or a path."""
+    def push_blob(
+        self,
+        ref: Reference,
+        digest: Digest,
+        data: BlobData,
+        *,
+        mount_from: Reference | None = None,
+        on_read: Callable[[int], None] | None = None,
+    ) -> Outcome:
+        """Upload one blob unless the registry already has it. ``data`` is bytes or a path.
+
+        ``mount_from``: a repository on the same registry that holds the blob, tried as a
+        cross-repository mount first. ``on_read(n)``: called as bytes of a file are sent."""
         digest = parse_digest(digest)
         if self.blob_exists(ref, digest):
             log.debug("%s: blob %s already present", ref.name, digest)
-            return
+            return "exists"
         t = self.transport
         body: Body
         if isinstance(data, bytes):
@@ -61,16 +83,19 @@ class Pusher:
             size = os.stat(path).st_size
 
             def opener() -> BinaryIO:
-                return open(path, "rb")
+                f = open(path, "rb")  # noqa: SIM115 - the transport closes it
+                return _CountingReader(f, on_read) if on_read is not None else f  # type: ignore[return-value]
 
             body = opener
-        start = t.request(
-            "POST",
-            t.url(ref.registry, f"/v2/{ref.path}/blobs/uploads/"),
-            registry=ref.registry,
-            scope=push_scope(ref),
-        )
+        scope = push_scope(ref, mount_from)
+        url = t.url(ref.registry, f"/v2/{ref.path}/blobs/uploads/")
+        if mount_from is not None and mount_from.registry == ref.registry:
+            url = _with_query(url, mount=digest, **{"from": mount_from.path})
+        start = t.request("POST", url, registry=ref.registry, scope=scope)
         start.close()
+        if start.status_code == 201 and mount_from is not None:
+            log.debug("%s: blob %s mounted from %s", ref.name, digest, mount_from.name)
+            return "mounted"
         location = start.headers.get("Location")
         if not location:
             raise RegistryError(
@@ -86,12 +111,13 @@ class Pusher:
             "PUT",
             upload_url,
             registry=ref.registry,
-            scope=push_scope(ref),
+            scope=scope,
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             body=body,
         )
         resp.close()
         _check_digest_header(resp.headers.get("Docker-Content-Digest"), digest, upload_url)
+        return "uploaded"
 
     def push_manifest(self, ref: Reference, data: bytes, media_type: str) -> Digest:
         """PUT a manifest or index at ``ref.object`` (its tag, or its digest); returns the
@@ -117,6 +143,34 @@ class Pusher:
         return digest
 
 
+class _CountingReader:
+    """A file whose reads are reported (upload progress)."""
+
+    mode = "rb"  # http.client and requests look at it to tell bytes from text
+
+    def __init__(self, f: BinaryIO, on_read: Callable[[int], None]) -> None:
+        self._f = f
+        self._on_read = on_read
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        if data:
+            self._on_read(len(data))
+        return data
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> _CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
 def _with_query(url: str, **params: str) -> str:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -131,4 +185,4 @@ def _check_digest_header(header: str | None, digest: Digest, url: str) -> None:
         )
 
 
-__all__ = ["BlobData", "Pusher", "push_scope"]
+__all__ = ["BlobData", "Outcome", "Pusher", "push_scope"]

@@ -201,7 +201,7 @@ def _complete(script: str, line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "offered"),
     [
-        ("fastdist pu", ["pull"]),
+        ("fastdist pu", ["pull", "push"]),
         ("fastdist --root /tmp/x im", ["images"]),
         ("fastdist images --fo", ["--format"]),
         ("fastdist images --format ", ["table", "json"]),
