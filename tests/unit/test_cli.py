@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import io
 import re
 import shutil
@@ -291,3 +292,9 @@ def test_an_unreadable_ca_file_is_an_error_with_a_hint(tmp_path: Path) -> None:
         _transport_config(args)
     assert info.value.hint
 
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"fastdist {importlib.metadata.version('fastdist')}\n"

@@ -233,7 +233,8 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
-    from ..serve import ServeConfig, ServeError
+    from ..errors import ServeError
+    from ..serve import ServeConfig
 
     token = None
     if args.token_file is not None:

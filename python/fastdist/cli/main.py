@@ -13,9 +13,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from .. import __version__
 from ..errors import FastdistError
 from ..termsafe import sanitize
 from . import containers, images
@@ -41,7 +40,7 @@ def _out_of_space(e: BaseException) -> bool:
 
 
 def _enospc_hint(args: argparse.Namespace) -> str:
-    from ..client import default_root
+    from ..store import default_root
 
     root = args.root or default_root()
     return (
@@ -59,6 +58,23 @@ class _SafeFormatter(logging.Formatter):
 
 
 # --- entry point ------------------------------------------------------------------------------
+class _Version(argparse._VersionAction):
+    """``--version``: the package's version, looked up only when asked (argparse's own action
+    takes the string while the parser is built, for every command)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        from .. import __version__
+
+        self.version = f"fastdist {__version__}"
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with fastdist's error format (``error: …``, ``hint: usage …``, exit 2); the
     subcommand parsers are made of the same class."""
@@ -93,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="registry mirrors: containerd-style DIR/<host>/hosts.toml (default: "
         "$FASTDIST_HOSTS_DIR, /etc/fastdist/certs.d, /etc/containerd/certs.d)",
     )
-    p.add_argument("--version", action="version", version=f"fastdist {__version__}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     images.add_commands(sub)
     containers.add_commands(sub)
