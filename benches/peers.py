@@ -129,7 +129,7 @@ def fastdist_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{src}:{path}" if path else str(src)}
 
 
-FASTDIST_SCRIPT = "from fastdist.cli import run; run()"
+FASTDIST_SCRIPT = "from fastdist.cli.main import run; run()"
 
 
 class FastdistSession:

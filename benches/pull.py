@@ -151,7 +151,7 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 def fastdist_ready() -> str | None:
     """None if fastdist can be benchmarked, else why not."""
     r = subprocess.run(
-        [sys.executable, "-c", "import fastdist.client, fastdist._native, fastdist.cli"],
+        [sys.executable, "-c", "import fastdist.client, fastdist._native, fastdist.cli.main"],
         env=fastdist_env(),
         capture_output=True,
         text=True,

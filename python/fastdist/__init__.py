@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 if TYPE_CHECKING:
+    __version__: str
     from .client import Client, Container, ContainerInfo, Image, PruneReport
     from .errors import FastdistError
 
@@ -27,7 +26,21 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, the one copy); a source tree that
+    is not installed has none."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fastdist")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read on first use: importlib.metadata costs start-up time
+        globals()[name] = value = _version()
+        return value
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'fastdist' has no attribute {name!r}")

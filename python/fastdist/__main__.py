@@ -1,5 +1,5 @@
 """``python -m fastdist``: the same as the ``fastdist`` command."""
 
-from .cli import run
+from .cli.main import run
 
 run()

@@ -28,7 +28,6 @@ import functools
 import json
 import logging
 import os
-import re
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,7 +67,6 @@ MAX_MEMBERS = 100_000
 MAX_HEADER_BYTES = 1 << 20
 #: manifest.json, index.json, repositories, oci-layout: read into memory, so bounded.
 MAX_JSON_BYTES = oci.MAX_MANIFEST_BYTES
-_HEX_RE = re.compile(r"[0-9a-f]{64}")
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -719,7 +717,7 @@ def stage_layout_dir(path: Path, layout: Layout, max_bytes: int) -> None:
             raise _bad_archive(f"layout {path} has no blobs/sha256 directory ({e.strerror})") from e
         try:
             for name in sorted(os.listdir(blobs)):
-                if _HEX_RE.fullmatch(name):
+                if oci.is_digest(f"sha256:{name}"):
                     stage_file(blobs, name, f"blobs/sha256/{name}")
         finally:
             os.close(blobs)

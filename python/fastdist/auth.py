@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AuthenticationError
+from .store import write_file_atomic
 
 log = logging.getLogger(__name__)
 
@@ -243,25 +244,13 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _write_config(path: Path, obj: dict[str, Any]) -> None:
-    """Atomically, 0600 (it holds secrets), through no symlink: a temporary file made
-    ``O_EXCL|O_NOFOLLOW`` beside it, renamed over it."""
+    """Atomically, 0600 (it holds secrets), through no symlink: ``write_file_atomic``."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.fastdist-{os.urandom(6).hex()}"
     data = (json.dumps(obj, indent="\t") + "\n").encode()
     try:
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_file_atomic(path, data, 0o600)
     except OSError as e:
         raise AuthenticationError(f"cannot write docker config {path}: {e.strerror}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _helper_for(obj: dict[str, Any], host: str) -> str | None:

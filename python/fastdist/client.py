@@ -47,7 +47,7 @@ from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference, names_only_an_id, parse_image_id
 from .sizes import over_limit, size_and_bytes
 from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
-from .store import ensure_root, rmtree
+from .store import default_root, ensure_root, rmtree
 from .unpacker import LayerSink, Unpacker
 
 if TYPE_CHECKING:
@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT = "/var/lib/fastdist"
 # Crash-safety tests kill a pull at named points (tests/integration/test_crash.py); read once, so
 # the pull's hot path only compares against None.
 _CRASH_AT = os.environ.get("FASTDIST_TEST_CRASH_AT") or None
@@ -80,11 +79,6 @@ def _crash_point(name: str) -> None:
 
 # Bytes one pull may download (compressed, from the descriptors) and unpack (uncompressed).
 DEFAULT_MAX_PULL_BYTES = 256 << 30
-
-
-def default_root() -> Path:
-    """``$FASTDIST_ROOT`` or /var/lib/fastdist."""
-    return Path(os.environ.get("FASTDIST_ROOT") or DEFAULT_ROOT)
 
 
 @dataclass(frozen=True)

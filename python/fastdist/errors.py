@@ -172,3 +172,22 @@ class ContainerRunError(FastdistError):
         super().__init__(message, hint=hint)
         self.status = status
         self.stderr_tail = stderr_tail
+
+
+# Configuration the user gave that cannot be used: a usage error, exit 2 like a bad argument.
+class HostsConfigError(FastdistError):
+    """A hosts.toml file that cannot be used."""
+
+    exit_code = 2
+
+
+class SeccompProfileError(FastdistError):
+    """A seccomp profile given by the user cannot be used (not JSON, wrong shape)."""
+
+    exit_code = 2
+
+
+class ServeError(FastdistError):
+    """``fastdist serve`` cannot start: a bad listen address, TLS files or auth file."""
+
+    exit_code = 2

@@ -114,10 +114,6 @@ def _read_chunks(resp: requests.Response, limit: int) -> Iterator[bytes]:
         yield piece
 
 
-def pull_scope(ref: Reference) -> str:
-    return f"repository:{ref.path}:pull"
-
-
 class Fetcher:
     """Fetches blobs named by descriptors. Safe to use from several threads at once."""
 
@@ -154,7 +150,7 @@ class Fetcher:
         path = f"/v2/{ref.path}/blobs/{desc.digest}"
         if self.mirrors is None:
             url = self.transport.url(ref.registry, path)
-            self._fetch_from(url, ref.registry, pull_scope(ref), desc, sink, progress)
+            self._fetch_from(url, ref.registry, ref.scope(), desc, sink, progress)
             return
         # Mirrors in order, then the upstream. The sink keeps what a failed host delivered, so
         # the next host continues with a Range request; the digest proves the whole blob.
@@ -163,7 +159,7 @@ class Fetcher:
                 self._fetch_from(
                     host.api_url(path, ns=ref.domain),
                     host.netloc,
-                    pull_scope(ref),
+                    ref.scope(),
                     desc,
                     sink,
                     progress,

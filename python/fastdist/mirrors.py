@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from .auth import valid_header_value
-from .errors import FastdistError
+from .errors import HostsConfigError
 from .reference import Reference
 from .transport import HostTLS, Transport
 
@@ -50,12 +50,6 @@ DEFAULT_COOLDOWN = 600.0
 MIRROR_RETRIES = 1
 MAX_HOSTS_TOML = 1 << 20
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.1 token
-
-
-class HostsConfigError(FastdistError):
-    """A hosts.toml file that cannot be used."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,18 @@ _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _ALGO_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 
 
+def is_digest(value: str) -> bool:
+    """Whether ``value`` is a digest as ``parse_digest`` accepts it (the one digest grammar)."""
+    return _DIGEST_RE.fullmatch(value) is not None
+
+
 def parse_digest(value: object) -> Digest:
     """Validate a digest string at the boundary: ``sha256:`` + 64 lowercase hex digits.
 
     A well-formed digest of another algorithm (``sha512:…``) is refused as unsupported rather
     than invalid, so the message tells the user what is actually wrong.
     """
-    if isinstance(value, str) and _DIGEST_RE.fullmatch(value):
+    if isinstance(value, str) and is_digest(value):
         return Digest(value)
     if isinstance(value, str) and _ALGO_RE.fullmatch(value) and not value.startswith("sha256:"):
         raise UnsupportedMediaTypeError(

@@ -32,9 +32,9 @@ Outcome = Literal["exists", "mounted", "uploaded"]
 
 
 def push_scope(ref: Reference, mount_from: Reference | None = None) -> str:
-    scope = f"repository:{ref.path}:pull,push"
+    scope = ref.scope("pull,push")
     if mount_from is not None:
-        scope += f" repository:{mount_from.path}:pull"  # a mount reads the source repository
+        scope += " " + mount_from.scope()  # a mount reads the source repository
     return scope
 
 

@@ -147,6 +147,11 @@ class Reference:
             return self.digest
         return self.tag or DEFAULT_TAG
 
+    def scope(self, actions: str = "pull") -> str:
+        """The token scope for ``actions`` on this repository (docker's token auth, the
+        ``scope`` parameter: ``repository:<path>:pull`` or ``…:pull,push``)."""
+        return f"repository:{self.path}:{actions}"
+
     def with_digest(self, d: Digest) -> Reference:
         return replace(self, digest=parse_digest(d))
 

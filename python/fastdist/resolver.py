@@ -57,10 +57,6 @@ class Resolved:
     manifest_bytes: bytes
 
 
-def pull_scope(ref: Reference) -> str:
-    return f"repository:{ref.path}:pull"
-
-
 def _base_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
@@ -129,7 +125,7 @@ class Resolver:
             body, headers = t.get_bytes(
                 t.url(ref.registry, path),
                 registry=ref.registry,
-                scope=pull_scope(ref),
+                scope=ref.scope(),
                 limit=MAX_MANIFEST_BYTES,
                 what=what,
                 headers=accept,
@@ -143,7 +139,7 @@ class Resolver:
                 body, headers = t.get_bytes(
                     host.api_url(path, ns=ref.domain),
                     registry=host.netloc,
-                    scope=pull_scope(ref),
+                    scope=ref.scope(),
                     limit=MAX_MANIFEST_BYTES,
                     what=what,
                     headers={**host.header_map(), **accept},

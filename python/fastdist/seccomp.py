@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import FastdistError
+from .errors import SeccompProfileError
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,6 @@ OPS = (
     "SCMP_CMP_GT",
     "SCMP_CMP_MASKED_EQ",
 )
-
-
-class SeccompProfileError(FastdistError):
-    """A seccomp profile given by the user cannot be used (not JSON, wrong shape)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

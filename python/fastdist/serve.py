@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from . import oci
-from .errors import FastdistError, InvalidReferenceError
+from .errors import FastdistError, InvalidReferenceError, ServeError
 from .metadata import ImageRecord
 from .oci import Digest, parse_digest, sha256_digest
 from .reference import NAME_TOTAL_LENGTH_MAX, Reference
@@ -73,12 +73,6 @@ _RANGE_RE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token (methods, header names)
 _LOG_MAX = 200
 READ_METHODS = frozenset({"GET", "HEAD"})
-
-
-class ServeError(FastdistError):
-    """``fastdist serve`` cannot start: a bad listen address, TLS files or auth file."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

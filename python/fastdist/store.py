@@ -223,9 +223,14 @@ def fsync_dir(path: Path) -> None:
 
 def write_file_atomic(path: Path, data: bytes, mode: int = 0o600, *, sync: bool = True) -> None:
     """Write ``data`` to a temp file next to ``path``, fsync it (unless ``sync=False``: caches
-    that may be lost or torn) and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    that may be lost or torn) and rename it over ``path``: the one atomic write of the package.
+
+    The temp file is new (``O_EXCL|O_NOFOLLOW``, a random name): a file or link planted under
+    that name in a directory others can write (a docker config's) is never opened, truncated or
+    followed."""
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(tmp, flags, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

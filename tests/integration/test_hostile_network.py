@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from fakeregistry import FakeRegistry, Fault
-from fastdist import cli
+from fastdist.cli import main as cli
 from fastdist.client import Client
 from fastdist.errors import RegistryError
 from fastdist.transport import TransportConfig

@@ -26,7 +26,8 @@ import requests
 
 from fastdist import oci
 from fastdist.client import Client
-from fastdist.serve import RegistryServer, ServeConfig, ServeError
+from fastdist.errors import ServeError
+from fastdist.serve import RegistryServer, ServeConfig
 from fastdist.testing.images import (
     BuiltImage,
     BuiltIndex,

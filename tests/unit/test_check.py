@@ -202,7 +202,7 @@ def test_cli_check_exits_non_zero_and_names_the_problem(
 def test_check_repair_json_lists_what_it_removed_and_the_images_left_incomplete(
     pulled: tuple[Client, str, object], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fastdist import cli
+    from fastdist.cli import main as cli
 
     client, ref, img = pulled
     digest = img.layers[1].descriptor.digest  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import io
 import re
 import shutil
@@ -12,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from fastdist.cli import (
-    PullDisplay,
-    Terminated,
-    _duration,
-    _transport_config,
-    build_parser,
-    print_error,
-)
+from fastdist.cli.common import Terminated, _transport_config, print_error
+from fastdist.cli.display import PullDisplay
+from fastdist.cli.images import _duration
+from fastdist.cli.main import build_parser
 from fastdist.errors import FastdistError
 from fastdist.progress import Phase, ProgressEvent
 
@@ -226,7 +223,7 @@ def test_zsh_completion_loads_the_bash_function_through_bashcompinit() -> None:
 
 
 def test_a_downloading_row_shows_its_rate_and_time_left() -> None:
-    from fastdist.cli import _Row, _speed
+    from fastdist.cli.display import _Row, _speed
 
     row = _Row("layer-sha256:abc", Phase.DOWNLOADING, current=30 << 20, total=90 << 20)
     row.started = 100.0
@@ -294,3 +291,10 @@ def test_an_unreadable_ca_file_is_an_error_with_a_hint(tmp_path: Path) -> None:
     with pytest.raises(FastdistError) as info:
         _transport_config(args)
     assert info.value.hint
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"fastdist {importlib.metadata.version('fastdist')}\n"

@@ -12,7 +12,14 @@ import pytest
 from fastdist.content import ContentStore
 from fastdist.errors import InvalidDigestError, StoreError
 from fastdist.oci import OCI_LAYER_GZIP, Descriptor, sha256_digest
-from fastdist.store import FileLock, default_root, ensure_dir, rmtree, tree_usage
+from fastdist.store import (
+    FileLock,
+    default_root,
+    ensure_dir,
+    rmtree,
+    tree_usage,
+    write_file_atomic,
+)
 
 DATA = b"layer bytes" * 1000
 DESC = Descriptor(OCI_LAYER_GZIP, sha256_digest(DATA), len(DATA))
@@ -128,6 +135,18 @@ def test_tree_usage_counts_hardlinks_once(tmp_path: Path) -> None:
     os.link(tmp_path / "d" / "f", tmp_path / "d" / "g")
     assert tree_usage(tmp_path / "d") == one
     assert one >= 100_000
+
+
+def test_write_file_atomic_replaces_a_symlink_without_following_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "config.json").symlink_to(victim)
+    write_file_atomic(tmp_path / "config.json", b"new")
+    assert victim.read_bytes() == b"keep"
+    st = (tmp_path / "config.json").lstat()
+    assert stat.S_ISREG(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "victim"]  # no temp
 
 
 def test_default_root_honours_fastdist_root(monkeypatch: pytest.MonkeyPatch) -> None:

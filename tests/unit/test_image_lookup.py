@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fastdist import cli, oci
+from fastdist import oci
+from fastdist.cli import main as cli
 from fastdist.client import Client
 from fastdist.errors import (
     AmbiguousImageError,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fastdist import errors
+from fastdist import errors, oci
 from fastdist._native import (
     LAYER_MEDIA_TYPES,
     LayerResult,
@@ -191,6 +191,11 @@ def test_layer_media_types_cover_oci_and_docker() -> None:
     assert {TAR, TGZ, TZST, DOCKER_TGZ} <= set(LAYER_MEDIA_TYPES)
     assert "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" in LAYER_MEDIA_TYPES
     assert "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" in LAYER_MEDIA_TYPES
+
+
+def test_python_accepts_exactly_the_layer_media_types_rust_can_unpack() -> None:
+    # oci.LAYER_TYPES validates manifests; the Rust core picks the codec: one list, two languages.
+    assert set(LAYER_MEDIA_TYPES) == oci.LAYER_TYPES
 
 
 def test_limits_defaults_and_overrides() -> None:

@@ -110,3 +110,9 @@ def test_a_url_for_a_reference_hints_the_form_without_the_scheme() -> None:
     assert info.value.hint is not None
     assert "drop the scheme: localhost:5000/demo/app:v1" in info.value.hint
     assert "--plain-http" in info.value.hint
+
+
+def test_token_scopes_name_the_repository_path_without_the_registry() -> None:
+    assert Reference.parse("redis").scope() == "repository:library/redis:pull"
+    ref = Reference.parse("localhost:5000/org/app:1")
+    assert ref.scope("pull,push") == "repository:org/app:pull,push"

@@ -9,16 +9,16 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import FastdistError
-from .termsafe import sanitize
+from ..errors import FastdistError
+from ..termsafe import sanitize
+from .common import SNAPSHOTTER_HELP, _ago, _client, _table, add_registry_options, print_error
+from .display import PullDisplay
 
 if TYPE_CHECKING:
-    from .runtime import Mount  # imported where used: the parser is built for every command
+    from ..runtime import Mount  # imported where used: the parser is built for every command
 
 
 def add_commands(sub: Any) -> None:
-    from .cli import SNAPSHOTTER_HELP, add_registry_options
-
     sp = sub.add_parser(
         "run",
         help="run a command in a new container from an image",
@@ -331,10 +331,10 @@ def parse_mount(text: str) -> Mount:
         or not parts[1]
         or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
     ):
-        from .runtime import InvalidRunOptionError
+        from ..runtime import InvalidRunOptionError
 
         raise InvalidRunOptionError(f"invalid --mount {text!r}", hint="use SRC:DST or SRC:DST:ro")
-    from .runtime import InvalidRunOptionError, Mount
+    from ..runtime import InvalidRunOptionError, Mount
 
     src = os.path.abspath(parts[0])
     if not os.path.exists(src):
@@ -347,7 +347,7 @@ def parse_mount(text: str) -> Mount:
 
 def parse_volume(text: str) -> Mount:
     """docker's ``-v SRC:DST[:ro|rw]`` for host paths: SRC absolute, created if missing."""
-    from .runtime import InvalidRunOptionError, Mount
+    from ..runtime import InvalidRunOptionError, Mount
 
     parts = text.split(":")
     if (
@@ -379,7 +379,7 @@ def parse_env_file(path: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError as e:
-        from .runtime import InvalidRunOptionError
+        from ..runtime import InvalidRunOptionError
 
         raise InvalidRunOptionError(
             f"cannot read --env-file {path}: {e.strerror}",
@@ -408,7 +408,6 @@ def _env(entries: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .cli import PullDisplay, _client
 
     client = _client(args)
     env_file: list[str] = []
@@ -463,7 +462,6 @@ def _interrupt_notice(container_id: str) -> None:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from .cli import _client, _table
 
     client = _client(args)
     containers = client.containers(all=args.all)
@@ -494,16 +492,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ago(seconds: float) -> str:
-    s = int(seconds)
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s // n}{unit} ago"
-    return f"{s}s ago"
-
-
 def cmd_logs(args: argparse.Namespace) -> int:
-    from .cli import _client
 
     client = _client(args)
     streams = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
@@ -525,7 +514,6 @@ def _rfc3339(t: float) -> str:
 
 def _each(args: argparse.Namespace, ids: list[str], action: Any) -> int:
     """Run ``action(client, id)`` for each id, reporting each failure; the last failure's code."""
-    from .cli import _client, print_error
 
     client = _client(args)
     rc = 0
@@ -539,7 +527,7 @@ def _each(args: argparse.Namespace, ids: list[str], action: Any) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from .runtime import parse_signal
+    from ..runtime import parse_signal
 
     sig = parse_signal(args.signal)  # a usage error before any container is touched
 
@@ -583,10 +571,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from .cli import _client
 
     if not args.command:
-        from .runtime import InvalidRunOptionError
+        from ..runtime import InvalidRunOptionError
 
         raise InvalidRunOptionError(
             "nothing to exec: give a command after the container id",
