@@ -100,8 +100,9 @@ def add_commands(sub: Any) -> None:
         "--publish",
         action="append",
         default=[],
-        metavar="[IP:]HOST:CONTAINER",
-        help="relay a host TCP port to a port on the container's loopback (default: none)",
+        metavar="[IP:]HOST:CONTAINER[/tcp|udp]",
+        help="relay a host TCP (default) or UDP port to a port on the container's loopback "
+        "(default: none)",
     )
     sp.add_argument(
         "--restart",
@@ -167,7 +168,7 @@ def add_commands(sub: Any) -> None:
         "ps",
         help="list containers",
         description="List containers: id, image, command, status (with the exit status of a "
-        "stopped one) and age.",
+        "stopped one), age and published ports.",
     )
     sp.add_argument(
         "-a", "--all", action="store_true", help="include stopped containers (default: running)"
@@ -473,16 +474,18 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 "Status": c.status,
                 "ExitCode": c.exit_code,
                 "Created": c.created,
+                "Ports": ", ".join(str(p) for p in c.ports),
             }
             print(json.dumps(row))
         return 0
-    rows = [("ID", "IMAGE", "COMMAND", "STATUS", "CREATED")]
+    rows = [("ID", "IMAGE", "COMMAND", "STATUS", "CREATED", "PORTS")]
     now = time.time()
     for c in containers:
         status = c.status if c.exit_code is None else f"{c.status} ({c.exit_code})"
         cmd = " ".join(c.command)
         cmd = cmd if len(cmd) <= 40 else cmd[:39] + "…"  # docker's ps truncation mark
-        rows.append((c.id, c.image, cmd, status, _ago(now - c.created)))
+        ports = ", ".join(str(p) for p in c.ports)
+        rows.append((c.id, c.image, cmd, status, _ago(now - c.created), ports))
     _table(rows)
     return 0
 

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from .fetcher import Fetcher
     from .mirrors import Mirrors
     from .resolver import Resolved, Resolver
-    from .runtime import LogEntry, Mount, Runtime
+    from .runtime import LogEntry, Mount, PortMapping, Runtime
     from .transport import Transport, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -1307,8 +1307,11 @@ class Client:
                     Container(rec.id, rec.image, self).remove(force=True)
                 continue
             if all or status == "running":
+                ports = _bundle_ports(Path(rec.bundle))
                 out.append(
-                    ContainerInfo(rec.id, rec.image, rec.command, status, exit_code, rec.created)
+                    ContainerInfo(
+                        rec.id, rec.image, rec.command, status, exit_code, rec.created, ports
+                    )
                 )
         return out
 
@@ -1482,12 +1485,7 @@ class Container:
                 for m in spec.get("mounts", [])
                 if m.get("type") == "bind"
             ],
-            "Ports": {
-                f"{p['container_port']}/{p['protocol']}": [
-                    {"HostIp": p["host_ip"], "HostPort": str(p["host_port"])}
-                ]
-                for p in _bundle_meta(bundle).get("ports", [])
-            },
+            "Ports": _inspect_ports(_bundle_ports(bundle)),
             "RestartCount": _restart_count(bundle),
             "Snapshotter": rec.snapshotter,
             "Bundle": rec.bundle,
@@ -1540,6 +1538,7 @@ class ContainerInfo:
     status: str
     exit_code: int | None
     created: float
+    ports: tuple[PortMapping, ...] = ()
 
 
 _ADJECTIVES = (
@@ -1586,6 +1585,26 @@ def _bundle_meta(bundle: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
+
+
+def _bundle_ports(bundle: Path) -> tuple[PortMapping, ...]:
+    """The published ports recorded in the bundle (none for an unreadable record)."""
+    from .runtime import PortMapping
+
+    try:
+        return tuple(PortMapping(**p) for p in _bundle_meta(bundle).get("ports", []))
+    except TypeError:
+        return ()
+
+
+def _inspect_ports(ports: Sequence[PortMapping]) -> dict[str, list[dict[str, str]]]:
+    """docker's ``Ports``: ``"CONTAINER/PROTO"`` → every host binding of it."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for p in ports:
+        out.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+            {"HostIp": p.host_ip, "HostPort": str(p.host_port)}
+        )
+    return out
 
 
 def _restart_count(bundle: Path) -> int:

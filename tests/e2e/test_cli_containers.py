@@ -442,7 +442,9 @@ def test_logs_follow_streams_both_until_exit(fastdist: FastdistCLI, img: str) ->
     [
         (("-d", "-p", "99999:80"), "port 99999 is not in 1-65535"),
         (("-d", "-p", "80"), "expected [IP:]HOST:CONTAINER"),
-        (("-d", "-p", "5353:53/udp"), "only tcp can be published"),
+        (("-d", "-p", "99999:80/udp"), "port 99999 is not in 1-65535"),
+        (("-d", "-p", "80:80/sctp"), "protocol 'sctp' is not tcp or udp"),
+        (("-d", "-p", "5353:53/udp", "-p", "5353:54/udp"), "5353/udp is published twice"),
         (("-d", "-p", "999.1.1.1:80:80"), "is not an IP address"),
         (("-d", "-p", "8080:80", "-p", "8080:81"), "is published twice"),
     ],
@@ -509,6 +511,86 @@ def test_published_port_reaches_a_server_on_the_containers_loopback(
             foreground.wait()
     with socket.socket() as probe:  # the host port is closed with the container
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+    assert fastdist.leftovers() == CLEAN
+
+
+# The host's python serves udp inside the container: busybox has no udp server applet. /usr and
+# the loader's directories are bound read-only; the server echoes each datagram to its sender.
+UDP_ECHO = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind(('127.0.0.1', 5353))\n"
+    "while True:\n"
+    "    data, peer = s.recvfrom(2048)\n"
+    "    s.sendto(b'echo:' + data, peer)\n"
+)
+HOST_PYTHON = ("-v", "/usr:/usr:ro", "-v", "/usr/lib:/lib:ro", "-v", "/usr/lib64:/lib64:ro")
+
+
+def _udp_echo(port: int) -> bytes:
+    """Send to the published udp port until the server in the container answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(0.5)  # a datagram sent before the server bound is lost: send again
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            client.sendto(b"ping", ("127.0.0.1", port))
+            try:
+                return client.recv(2048)
+            except (TimeoutError, ConnectionRefusedError):
+                continue
+    return b""
+
+
+@pytest.mark.parametrize("mode", ["-d", "--rm"])
+def test_published_udp_port_reaches_a_server_on_the_containers_loopback(
+    fastdist: FastdistCLI, img: str, mode: str
+) -> None:
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("needs the host's /usr/bin/python3 as the udp server")
+    from fastdist.testing.registry import free_port
+
+    port = free_port()
+    argv = ("run", mode, "-p", f"127.0.0.1:{port}:5353/udp", "--name", "dns", *HOST_PYTHON)
+    argv += (img, "/usr/bin/python3", "-c", UDP_ECHO)
+    foreground = fastdist.popen(*argv) if mode == "--rm" else None
+    try:
+        if foreground is None:
+            r = fastdist(*argv)
+            assert r.rc == 0, r.stderr
+        assert _udp_echo(port) == b"echo:ping"
+        info = json.loads(fastdist("inspect", "dns").stdout)
+        assert info["Ports"] == {"5353/udp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+        rows = [json.loads(line) for line in fastdist("ps", "--format", "json").stdout.splitlines()]
+        assert [row["Ports"] for row in rows if row["ID"] == "dns"] == [
+            f"127.0.0.1:{port}->5353/udp"
+        ]
+        assert f"127.0.0.1:{port}->5353/udp" in fastdist("ps").stdout
+        assert fastdist("stop", "-t", "1", "dns").rc == 0
+        if foreground is not None:
+            _, err = foreground.communicate(timeout=60)
+            assert foreground.returncode == 137, err  # python as PID 1 ignores TERM
+        else:
+            assert fastdist("rm", "dns").rc == 0
+    finally:
+        if foreground is not None and foreground.poll() is None:
+            foreground.kill()
+            foreground.wait()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))  # the host port is released with the container
+    assert fastdist.leftovers() == CLEAN
+
+
+@pytest.mark.parametrize("mode", ["-d", "--rm"])
+def test_a_udp_port_in_use_is_named_and_nothing_is_created(
+    fastdist: FastdistCLI, img: str, mode: str
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        r = fastdist("run", mode, "-p", f"127.0.0.1:{port}:53/udp", img, "true")
+    assert r.rc != 0
+    assert f"error: cannot publish port 127.0.0.1:{port}/udp: Address already in use" in r.stderr
+    assert "\nhint: " in r.stderr
     assert fastdist.leftovers() == CLEAN
 
 
