@@ -105,6 +105,12 @@ def add_commands(sub: Any) -> None:
         "(default: none)",
     )
     sp.add_argument(
+        "--log-max-size",
+        metavar="SIZE",
+        help="with -d: cap the log file at SIZE (e.g. 10m); when full it becomes the one older "
+        "file kept, so the log takes at most twice SIZE (default: 20m)",
+    )
+    sp.add_argument(
         "--restart",
         default="no",
         metavar="POLICY",
@@ -438,6 +444,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             memory=args.memory,
             cpus=args.cpus,
             pids_limit=args.pids_limit,
+            log_max_size=args.log_max_size,
             publish=args.publish,
             restart=args.restart,
         )

@@ -1124,6 +1124,7 @@ class Client:
         pids_limit: str | int | None = None,
         publish: Sequence[str] = (),
         restart: str = "no",
+        log_max_size: str | int | None = None,
     ) -> Container:
         """Run ``ref`` (pulled first if missing and ``pull``) in a fresh writable snapshot.
 
@@ -1135,13 +1136,16 @@ class Client:
         ``cap_add``/``cap_drop``/``privileged``/``security_opt`` have docker's meaning; they are
         checked (and a seccomp profile file read) before anything is pulled or created.
         ``on_interrupt(id)`` is called when a first ^C was relayed to a foreground container (a
-        second one within two seconds kills it).
+        second one within two seconds kills it). ``log_max_size`` caps each of a detached
+        container's two log files (default ``runtime.DEFAULT_LOG_MAX_SIZE``, 20 MiB).
         """
         from .runtime import (
+            DEFAULT_LOG_MAX_SIZE,
             InvalidRunOptionError,
             RunOptions,
             check_ports,
             parse_cpus,
+            parse_log_max_size,
             parse_memory,
             parse_pids_limit,
             parse_publish,
@@ -1155,6 +1159,9 @@ class Client:
         memory_bytes = parse_memory(memory) if memory is not None else None
         cpu_count = parse_cpus(cpus) if cpus is not None else None
         pids = parse_pids_limit(pids_limit) if pids_limit is not None else None
+        log_cap = (
+            parse_log_max_size(log_max_size) if log_max_size is not None else DEFAULT_LOG_MAX_SIZE
+        )
         ports = tuple(parse_publish(p) for p in publish)
         restart_policy = parse_restart(restart)
         if restart_policy.name != "no" and (not detach or rm):
@@ -1192,6 +1199,7 @@ class Client:
             memory=memory_bytes,
             cpus=cpu_count,
             pids_limit=pids,
+            log_max_size=log_cap,
         )
         config = img.config()
         chains = img.record.chain_ids
@@ -1465,6 +1473,13 @@ class Container:
             "HostConfig": {
                 "AutoRemove": rec.rm,
                 "RestartPolicy": _bundle_meta(bundle).get("restart", {"name": "no"}),
+                "LogConfig": {
+                    "Type": "json-file",
+                    "Config": {
+                        "max-size": str(_bundle_meta(bundle).get("log_max_size", "")),
+                        "max-file": "2",
+                    },
+                },
                 "ReadonlyRootfs": bool(spec.get("root", {}).get("readonly", False)),
                 "Capabilities": list(process.get("capabilities", {}).get("bounding", [])),
                 "NoNewPrivileges": bool(process.get("noNewPrivileges", False)),

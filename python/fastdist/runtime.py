@@ -221,6 +221,10 @@ def parse_restart(text: str) -> RestartPolicy:
     )
 
 
+DEFAULT_LOG_MAX_SIZE = 20 << 20  # a detached container's log file (docker's local driver: 20m)
+MIN_LOG_MAX_SIZE = 1 << 10
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What ``fastdist run`` was asked for, on top of the image config.
@@ -256,6 +260,7 @@ class RunOptions:
     memory: int | None = None  # bytes (memory and swap together: no swap beyond it)
     cpus: float | None = None  # CPUs of time per period (CFS quota)
     pids_limit: int | None = None
+    log_max_size: int = DEFAULT_LOG_MAX_SIZE  # bytes per log file of a detached container
 
 
 MIN_MEMORY = 6 << 20  # docker's minimum: less cannot even start a container
@@ -274,6 +279,21 @@ def parse_memory(text: str | int) -> int:
         raise InvalidRunOptionError(
             f"invalid --memory {str(text)[:40]!r}: expected a size of at least 6m",
             hint="use a number with a unit, e.g. --memory 512m or --memory 2g",
+        )
+    return value
+
+
+def parse_log_max_size(text: str | int) -> int:
+    """``--log-max-size``: bytes, or a number with b, k, m, g (binary units), at least 1k."""
+    if isinstance(text, int):
+        value: int | None = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)b?\s*", text.lower())
+        value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)]) if m else None
+    if value is None or value < MIN_LOG_MAX_SIZE or value >= 1 << 62:
+        raise InvalidRunOptionError(
+            f"invalid --log-max-size {str(text)[:40]!r}: expected a size of at least 1k",
+            hint="use a number with a unit, e.g. --log-max-size 10m (default 20m)",
         )
     return value
 
@@ -971,6 +991,7 @@ _BUNDLE_FILES = (
     "config.json",
     "fastdist.json",
     "log",
+    "log.1",
     "exit",
     "pid",
     "runc.log",
@@ -1145,6 +1166,7 @@ class Runtime:
             "tty": opts.tty,
             "ports": [dataclasses.asdict(p) for p in opts.ports],
             "restart": dataclasses.asdict(opts.restart),
+            "log_max_size": opts.log_max_size,
         }
         _write_atomic(b / "fastdist.json", json.dumps(meta).encode())
         _write_atomic(b / "config.json", json.dumps(spec, indent=1).encode())
@@ -1480,16 +1502,25 @@ class Runtime:
             f = open(b / "log", "rb")  # noqa: SIM115 - closed in the generator's finally
         except FileNotFoundError:
             return iter(())
-        return self._read_log(b, f, follow, tail)
+        older: IO[bytes] | None = None
+        with contextlib.suppress(FileNotFoundError):
+            older = open(b / "log.1", "rb")  # noqa: SIM115 - closed in the generator's finally
+        if older is not None and _same_file(older, f):
+            older.close()  # rotated between the two opens: f is that file, read it once
+            older = None
+        return self._read_log(b, older, f, follow, tail)
 
     def _read_log(
-        self, b: Path, f: IO[bytes], follow: bool, tail: int | None
+        self, b: Path, older: IO[bytes] | None, f: IO[bytes], follow: bool, tail: int | None
     ) -> Iterator[LogEntry]:
+        """``older`` (``log.1``, complete) then ``f`` (``log``, maybe being written); following,
+        a rotation is seen as ``log`` naming another file, read from its start."""
         try:
+            earlier = (line for line in older or () if line.endswith(b"\n"))  # streamed
             if tail is not None:
                 import collections
 
-                last: collections.deque[bytes] = collections.deque(maxlen=max(0, tail))
+                last: collections.deque[bytes] = collections.deque(earlier, maxlen=max(0, tail))
                 pending = b""
                 for line in f:
                     if not line.endswith(b"\n"):
@@ -1499,6 +1530,11 @@ class Runtime:
                 for line in last:
                     yield parse_log_line(line)
                 f.seek(-len(pending), os.SEEK_CUR)
+            else:
+                for line in earlier:
+                    yield parse_log_line(line)
+            if older is not None:
+                older.close()
             pending = b""
             while True:
                 chunk = f.read(65536)
@@ -1513,11 +1549,31 @@ class Runtime:
                 if self._wait_supervisor(b, block=False):
                     pending += f.read()
                     break
+                rotated = self._reopen_if_rotated(b, f)
+                if rotated is not None:
+                    pending += f.read()  # what was written before the rename
+                    f.close()
+                    f = rotated
+                    continue
                 time.sleep(0.1)  # like tail -f; the supervisor gives no write notifications
             if pending and not pending.startswith(b'{"s": '):  # else a record still being written
                 yield parse_log_line(pending)
         finally:
+            if older is not None:
+                older.close()
             f.close()
+
+    @staticmethod
+    def _reopen_if_rotated(b: Path, f: IO[bytes]) -> IO[bytes] | None:
+        """The new ``log`` when the writer renamed the one ``f`` reads (else None)."""
+        try:
+            new = open(b / "log", "rb")  # noqa: SIM115 - the caller owns it
+        except FileNotFoundError:
+            return None
+        if _same_file(new, f):
+            new.close()
+            return None
+        return new
 
     # -- control -------------------------------------------------------------------------------
     def kill(self, container_id: str, sig: int | str = signal.SIGKILL) -> None:
@@ -1696,7 +1752,7 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
         send({"ok": False, "error": f"{e.message}\n", "hint": e.hint})
         return 1
     restart = RestartPolicy(**meta.get("restart", {}))
-    log = _LogWriter(b / "log")
+    log = _LogWriter(b / "log", int(meta.get("log_max_size", DEFAULT_LOG_MAX_SIZE)))
     forwarder: _PortForwarder | None = None
     restarts = 0
     reported = False
@@ -2112,19 +2168,40 @@ class LogEntry:
 class _LogWriter:
     """``<bundle>/log``: one JSON object per line the container wrote, so stdout and stderr
     stay apart and keep their order (``{"s": stream, "t": unix time, "b": text}``, the text
-    with undecodable bytes kept as surrogate escapes)."""
+    with undecodable bytes kept as surrogate escapes).
 
-    def __init__(self, path: Path) -> None:
+    Capped like docker's json-file ``max-size`` with ``max-file=2``: a record that would take
+    the file past ``max_bytes`` first renames it to ``log.1`` (replacing the older one), so a
+    chatty container holds at most twice the cap (plus one record) on disk."""
+
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_LOG_MAX_SIZE) -> None:
         import threading
 
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._path = path
+        self._max = max_bytes
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size  # a restarted container appends
         self._lock = threading.Lock()
+
+    def _open(self) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        return os.open(self._path, flags, 0o600)
 
     def write(self, stream: str, data: bytes) -> None:
         record = {"s": stream, "t": time.time(), "b": data.decode("utf-8", "surrogateescape")}
         line = json.dumps(record).encode() + b"\n"
         with self._lock:
+            if self._size > 0 and self._size + len(line) > self._max:
+                try:
+                    os.rename(self._path, self._path.with_name(self._path.name + ".1"))
+                    fd = self._open()
+                except OSError as e:  # keep writing where we are rather than lose output
+                    log.warning("log rotation of %s: %s", self._path, e)
+                else:
+                    os.close(self._fd)
+                    self._fd, self._size = fd, 0
             os.write(self._fd, line)
+            self._size += len(line)
 
     def follow(self, fd: int, stream: str) -> Any:
         import threading
@@ -2158,6 +2235,11 @@ class _LogWriter:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _same_file(a: IO[bytes], b: IO[bytes]) -> bool:
+    sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def parse_log_line(line: bytes) -> LogEntry:

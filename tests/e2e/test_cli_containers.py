@@ -388,6 +388,8 @@ def test_volume_binds_a_host_directory_creating_it(
         (("--memory", "lots"), "invalid --memory 'lots'"),
         (("--cpus", "none"), "invalid --cpus 'none'"),
         (("--pids-limit", "many"), "invalid --pids-limit 'many'"),
+        (("-d", "--log-max-size", "lots"), "invalid --log-max-size 'lots'"),
+        (("-d", "--log-max-size", "10"), "expected a size of at least 1k"),
     ],
 )
 def test_bad_resource_and_volume_options_exit_2_before_anything_is_created(
@@ -434,6 +436,25 @@ def test_logs_follow_streams_both_until_exit(fastdist: FastdistCLI, img: str) ->
     r = fastdist("logs", "-f", "follow")  # returns once the container has exited
     assert r.stdout == "ready\nlate-out\n"
     assert r.stderr == "late-err\n"
+
+
+def test_a_chatty_detached_container_keeps_its_log_within_the_cap(
+    fastdist: FastdistCLI, img: str
+) -> None:
+    r = fastdist("run", "-d", "--log-max-size", "4k", "--name", "chatty", img, "seq", "3000")
+    assert r.rc == 0, r.stderr
+    assert fastdist("wait", "chatty").stdout == "0\n"
+    bundle = fastdist.root / "containers" / "chatty"
+    sizes = [(bundle / name).stat().st_size for name in ("log", "log.1")]
+    assert all(0 < size <= 4096 for size in sizes), sizes  # ~130 KB written, 8 KiB kept
+    out = fastdist("logs", "chatty").stdout.splitlines()
+    assert len(out) > 60
+    assert out == [str(n) for n in range(3001 - len(out), 3001)]  # the newest, in order
+    assert fastdist("logs", "--tail", "2", "chatty").stdout == "2999\n3000\n"
+    info = json.loads(fastdist("inspect", "chatty").stdout)
+    assert info["HostConfig"]["LogConfig"]["Config"] == {"max-size": "4096", "max-file": "2"}
+    assert fastdist("rm", "chatty").rc == 0
+    assert fastdist.leftovers() == CLEAN
 
 
 # --- publish ---------------------------------------------------------------------------------

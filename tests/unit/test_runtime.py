@@ -36,6 +36,7 @@ from fastdist.runtime import (
     host_devices,
     parse_cpus,
     parse_log_line,
+    parse_log_max_size,
     parse_memory,
     parse_pids_limit,
     parse_publish,
@@ -717,6 +718,71 @@ def test_log_records_keep_streams_lines_and_bytes(tmp_path: Path) -> None:
     assert [len(d) for d in out[3:]] == [16384, 16384, 40000 - 32768]  # long lines in pieces
     assert [e.data for e in entries if e.stream == "stderr"] == [b"err\n"]
     assert all(e.time > 0 for e in entries)
+
+
+def test_the_log_rotates_at_its_cap_and_reads_back_whole_across_both_files(
+    tmp_path: Path,
+) -> None:
+    rt = Runtime(tmp_path / "store")
+    b = rt.prepare("chatty")
+    log = _LogWriter(b / "log", max_bytes=4096)
+    lines = [f"line {i:05d}\n".encode() for i in range(2000)]
+    for line in lines:
+        log.write("stdout" if len(line) % 2 else "stderr", line)
+    log.close()
+    sizes = [(b / name).stat().st_size for name in ("log", "log.1")]
+    assert all(0 < size <= 4096 for size in sizes), sizes  # each file within the cap
+    assert sum(sizes) > 4096  # both kept: the newest output in log, the one before in log.1
+    got = [e.data for e in rt.log_entries("chatty")]
+    assert got == lines[-len(got) :]  # a contiguous suffix, ending with the last line written
+    held = sum((b / name).read_bytes().count(b"\n") for name in ("log", "log.1"))
+    assert len(got) == held  # every record both files hold, read once
+    assert [e.data for e in rt.log_entries("chatty", tail=3)] == lines[-3:]
+    tail_all = [e.data for e in rt.log_entries("chatty", tail=len(got) + 5)]
+    assert tail_all == got  # tail reaches into log.1
+    # a restarted container's new writer appends and keeps counting from the file's size
+    again = _LogWriter(b / "log", max_bytes=4096)
+    again.write("stdout", b"after restart\n")
+    again.close()
+    assert (b / "log").stat().st_size <= 4096
+    assert [e.data for e in rt.log_entries("chatty", tail=1)] == [b"after restart\n"]
+
+
+def test_logs_follow_a_rotation_to_the_new_file_without_losing_lines(tmp_path: Path) -> None:
+    import fcntl
+
+    rt = Runtime(tmp_path / "store")
+    b = rt.prepare("chatty")
+    log = _LogWriter(b / "log", max_bytes=4096)
+    lock = os.open(b / "supervisor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # as a live supervisor holds it: follow goes on at EOF
+    lines = [f"line {i:05d}\n".encode() for i in range(90)]
+    try:
+        for line in lines[:10]:
+            log.write("stdout", line)
+        following = rt.log_entries("chatty", follow=True)
+        assert [next(following).data for _ in range(10)] == lines[:10]
+        for line in lines[10:]:  # ~65 records fit in 4 KiB: exactly one rotation
+            log.write("stdout", line)
+        assert (b / "log.1").exists()
+        assert [next(following).data for _ in range(80)] == lines[10:]
+    finally:
+        log.close()
+        fcntl.flock(lock, fcntl.LOCK_UN)  # the supervisor is gone: follow ends
+        os.close(lock)
+    assert list(following) == []
+
+
+@pytest.mark.parametrize(("text", "size"), [("10m", 10 << 20), ("1k", 1024), (4096, 4096)])
+def test_log_max_size_takes_docker_sizes(text: str | int, size: int) -> None:
+    assert parse_log_max_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["lots", "10x", "100", "0", "-1m", 5, ""])
+def test_bad_log_max_size_is_a_usage_error(bad: str | int) -> None:
+    with pytest.raises(InvalidRunOptionError, match="invalid --log-max-size") as e:
+        parse_log_max_size(bad)
+    assert e.value.hint
 
 
 def test_a_raw_log_line_reads_as_stdout() -> None:
