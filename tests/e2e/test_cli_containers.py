@@ -570,8 +570,11 @@ def test_published_udp_port_reaches_a_server_on_the_containers_loopback(
         pytest.skip("needs the host's /usr/bin/python3 as the udp server")
     from fastdist.testing.registry import free_port
 
-    port = free_port()
+    port, second = free_port(), free_port()
+    while second == port:
+        second = free_port()
     argv = ("run", mode, "-p", f"127.0.0.1:{port}:5353/udp", "--name", "dns", *HOST_PYTHON)
+    argv += ("-p", f"127.0.0.1:{second}:5353/udp")  # one container port, two host ports
     argv += (img, "/usr/bin/python3", "-c", UDP_ECHO)
     foreground = fastdist.popen(*argv) if mode == "--rm" else None
     try:
@@ -579,13 +582,18 @@ def test_published_udp_port_reaches_a_server_on_the_containers_loopback(
             r = fastdist(*argv)
             assert r.rc == 0, r.stderr
         assert _udp_echo(port) == b"echo:ping"
+        assert _udp_echo(second) == b"echo:ping"
         info = json.loads(fastdist("inspect", "dns").stdout)
-        assert info["Ports"] == {"5353/udp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+        assert info["Ports"] == {
+            "5353/udp": [
+                {"HostIp": "127.0.0.1", "HostPort": str(port)},
+                {"HostIp": "127.0.0.1", "HostPort": str(second)},
+            ]
+        }
         rows = [json.loads(line) for line in fastdist("ps", "--format", "json").stdout.splitlines()]
-        assert [row["Ports"] for row in rows if row["ID"] == "dns"] == [
-            f"127.0.0.1:{port}->5353/udp"
-        ]
-        assert f"127.0.0.1:{port}->5353/udp" in fastdist("ps").stdout
+        shown = f"127.0.0.1:{port}->5353/udp, 127.0.0.1:{second}->5353/udp"
+        assert [row["Ports"] for row in rows if row["ID"] == "dns"] == [shown]
+        assert shown in fastdist("ps").stdout
         assert fastdist("stop", "-t", "1", "dns").rc == 0
         if foreground is not None:
             _, err = foreground.communicate(timeout=60)
@@ -596,8 +604,9 @@ def test_published_udp_port_reaches_a_server_on_the_containers_loopback(
         if foreground is not None and foreground.poll() is None:
             foreground.kill()
             foreground.wait()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
-        again.bind(("127.0.0.1", port))  # the host port is released with the container
+    for p in (port, second):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+            again.bind(("127.0.0.1", p))  # the host ports are released with the container
     assert fastdist.leftovers() == CLEAN
 
 
