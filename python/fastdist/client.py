@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from .fetcher import Fetcher
     from .mirrors import Mirrors
     from .resolver import Resolved, Resolver
-    from .runtime import LogEntry, Mount, Runtime
+    from .runtime import LogEntry, Mount, PortMapping, Runtime
     from .serve import RegistryServer, ServeConfig
     from .transport import Transport, TransportConfig
 
@@ -1393,6 +1393,7 @@ class Client:
         pids_limit: str | int | None = None,
         publish: Sequence[str] = (),
         restart: str = "no",
+        log_max_size: str | int | None = None,
     ) -> Container:
         """Run ``ref`` (pulled first if missing and ``pull``) in a fresh writable snapshot.
 
@@ -1404,13 +1405,16 @@ class Client:
         ``cap_add``/``cap_drop``/``privileged``/``security_opt`` have docker's meaning; they are
         checked (and a seccomp profile file read) before anything is pulled or created.
         ``on_interrupt(id)`` is called when a first ^C was relayed to a foreground container (a
-        second one within two seconds kills it).
+        second one within two seconds kills it). ``log_max_size`` caps each of a detached
+        container's two log files (default ``runtime.DEFAULT_LOG_MAX_SIZE``, 20 MiB).
         """
         from .runtime import (
+            DEFAULT_LOG_MAX_SIZE,
             InvalidRunOptionError,
             RunOptions,
             check_ports,
             parse_cpus,
+            parse_log_max_size,
             parse_memory,
             parse_pids_limit,
             parse_publish,
@@ -1424,6 +1428,9 @@ class Client:
         memory_bytes = parse_memory(memory) if memory is not None else None
         cpu_count = parse_cpus(cpus) if cpus is not None else None
         pids = parse_pids_limit(pids_limit) if pids_limit is not None else None
+        log_cap = (
+            parse_log_max_size(log_max_size) if log_max_size is not None else DEFAULT_LOG_MAX_SIZE
+        )
         ports = tuple(parse_publish(p) for p in publish)
         restart_policy = parse_restart(restart)
         if restart_policy.name != "no" and (not detach or rm):
@@ -1461,6 +1468,7 @@ class Client:
             memory=memory_bytes,
             cpus=cpu_count,
             pids_limit=pids,
+            log_max_size=log_cap,
         )
         config = img.config()
         chains = img.record.chain_ids
@@ -1576,8 +1584,11 @@ class Client:
                     Container(rec.id, rec.image, self).remove(force=True)
                 continue
             if all or status == "running":
+                ports = _bundle_ports(Path(rec.bundle))
                 out.append(
-                    ContainerInfo(rec.id, rec.image, rec.command, status, exit_code, rec.created)
+                    ContainerInfo(
+                        rec.id, rec.image, rec.command, status, exit_code, rec.created, ports
+                    )
                 )
         return out
 
@@ -1742,6 +1753,13 @@ class Container:
             "HostConfig": {
                 "AutoRemove": rec.rm,
                 "RestartPolicy": _bundle_meta(bundle).get("restart", {"name": "no"}),
+                "LogConfig": {
+                    "Type": "json-file",
+                    "Config": {
+                        "max-size": str(_bundle_meta(bundle).get("log_max_size", "")),
+                        "max-file": "2",
+                    },
+                },
                 "ReadonlyRootfs": bool(spec.get("root", {}).get("readonly", False)),
                 "Capabilities": list(process.get("capabilities", {}).get("bounding", [])),
                 "NoNewPrivileges": bool(process.get("noNewPrivileges", False)),
@@ -1762,12 +1780,7 @@ class Container:
                 for m in spec.get("mounts", [])
                 if m.get("type") == "bind"
             ],
-            "Ports": {
-                f"{p['container_port']}/{p['protocol']}": [
-                    {"HostIp": p["host_ip"], "HostPort": str(p["host_port"])}
-                ]
-                for p in _bundle_meta(bundle).get("ports", [])
-            },
+            "Ports": _inspect_ports(_bundle_ports(bundle)),
             "RestartCount": _restart_count(bundle),
             "Snapshotter": rec.snapshotter,
             "Bundle": rec.bundle,
@@ -1820,6 +1833,7 @@ class ContainerInfo:
     status: str
     exit_code: int | None
     created: float
+    ports: tuple[PortMapping, ...] = ()
 
 
 _ADJECTIVES = (
@@ -1866,6 +1880,26 @@ def _bundle_meta(bundle: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
+
+
+def _bundle_ports(bundle: Path) -> tuple[PortMapping, ...]:
+    """The published ports recorded in the bundle (none for an unreadable record)."""
+    from .runtime import PortMapping
+
+    try:
+        return tuple(PortMapping(**p) for p in _bundle_meta(bundle).get("ports", []))
+    except TypeError:
+        return ()
+
+
+def _inspect_ports(ports: Sequence[PortMapping]) -> dict[str, list[dict[str, str]]]:
+    """docker's ``Ports``: ``"CONTAINER/PROTO"`` → every host binding of it."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for p in ports:
+        out.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+            {"HostIp": p.host_ip, "HostPort": str(p.host_port)}
+        )
+    return out
 
 
 def _restart_count(bundle: Path) -> int:

@@ -96,29 +96,43 @@ class Mount:
     readonly: bool = False
 
 
+PUBLISH_PROTOCOLS = ("tcp", "udp")
+
+
 @dataclass(frozen=True)
 class PortMapping:
-    """``-p [IP:]HOST:CONTAINER[/tcp]``: connections to ``host_ip:host_port`` on the host are
-    relayed to ``127.0.0.1:container_port`` inside the container's network namespace."""
+    """``-p [IP:]HOST:CONTAINER[/tcp|udp]``: connections (tcp) or datagrams (udp) to
+    ``host_ip:host_port`` on the host are relayed to ``127.0.0.1:container_port`` inside the
+    container's network namespace."""
 
     host_ip: str
     host_port: int
     container_port: int
     protocol: str = "tcp"
 
+    def __str__(self) -> str:
+        """docker's ``ps`` form: ``127.0.0.1:8080->80/tcp``."""
+        host = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
+        return f"{host}:{self.host_port}->{self.container_port}/{self.protocol}"
+
 
 def parse_publish(text: str) -> PortMapping:
-    """docker's ``-p/--publish [IP:]HOST:CONTAINER[/tcp]`` (IPv6 addresses in brackets)."""
+    """docker's ``-p/--publish [IP:]HOST:CONTAINER[/tcp|udp]`` (IPv6 addresses in brackets;
+    the protocol defaults to tcp)."""
     import ipaddress
 
-    spec, _, proto = text.partition("/")
-    proto = proto or "tcp"
+    spec, slash, proto = text.partition("/")
+    proto = proto.lower() if slash else "tcp"
     m = re.fullmatch(r"(?:(\[[0-9a-fA-F:.]+\]|[0-9.]+):)?([0-9]{1,5}):([0-9]{1,5})", spec)
-    if proto != "tcp" or m is None:
-        what = "only tcp can be published" if m is not None else "expected [IP:]HOST:CONTAINER"
+    if m is None:
         raise InvalidRunOptionError(
-            f"invalid --publish {text[:80]!r}: {what}",
-            hint="e.g. -p 8080:80 or -p 127.0.0.1:6379:6379",
+            f"invalid --publish {text[:80]!r}: expected [IP:]HOST:CONTAINER[/tcp|udp]",
+            hint="e.g. -p 8080:80, -p 127.0.0.1:6379:6379 or -p 5353:53/udp",
+        )
+    if proto not in PUBLISH_PROTOCOLS:
+        raise InvalidRunOptionError(
+            f"invalid --publish {text[:80]!r}: protocol {proto[:20]!r} is not tcp or udp",
+            hint="end the mapping with /tcp (the default) or /udp, e.g. -p 5353:53/udp",
         )
     ip = (m.group(1) or "0.0.0.0").strip("[]")
     try:
@@ -139,32 +153,41 @@ def parse_publish(text: str) -> PortMapping:
 
 
 def _listen(mapping: PortMapping) -> socket.socket:
-    """The host's listening socket for a published port; a port in use is named."""
+    """The host's socket for a published port (listening for tcp, bound for udp); a port in
+    use is named with its protocol."""
     family = socket.AF_INET6 if ":" in mapping.host_ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    udp = mapping.protocol == "udp"
+    sock = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     try:
+        if not udp:
+            # Not for udp: there SO_REUSEADDR lets two sockets share a port, so one in use by
+            # another SO_REUSEADDR holder would not be refused.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((mapping.host_ip, mapping.host_port))
-        sock.listen(128)
+        if not udp:
+            sock.listen(128)
     except OSError as e:
         sock.close()
         raise ContainerRunError(
-            f"cannot publish port {mapping.host_ip}:{mapping.host_port}: {e.strerror or e}",
+            f"cannot publish port {mapping.host_ip}:{mapping.host_port}/{mapping.protocol}: "
+            f"{e.strerror or e}",
             hint="the port is in use or not allowed: pick another host port with -p",
         ) from None
     return sock
 
 
 def check_ports(ports: Sequence[PortMapping]) -> None:
-    """Refuse duplicate host ports and ports already in use, before anything is created."""
-    seen: set[tuple[str, int]] = set()
+    """Refuse duplicate host ports and ports already in use, before anything is created
+    (tcp and udp are separate port spaces, as for docker)."""
+    seen: set[tuple[str, int, str]] = set()
     for p in ports:
-        if (p.host_ip, p.host_port) in seen:
+        key = (p.host_ip, p.host_port, p.protocol)
+        if key in seen:
             raise InvalidRunOptionError(
-                f"host port {p.host_ip}:{p.host_port} is published twice",
+                f"host port {p.host_ip}:{p.host_port}/{p.protocol} is published twice",
                 hint="give each -p its own host port",
             )
-        seen.add((p.host_ip, p.host_port))
+        seen.add(key)
     for p in ports:
         _listen(p).close()
 
@@ -196,6 +219,10 @@ def parse_restart(text: str) -> RestartPolicy:
         f"invalid --restart {text[:40]!r}",
         hint="use no, on-failure, on-failure:N, always or unless-stopped",
     )
+
+
+DEFAULT_LOG_MAX_SIZE = 20 << 20  # a detached container's log file (docker's local driver: 20m)
+MIN_LOG_MAX_SIZE = 1 << 10
 
 
 @dataclass(frozen=True)
@@ -233,6 +260,7 @@ class RunOptions:
     memory: int | None = None  # bytes (memory and swap together: no swap beyond it)
     cpus: float | None = None  # CPUs of time per period (CFS quota)
     pids_limit: int | None = None
+    log_max_size: int = DEFAULT_LOG_MAX_SIZE  # bytes per log file of a detached container
 
 
 MIN_MEMORY = 6 << 20  # docker's minimum: less cannot even start a container
@@ -251,6 +279,21 @@ def parse_memory(text: str | int) -> int:
         raise InvalidRunOptionError(
             f"invalid --memory {str(text)[:40]!r}: expected a size of at least 6m",
             hint="use a number with a unit, e.g. --memory 512m or --memory 2g",
+        )
+    return value
+
+
+def parse_log_max_size(text: str | int) -> int:
+    """``--log-max-size``: bytes, or a number with b, k, m, g (binary units), at least 1k."""
+    if isinstance(text, int):
+        value: int | None = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)b?\s*", text.lower())
+        value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)]) if m else None
+    if value is None or value < MIN_LOG_MAX_SIZE or value >= 1 << 62:
+        raise InvalidRunOptionError(
+            f"invalid --log-max-size {str(text)[:40]!r}: expected a size of at least 1k",
+            hint="use a number with a unit, e.g. --log-max-size 10m (default 20m)",
         )
     return value
 
@@ -948,6 +991,7 @@ _BUNDLE_FILES = (
     "config.json",
     "fastdist.json",
     "log",
+    "log.1",
     "exit",
     "pid",
     "runc.log",
@@ -1122,6 +1166,7 @@ class Runtime:
             "tty": opts.tty,
             "ports": [dataclasses.asdict(p) for p in opts.ports],
             "restart": dataclasses.asdict(opts.restart),
+            "log_max_size": opts.log_max_size,
         }
         _write_atomic(b / "fastdist.json", json.dumps(meta).encode())
         _write_atomic(b / "config.json", json.dumps(spec, indent=1).encode())
@@ -1457,16 +1502,25 @@ class Runtime:
             f = open(b / "log", "rb")  # noqa: SIM115 - closed in the generator's finally
         except FileNotFoundError:
             return iter(())
-        return self._read_log(b, f, follow, tail)
+        older: IO[bytes] | None = None
+        with contextlib.suppress(FileNotFoundError):
+            older = open(b / "log.1", "rb")  # noqa: SIM115 - closed in the generator's finally
+        if older is not None and _same_file(older, f):
+            older.close()  # rotated between the two opens: f is that file, read it once
+            older = None
+        return self._read_log(b, older, f, follow, tail)
 
     def _read_log(
-        self, b: Path, f: IO[bytes], follow: bool, tail: int | None
+        self, b: Path, older: IO[bytes] | None, f: IO[bytes], follow: bool, tail: int | None
     ) -> Iterator[LogEntry]:
+        """``older`` (``log.1``, complete) then ``f`` (``log``, maybe being written); following,
+        a rotation is seen as ``log`` naming another file, read from its start."""
         try:
+            earlier = (line for line in older or () if line.endswith(b"\n"))  # streamed
             if tail is not None:
                 import collections
 
-                last: collections.deque[bytes] = collections.deque(maxlen=max(0, tail))
+                last: collections.deque[bytes] = collections.deque(earlier, maxlen=max(0, tail))
                 pending = b""
                 for line in f:
                     if not line.endswith(b"\n"):
@@ -1476,6 +1530,11 @@ class Runtime:
                 for line in last:
                     yield parse_log_line(line)
                 f.seek(-len(pending), os.SEEK_CUR)
+            else:
+                for line in earlier:
+                    yield parse_log_line(line)
+            if older is not None:
+                older.close()
             pending = b""
             while True:
                 chunk = f.read(65536)
@@ -1490,11 +1549,31 @@ class Runtime:
                 if self._wait_supervisor(b, block=False):
                     pending += f.read()
                     break
+                rotated = self._reopen_if_rotated(b, f)
+                if rotated is not None:
+                    pending += f.read()  # what was written before the rename
+                    f.close()
+                    f = rotated
+                    continue
                 time.sleep(0.1)  # like tail -f; the supervisor gives no write notifications
             if pending and not pending.startswith(b'{"s": '):  # else a record still being written
                 yield parse_log_line(pending)
         finally:
+            if older is not None:
+                older.close()
             f.close()
+
+    @staticmethod
+    def _reopen_if_rotated(b: Path, f: IO[bytes]) -> IO[bytes] | None:
+        """The new ``log`` when the writer renamed the one ``f`` reads (else None)."""
+        try:
+            new = open(b / "log", "rb")  # noqa: SIM115 - the caller owns it
+        except FileNotFoundError:
+            return None
+        if _same_file(new, f):
+            new.close()
+            return None
+        return new
 
     # -- control -------------------------------------------------------------------------------
     def kill(self, container_id: str, sig: int | str = signal.SIGKILL) -> None:
@@ -1673,7 +1752,7 @@ def _supervise(root: Path, runc_path: str, container_id: str, report_fd: int) ->
         send({"ok": False, "error": f"{e.message}\n", "hint": e.hint})
         return 1
     restart = RestartPolicy(**meta.get("restart", {}))
-    log = _LogWriter(b / "log")
+    log = _LogWriter(b / "log", int(meta.get("log_max_size", DEFAULT_LOG_MAX_SIZE)))
     forwarder: _PortForwarder | None = None
     restarts = 0
     reported = False
@@ -1769,14 +1848,25 @@ def _launch(
     return pid, readers
 
 
+UDP_IDLE_SECONDS = 90.0  # a client mapping unused this long is dropped (docker's proxy: 90 s)
+UDP_MAX_CLIENTS = 256  # client mappings (an fd each) per published udp port; past it, the least
+# recently used one is dropped
+_UDP_MAX_DATAGRAM = 65535
+
+
 class _PortForwarder:
-    """Relays each connection accepted on a host port to ``127.0.0.1:PORT`` inside the
-    container's network namespace: the connecting side enters the namespace (``setns`` on
-    its own thread), so no bridge, veth or NAT is needed and ``--net none`` keeps its
-    loopback-only namespace."""
+    """Relays a published port into the container's network namespace: for tcp each accepted
+    connection, for udp each client's datagrams. The container side is a socket created by a
+    thread that entered only the container's network namespace (``setns`` on its own thread),
+    so no bridge, veth or NAT is needed and ``--net none`` keeps its loopback-only namespace."""
 
     def __init__(
-        self, listeners: list[tuple[PortMapping, socket.socket]], pid_file: Path | None = None
+        self,
+        listeners: list[tuple[PortMapping, socket.socket]],
+        pid_file: Path | None = None,
+        *,
+        udp_idle: float = UDP_IDLE_SECONDS,
+        udp_max_clients: int = UDP_MAX_CLIENTS,
     ) -> None:
         """``pid_file``: where runc writes the init's pid (foreground runs), read at the first
         connection when :meth:`enter` was not called."""
@@ -1787,16 +1877,29 @@ class _PortForwarder:
         self._listeners = listeners
         self._pid_file = pid_file
         self._libc = ctypes.CDLL(None, use_errno=True)
+        self._udp_idle = udp_idle
+        self._udp_max_clients = udp_max_clients
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)  # wakes the udp relays on close
+        self._threads: list[threading.Thread] = []
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"x")
+        for mapping, sock in self._listeners:
+            if mapping.protocol == "tcp":
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        for t in self._threads:
+            if t.name == "publish-udp":
+                t.join()  # it closes its client sockets; then the host port is free again
         for _, sock in self._listeners:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
             sock.close()
         with self._lock:
             old, self._netns = self._netns, -1
         if old >= 0:
             os.close(old)
+        os.close(self._stop_r)
+        os.close(self._stop_w)
 
     def _netns_fd(self) -> int:
         """A duplicate of the current network namespace fd (-1: none yet)."""
@@ -1819,10 +1922,30 @@ class _PortForwarder:
     def start(self) -> None:
         import threading
 
-        for mapping, sock in self._listeners:
+        self._threads = [
             threading.Thread(
-                target=self._accept, args=(mapping, sock), name="publish", daemon=True
-            ).start()
+                target=self._accept if mapping.protocol == "tcp" else self._udp,
+                args=(mapping, sock),
+                name=f"publish-{mapping.protocol}",
+                daemon=True,
+            )
+            for mapping, sock in self._listeners
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _enter_netns(self) -> bool:
+        """Move the calling thread (only) into the container's network namespace."""
+        netns = self._netns_fd()  # a restart replaces self._netns meanwhile
+        if netns < 0:
+            return False  # the container is not up yet
+        try:
+            entered = self._libc.setns(netns, _CLONE_NEWNET) == 0
+        finally:
+            os.close(netns)
+        if not entered:
+            log.warning("publish: setns: errno %d", ctypes.get_errno())
+        return bool(entered)
 
     def _accept(self, mapping: PortMapping, sock: socket.socket) -> None:
         import threading
@@ -1840,16 +1963,8 @@ class _PortForwarder:
         import threading
 
         with client:
-            netns = self._netns_fd()  # a restart replaces self._netns meanwhile
-            if netns < 0:
-                return  # the container is not up yet: the client sees the connection close
-            try:
-                entered = self._libc.setns(netns, _CLONE_NEWNET) == 0  # this thread only
-            finally:
-                os.close(netns)
-            if not entered:
-                log.warning("publish: setns: errno %d", ctypes.get_errno())
-                return
+            if not self._enter_netns():
+                return  # the client sees the connection close
             try:
                 upstream = socket.create_connection(("127.0.0.1", mapping.container_port), 10)
             except OSError as e:
@@ -1861,6 +1976,165 @@ class _PortForwarder:
                 back.start()
                 _pipe(client, upstream)
                 back.join()
+
+    def _udp_socket(self, mapping: PortMapping) -> socket.socket | None:
+        """A udp socket of the container's network namespace connected to
+        ``127.0.0.1:PORT`` (connected: only the container's replies from that port arrive);
+        made on a short-lived thread so the relay's own thread stays in the host's namespace."""
+        import threading
+
+        made: list[socket.socket] = []
+
+        def make() -> None:
+            if not self._enter_netns():
+                return
+            try:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            except OSError as e:  # EMFILE: out of fds, the datagram is dropped
+                log.warning("publish: udp socket in the container: %s", e)
+                return
+            try:
+                s.connect(("127.0.0.1", mapping.container_port))
+            except OSError as e:
+                s.close()
+                log.info("publish: udp port %d in the container: %s", mapping.container_port, e)
+                return
+            s.setblocking(False)
+            made.append(s)
+
+        t = threading.Thread(target=make, name="publish-netns", daemon=True)
+        t.start()
+        t.join()
+        return made[0] if made else None
+
+    def _udp(self, mapping: PortMapping, host: socket.socket) -> None:
+        """One published udp port: each client address gets its own socket in the container
+        (so replies find their client); a mapping idle for ``udp_idle`` seconds is dropped, and
+        past ``udp_max_clients`` the least recently used one is."""
+        clients = _UdpClients(self._udp_idle, self._udp_max_clients)
+        host.setblocking(False)
+        try:
+            while True:
+                expiry = clients.next_expiry(time.monotonic())
+                poller = select.poll()  # not select(): more than 1024 fds are possible here
+                upstreams = {s.fileno(): s for s in clients.sockets()}
+                for fd in (self._stop_r, host.fileno(), *upstreams):
+                    poller.register(fd, select.POLLIN)
+                ready = [fd for fd, _ in poller.poll(None if expiry is None else expiry * 1000)]
+                if self._stop_r in ready:
+                    return
+                now = time.monotonic()
+                for fd in ready:
+                    if fd == host.fileno():
+                        self._udp_from_client(mapping, host, clients, now)
+                    elif fd in upstreams:
+                        self._udp_from_container(host, clients, upstreams[fd], now)
+                for s in clients.expire(now):
+                    s.close()
+        finally:
+            for s in clients.close_all():
+                s.close()
+
+    def _udp_from_client(
+        self, mapping: PortMapping, host: socket.socket, clients: _UdpClients, now: float
+    ) -> None:
+        try:
+            data, addr = host.recvfrom(_UDP_MAX_DATAGRAM)
+        except OSError:
+            return  # e.g. an ICMP error of an earlier reply: nothing to relay
+        upstream = clients.get(addr, now)
+        if upstream is None:
+            upstream = self._udp_socket(mapping)
+            if upstream is None:
+                return  # the container is not up (yet): udp drops the datagram
+            evicted = clients.add(addr, upstream, now)
+            if evicted is not None:
+                evicted.close()
+        with contextlib.suppress(OSError):  # nobody listens in the container (yet): dropped
+            upstream.send(data)
+
+    def _udp_from_container(
+        self, host: socket.socket, clients: _UdpClients, upstream: socket.socket, now: float
+    ) -> None:
+        try:
+            data = upstream.recv(_UDP_MAX_DATAGRAM)
+        except OSError:
+            return  # ECONNREFUSED: nothing listens on the port in the container
+        addr = clients.touch(upstream, now)
+        if addr is not None:
+            with contextlib.suppress(OSError):
+                host.sendto(data, addr)
+
+
+class _UdpClients:
+    """The client address → container-side socket table of one published udp port, in least
+    recently used order, bounded in size and in idle time."""
+
+    def __init__(self, idle: float, max_clients: int) -> None:
+        import collections
+
+        self._idle = idle
+        self._max = max(1, max_clients)
+        self._by_addr: collections.OrderedDict[Any, tuple[socket.socket, float]] = (
+            collections.OrderedDict()
+        )
+        self._addr_of: dict[socket.socket, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_addr)
+
+    def sockets(self) -> list[socket.socket]:
+        return list(self._addr_of)
+
+    def get(self, addr: Any, now: float) -> socket.socket | None:
+        entry = self._by_addr.get(addr)
+        if entry is None:
+            return None
+        self._by_addr[addr] = (entry[0], now)
+        self._by_addr.move_to_end(addr)
+        return entry[0]
+
+    def touch(self, sock: socket.socket, now: float) -> Any:
+        """A reply came through ``sock``: its client address (None: gone meanwhile)."""
+        addr = self._addr_of.get(sock)
+        if addr is not None:
+            self.get(addr, now)
+        return addr
+
+    def add(self, addr: Any, sock: socket.socket, now: float) -> socket.socket | None:
+        """Map ``addr`` to ``sock``; the socket evicted to stay within the bound, if any."""
+        evicted = None
+        if len(self._by_addr) >= self._max:
+            _, (evicted, _) = self._by_addr.popitem(last=False)
+            del self._addr_of[evicted]
+        self._by_addr[addr] = (sock, now)
+        self._addr_of[sock] = addr
+        return evicted
+
+    def expire(self, now: float) -> list[socket.socket]:
+        """Drop the mappings idle for longer than the idle time; their sockets."""
+        gone = []
+        while self._by_addr:
+            addr, (sock, last) = next(iter(self._by_addr.items()))
+            if now - last < self._idle:
+                break
+            del self._by_addr[addr]
+            del self._addr_of[sock]
+            gone.append(sock)
+        return gone
+
+    def next_expiry(self, now: float) -> float | None:
+        """Seconds until the oldest mapping expires (None: no mapping, wait for a client)."""
+        if not self._by_addr:
+            return None
+        _, last = next(iter(self._by_addr.values()))
+        return max(0.0, last + self._idle - now)
+
+    def close_all(self) -> list[socket.socket]:
+        socks = list(self._addr_of)
+        self._by_addr.clear()
+        self._addr_of.clear()
+        return socks
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -1894,19 +2168,40 @@ class LogEntry:
 class _LogWriter:
     """``<bundle>/log``: one JSON object per line the container wrote, so stdout and stderr
     stay apart and keep their order (``{"s": stream, "t": unix time, "b": text}``, the text
-    with undecodable bytes kept as surrogate escapes)."""
+    with undecodable bytes kept as surrogate escapes).
 
-    def __init__(self, path: Path) -> None:
+    Capped like docker's json-file ``max-size`` with ``max-file=2``: a record that would take
+    the file past ``max_bytes`` first renames it to ``log.1`` (replacing the older one), so a
+    chatty container holds at most twice the cap (plus one record) on disk."""
+
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_LOG_MAX_SIZE) -> None:
         import threading
 
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._path = path
+        self._max = max_bytes
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size  # a restarted container appends
         self._lock = threading.Lock()
+
+    def _open(self) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        return os.open(self._path, flags, 0o600)
 
     def write(self, stream: str, data: bytes) -> None:
         record = {"s": stream, "t": time.time(), "b": data.decode("utf-8", "surrogateescape")}
         line = json.dumps(record).encode() + b"\n"
         with self._lock:
+            if self._size > 0 and self._size + len(line) > self._max:
+                try:
+                    os.rename(self._path, self._path.with_name(self._path.name + ".1"))
+                    fd = self._open()
+                except OSError as e:  # keep writing where we are rather than lose output
+                    log.warning("log rotation of %s: %s", self._path, e)
+                else:
+                    os.close(self._fd)
+                    self._fd, self._size = fd, 0
             os.write(self._fd, line)
+            self._size += len(line)
 
     def follow(self, fd: int, stream: str) -> Any:
         import threading
@@ -1940,6 +2235,11 @@ class _LogWriter:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _same_file(a: IO[bytes], b: IO[bytes]) -> bool:
+    sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def parse_log_line(line: bytes) -> LogEntry:

@@ -388,6 +388,8 @@ def test_volume_binds_a_host_directory_creating_it(
         (("--memory", "lots"), "invalid --memory 'lots'"),
         (("--cpus", "none"), "invalid --cpus 'none'"),
         (("--pids-limit", "many"), "invalid --pids-limit 'many'"),
+        (("-d", "--log-max-size", "lots"), "invalid --log-max-size 'lots'"),
+        (("-d", "--log-max-size", "10"), "expected a size of at least 1k"),
     ],
 )
 def test_bad_resource_and_volume_options_exit_2_before_anything_is_created(
@@ -436,13 +438,34 @@ def test_logs_follow_streams_both_until_exit(fastdist: FastdistCLI, img: str) ->
     assert r.stderr == "late-err\n"
 
 
+def test_a_chatty_detached_container_keeps_its_log_within_the_cap(
+    fastdist: FastdistCLI, img: str
+) -> None:
+    r = fastdist("run", "-d", "--log-max-size", "4k", "--name", "chatty", img, "seq", "3000")
+    assert r.rc == 0, r.stderr
+    assert fastdist("wait", "chatty").stdout == "0\n"
+    bundle = fastdist.root / "containers" / "chatty"
+    sizes = [(bundle / name).stat().st_size for name in ("log", "log.1")]
+    assert all(0 < size <= 4096 for size in sizes), sizes  # ~130 KB written, 8 KiB kept
+    out = fastdist("logs", "chatty").stdout.splitlines()
+    assert len(out) > 60
+    assert out == [str(n) for n in range(3001 - len(out), 3001)]  # the newest, in order
+    assert fastdist("logs", "--tail", "2", "chatty").stdout == "2999\n3000\n"
+    info = json.loads(fastdist("inspect", "chatty").stdout)
+    assert info["HostConfig"]["LogConfig"]["Config"] == {"max-size": "4096", "max-file": "2"}
+    assert fastdist("rm", "chatty").rc == 0
+    assert fastdist.leftovers() == CLEAN
+
+
 # --- publish ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("flags", "error"),
     [
         (("-d", "-p", "99999:80"), "port 99999 is not in 1-65535"),
         (("-d", "-p", "80"), "expected [IP:]HOST:CONTAINER"),
-        (("-d", "-p", "5353:53/udp"), "only tcp can be published"),
+        (("-d", "-p", "99999:80/udp"), "port 99999 is not in 1-65535"),
+        (("-d", "-p", "80:80/sctp"), "protocol 'sctp' is not tcp or udp"),
+        (("-d", "-p", "5353:53/udp", "-p", "5353:54/udp"), "5353/udp is published twice"),
         (("-d", "-p", "999.1.1.1:80:80"), "is not an IP address"),
         (("-d", "-p", "8080:80", "-p", "8080:81"), "is published twice"),
     ],
@@ -509,6 +532,95 @@ def test_published_port_reaches_a_server_on_the_containers_loopback(
             foreground.wait()
     with socket.socket() as probe:  # the host port is closed with the container
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+    assert fastdist.leftovers() == CLEAN
+
+
+# The host's python serves udp inside the container: busybox has no udp server applet. /usr and
+# the loader's directories are bound read-only; the server echoes each datagram to its sender.
+UDP_ECHO = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind(('127.0.0.1', 5353))\n"
+    "while True:\n"
+    "    data, peer = s.recvfrom(2048)\n"
+    "    s.sendto(b'echo:' + data, peer)\n"
+)
+HOST_PYTHON = ("-v", "/usr:/usr:ro", "-v", "/usr/lib:/lib:ro", "-v", "/usr/lib64:/lib64:ro")
+
+
+def _udp_echo(port: int) -> bytes:
+    """Send to the published udp port until the server in the container answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(0.5)  # a datagram sent before the server bound is lost: send again
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            client.sendto(b"ping", ("127.0.0.1", port))
+            try:
+                return client.recv(2048)
+            except (TimeoutError, ConnectionRefusedError):
+                continue
+    return b""
+
+
+@pytest.mark.parametrize("mode", ["-d", "--rm"])
+def test_published_udp_port_reaches_a_server_on_the_containers_loopback(
+    fastdist: FastdistCLI, img: str, mode: str
+) -> None:
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("needs the host's /usr/bin/python3 as the udp server")
+    from fastdist.testing.registry import free_port
+
+    port, second = free_port(), free_port()
+    while second == port:
+        second = free_port()
+    argv = ("run", mode, "-p", f"127.0.0.1:{port}:5353/udp", "--name", "dns", *HOST_PYTHON)
+    argv += ("-p", f"127.0.0.1:{second}:5353/udp")  # one container port, two host ports
+    argv += (img, "/usr/bin/python3", "-c", UDP_ECHO)
+    foreground = fastdist.popen(*argv) if mode == "--rm" else None
+    try:
+        if foreground is None:
+            r = fastdist(*argv)
+            assert r.rc == 0, r.stderr
+        assert _udp_echo(port) == b"echo:ping"
+        assert _udp_echo(second) == b"echo:ping"
+        info = json.loads(fastdist("inspect", "dns").stdout)
+        assert info["Ports"] == {
+            "5353/udp": [
+                {"HostIp": "127.0.0.1", "HostPort": str(port)},
+                {"HostIp": "127.0.0.1", "HostPort": str(second)},
+            ]
+        }
+        rows = [json.loads(line) for line in fastdist("ps", "--format", "json").stdout.splitlines()]
+        shown = f"127.0.0.1:{port}->5353/udp, 127.0.0.1:{second}->5353/udp"
+        assert [row["Ports"] for row in rows if row["ID"] == "dns"] == [shown]
+        assert shown in fastdist("ps").stdout
+        assert fastdist("stop", "-t", "1", "dns").rc == 0
+        if foreground is not None:
+            _, err = foreground.communicate(timeout=60)
+            assert foreground.returncode == 137, err  # python as PID 1 ignores TERM
+        else:
+            assert fastdist("rm", "dns").rc == 0
+    finally:
+        if foreground is not None and foreground.poll() is None:
+            foreground.kill()
+            foreground.wait()
+    for p in (port, second):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+            again.bind(("127.0.0.1", p))  # the host ports are released with the container
+    assert fastdist.leftovers() == CLEAN
+
+
+@pytest.mark.parametrize("mode", ["-d", "--rm"])
+def test_a_udp_port_in_use_is_named_and_nothing_is_created(
+    fastdist: FastdistCLI, img: str, mode: str
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        r = fastdist("run", mode, "-p", f"127.0.0.1:{port}:53/udp", img, "true")
+    assert r.rc != 0
+    assert f"error: cannot publish port 127.0.0.1:{port}/udp: Address already in use" in r.stderr
+    assert "\nhint: " in r.stderr
     assert fastdist.leftovers() == CLEAN
 
 

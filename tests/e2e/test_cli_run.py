@@ -66,11 +66,12 @@ def _poll(what: str, check: Callable[[], Result | None]) -> Result:
 
 
 def _ps(fastdist: FastdistCLI, *flags: str) -> dict[str, list[str]]:
-    """``fastdist ps`` rows by id: [IMAGE, COMMAND…, STATUS…, CREATED] split on whitespace."""
+    """``fastdist ps`` rows by id: [IMAGE, COMMAND…, STATUS…, CREATED…, PORTS…] split on
+    whitespace."""
     r = fastdist("ps", *flags)
     assert r.rc == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["ID", "IMAGE", "COMMAND", "STATUS", "CREATED"]
+    assert lines[0].split() == ["ID", "IMAGE", "COMMAND", "STATUS", "CREATED", "PORTS"]
     return {line.split()[0]: line.split()[1:] for line in lines[1:]}
 
 

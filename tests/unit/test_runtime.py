@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,14 @@ from fastdist.runtime import (
     UnknownUserError,
     WorkdirError,
     _LogWriter,
+    _PortForwarder,
+    _UdpClients,
     build_spec,
+    check_ports,
     host_devices,
     parse_cpus,
     parse_log_line,
+    parse_log_max_size,
     parse_memory,
     parse_pids_limit,
     parse_publish,
@@ -714,6 +720,71 @@ def test_log_records_keep_streams_lines_and_bytes(tmp_path: Path) -> None:
     assert all(e.time > 0 for e in entries)
 
 
+def test_the_log_rotates_at_its_cap_and_reads_back_whole_across_both_files(
+    tmp_path: Path,
+) -> None:
+    rt = Runtime(tmp_path / "store")
+    b = rt.prepare("chatty")
+    log = _LogWriter(b / "log", max_bytes=4096)
+    lines = [f"line {i:05d}\n".encode() for i in range(2000)]
+    for line in lines:
+        log.write("stdout" if len(line) % 2 else "stderr", line)
+    log.close()
+    sizes = [(b / name).stat().st_size for name in ("log", "log.1")]
+    assert all(0 < size <= 4096 for size in sizes), sizes  # each file within the cap
+    assert sum(sizes) > 4096  # both kept: the newest output in log, the one before in log.1
+    got = [e.data for e in rt.log_entries("chatty")]
+    assert got == lines[-len(got) :]  # a contiguous suffix, ending with the last line written
+    held = sum((b / name).read_bytes().count(b"\n") for name in ("log", "log.1"))
+    assert len(got) == held  # every record both files hold, read once
+    assert [e.data for e in rt.log_entries("chatty", tail=3)] == lines[-3:]
+    tail_all = [e.data for e in rt.log_entries("chatty", tail=len(got) + 5)]
+    assert tail_all == got  # tail reaches into log.1
+    # a restarted container's new writer appends and keeps counting from the file's size
+    again = _LogWriter(b / "log", max_bytes=4096)
+    again.write("stdout", b"after restart\n")
+    again.close()
+    assert (b / "log").stat().st_size <= 4096
+    assert [e.data for e in rt.log_entries("chatty", tail=1)] == [b"after restart\n"]
+
+
+def test_logs_follow_a_rotation_to_the_new_file_without_losing_lines(tmp_path: Path) -> None:
+    import fcntl
+
+    rt = Runtime(tmp_path / "store")
+    b = rt.prepare("chatty")
+    log = _LogWriter(b / "log", max_bytes=4096)
+    lock = os.open(b / "supervisor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # as a live supervisor holds it: follow goes on at EOF
+    lines = [f"line {i:05d}\n".encode() for i in range(90)]
+    try:
+        for line in lines[:10]:
+            log.write("stdout", line)
+        following = rt.log_entries("chatty", follow=True)
+        assert [next(following).data for _ in range(10)] == lines[:10]
+        for line in lines[10:]:  # ~65 records fit in 4 KiB: exactly one rotation
+            log.write("stdout", line)
+        assert (b / "log.1").exists()
+        assert [next(following).data for _ in range(80)] == lines[10:]
+    finally:
+        log.close()
+        fcntl.flock(lock, fcntl.LOCK_UN)  # the supervisor is gone: follow ends
+        os.close(lock)
+    assert list(following) == []
+
+
+@pytest.mark.parametrize(("text", "size"), [("10m", 10 << 20), ("1k", 1024), (4096, 4096)])
+def test_log_max_size_takes_docker_sizes(text: str | int, size: int) -> None:
+    assert parse_log_max_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["lots", "10x", "100", "0", "-1m", 5, ""])
+def test_bad_log_max_size_is_a_usage_error(bad: str | int) -> None:
+    with pytest.raises(InvalidRunOptionError, match="invalid --log-max-size") as e:
+        parse_log_max_size(bad)
+    assert e.value.hint
+
+
 def test_a_raw_log_line_reads_as_stdout() -> None:
     assert parse_log_line(b"plain text") == parse_log_line(b"plain text")
     entry = parse_log_line(b"plain text")
@@ -728,6 +799,9 @@ def test_a_raw_log_line_reads_as_stdout() -> None:
         ("8080:80", PortMapping("0.0.0.0", 8080, 80)),
         ("127.0.0.1:6379:6379/tcp", PortMapping("127.0.0.1", 6379, 6379)),
         ("[::1]:8443:443", PortMapping("::1", 8443, 443)),
+        ("5353:53/udp", PortMapping("0.0.0.0", 5353, 53, "udp")),
+        ("127.0.0.1:5353:53/UDP", PortMapping("127.0.0.1", 5353, 53, "udp")),
+        ("[::1]:5353:53/udp", PortMapping("::1", 5353, 53, "udp")),
     ],
 )
 def test_publish_follows_docker_syntax(text: str, mapping: PortMapping) -> None:
@@ -735,12 +809,121 @@ def test_publish_follows_docker_syntax(text: str, mapping: PortMapping) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["99999:80", "0:80", "80", "a:b", "1.2.3:80:80", "8080:80/udp", "8080:80/sctp", ""]
+    ("bad", "why"),
+    [
+        ("99999:80", "port 99999 is not in 1-65535"),
+        ("99999:80/udp", "port 99999 is not in 1-65535"),
+        ("0:80", "port 0 is not in 1-65535"),
+        ("80", "expected [IP:]HOST:CONTAINER"),
+        ("a:b", "expected [IP:]HOST:CONTAINER"),
+        ("1.2.3:80:80", "is not an IP address"),
+        ("8080:80/sctp", "protocol 'sctp' is not tcp or udp"),
+        ("8080:80/", "protocol '' is not tcp or udp"),
+        ("8080:80/udp/tcp", "protocol 'udp/tcp' is not tcp or udp"),
+        ("", "expected [IP:]HOST:CONTAINER"),
+    ],
 )
-def test_bad_publish_specs_are_usage_errors(bad: str) -> None:
+def test_bad_publish_specs_are_usage_errors(bad: str, why: str) -> None:
     with pytest.raises(InvalidRunOptionError, match="invalid --publish") as e:
         parse_publish(bad)
+    assert why in e.value.message
     assert e.value.hint
+
+
+def test_published_ports_print_as_docker_ps_does() -> None:
+    assert str(PortMapping("127.0.0.1", 8080, 80)) == "127.0.0.1:8080->80/tcp"
+    assert str(PortMapping("::1", 5353, 53, "udp")) == "[::1]:5353->53/udp"
+
+
+def test_check_ports_names_a_udp_port_in_use_and_keeps_tcp_and_udp_apart() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(ContainerRunError, match=re.escape(f"port 127.0.0.1:{port}/udp: ")) as e:
+            check_ports([PortMapping("127.0.0.1", port, 53, "udp")])
+        assert e.value.hint
+    with pytest.raises(
+        InvalidRunOptionError, match=re.escape("127.0.0.1:1/udp is published twice")
+    ):
+        check_ports(
+            [PortMapping("127.0.0.1", 1, 53, "udp"), PortMapping("127.0.0.1", 1, 54, "udp")]
+        )
+    # the same number over tcp and udp are two ports (docker publishes 53/tcp and 53/udp apart)
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", 0))
+        port = tcp.getsockname()[1]
+        udp.bind(("127.0.0.1", port))
+    check_ports(
+        [PortMapping("127.0.0.1", port, 53, "tcp"), PortMapping("127.0.0.1", port, 53, "udp")]
+    )
+
+
+def test_udp_clients_evict_the_least_recently_used_past_the_bound_and_expire_idle_ones() -> None:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    try:
+        clients = _UdpClients(idle=90.0, max_clients=2)
+        assert clients.next_expiry(0.0) is None
+        assert clients.add(("10.0.0.1", 1), socks[0], 0.0) is None
+        assert clients.add(("10.0.0.2", 2), socks[1], 1.0) is None
+        assert clients.get(("10.0.0.1", 1), 2.0) is socks[0]  # now the most recently used
+        assert clients.add(("10.0.0.3", 3), socks[2], 3.0) is socks[1]  # .2 was the oldest
+        assert clients.get(("10.0.0.2", 2), 3.0) is None
+        assert len(clients) == 2
+        assert clients.touch(socks[2], 50.0) == ("10.0.0.3", 3)  # a reply keeps it alive
+        assert clients.touch(socks[1], 50.0) is None  # an evicted socket maps to nobody
+        assert clients.next_expiry(60.0) == pytest.approx(32.0)  # .1, last used at 2.0
+        assert clients.expire(91.0) == []  # 89 s idle: kept
+        assert clients.expire(92.0) == [socks[0]]
+        assert clients.expire(139.0) == []
+        assert clients.expire(140.0) == [socks[2]]
+        assert len(clients) == 0
+        assert clients.sockets() == []
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setns needs CAP_SYS_ADMIN")
+def test_udp_forwarder_relays_each_client_through_its_own_bounded_mapping() -> None:
+    # The forwarder enters this process's own network namespace (setns needs root even so),
+    # where a udp "container" server answers each datagram with the port it came from.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(30)
+        mapping = PortMapping("127.0.0.1", 0, server.getsockname()[1], "udp")
+        host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        host.bind(("127.0.0.1", 0))
+        host_port = host.getsockname()[1]
+        forwarder = _PortForwarder([(mapping, host)], udp_max_clients=2)
+        forwarder.enter(os.getpid())
+        forwarder.start()
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+
+        def round_trip(c: socket.socket) -> int:
+            """The container-side port ``c``'s datagram came from; checks the reply."""
+            c.sendto(b"ping", ("127.0.0.1", host_port))
+            data, peer = server.recvfrom(100)
+            assert data == b"ping"
+            server.sendto(str(peer[1]).encode(), peer)
+            assert c.recv(100) == str(peer[1]).encode()  # the reply found its client
+            return int(peer[1])
+
+        try:
+            for c in clients:
+                c.settimeout(30)
+            first = [round_trip(c) for c in clients[:2]]
+            assert first[0] != first[1]  # one container-side socket per client
+            assert round_trip(clients[0]) == first[0]  # kept while in use; now .1 is newest
+            third = round_trip(clients[2])  # past the bound: client 1, least recently used, goes
+            assert third not in first
+            assert round_trip(clients[0]) == first[0]  # client 0 kept its mapping
+            assert round_trip(clients[1]) not in first  # client 1 got a new one
+        finally:
+            forwarder.close()
+            for c in clients:
+                c.close()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+            again.bind(("127.0.0.1", host_port))  # close() released the host port
 
 
 def test_restart_policies_follow_docker() -> None:

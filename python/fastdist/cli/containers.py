@@ -100,8 +100,15 @@ def add_commands(sub: Any) -> None:
         "--publish",
         action="append",
         default=[],
-        metavar="[IP:]HOST:CONTAINER",
-        help="relay a host TCP port to a port on the container's loopback (default: none)",
+        metavar="[IP:]HOST:CONTAINER[/tcp|udp]",
+        help="relay a host TCP (default) or UDP port to a port on the container's loopback "
+        "(default: none)",
+    )
+    sp.add_argument(
+        "--log-max-size",
+        metavar="SIZE",
+        help="with -d: cap the log file at SIZE (e.g. 10m); when full it becomes the one older "
+        "file kept, so the log takes at most twice SIZE (default: 20m)",
     )
     sp.add_argument(
         "--restart",
@@ -167,7 +174,7 @@ def add_commands(sub: Any) -> None:
         "ps",
         help="list containers",
         description="List containers: id, image, command, status (with the exit status of a "
-        "stopped one) and age.",
+        "stopped one), age and published ports.",
     )
     sp.add_argument(
         "-a", "--all", action="store_true", help="include stopped containers (default: running)"
@@ -443,6 +450,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             memory=args.memory,
             cpus=args.cpus,
             pids_limit=args.pids_limit,
+            log_max_size=args.log_max_size,
             publish=args.publish,
             restart=args.restart,
         )
@@ -478,16 +486,18 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 "Status": c.status,
                 "ExitCode": c.exit_code,
                 "Created": c.created,
+                "Ports": ", ".join(str(p) for p in c.ports),
             }
             print(json.dumps(row))
         return 0
-    rows = [("ID", "IMAGE", "COMMAND", "STATUS", "CREATED")]
+    rows = [("ID", "IMAGE", "COMMAND", "STATUS", "CREATED", "PORTS")]
     now = time.time()
     for c in containers:
         status = c.status if c.exit_code is None else f"{c.status} ({c.exit_code})"
         cmd = " ".join(c.command)
         cmd = cmd if len(cmd) <= 40 else cmd[:39] + "…"  # docker's ps truncation mark
-        rows.append((c.id, c.image, cmd, status, _ago(now - c.created)))
+        ports = ", ".join(str(p) for p in c.ports)
+        rows.append((c.id, c.image, cmd, status, _ago(now - c.created), ports))
     _table(rows)
     return 0
 
