@@ -80,6 +80,9 @@ def _make_dirs(path: Path) -> os.stat_result:
         try:
             os.mkdir(d, DIR_MODE)
         except FileExistsError:
+            if not os.path.lexists(d):
+                # It existed and is gone again (removed by a concurrent pull): make it again.
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(d)) from None
             if not d.is_dir():
                 raise
     return os.lstat(path)

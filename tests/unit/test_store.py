@@ -218,3 +218,28 @@ def test_ensure_dir_makes_again_a_directory_removed_under_it(
     assert store.ensure_dir(target) == target
     assert target.is_dir()
     assert len(calls) == 2
+
+
+def test_ensure_dir_makes_again_a_directory_removed_after_mkdir_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mkdir says "exists", and the other pull removes it before we look: make it again.
+    from fastdist import store
+
+    target = tmp_path / "ingest" / "abc"
+    target.parent.mkdir()
+    real_mkdir = os.mkdir
+    raced: list[bool] = []
+
+    def exists_then_gone(path: object, mode: int = 0o777, **kw: object) -> None:
+        if Path(str(path)) == target and not raced:
+            raced.append(True)
+            real_mkdir(target, mode)
+            target.rmdir()
+            raise FileExistsError(17, "File exists", str(path))
+        real_mkdir(path, mode)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.os, "mkdir", exists_then_gone)
+    assert store.ensure_dir(target) == target
+    assert target.is_dir()
+    assert raced == [True]
