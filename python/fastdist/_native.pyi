@@ -70,6 +70,8 @@ class LayerResult:
     compressed_size: int
     uncompressed_size: int
     entries: int
+    # The layer's file manifest with xxh3-128 fingerprints (text; rust/src/manifest.rs).
+    manifest: bytes
 
 @final
 class LayerWriter:

@@ -5,6 +5,9 @@ Layout under ``<root>/snapshots/<name>/`` (containerd's snapshotter model, desig
     layers/<chain hex>/fs          a committed layer (overlayfs: that layer's diff; native: the
     layers/<chain hex>/info.json   whole flattened tree); info records parent and link id
     layers/<chain hex>/usage       its du in bytes, cached on first request (usage())
+    layers/<chain hex>/manifest    what the applier wrote into that layer, with xxh3-128
+                                   fingerprints of the files (rust/src/manifest.rs); written
+                                   into staging, so it appears with the layer by the same rename
     staging/<random>/fs            an unpack in progress, renamed into layers/ on commit
     staging/<random>.lock          held by the live owner, so a sweep can tell leftovers apart
     active/<key>/...               a container's writable snapshot (overlay upper+work, or a copy)
@@ -53,6 +56,7 @@ _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _LINK_RE = re.compile(r"[a-z0-9]{10}")
 _MNT_DETACH = 2
 _USAGE_FILE = "usage"
+MANIFEST_FILE = "manifest"
 
 
 def _hex(chain_id: Digest) -> str:
@@ -74,6 +78,8 @@ class Staging:
     dir: Path
     path: Path
     _lock: FileLock = field(repr=False)
+    # The applier's file manifest for this layer, committed beside ``fs`` (``MANIFEST_FILE``).
+    manifest: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,16 @@ class Snapshotter(ABC):
         if not isinstance(info, dict):
             raise StoreError(f"snapshot {chain_id}: info.json is corrupt")
         return info
+
+    def manifest(self, chain_id: Digest) -> bytes | None:
+        """The committed layer's file manifest, or None for a layer committed without one (by
+        an older fastdist)."""
+        try:
+            return (self.layer_dir(chain_id) / MANIFEST_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"snapshot {chain_id}: cannot read its manifest: {e.strerror}") from e
 
     def parent(self, chain_id: Digest) -> Digest | None:
         p = self._info(chain_id).get("parent")
@@ -228,6 +244,8 @@ class Snapshotter(ABC):
             try:
                 if self.sync:
                     _syncfs(staging.dir)  # the files must be on disk before the rename is
+                if staging.manifest is not None:
+                    write_file_atomic(staging.dir / MANIFEST_FILE, staging.manifest)
                 write_file_atomic(staging.dir / "info.json", json.dumps(info).encode())
                 os.rename(staging.dir, self.layer_dir(chain_id))
                 fsync_dir(self.layers_dir)

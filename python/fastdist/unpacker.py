@@ -89,6 +89,7 @@ class LayerSink:
             raise
         self._state = "finished"
         self.result = result
+        self.staging.manifest = result.manifest
         return result
 
     def commit(self) -> None:
@@ -205,6 +206,7 @@ class Unpacker:
         except BaseException:
             self.snapshotter.abort(staging)
             raise
+        staging.manifest = result.manifest
         return LayerSink(self.snapshotter, staging, None, None, desc, result)
 
     def unpack_blob(

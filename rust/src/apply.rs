@@ -21,9 +21,11 @@ use std::thread::JoinHandle;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode as FsMode, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
+use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::limits::Limits;
+use crate::manifest::{self, HashingWriter, Manifest, RecordKind};
 use crate::safepath::{self, normalize, split_parent, Root};
 use crate::tar::{EntryMeta, Kind, TarReader};
 
@@ -47,12 +49,14 @@ pub struct ApplyOptions {
 }
 
 /// What one `apply_tar` call did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyStats {
     /// Tar entries (metadata records not counted).
     pub entries: u64,
     /// Tar bytes consumed, including padding and the trailer.
     pub bytes: u64,
+    /// The layer's file manifest with xxh3-128 fingerprints (text form: see `manifest`).
+    pub manifest: Vec<u8>,
 }
 
 const WH_PREFIX: &[u8] = b".wh.";
@@ -90,6 +94,7 @@ pub fn apply_tar<R: Read>(tar: R, dest: &Path, opts: &ApplyOptions) -> Result<Ap
         finisher: Finisher::default(),
         deferred: Vec::new(),
         layer_paths: HashSet::new(),
+        manifest: Manifest::default(),
         path: Vec::new(),
         link: Vec::new(),
     };
@@ -101,6 +106,7 @@ pub fn apply_tar<R: Read>(tar: R, dest: &Path, opts: &ApplyOptions) -> Result<Ap
     Ok(ApplyStats {
         entries: reader.entries(),
         bytes: reader.consumed(),
+        manifest: applier.manifest.serialize(),
     })
 }
 
@@ -125,6 +131,8 @@ struct Applier<'a> {
     /// Flatten mode: paths this layer created or wrote beneath (with all their ancestors), so
     /// that an opaque marker or whiteout only removes what came from lower layers.
     layer_paths: HashSet<Vec<u8>>,
+    /// What this layer wrote, in order, with the files' fingerprints.
+    manifest: Manifest,
     /// Scratch: the current entry's normalised path and link target.
     path: Vec<u8>,
     link: Vec<u8>,
@@ -261,7 +269,9 @@ impl<'a> Applier<'a> {
                 .map_err(|e| io_err("open root", meta, e))?;
             let r = self.dir_metadata(dir.fd.as_fd(), meta, b"");
             self.put_dir(dir);
-            return r;
+            r?;
+            self.record(RecordKind::Dir, b"", meta, b"");
+            return Ok(());
         }
         let (parent, name) = split_parent(path);
         if parent
@@ -290,14 +300,14 @@ impl<'a> Applier<'a> {
             // general path below creates the parents, replaces, or reports the error.
             let perm = self.create_perm(meta)?;
             if let Some(fd) = self.root.create_file(path, FsMode::from_raw_mode(perm)) {
-                return self.fill_regular(reader, meta, fd, perm);
+                return self.fill_regular(reader, meta, fd, perm, path);
             }
         }
         let pdir = self
             .take_dir(parent, true)
             .map_err(|e| io_err("open parent directory", meta, e))?;
         let res = match kind {
-            Kind::Regular => self.regular(reader, meta, pdir.fd.as_fd(), name),
+            Kind::Regular => self.regular(reader, meta, pdir.fd.as_fd(), path, name),
             Kind::Dir => self.directory(meta, pdir.fd.as_fd(), path, name),
             Kind::Symlink => self.symlink(meta, pdir.fd.as_fd(), name),
             Kind::HardLink => self.hardlink(meta, pdir.fd.as_fd(), path, name),
@@ -305,10 +315,48 @@ impl<'a> Applier<'a> {
         };
         self.put_dir(pdir);
         res?;
+        let recorded = match kind {
+            Kind::Regular => None, // recorded by `fill_regular`, with its fingerprint
+            Kind::Dir => Some(RecordKind::Dir),
+            Kind::Symlink => Some(RecordKind::Symlink),
+            Kind::HardLink => Some(RecordKind::HardLink),
+            Kind::Fifo => Some(RecordKind::Fifo),
+            // Unprivileged, device nodes are skipped (`special`).
+            Kind::Char | Kind::Block if !self.opts.preserve_owner => None,
+            Kind::Char => Some(RecordKind::Char),
+            Kind::Block => Some(RecordKind::Block),
+        };
+        if let Some(rk) = recorded {
+            let link = std::mem::take(&mut self.link);
+            let target: &[u8] = match rk {
+                RecordKind::Symlink => &meta.link,
+                RecordKind::HardLink => &link, // the normalised target, a path of the tree
+                _ => b"",
+            };
+            self.record(rk, path, meta, target);
+            self.link = link;
+        }
         if self.opts.mode == Mode::Flatten && !self.layer_paths.contains(path.as_slice()) {
             self.layer_paths.insert(path.clone());
         }
         Ok(())
+    }
+
+    // ---- the manifest ------------------------------------------------------------------
+
+    /// The owner a new entry ends up with: its own ids when they are applied, else ours.
+    fn owner(&self, meta: &EntryMeta) -> (u32, u32) {
+        if self.opts.preserve_owner {
+            if let Ok((uid, gid)) = uid_gid(meta) {
+                return (uid.as_raw(), gid.as_raw());
+            }
+        }
+        self.ids
+    }
+
+    fn record(&mut self, kind: RecordKind, path: &[u8], meta: &EntryMeta, link: &[u8]) -> usize {
+        let owner = self.owner(meta);
+        self.manifest.push(kind, path, meta, owner, link)
     }
 
     // ---- directory fd cache ------------------------------------------------------------
@@ -392,35 +440,46 @@ impl<'a> Applier<'a> {
         reader: &mut TarReader<R>,
         meta: &EntryMeta,
         dir: BorrowedFd<'_>,
+        path: &[u8],
         name: &[u8],
     ) -> Result<()> {
         let perm = self.create_perm(meta)?;
         let fd = self
             .create_replacing(dir, name, || safepath::create_file(dir, name, perm))
             .map_err(|e| io_err("create file", meta, e))?;
-        self.fill_regular(reader, meta, fd, perm)
+        self.fill_regular(reader, meta, fd, perm, path)
     }
 
     /// Write a new regular file's data, then finish it (`finish_file`). A small file is
     /// handed whole to the finisher thread, which does everything after the create; so the
-    /// applier's own thread, which must keep the layer's order, only creates names.
+    /// applier's own thread, which must keep the layer's order, only creates names. The
+    /// data is fingerprinted (xxh3-128) by whoever writes it, as it is written: the finisher
+    /// reports a small file's fingerprint back by its manifest record's index.
     fn fill_regular<R: Read>(
         &mut self,
         reader: &mut TarReader<R>,
         meta: &EntryMeta,
         fd: OwnedFd,
         created_perm: u32,
+        path: &[u8],
     ) -> Result<()> {
         let mut file = File::from(fd);
+        let slot = self.record(RecordKind::File, path, meta, b"");
         if meta.size <= OFFLOAD_MAX_DATA && self.finisher.has_room() {
             let mut data = Vec::with_capacity(meta.size as usize);
             reader.copy_data(&mut data)?;
-            let job = FileJob::new(file, data, meta.clone(), created_perm);
+            let job = FileJob::new(file, data, meta.clone(), created_perm, slot);
             return self.finisher.submit(job, self.opts.preserve_owner);
         }
+        let mut hashing = HashingWriter {
+            inner: &mut file,
+            hasher: Xxh3::new(),
+        };
         if meta.size > 0 {
-            reader.copy_data(&mut file)?;
+            reader.copy_data(&mut hashing)?;
         }
+        let xxh3 = hashing.hasher.digest128();
+        self.manifest.set_xxh3(slot, xxh3);
         finish_file(&file, meta, created_perm, self.opts.preserve_owner)
     }
 
@@ -636,6 +695,13 @@ impl<'a> Applier<'a> {
                 "unknown .wh..wh. marker",
             ));
         }
+        let mut whited = Vec::with_capacity(parent.len() + 1 + target.len());
+        whited.extend_from_slice(parent);
+        if !parent.is_empty() {
+            whited.push(b'/');
+        }
+        whited.extend_from_slice(target);
+        self.record(RecordKind::Whiteout, &whited, meta, b"");
         match self.opts.mode {
             Mode::Layer => {
                 let pfd = self
@@ -706,6 +772,7 @@ impl<'a> Applier<'a> {
         let pfd = self
             .take_dir(parent, true)
             .map_err(|e| io_err("open opaque directory", meta, e))?;
+        self.record(RecordKind::Opaque, parent, meta, b"");
         let r = match self.opts.mode {
             Mode::Layer => safepath::set_xattr(pfd.fd.as_fd(), OVERLAY_OPAQUE.as_bytes(), b"y")
                 .map_err(|e| io_err("set trusted.overlay.opaque", meta, e)),
@@ -725,6 +792,9 @@ impl<'a> Applier<'a> {
     fn finish(&mut self) -> Result<()> {
         // Every file written and finished before the directories' modes and times.
         self.finisher.join(self.opts.preserve_owner)?;
+        for (slot, xxh3) in std::mem::take(&mut self.finisher.done) {
+            self.manifest.set_xxh3(slot, xxh3);
+        }
         if self.cache_dirty {
             self.cache.clear();
             self.cache_dirty = false;
@@ -816,7 +886,7 @@ fn set_xattrs(target: XattrTarget<'_>, meta: &EntryMeta, non_regular: bool) -> R
     }
     for (key, value) in &meta.xattrs {
         // Overlay metadata in a layer would be honoured by overlayfs: never apply it.
-        if key.starts_with(b"trusted.overlay.") || key.starts_with(b"user.overlay.") {
+        if !manifest::applied_xattr(key) {
             continue;
         }
         let r = match target {
@@ -855,6 +925,9 @@ const OFFLOAD_QUEUE: usize = 4;
 const OFFLOAD_OPEN_MAX: usize = 256;
 static OFFLOAD_OPEN: AtomicUsize = AtomicUsize::new(0);
 
+/// A finished small file's manifest slot and the xxh3-128 of its data.
+type Fingerprint = (usize, u128);
+
 /// A created regular file, open, with its data, to finish off the applier's thread. Counted in
 /// `OFFLOAD_OPEN` from creation to drop, whether it was finished or discarded.
 struct FileJob {
@@ -862,27 +935,33 @@ struct FileJob {
     data: Vec<u8>,
     meta: EntryMeta,
     created_perm: u32,
+    /// The index of the file's manifest record.
+    slot: usize,
 }
 
 impl FileJob {
-    fn new(file: File, data: Vec<u8>, meta: EntryMeta, created_perm: u32) -> Self {
+    fn new(file: File, data: Vec<u8>, meta: EntryMeta, created_perm: u32, slot: usize) -> Self {
         OFFLOAD_OPEN.fetch_add(1, Ordering::Relaxed);
         FileJob {
             file,
             data,
             meta,
             created_perm,
+            slot,
         }
     }
 
-    fn run(&mut self, preserve_owner: bool) -> Result<()> {
+    /// Write and finish the file; its manifest slot and the fingerprint of what was written.
+    fn run(&mut self, preserve_owner: bool) -> Result<Fingerprint> {
         use std::io::Write;
         if !self.data.is_empty() {
             self.file
                 .write_all(&self.data)
                 .map_err(|e| io_err("write", &self.meta, e))?;
         }
-        finish_file(&self.file, &self.meta, self.created_perm, preserve_owner)
+        let xxh3 = xxh3_128(&self.data);
+        finish_file(&self.file, &self.meta, self.created_perm, preserve_owner)?;
+        Ok((self.slot, xxh3))
     }
 }
 
@@ -904,8 +983,10 @@ struct Finisher {
     batch: Vec<FileJob>,
     batch_bytes: usize,
     tx: Option<SyncSender<Vec<FileJob>>>,
-    thread: Option<JoinHandle<Result<()>>>,
+    thread: Option<JoinHandle<Result<Vec<Fingerprint>>>>,
     failed: Arc<AtomicBool>,
+    /// Fingerprints of the finished files, by manifest slot (filled in by `join`).
+    done: Vec<Fingerprint>,
 }
 
 impl Finisher {
@@ -963,20 +1044,25 @@ impl Finisher {
                 // Never started (fewer files than a batch): finish them here.
                 None => {
                     for mut job in rest {
-                        job.run(preserve_owner)?;
+                        let fingerprint = job.run(preserve_owner)?;
+                        self.done.push(fingerprint);
                     }
                 }
             }
         }
         self.tx = None; // the thread drains the queue and ends
         match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or_else(|_| {
-                Err(Error::io(
-                    "finish files",
-                    "fastdist-files",
-                    io::Error::other("the thread panicked"),
-                ))
-            }),
+            Some(thread) => {
+                let done = thread.join().unwrap_or_else(|_| {
+                    Err(Error::io(
+                        "finish files",
+                        "fastdist-files",
+                        io::Error::other("the thread panicked"),
+                    ))
+                })?;
+                self.done.extend(done);
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -998,19 +1084,23 @@ fn finisher_main(
     rx: Receiver<Vec<FileJob>>,
     failed: Arc<AtomicBool>,
     preserve_owner: bool,
-) -> Result<()> {
+) -> Result<Vec<Fingerprint>> {
+    let mut done = Vec::new();
     for batch in rx {
         for mut job in batch {
             if failed.load(Ordering::Relaxed) {
-                return Ok(()); // the applier gave up: discard the rest
+                return Ok(done); // the applier gave up: discard the rest
             }
-            if let Err(e) = job.run(preserve_owner) {
-                failed.store(true, Ordering::Relaxed);
-                return Err(e);
+            match job.run(preserve_owner) {
+                Ok(fingerprint) => done.push(fingerprint),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
         }
     }
-    Ok(())
+    Ok(done)
 }
 
 /// Opaque directory in Flatten mode: remove everything below `dir` (at normalised `prefix`)

@@ -5,6 +5,7 @@ pub mod decompress;
 pub mod digest;
 pub mod error;
 pub mod limits;
+pub mod manifest;
 pub mod pipeline;
 mod py;
 pub mod safepath;

@@ -2,7 +2,7 @@
 //! release, and `Error` → the classes of `fastdist.errors` (python/fastdist/_native.pyi).
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -232,6 +232,9 @@ struct PyLayerResult {
     compressed_size: u64,
     uncompressed_size: u64,
     entries: u64,
+    /// The layer's file manifest (text, see rust/src/manifest.rs); empty when nothing was
+    /// applied (a diff_id-only pass).
+    manifest: Py<PyBytes>,
 }
 
 #[pymethods]
@@ -245,17 +248,23 @@ impl PyLayerResult {
     }
 }
 
-impl From<LayerOutcome> for PyLayerResult {
-    fn from(o: LayerOutcome) -> Self {
+impl PyLayerResult {
+    fn new(py: Python<'_>, o: LayerOutcome, manifest: &ManifestSlot) -> Self {
+        let manifest = std::mem::take(&mut *manifest.lock().unwrap_or_else(|p| p.into_inner()));
         Self {
             digest: o.digest,
             diff_id: o.diff_id,
             compressed_size: o.compressed_size,
             uncompressed_size: o.uncompressed_size,
             entries: o.entries,
+            manifest: PyBytes::new(py, &manifest).unbind(),
         }
     }
 }
+
+/// Where the applier leaves the layer's manifest for the result (it runs on the pipeline's
+/// thread, which only returns the entry count).
+type ManifestSlot = Arc<Mutex<Vec<u8>>>;
 
 /// The arguments shared by `LayerWriter` and `apply_layer`.
 struct LayerArgs {
@@ -305,14 +314,19 @@ fn layer_args(
     })
 }
 
-/// The tar sink that applies under `dest`.
-fn applier(dest: PathBuf, opts: ApplyOptions) -> impl pipeline::TarSink {
-    move |tar: &mut TarStream| apply::apply_tar(tar, &dest, &opts).map(|s| s.entries)
+/// The tar sink that applies under `dest`, leaving the manifest in `slot`.
+fn applier(dest: PathBuf, opts: ApplyOptions, slot: ManifestSlot) -> impl pipeline::TarSink {
+    move |tar: &mut TarStream| {
+        let stats = apply::apply_tar(tar, &dest, &opts)?;
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = stats.manifest;
+        Ok(stats.entries)
+    }
 }
 
 #[pyclass(module = "fastdist._native", name = "LayerWriter", frozen)]
 struct PyLayerWriter {
     inner: Mutex<pipeline::LayerWriter>,
+    manifest: ManifestSlot,
 }
 
 #[pymethods]
@@ -353,12 +367,14 @@ impl PyLayerWriter {
             limits,
             preserve_owner,
         )?;
-        let sink = applier(a.dest, a.opts);
+        let manifest = ManifestSlot::default();
+        let sink = applier(a.dest, a.opts, Arc::clone(&manifest));
         let spec = a.spec;
         let writer =
             py.detach(move || pipeline::LayerWriter::new(spec, tee_path.as_deref(), sink))?;
         Ok(Self {
             inner: Mutex::new(writer),
+            manifest,
         })
     }
 
@@ -377,7 +393,8 @@ impl PyLayerWriter {
     fn finish(&self, py: Python<'_>) -> PyResult<PyLayerResult> {
         let mut w = lock(&self.inner, "LayerWriter")?;
         let w: &mut pipeline::LayerWriter = &mut w;
-        Ok(py.detach(|| w.finish())?.into())
+        let outcome = py.detach(|| w.finish())?;
+        Ok(PyLayerResult::new(py, outcome, &self.manifest))
     }
 
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
@@ -424,11 +441,11 @@ fn apply_layer(
         limits,
         preserve_owner,
     )?;
-    let sink = applier(a.dest, a.opts);
+    let manifest = ManifestSlot::default();
+    let sink = applier(a.dest, a.opts, Arc::clone(&manifest));
     let spec = a.spec;
-    Ok(py
-        .detach(move || pipeline::apply_blob(&blob_path, &spec, sink))?
-        .into())
+    let outcome = py.detach(move || pipeline::apply_blob(&blob_path, &spec, sink))?;
+    Ok(PyLayerResult::new(py, outcome, &manifest))
 }
 
 #[pyfunction]
