@@ -8,6 +8,7 @@ right status and no effect on the store."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -400,6 +402,55 @@ def test_connections_over_the_cap_get_503(served: Served) -> None:
         server.stop()
 
 
+def _open_fds() -> dict[str, str]:
+    """This process's open fds and what each is (the listing's own fd is gone at readlink)."""
+    out = {}
+    for n in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out[n] = os.readlink(f"/proc/self/fd/{n}")
+    return out
+
+
+def test_a_thousand_connections_over_a_small_cap_get_503_and_leak_nothing(
+    served: Served,
+) -> None:
+    threads_before = threading.active_count()
+    fds_before = _open_fds()
+    # Held connections stay held however long the flood takes (no idle or head cut-off).
+    server = _start(served.client, max_connections=4, head_timeout=600.0, idle_timeout=600.0)
+    host, port = server.address.rsplit(":", 1)
+    held = [socket.create_connection((host, int(port)), timeout=30) for _ in range(4)]
+    # Every held connection is admitted (its thread answers) before the flood starts.
+    for s in held:
+        s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(1000):  # all open at once before any is read
+            flood.append(socket.create_connection((host, int(port)), timeout=30))
+        statuses = []
+        for s in flood:
+            out = b""
+            while chunk := s.recv(65536):  # the server closes each: a timeout fails the test
+                out += chunk
+            statuses.append(_status(out))
+            s.close()
+        assert statuses == [503] * 1000
+        # The server keeps answering, on the held connections and (one freed) a new one.
+        held[0].sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert held[0].recv(65536).startswith(b"HTTP/1.1 200")
+        held.pop().close()
+        out = _raw(server, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        # The freed slot may still be held by the closing thread: 200 or 503, never a hang.
+        assert _status(out) in (200, 503)
+    finally:
+        for s in held + flood:
+            s.close()
+        server.stop()
+    assert _open_fds() == fds_before
+    assert threading.active_count() == threads_before
+
+
 def test_pipelined_keep_alive_requests_are_answered_in_order(served: Served) -> None:
     req = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
     out = _raw(served.server, req + req + b"GET /v2/ HTTP/1.1\r\nConnection: close\r\n\r\n")
@@ -783,3 +834,42 @@ def test_pull_conformance_matches_the_reference_registry(served: Served, target:
         assert _code(r) in code.split("|"), (target, path)
     t = requests.get(f"{base}/v2/{served.path}/tags/list")
     assert t.json() == {"name": served.path, "tags": ["v1"]}
+
+
+# --- podman --------------------------------------------------------------------------------------
+def test_podman_pulls_from_fastdist_serve_with_the_same_tree(
+    served: Served, tmp_path: Path
+) -> None:
+    if shutil.which("podman") is None:
+        if os.environ.get("CI"):
+            pytest.fail("podman is needed (scripts/setup.sh installs it)")
+        pytest.skip("podman not installed")
+    if os.geteuid() != 0:
+        pytest.skip("podman's private store here needs root")
+    root = tmp_path / "podman-root"
+    runroot = Path(tempfile.mkdtemp(prefix="fd-podman-"))  # podman wants it under 50 chars
+    base = ["podman", "--root", str(root), "--runroot", str(runroot), "--storage-driver", "vfs"]
+
+    def podman(*args: str) -> str:
+        out = subprocess.run(
+            [*base, *args], capture_output=True, text=True, check=False, timeout=300
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    ref = f"{served.server.address}/{served.path}:v1"
+    try:
+        podman("pull", "-q", "--tls-verify=false", f"docker://{ref}")
+        mount = Path(podman("image", "mount", ref).strip())
+        theirs = tree_snapshot(mount)
+        ours = tree_snapshot(
+            served.client.unpack(f"{served.upstream}/{served.path}:v1", tmp_path / "ours")
+        )
+        theirs.pop(".", None)
+        ours.pop(".", None)
+        assert {k: v[:6] for k, v in ours.items()} == {k: v[:6] for k, v in theirs.items()}
+    finally:
+        subprocess.run(
+            [*base, "image", "unmount", "--all"], capture_output=True, check=False, timeout=120
+        )
+        shutil.rmtree(runroot, ignore_errors=True)
