@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fastdist.client import Client
-from fastdist.errors import RegistryError
+from fastdist.errors import AuthenticationError, RegistryError
 from fastdist.progress import Phase, ProgressEvent
 from fastdist.testing.images import (
     Dir,
@@ -138,3 +138,57 @@ def test_push_that_fails_midway_leaves_no_tag(
     with pytest.raises(RegistryError) as e:
         fresh.pull(dest)
     assert e.value.status == 404
+
+
+@pytest.fixture
+def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "docker"
+    monkeypatch.setenv("DOCKER_CONFIG", str(d))
+    return d / "config.json"
+
+
+def test_push_with_htpasswd_auth_after_login(
+    src_ref: str, tmp_path: Path, docker_config: Path
+) -> None:
+    if shutil.which("htpasswd") is None or shutil.which("skopeo") is None:
+        pytest.skip("needs htpasswd (apache2-utils) and skopeo")
+    from fastdist.testing.registry import LocalRegistry
+
+    client = Client(tmp_path / "store", snapshotter="native")
+    img = client.pull(src_ref)
+    with LocalRegistry(users={"alice": "s3cret"}) as reg:
+        dest = f"{reg.host}/it/auth-push:v1"
+        with pytest.raises(RegistryError):  # no credentials yet: the registry refuses the push
+            client.push(src_ref, dest)
+        with pytest.raises(AuthenticationError):
+            client.login(reg.host, "alice", "wrong")
+        assert not docker_config.exists()  # a refused login saves nothing
+        assert client.login(reg.host, "alice", "s3cret") == str(docker_config)
+        rep = client.push(src_ref, dest)
+        assert set(rep.uploaded) == {img.record.config_digest, *img.record.layer_digests}
+        out = subprocess.run(
+            [
+                "skopeo",
+                "inspect",
+                "--tls-verify=false",
+                "--creds",
+                "alice:s3cret",
+                "--format",
+                "{{.Digest}}",
+                f"docker://{dest}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == img.record.manifest_digest == rep.digest
+        anon = subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--no-creds", f"docker://{dest}"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert anon.returncode != 0  # the registry really asks for the password

@@ -8,6 +8,7 @@ right status and no effect on the store."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -784,3 +786,42 @@ def test_pull_conformance_matches_the_reference_registry(served: Served, target:
         assert _code(r) in code.split("|"), (target, path)
     t = requests.get(f"{base}/v2/{served.path}/tags/list")
     assert t.json() == {"name": served.path, "tags": ["v1"]}
+
+
+# --- podman --------------------------------------------------------------------------------------
+def test_podman_pulls_from_fastdist_serve_with_the_same_tree(
+    served: Served, tmp_path: Path
+) -> None:
+    if shutil.which("podman") is None:
+        if os.environ.get("CI"):
+            pytest.fail("podman is needed (scripts/setup.sh installs it)")
+        pytest.skip("podman not installed")
+    if os.geteuid() != 0:
+        pytest.skip("podman's private store here needs root")
+    root = tmp_path / "podman-root"
+    runroot = Path(tempfile.mkdtemp(prefix="fd-podman-"))  # podman wants it under 50 chars
+    base = ["podman", "--root", str(root), "--runroot", str(runroot), "--storage-driver", "vfs"]
+
+    def podman(*args: str) -> str:
+        out = subprocess.run(
+            [*base, *args], capture_output=True, text=True, check=False, timeout=300
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    ref = f"{served.server.address}/{served.path}:v1"
+    try:
+        podman("pull", "-q", "--tls-verify=false", f"docker://{ref}")
+        mount = Path(podman("image", "mount", ref).strip())
+        theirs = tree_snapshot(mount)
+        ours = tree_snapshot(
+            served.client.unpack(f"{served.upstream}/{served.path}:v1", tmp_path / "ours")
+        )
+        theirs.pop(".", None)
+        ours.pop(".", None)
+        assert {k: v[:6] for k, v in ours.items()} == {k: v[:6] for k, v in theirs.items()}
+    finally:
+        subprocess.run(
+            [*base, "image", "unmount", "--all"], capture_output=True, check=False, timeout=120
+        )
+        shutil.rmtree(runroot, ignore_errors=True)

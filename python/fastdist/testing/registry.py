@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -33,6 +34,11 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
+_AUTH = """auth:
+  htpasswd:
+    realm: fastdist-test
+    path: {path}
+"""
 _TLS = """  tls:
     certificate: {cert}
     key: {key}
@@ -51,7 +57,10 @@ class LocalRegistry:
     """A ``docker-registry serve`` process with its own storage, for tests, benchmarks and demos.
 
     Use as a context manager; ``host`` is ``127.0.0.1:PORT``. Plain HTTP, or TLS with ``tls``
-    (a certificate and its key, PEM files: ``http.tls`` in the registry's config).
+    (a certificate and its key, PEM files: ``http.tls`` in the registry's config). With
+    ``users`` (name → password), every request needs Basic auth checked against an htpasswd
+    file of bcrypt lines made by ``htpasswd -Bbn`` (Debian's ``apache2-utils``): the
+    registry's ``auth.htpasswd``.
     """
 
     def __init__(
@@ -60,6 +69,7 @@ class LocalRegistry:
         binary: str = "docker-registry",
         *,
         tls: tuple[Path, Path] | None = None,
+        users: Mapping[str, str] | None = None,
     ) -> None:
         exe = shutil.which(binary)
         if exe is None:
@@ -75,6 +85,12 @@ class LocalRegistry:
         self.host = f"127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
         self.tls = tls
+        self.users = dict(users or {})
+        if self.users and shutil.which("htpasswd") is None:
+            raise FastdistError(
+                "htpasswd not found on PATH",
+                hint="install Debian's apache2-utils: apt-get install apache2-utils",
+            )
 
     def start(self, timeout: float = 30.0) -> LocalRegistry:
         self.storage.mkdir(parents=True, exist_ok=True)
@@ -82,6 +98,20 @@ class LocalRegistry:
         text = _CONFIG.format(storage=self.storage, port=self.port)
         if self.tls is not None:
             text += _TLS.format(cert=self.tls[0], key=self.tls[1])
+        if self.users:
+            htpasswd = self._dir / "htpasswd"
+            lines = [
+                subprocess.run(
+                    ["htpasswd", "-Bbn", user, password],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=60,
+                ).stdout.strip()
+                for user, password in self.users.items()
+            ]
+            htpasswd.write_text("\n".join(lines) + "\n")
+            text += _AUTH.format(path=htpasswd)
         cfg.write_text(text)
         logf = open(self._dir / "registry.log", "wb")  # noqa: SIM115 (owned by the process)
         self._proc = subprocess.Popen(
@@ -106,7 +136,7 @@ class LocalRegistry:
                     # Trust is the test's business: a listening TLS port means it is up.
                     with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                         break
-                elif requests.get(url, timeout=1).status_code == 200:
+                elif requests.get(url, timeout=1).status_code in ((401,) if self.users else (200,)):
                     break
             except (requests.RequestException, OSError):
                 pass
