@@ -8,7 +8,6 @@ right status and no effect on the store."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
