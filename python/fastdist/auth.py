@@ -168,24 +168,7 @@ def _credentials_from_auth_entry(entry: dict[str, Any], where: str, key: str) ->
 
 def run_credential_helper(name: str, server: str) -> Credentials | None:
     """``docker-credential-<name> get`` with the server on stdin (docker-credential-helpers)."""
-    if not _HELPER_NAME_RE.fullmatch(name):
-        raise AuthenticationError(f"invalid credential helper name {name!r}")
-    program = f"docker-credential-{name}"
-    try:
-        proc = subprocess.run(
-            [program, "get"],
-            input=server.encode(),
-            capture_output=True,
-            timeout=HELPER_TIMEOUT,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise AuthenticationError(
-            f"credential helper {program} not found",
-            hint="install it or remove it from credHelpers/credsStore in docker's config.json",
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise AuthenticationError(f"credential helper {program} timed out") from None
+    program, proc = _helper_process(name, "get", server.encode())
     out = proc.stdout.decode(errors="replace").strip()
     if proc.returncode != 0:
         if "credentials not found" in out.lower() or "credentials not found" in (
@@ -264,7 +247,11 @@ def _helper_for(obj: dict[str, Any], host: str) -> str | None:
     return store if isinstance(store, str) and store else None
 
 
-def _run_helper(name: str, action: str, payload: bytes) -> None:
+def _helper_process(
+    name: str, action: str, payload: bytes
+) -> tuple[str, subprocess.CompletedProcess[bytes]]:
+    """Run ``docker-credential-<name> ACTION`` with ``payload`` on stdin: the program's name and
+    its finished process (a missing helper or a timeout is an AuthenticationError)."""
     if not _HELPER_NAME_RE.fullmatch(name):
         raise AuthenticationError(f"invalid credential helper name {name!r}")
     program = f"docker-credential-{name}"
@@ -283,6 +270,11 @@ def _run_helper(name: str, action: str, payload: bytes) -> None:
         ) from None
     except subprocess.TimeoutExpired:
         raise AuthenticationError(f"credential helper {program} timed out") from None
+    return program, proc
+
+
+def _run_helper(name: str, action: str, payload: bytes) -> None:
+    program, proc = _helper_process(name, action, payload)
     if proc.returncode != 0:
         raise AuthenticationError(  # its output may echo secrets: not quoted
             f"credential helper {program} {action} failed with exit status {proc.returncode}"
