@@ -1,4 +1,4 @@
-"""The metadata database (``meta.db``, SQLite in WAL mode): images, snapshots, containers, GC roots.
+"""The metadata database (``meta.db``, SQLite in WAL mode): images, containers, GC roots.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction, so concurrent fastdist processes on one root
 serialise on SQLite's lock (a busy timeout plus a bounded retry) and a reader never sees half an
@@ -25,7 +25,12 @@ from .store import ensure_root
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each version bump does to an existing database, after _SCHEMA created what is missing.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: the snapshots table was never read (the snapshotter's own info.json is the record).
+    2: ("DROP TABLE IF EXISTS snapshots",),
+}
 BUSY_TIMEOUT_MS = 5000
 _RETRIES = 20
 T = TypeVar("T")
@@ -43,15 +48,6 @@ CREATE TABLE IF NOT EXISTS images (
     unpacked_size INTEGER NOT NULL,
     created REAL NOT NULL,
     updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snapshots (
-    snapshotter TEXT NOT NULL,
-    chain_id TEXT NOT NULL,
-    parent TEXT,
-    diff_id TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (snapshotter, chain_id)
 );
 CREATE TABLE IF NOT EXISTS containers (
     id TEXT PRIMARY KEY,
@@ -89,18 +85,6 @@ class ImageRecord:
     unpacked_size: int
     created: float
     updated: float
-
-
-@dataclass(frozen=True)
-class SnapshotRecord:
-    """A committed snapshot as the database knows it."""
-
-    snapshotter: str
-    chain_id: Digest
-    parent: Digest | None
-    diff_id: Digest
-    size: int
-    created: float
 
 
 @dataclass(frozen=True)
@@ -231,6 +215,9 @@ class MetadataDB:
         for stmt in _SCHEMA.split(";"):
             if stmt.strip():
                 conn.execute(stmt)
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for stmt in _MIGRATIONS.get(v, ()):
+                conn.execute(stmt)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
@@ -271,19 +258,8 @@ def _image_from_row(r: sqlite3.Row) -> ImageRecord:
     )
 
 
-def _snapshot_from_row(r: sqlite3.Row) -> SnapshotRecord:
-    return SnapshotRecord(
-        snapshotter=r["snapshotter"],
-        chain_id=parse_digest(r["chain_id"]),
-        parent=parse_digest(r["parent"]) if r["parent"] else None,
-        diff_id=parse_digest(r["diff_id"]),
-        size=r["size"],
-        created=r["created"],
-    )
-
-
 class ImageStore:
-    """Images by name (``docker.io/library/alpine:3.19``), plus the snapshots table."""
+    """Images by name (``docker.io/library/alpine:3.19``)."""
 
     def __init__(self, db: MetadataDB) -> None:
         self.db = db
@@ -373,46 +349,6 @@ class ImageStore:
     def referenced_snapshots(self) -> set[tuple[str, Digest]]:
         """GC roots among snapshots: every chain_id of every image, with its snapshotter."""
         return {(rec.snapshotter, c) for rec in self.list() for c in rec.chain_ids}
-
-    # --- snapshots table ----------------------------------------------------------------------
-    def record_snapshot(self, rec: SnapshotRecord) -> None:
-        """Insert or replace a committed snapshot's row (keeps the first ``created``)."""
-        row = (rec.snapshotter, rec.chain_id, rec.parent, rec.diff_id, rec.size, rec.created)
-        self.db._write(
-            lambda c: c.execute(
-                """INSERT INTO snapshots VALUES (?,?,?,?,?,?)
-                ON CONFLICT(snapshotter, chain_id) DO UPDATE SET parent=excluded.parent,
-                  diff_id=excluded.diff_id, size=excluded.size""",
-                row,
-            )
-        )
-
-    def get_snapshot(self, snapshotter: str, chain_id: Digest) -> SnapshotRecord | None:
-        rows = self.db._read(
-            "SELECT * FROM snapshots WHERE snapshotter = ? AND chain_id = ?",
-            (snapshotter, chain_id),
-        )
-        return _snapshot_from_row(rows[0]) if rows else None
-
-    def list_snapshots(self, snapshotter: str | None = None) -> builtins.list[SnapshotRecord]:
-        if snapshotter is None:
-            rows = self.db._read("SELECT * FROM snapshots ORDER BY snapshotter, chain_id")
-        else:
-            rows = self.db._read(
-                "SELECT * FROM snapshots WHERE snapshotter = ? ORDER BY chain_id", (snapshotter,)
-            )
-        return [_snapshot_from_row(r) for r in rows]
-
-    def delete_snapshot(self, snapshotter: str, chain_id: Digest) -> bool:
-        n: int = self.db._write(
-            lambda c: (
-                c.execute(
-                    "DELETE FROM snapshots WHERE snapshotter = ? AND chain_id = ?",
-                    (snapshotter, chain_id),
-                ).rowcount
-            )
-        )
-        return n > 0
 
 
 # --- containers ---------------------------------------------------------------------------------
@@ -514,7 +450,3 @@ class ContainerStore:
             lambda c: c.execute("DELETE FROM containers WHERE id = ?", (id,)).rowcount
         )
         return n > 0
-
-    def images_in_use(self) -> set[str]:
-        """Image names some container (in any state) was created from."""
-        return {r["image"] for r in self.db._read("SELECT DISTINCT image FROM containers")}
