@@ -74,7 +74,7 @@ from fastdist.testing.registry import LocalRegistry  # noqa: E402
 
 log = logging.getLogger("bench")
 
-IMAGES = ["usr", "small-files", "big-files", "whiteouts"]
+IMAGES = ["usr", "small-files", "big-files", "whiteouts", "many-layers"]
 TOOLS = ["fastdist", "ctr", "skopeo+umoci", "curl|tar"]
 README_BEGIN = "<!-- pull-bench:results:begin -->"
 README_END = "<!-- pull-bench:results:end -->"
