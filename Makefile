@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check wheel-test demo bench bench-micro fuzz fuzz-rust clean
+.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check wheel-test demo bench bench-far bench-micro fuzz fuzz-rust clean
 
 setup:            ## install system packages, the venv and build the extension
 	scripts/setup.sh
@@ -49,6 +49,9 @@ demo: setup       ## end to end: local registry + demo image, pull with live dis
 
 bench: setup      ## pull benchmarks against ctr and skopeo+umoci (see benches/README.md)
 	$(PY) benches/pull.py
+
+bench-far: setup  ## far-link sweep through benches/linkem.py (~25 min; see benches/README.md)
+	$(PY) benches/pull.py --link far
 
 bench-micro: setup
 	$(PY) benches/micro.py
