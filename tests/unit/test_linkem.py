@@ -44,6 +44,17 @@ def test_pacer_burst_bounds_credit_and_zero_rate_is_uncapped() -> None:
     assert linkem.Pacer(0).reserve(10**9, now=3.0) == 3.0
 
 
+def test_pacer_lets_a_backlogged_reader_catch_up() -> None:
+    """A full piece waiting means the emulator, not the source, was late: up to ``backlog`` s
+    of credit are kept, so its own scheduling delays do not lower the rate."""
+    p = linkem.Pacer(1_000_000, burst=0.002, backlog=0.05)
+    assert p.reserve(10_000, now=1.0) == pytest.approx(1.0 - 0.002 + 0.01)
+    # Read 30 ms late with a full piece: booked right after the previous one.
+    assert p.reserve(10_000, now=1.04, backlogged=True) == pytest.approx(1.018)
+    # 200 ms late: at most 50 ms of catching up.
+    assert p.reserve(10_000, now=1.3, backlogged=True) == pytest.approx(1.3 - 0.05 + 0.01)
+
+
 def test_request_parser_splits_feeds_and_skips_bodies() -> None:
     out: list[object] = []
     rp = linkem.RequestParser(7, out, 0.0, threading.Lock())
