@@ -750,7 +750,7 @@ def far_chart(summary: list[dict[str, Any]], path: Path) -> bool:
         ax.axhline(1.0, color="black", lw=0.8)
         ax.axhline(1.3, color="black", lw=0.8, ls="--")
         ax.set_yscale("log")
-        ax.set_ylabel(f"{image}\\n÷ floor")
+        ax.set_ylabel(f"{image}\n÷ floor")
         ax.set_xticks([j + width * (len(tools) - 1) / 2 for j in range(len(links))])
         ax.set_xticklabels(links, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
