@@ -206,8 +206,8 @@ class RequestParser:
                 return
             hdrs: dict[str, str] = {}
             for line in head[1:]:
-                k, _, v = line.partition(b":")
-                hdrs[k.strip().lower().decode("latin-1")] = v.strip().decode("latin-1")
+                name, _, val = line.partition(b":")
+                hdrs[name.strip().lower().decode("latin-1")] = val.strip().decode("latin-1")
             with self.lock:
                 self.sink.append(
                     Request(

@@ -50,7 +50,7 @@ class Ratio:
 
 def _boot_medians(x: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
     idx = rng.integers(0, len(x), size=(n, len(x)))
-    return np.median(x[idx], axis=1)
+    return np.asarray(np.median(x[idx], axis=1), dtype=float)
 
 
 def dist(samples: Sequence[float], n: int = BOOTSTRAP) -> Dist:
