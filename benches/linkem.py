@@ -275,8 +275,6 @@ class _Direction:
             self.cv.notify_all()
 
     def _read(self) -> None:
-        buf = bytearray(self.chunk)
-        view = memoryview(buf)
         try:
             while True:
                 with self.cv:
@@ -284,14 +282,15 @@ class _Direction:
                         self.cv.wait()
                     if self.failed:
                         return
-                n = self.src.recv_into(view)
+                # recv (not recv_into + bytes()): one copy of each byte, kernel to the queue.
+                data = self.src.recv(self.chunk)
                 now = time.monotonic()
+                n = len(data)
                 if n == 0:
                     break
-                data = bytes(view[:n])
                 if self.parser is not None:
                     self.parser.feed(data)
-                sent = max(p.reserve(n, now, n == len(buf)) for p in self.pacers)
+                sent = max(p.reserve(n, now, n == self.chunk) for p in self.pacers)
                 due = max(max(sent, now) + self.delay, self.not_before)
                 self._push(due, data)
                 # Serialisation: do not read the next piece before this one is on the wire
