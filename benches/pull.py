@@ -623,6 +623,8 @@ def far_summary(
 def _r(d: dict[str, float] | None) -> str:
     if not d:
         return "-"
+    if d.get("n", 2) < 2:
+        return f"{d['value']:.2f}x (1 run)"
     return f"{d['value']:.2f}x [{d['lo']:.2f}-{d['hi']:.2f}]"
 
 

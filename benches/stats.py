@@ -39,13 +39,16 @@ class Ratio:
     value: float  # median(a) / median(b)
     lo: float  # 95% bootstrap interval
     hi: float
+    n: int = 2  # the fewer runs of the two sides
 
     def cell(self) -> str:
-        """``0.22x [0.20-0.25]``"""
+        """``0.22x [0.20-0.25]``; no interval from a single run."""
+        if self.n < 2:
+            return f"{self.value:.2f}x (1 run)"
         return f"{self.value:.2f}x [{self.lo:.2f}-{self.hi:.2f}]"
 
     def to_json(self) -> dict[str, float]:
-        return {"value": self.value, "lo": self.lo, "hi": self.hi}
+        return {"value": self.value, "lo": self.lo, "hi": self.hi, "n": self.n}
 
 
 def _boot_medians(x: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -71,6 +74,7 @@ def ratio(a: Sequence[float], b: Sequence[float] | float, n: int = BOOTSTRAP) ->
         raise ValueError("no samples")
     rng = np.random.default_rng(SEED)
     ma = _boot_medians(xa, rng, n)
+    n_runs = int(xa.size)
     if isinstance(b, (int, float)):
         mb: np.ndarray | float = float(b)
         value = float(np.median(xa)) / float(b)
@@ -80,6 +84,7 @@ def ratio(a: Sequence[float], b: Sequence[float] | float, n: int = BOOTSTRAP) ->
             raise ValueError("no samples")
         mb = _boot_medians(xb, rng, n)
         value = float(np.median(xa) / np.median(xb))
+        n_runs = min(n_runs, int(xb.size))
     r = ma / mb
     lo, hi = np.percentile(r, [2.5, 97.5])
-    return Ratio(value, float(lo), float(hi))
+    return Ratio(value, float(lo), float(hi), n_runs)
