@@ -211,7 +211,10 @@ def fastdist_budget() -> tuple[int, str]:
     p = inspect.signature(Client).parameters.get("max_connections")
     if p is not None and isinstance(p.default, int):
         return p.default, "Client(max_connections)"
-    for f in dataclasses.fields(TransportConfig):
+    fields = (
+        dataclasses.fields(TransportConfig) if dataclasses.is_dataclass(TransportConfig) else ()
+    )
+    for f in fields:
         if f.name == "max_connections" and isinstance(f.default, int):
             return f.default, "TransportConfig.max_connections"
     return 1, "no max_connections in fastdist: 1"
