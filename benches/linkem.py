@@ -24,8 +24,10 @@ The proxy also parses the client → server byte stream as HTTP/1.x requests (pu
 request bodies, but ``Content-Length`` bodies are skipped) and records each request's connection,
 method, path and ``Range`` header, so the benchmark can report requests per blob.
 
-Threads with blocking sockets (the GIL is released in ``recv_into``/``sendall``); two threads per
-connection and direction. ``python benches/linkem.py --selftest`` measures achieved rate and RTT
+Threads with blocking sockets (the GIL is released in ``recv``/``sendall``); two threads per
+connection and direction; most of its CPU is the kernel's socket copies. ``os.splice`` (socket →
+pipe sized to the window → socket, no copy through Python) was tried and measured no cheaper
+here, so the bytes go through Python. ``python benches/linkem.py --selftest`` measures achieved rate and RTT
 through each profile against a local sink; ``python benches/linkem.py --upstream HOST:PORT
 --profile far-30-20`` runs a standalone proxy and prints its address.
 """

@@ -400,6 +400,14 @@ def _md(name: str) -> str:
     return name.replace("|", "\\|")
 
 
+def _wall_cell(s: dict[str, Any] | None) -> str:
+    """``1.00 (0.95-1.10)``: the median wall time and the runs' 10th-90th percentiles."""
+    if s is None or "wall_dist" not in s:
+        return _cell(s, "wall", "{:.2f}")
+    d = s["wall_dist"]
+    return f"{d['median']:.2f} ({d['p10']:.2f}-{d['p90']:.2f})"
+
+
 def _cell(s: dict[str, Any] | None, key: str, fmt: str) -> str:
     if s is None:
         return "-"
@@ -429,8 +437,8 @@ def markdown(
         "",
         f"Command: `{meta['command']}`",
         "",
-        "**Cold pull, median wall time (s)** — ratio = fastdist / peer (< 1: fastdist faster), "
-        "[95% bootstrap interval] (benches/stats.py)",
+        "**Cold pull, median wall time (s) (10th-90th percentile of the runs)** — ratio = "
+        "fastdist / peer (< 1: fastdist faster) [95% bootstrap interval] (benches/stats.py)",
         "",
         "| image | compressed → raw MB | "
         + " | ".join(map(_md, tools))
@@ -443,7 +451,7 @@ def markdown(
         fx = fixtures[name]
         size = f"{sum(x.size for x in fx.layers) / 2**20:.0f} → {fx.uncompressed / 2**20:.0f}"
         row = [name, size]
-        row += [_cell(by.get(("cold", name, t)), "wall", "{:.2f}") for t in tools]
+        row += [_wall_cell(by.get(("cold", name, t))) for t in tools]
         fd = by.get(("cold", name, "fastdist"), {})
         for p in peers:
             ps = by.get(("cold", name, p), {})
@@ -656,7 +664,8 @@ def far_markdown(
         + "; ".join(profiles[n].describe() for n in dict.fromkeys(k[0] for k in keys))
         + ".",
         "",
-        "**Far-link cold pull, median wall time (s)**; floor = compressed bytes ÷ min(aggregate "
+        "**Far-link cold pull, median wall time (s) (10th-90th percentile of the runs)**; "
+        "floor = compressed bytes ÷ min(aggregate "
         f"cap, per-connection cap x {meta['budget']}) + {ROUND_TRIPS} RTT; ratios = fastdist ÷ "
         "floor / peer, [95% bootstrap interval]",
         "",
@@ -673,7 +682,7 @@ def far_markdown(
         fl = next((s["floor"] for t in tools if (s := by.get((link, image, t)))), None)
         row = [link, image, f"{sum(x.size for x in fx.layers) / 2**20:.0f}"]
         row.append(f"{fl:.2f}" if fl else "-")
-        row += [_cell(by.get((link, image, t)), "wall", "{:.2f}") for t in tools]
+        row += [_wall_cell(by.get((link, image, t))) for t in tools]
         row.append(_r(fd.get("vs_floor")))
         row += [_r(fd.get("vs", {}).get(p)) for p in peers]
         lines.append("| " + " | ".join(row) + " |")
