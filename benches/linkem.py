@@ -27,9 +27,11 @@ method, path and ``Range`` header, so the benchmark can report requests per blob
 Threads with blocking sockets (the GIL is released in ``recv``/``sendall``); two threads per
 connection and direction; most of its CPU is the kernel's socket copies. ``os.splice`` (socket →
 pipe sized to the window → socket, no copy through Python) was tried and measured no cheaper
-here, so the bytes go through Python. ``python benches/linkem.py --selftest`` measures achieved rate and RTT
-through each profile against a local sink; ``python benches/linkem.py --upstream HOST:PORT
---profile far-30-20`` runs a standalone proxy and prints its address.
+here, so the bytes go through Python.
+
+``python benches/linkem.py --selftest`` measures achieved rate and RTT through each profile
+against a local sink; ``python benches/linkem.py --upstream HOST:PORT --profile far-30-20`` runs
+a standalone proxy and prints its address.
 """
 
 from __future__ import annotations

@@ -87,8 +87,12 @@ FAR_END = "<!-- pull-bench:far:end -->"
 # The far sweep (--link): images, tools and the default subset that fits in ~25 minutes.
 FAR_IMAGES = ["usr", "big-files", "small-files", "many-layers"]
 FAR_TOOLS = ["fastdist", "ctr", "curl|tar"]
-FAR_SMALL = {"small-files", "many-layers"}  # the only images of the 10 MB/s profiles by default
-FAR_MEDIUM = FAR_SMALL | {"usr"}  # the 30 MB/s profiles' images by default
+# The default sweep's images per per-connection cap (--full: every image everywhere).
+FAR_DEFAULT = {
+    100: {"usr", "big-files", "many-layers"},
+    30: {"usr", "many-layers"},
+    10: {"small-files", "many-layers"},
+}
 # Round trips a cold pull needs at least: the TCP handshake, the manifest by tag, then every
 # blob (config and layers) at once. The floor charges them once each.
 ROUND_TRIPS = 3
@@ -567,14 +571,22 @@ def update_readme(table: str, begin: str = README_BEGIN, end: str = README_END) 
 # The far-link sweep (--link): reporting.
 
 
-def far_images(prof: linkem.Profile, images: list[str], full: bool) -> list[str]:
-    """The images pulled through ``prof``: all with --full; by default the 10 MB/s profiles pull
-    only the small images and the 30 MB/s ones leave out big-files (~450 MB: 15 s a run at
-    30 MB/s x 1 connection), so the default sweep fits in ~25 minutes."""
-    if full or not prof.conn_rate or prof.conn_rate >= 100 * linkem.MB:
-        return images
-    keep = FAR_MEDIUM if prof.conn_rate >= 30 * linkem.MB else FAR_SMALL
-    return [i for i in images if i in keep]
+def far_plan(
+    prof: linkem.Profile, images: list[str], compressions: list[str], full: bool
+) -> tuple[list[str], list[str]]:
+    """(images, compressions) pulled through ``prof``. --full: all of them. By default, so the
+    sweep fits in ~25 minutes: the 100 MB/s profiles pull usr, big-files and many-layers in
+    both compressions; the 30 MB/s ones usr and many-layers, the 10 MB/s ones small-files and
+    many-layers, in gzip only (on a link-bound profile the compressions differ in CPU, which
+    the 100 MB/s and loopback runs show). Profiles off the grid pull everything."""
+    caps = [c for c in sorted(FAR_DEFAULT) if prof.conn_rate and prof.conn_rate <= c * linkem.MB]
+    if full or not caps or prof.conn_rate != caps[0] * linkem.MB:
+        return images, compressions
+    keep = FAR_DEFAULT[caps[0]]
+    comps = compressions
+    if caps[0] < 100 and "gzip" in compressions:
+        comps = ["gzip"]
+    return [i for i in images if i in keep], comps
 
 
 def floor_seconds(prof: linkem.Profile, fx: Fixture, budget: int) -> float | None:
@@ -1035,11 +1047,8 @@ def main(argv: list[str] | None = None) -> int:
             budget, budget_source = fastdist_budget()
             log.info("fastdist's connection budget: %d (%s)", budget, budget_source)
             for prof in links:
-                fxs = [
-                    fx
-                    for fx in main_fx
-                    if fx.name.rsplit("-", 1)[0] in far_images(prof, args.images, args.full)
-                ]
+                imgs, comps = far_plan(prof, args.images, args.compressions, args.full)
+                fxs = [fx for fx in main_fx if fx.name in {f"{i}-{c}" for i in imgs for c in comps}]
                 if not prof.delay and not prof.conn_rate and not prof.agg_rate:
                     bench.set_link(prof.name, reg.host, None)
                     bench.cold(fxs)
