@@ -9,6 +9,11 @@ table, benches/pull.png and (with --update-readme) the results block of benches/
 
     make bench                                  # everything, 5 runs
     python benches/pull.py --runs 3 --images usr,small-files --tools fastdist,ctr
+
+Far-link mode (``--link``; ``make bench-far`` = ``--link far``): the same cold pulls through
+benches/linkem.py's emulated links, reported against each link's floor, with the requests made
+per blob (benches/README.md, "Far-link pulls"). ``--baseline PATH`` adds the fastdist of another
+checkout as ``fastdist@base``, in either mode. Every ratio has a bootstrap interval (stats.py).
 """
 
 from __future__ import annotations
