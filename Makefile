@@ -50,7 +50,7 @@ demo: setup       ## end to end: local registry + demo image, pull with live dis
 bench: setup      ## pull benchmarks against ctr and skopeo+umoci (see benches/README.md)
 	$(PY) benches/pull.py
 
-bench-far: setup  ## far-link sweep through benches/linkem.py (~25 min; see benches/README.md)
+bench-far: setup  ## far-link sweep through benches/linkem.py (~20-25 min; see benches/README.md)
 	$(PY) benches/pull.py --link far
 
 bench-micro: setup
