@@ -18,7 +18,10 @@ the pullers and the loopback registry. Per connection and direction it models a 
   request leaves), so a new connection costs one RTT more than a reused one.
 
 Not modelled: TCP slow start and loss (a connection gets its full rate from its first byte:
-optimistic for every tool alike, and most for those opening many short connections).
+optimistic for every tool alike, and most for those opening many short connections), and the
+receive-window limit of a real long link (Linux's default ``tcp_rmem`` maximum of 6 MiB would
+hold one connection to roughly 40-75 MB/s at 80 ms RTT); ``LinkEmulator(window=...)`` caps the
+bytes in flight per connection and direction to model one.
 
 The proxy also parses the client → server byte stream as HTTP/1.x requests (pullers send no
 request bodies, but ``Content-Length`` bodies are skipped) and records each request's connection,
