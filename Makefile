@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check wheel-test demo bench bench-micro fuzz fuzz-rust clean
+.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check wheel-test demo bench bench-far bench-micro fuzz fuzz-rust clean
 
 # `make setup` always runs the whole set-up (system packages, venv, extension). The other targets
 # depend on its stamp instead, so `make test` on a set-up tree does not rerun apt and pip; the
@@ -66,6 +66,9 @@ demo: $(NATIVE)       ## end to end: local registry + demo image, pull with live
 
 bench: $(NATIVE)      ## pull benchmarks against ctr and skopeo+umoci (see benches/README.md)
 	$(PY) benches/pull.py
+
+bench-far: $(NATIVE)  ## far-link sweep through benches/linkem.py (~20-25 min; see benches/README.md)
+	$(PY) benches/pull.py --link far
 
 bench-micro: $(NATIVE)
 	$(PY) benches/micro.py
