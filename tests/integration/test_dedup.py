@@ -5,6 +5,7 @@ frees exactly what no other image uses; a crash mid-dedup leaves every tree corr
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -197,3 +198,37 @@ def test_a_crash_mid_dedup_leaves_every_tree_correct(
     check = client.check(deep=True)
     assert check.ok, check.problems
     assert not check.leftovers
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_cli_dedup_and_system_df_as_table_and_json(
+    registry: object, pusher: object, store_root: Path, snapshotter: str
+) -> None:
+    _client, a, b = _two(registry, pusher, store_root, snapshotter, "cli")
+    base = [sys.executable, "-m", "fastdist", "--root", str(store_root)]
+
+    def run(*argv: str) -> str:
+        r = subprocess.run([*base, *argv], capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    before = json.loads(run("system", "df", "--json"))
+    assert {i["name"] for i in before["images"]} == {a.name, b.name}
+    assert before["shared"] == 0
+    out = run("dedup")
+    assert out.startswith("dedup: 2 file(s) now shared")
+    after = json.loads(run("system", "df", "--json"))
+    assert after["physical"] < before["physical"]
+    assert all(i["shared"] == after["shared"] > 0 for i in after["images"])
+    table = run("system", "df")
+    assert table.splitlines()[0].split() == [
+        "IMAGE",
+        "LAYERS",
+        "LOGICAL",
+        "PHYSICAL",
+        "SHARED",
+        "UNIQUE",
+        "BLOBS",
+    ]
+    assert a.name in table
+    assert "shared by images" in table
