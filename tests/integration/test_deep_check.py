@@ -178,3 +178,19 @@ def test_cli_check_deep_reports_files_as_text_and_json(
     rep = subprocess.run([*base, "--repair"], capture_output=True, text=True, check=False)
     assert "removed damaged snapshot" in rep.stdout
     assert "fastdist pull" in rep.stdout  # the hint names the image to pull again
+
+
+@pytest.mark.damages_trees
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_deep_repair_keeps_a_damaged_snapshot_a_container_stands_on(
+    registry: object, pusher: object, store_root: Path, snapshotter: str
+) -> None:
+    img = _pull(registry, pusher, store_root, snapshotter, "inuse")
+    snap = snapshotter_by_name(snapshotter, store_root)
+    snap.prepare_active("c1", img.record.chain_ids[-1])  # what run prepares for a container
+    _flip(_holder(store_root, img, snapshotter, "usr/bin/tool"))
+    report = Client(store_root, snapshotter=snapshotter).check(deep=True, repair=True)
+    assert report.deep is not None
+    assert report.deep.removed == ()
+    assert all(snap.exists(c) for c in img.record.chain_ids)
+    assert "snapshot-in-use" in {p.kind for p in report.problems}
