@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from .archive import LoadedImage
     from .auth import CredentialStore
     from .check import CheckReport
+    from .dedup import DedupReport, DiskUsage
     from .fetcher import Fetcher
     from .mirrors import Mirrors
     from .resolver import Resolved, Resolver
@@ -814,17 +815,23 @@ class Client:
         """
         return gc.prune(self, partial_older_than)
 
-    def check(self, verify_blobs: bool = True, repair: bool = False) -> CheckReport:
+    def check(
+        self, verify_blobs: bool = True, repair: bool = False, deep: bool = False
+    ) -> CheckReport:
         """Verify the store: every blob's digest (and size against its descriptors), every
         image's blobs and snapshots, snapshot parent chains; list leftovers for prune.
         Reads only, under the GC lock held shared, so it can run next to pulls but not prune.
 
-        ``repair``: remove the corrupt blobs found (under the GC lock held exclusively, as
-        prune), then check again (sizes and links only) and return that report, with
-        ``repaired`` set; the images that used them are incomplete until pulled again."""
+        ``deep``: also re-hash every committed snapshot's files and compare them (content, mode,
+        owner, mtime, xattrs) with the layer manifests the applier recorded (``report.deep``).
+
+        ``repair``: remove the corrupt blobs found and (with ``deep``) the damaged snapshots and
+        those above them (under the GC lock held exclusively, as prune), then check again (sizes
+        and links only) and return that report, with ``repaired`` set; the images that used
+        them are incomplete until pulled again, which fetches and unpacks them verified."""
         from . import check
 
-        def checker(verify: bool) -> check.StoreChecker:
+        def checker(verify: bool, deep: bool) -> check.StoreChecker:
             return check.StoreChecker(
                 self.root,
                 self.content,
@@ -832,16 +839,53 @@ class Client:
                 gc.present_snapshotters(self.root, self.snapshotter),
                 gc.container_mounts(self),
                 verify_blobs=verify,
+                deep=deep,
             )
 
         if repair and not verify_blobs:
             raise InvalidArgumentError("check(repair=True) needs verify_blobs=True")
         with self._gc_lock(shared=not repair):
-            report = checker(verify_blobs).run()
-            if not repair or not report.corrupt_blobs:
+            first = checker(verify_blobs, deep)
+            report = first.run()
+            damaged = report.deep is not None and bool(report.deep.damaged)
+            if not repair or not (report.corrupt_blobs or damaged):
                 return report
             done = check.repair(report, self.content)
-            return dataclasses.replace(checker(False).run(), repaired=done)
+            deep_report = report.deep
+            kept: tuple[check.Finding, ...] = ()
+            if deep_report is not None and damaged:
+                removed, kept = check.repair_snapshots(
+                    deep_report.layers,
+                    first.snapshotters,
+                    check.container_snapshots(first.snapshotters),
+                )
+                done += check.removed_findings(removed)
+                deep_report = dataclasses.replace(deep_report, removed=removed)
+            after = checker(False, False).run()
+            return dataclasses.replace(
+                after, repaired=done, deep=deep_report, problems=after.problems + kept
+            )
+
+    def disk_usage(self) -> DiskUsage:
+        """Logical vs physical bytes of every image's layer snapshots, and what images share
+        (``fastdist system df``; see ``dedup.disk_usage``). Under the GC lock held shared."""
+        from .dedup import disk_usage
+
+        with self._gc_lock(shared=True):
+            return disk_usage(
+                self._present_snapshotters(), self.metadata.images.list(), self.content
+            )
+
+    def dedup(self) -> DedupReport:
+        """Share equal files between the committed snapshots (``fastdist dedup``; see
+        ``dedup.dedup``), under the GC lock held exclusively (as prune): no pull commits and no
+        removal runs meanwhile. Snapshots a container uses are left alone."""
+        from .check import container_snapshots
+        from .dedup import dedup
+
+        with self._gc_lock(shared=False):
+            snaps = self._present_snapshotters()
+            return dedup(snaps, self.metadata.files, in_use=container_snapshots(snaps))
 
     def unpack(
         self,

@@ -168,7 +168,7 @@ def test_a_version_1_database_loses_its_unused_snapshots_table_and_keeps_its_ima
     conn.close()
     assert "snapshots" not in tables
     assert {"images", "containers"} <= tables
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
     assert MetadataDB(path).images.get(image().name) == image()
 
 
@@ -249,3 +249,28 @@ def test_threads_share_one_db_object(db: MetadataDB) -> None:
         t.join()
     assert errors == []
     assert len(db.images.list()) == 80
+
+
+def test_a_version_1_database_gains_the_file_index_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = MetadataDB(tmp_path)
+    ImageStore(db).put(image())
+    conn = sqlite3.connect(tmp_path / "meta.db")
+    conn.execute("DROP TABLE file_index")
+    conn.execute("DROP TABLE file_index_layers")
+    conn.execute("PRAGMA user_version = 1")  # what a fastdist before the file index left
+    conn.commit()
+    conn.close()
+    db.close()
+
+    again = MetadataDB(tmp_path)
+    assert again._user_version() == SCHEMA_VERSION
+    assert [r.name for r in again.images.list()] == [image().name]
+    again.files.add_layer("overlayfs", d("c1"), [(b"a", "0" * 32, 10), (b"b", "0" * 32, 10)])
+    again.files.add_layer("overlayfs", d("c2"), [(b"a", "0" * 32, 10), (b"z", "1" * 32, 10)])
+    assert again.files.layers() == {("overlayfs", d("c1")), ("overlayfs", d("c2"))}
+    groups = list(again.files.groups())
+    assert [[(f.chain_id, f.path) for f in g] for g in groups] == [
+        sorted([(d("c1"), b"a"), (d("c1"), b"b"), (d("c2"), b"a")])
+    ]
+    again.files.drop_layer("overlayfs", d("c1"))
+    assert list(again.files.groups()) == []
