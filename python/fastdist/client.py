@@ -873,7 +873,9 @@ class Client:
 
         with self._gc_lock(shared=True):
             return disk_usage(
-                self._present_snapshotters(), self.metadata.images.list(), self.content
+                gc.present_snapshotters(self.root, self.snapshotter),
+                self.metadata.images.list(),
+                self.content,
             )
 
     def dedup(self) -> DedupReport:
@@ -884,7 +886,7 @@ class Client:
         from .dedup import dedup
 
         with self._gc_lock(shared=False):
-            snaps = self._present_snapshotters()
+            snaps = gc.present_snapshotters(self.root, self.snapshotter)
             return dedup(snaps, self.metadata.files, in_use=container_snapshots(snaps))
 
     def unpack(

@@ -6,6 +6,7 @@ snapshotter's own mode ("layer" for overlayfs, "flatten" for native).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -357,14 +358,13 @@ def test_unmount_detaches_a_mount_even_while_it_is_busy(snap: Snapshotter, tmp_p
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], check=True)
         assert os.path.ismount(target)
         (target / "f").write_bytes(b"x")
-        held = open(target / "f", "rb") if busy else None  # an open file makes umount EBUSY
         try:
-            snap.unmount(target)
-            assert not os.path.ismount(target)
-            assert not (target / "f").exists()  # the mount's contents are gone from the path
+            # An open file makes umount EBUSY; the snapshotter must then detach lazily.
+            with open(target / "f", "rb") if busy else contextlib.nullcontext():
+                snap.unmount(target)
+                assert not os.path.ismount(target)
+                assert not (target / "f").exists()  # the mount's contents are gone from the path
         finally:
-            if held is not None:
-                held.close()
             if os.path.ismount(target):  # the unmount under test failed: do not leak the mount
                 subprocess.run(["umount", "-l", str(target)], check=False)
 
