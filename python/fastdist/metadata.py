@@ -469,7 +469,6 @@ class ContainerStore:
         return n > 0
 
 
-
 # --- the file index (dedup) ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class IndexedFile:
