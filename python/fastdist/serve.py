@@ -75,6 +75,14 @@ _LOG_MAX = 200
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
+#: The kernel's accept queue (clamped by ``net.core.somaxconn``). Not tied to
+#: ``max_connections``: a connection over the cap must still be accepted to get its 503, and a
+#: queue that a burst overflows makes the kernel drop the handshake's last ACK (the client
+#: believes it is connected, the server never sees it, nothing answers; a flood test hung that
+#: way under load when the queue was 2 x max_connections).
+LISTEN_BACKLOG = 4096
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How ``fastdist serve`` listens and what it tolerates from clients (all bounded)."""
@@ -619,6 +627,11 @@ class _Connection:
                 return None
             if not data:
                 return None
+            if deadline is None and not self.buf and data.startswith(b"\x16"):
+                # A TLS ClientHello (record type 0x16) on a plain-HTTP port: answer at once,
+                # as Go's net/http (docker-registry) does, so a client that tries https first
+                # (fastdist does on loopback) falls back now, not after head_timeout.
+                raise _HeadError(400, "TLS handshake sent to a plain-HTTP server")
             self.buf += data
             if deadline is None and not self.buf.strip(b"\r\n"):
                 self.buf = b""  # RFC 9112 §2.2: ignore empty lines before a request
@@ -781,7 +794,7 @@ class RegistryServer:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(addr)
-            sock.listen(min(1024, self.config.max_connections * 2))
+            sock.listen(LISTEN_BACKLOG)
         except OSError as e:
             raise ServeError(f"cannot listen on {self.config.listen}: {e.strerror or e}") from e
         sock.setblocking(False)
