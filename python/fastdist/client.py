@@ -2053,7 +2053,10 @@ class _UploadMeter:
         self._told = 0
 
     def __call__(self, n: int) -> None:
-        self._sent += n
+        # A resumed chunk is read again: the count never passes the blob's size.
+        self._sent = min(self._sent + n, self._desc.size)
+        if self._sent == self._told:
+            return
         if self._sent - self._told >= (1 << 20) or self._sent == self._desc.size:
             self._told = self._sent
             d = self._desc

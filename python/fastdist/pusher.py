@@ -246,11 +246,13 @@ class Pusher:
     ) -> str:
         """PATCH ``path`` to the upload session at ``url`` in ``chunk``-byte pieces; returns
         the session's last location (for the closing PUT). A chunk that fails with a temporary
-        error (a cut connection, a 5xx) or is refused with 416 (the registry holds another
-        offset) is resumed from the registry's own account of the session; each resume is
-        one attempt of the transport's retry policy."""
+        error (a cut connection, a 5xx), is refused with 416 (the registry holds another
+        offset) or is acknowledged without progress is resumed from the registry's own
+        account of the session; each resume is one attempt of the transport's retry policy,
+        whose budget starts again only when the session holds more than it ever did (so a
+        registry that keeps losing what it acknowledged cannot loop the upload forever)."""
         t = self.transport
-        offset = 0
+        offset = high = 0  # high: the most the session ever held (a budget reset needs more)
         attempt = 0
         while offset < size:
             n = min(chunk, size - offset)
@@ -276,17 +278,22 @@ class Pusher:
                 err = e
             else:
                 resp.close()
+                held = offset
                 if resp.status_code != 416:
                     url = _next_location(resp, url, "PATCH")
-                    offset = _range_end(resp, url, "PATCH", size)
-                    log.debug("%s: chunk sent; the upload session holds %d bytes", ref.name, offset)
-                    attempt = 0
+                    held = _range_end(resp, url, "PATCH", size)
+                    log.debug("%s: chunk sent; the upload session holds %d bytes", ref.name, held)
+                if held > offset:
+                    offset = held
+                    if offset > high:  # new ground: the retry budget starts again
+                        high, attempt = offset, 0
                     continue
                 err = RegistryError(
-                    f"PATCH {redact_url(url)}: the registry refused bytes {offset}-"
-                    f"{offset + n - 1} (416: it holds another offset)",
+                    f"PATCH {redact_url(url)}: the registry took none of bytes {offset}-"
+                    f"{offset + n - 1} ({resp.status_code}"
+                    + (": it holds another offset)" if resp.status_code == 416 else ")"),
                     url=redact_url(url),
-                    status=416,
+                    status=resp.status_code,
                     temporary=True,
                 )
             attempt += 1

@@ -237,3 +237,28 @@ def test_an_upload_session_reporting_a_range_past_the_blob_is_a_registry_error(
                 Reference.parse(f"{reg.host}/app"), Digest(digest_of(data)), str(path)
             )
         assert info.value.hint
+
+
+def test_a_registry_that_acknowledges_no_progress_ends_in_an_error_not_a_loop(
+    tmp_path: Path,
+) -> None:
+    with FakeRegistry() as reg:
+        data = os.urandom(2 << 20)
+        path = tmp_path / "big"
+        path.write_bytes(data)
+        # Every PATCH is answered 202 "holding nothing", however often it is resent.
+        reg.add_fault(
+            Fault(
+                path_contains="/blobs/uploads/",
+                method="PATCH",
+                status=202,
+                headers={"Range": "0-0"},
+                times=-1,
+            )
+        )
+        with pytest.raises(RegistryError, match="took none of bytes"):
+            Pusher(_transport(), chunk_size=1 << 20).push_blob(
+                Reference.parse(f"{reg.host}/app"), Digest(digest_of(data)), str(path)
+            )
+        patches = [r for r in reg.requests if r.method == "PATCH"]
+        assert len(patches) == _transport().config.max_retries + 1
