@@ -38,6 +38,7 @@ import re
 import selectors
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -709,11 +710,34 @@ class _Connection:
             return -1
 
     def _sendfile(self, fd: int, offset: int, count: int) -> int:
-        """``count`` bytes of ``fd`` from ``offset``: zero-copy ``sendfile`` on plain sockets
-        (socket.sendfile falls back to read+send for TLS). A short file is an error: the
-        connection is closed rather than a truncated body passed off as whole."""
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-            sent = self.sock.sendfile(f, offset, count)
+        """``count`` bytes of ``fd`` from ``offset``. On a plain socket: zero-copy
+        ``os.sendfile`` on the socket in blocking mode with ``SO_SNDTIMEO`` = ``io_timeout``,
+        so the kernel moves the whole range in one call (GIL released) and a client that takes
+        nothing for that long ends it (socket.sendfile on a socket with a Python timeout
+        polls and calls sendfile once per socket buffer: a third of docker-registry's speed).
+        TLS: socket.sendfile's read+send. A short file is an error: the connection is closed
+        rather than a truncated body passed off as whole."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+                sent = self.sock.sendfile(f, offset, count)
+        else:
+            sent = 0
+            timeout = self.server.config.io_timeout
+            sec = int(timeout)
+            self.sock.settimeout(None)
+            self.sock.setsockopt(
+                socket.SOL_SOCKET,
+                socket.SO_SNDTIMEO,
+                struct.pack("ll", sec, int((timeout - sec) * 1_000_000)),
+            )
+            while sent < count:
+                try:
+                    n = os.sendfile(self.sock.fileno(), fd, offset + sent, count - sent)
+                except BlockingIOError:  # SO_SNDTIMEO passed with nothing taken
+                    raise TimeoutError(errno.ETIMEDOUT, "client took no bytes in time") from None
+                if n == 0:
+                    break
+                sent += n
         if sent != count:
             raise OSError(errno.EIO, f"blob ended after {sent} of {count} bytes")
         return sent

@@ -400,6 +400,42 @@ def test_a_tls_handshake_on_the_plain_port_is_answered_400_at_once(served: Serve
         server.stop()
 
 
+def test_a_client_that_stops_reading_a_blob_is_cut_off_after_io_timeout(served: Served) -> None:
+    """The blob goes out by sendfile in one blocking call; SO_SNDTIMEO ends it when the client
+    takes nothing for io_timeout, and the connection is closed short (never hung forever)."""
+    done = threading.Event()
+
+    class _Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "/blobs/" in record.getMessage():
+                done.set()
+
+    access = logging.getLogger("fastdist.serve.access")
+    handler, level = _Seen(), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    server = _start(served.client, io_timeout=1.0)
+    try:
+        digest = served.image.layers[1].descriptor.digest
+        host, port = server.address.rsplit(":", 1)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window the blob overflows
+        s.connect((host, int(port)))
+        s.settimeout(60)
+        with s:
+            s.sendall(f"GET /v2/{served.path}/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert done.wait(120)  # the server gave up on the write (the access log says so)
+            got = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := s.recv(65536):
+                    got += len(chunk)
+        assert got < len(BIG)  # cut short, then closed: recv reached EOF
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+        server.stop()
+
+
 def test_connections_over_the_cap_get_503(served: Served) -> None:
     server = _start(served.client, max_connections=2, head_timeout=60.0)
     try:
