@@ -15,7 +15,7 @@ docker-registry on loopback and pulled into a fastdist store. Then, per run:
 Each figure is the median of ``--runs`` runs, MB/s over the image's bytes. The load average is
 recorded: a loaded machine makes every figure noisy.
 
-    python benches/archive.py                        # 1000 MB, 3 runs (several minutes)
+    python benches/archive.py                        # 1000 MB, 3 runs (about 8 minutes)
     python benches/archive.py --size-mb 64 --runs 1  # smoke run
     python benches/archive.py --update-readme        # also rewrite its block in README.md
 """

@@ -14,7 +14,7 @@ same way, by clients that cost little next to the server (curl):
 Each figure is the median of ``--runs`` runs, the servers interleaved per run. The machine's
 load average is recorded (a loaded machine makes every figure noisy).
 
-    python benches/serve.py                        # 256 MB layer, 3 runs (a few minutes)
+    python benches/serve.py                        # 256 MB layer, 3 runs (about a minute)
     python benches/serve.py --size-mb 32 --runs 1  # smoke run
     python benches/serve.py --update-readme        # also rewrite its block in benches/README.md
 """
