@@ -165,3 +165,41 @@ def test_push_json_is_one_event_per_line_blob_outcomes_then_manifest_then_tag(
     r = fastdist("push", "--json", "example.test/e2e/bb:1", other)
     assert r.rc == 0, r.stderr
     assert _check_push_events(_events(r.stdout), busybox, other) == "uploaded"
+
+
+def test_push_of_an_index_missing_a_platform_notes_it_and_all_refuses_with_a_hint(
+    fastdist: FastdistCLI, registry: object, pusher: object
+) -> None:
+    from fastdist.oci import Platform
+    from fastdist.testing.images import (
+        File,
+        build_image,
+        build_index,
+        build_layer,
+        push_image,
+        tar_entries,
+    )
+
+    host = registry.host  # type: ignore[attr-defined]
+    index = build_index(
+        [
+            build_image(
+                [build_layer(tar_entries([File(f"etc/{arch}", arch)]))],
+                platform=Platform("linux", arch),
+            )
+            for arch in ("amd64", "arm64")
+        ]
+    )
+    ref = f"{host}/e2e/multi:v1"
+    push_image(pusher, ref, index)
+    assert fastdist("pull", "-q", "--platform", "linux/arm64", ref).rc == 0
+    r = fastdist("push", "--all", ref, f"{host}/e2e/multi-all:v1")
+    assert r.rc == 7
+    assert r.stderr.startswith("error: ")
+    assert "linux/amd64" in r.stderr
+    assert "\nhint: pull each of them (fastdist pull --platform P" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = fastdist("push", ref, f"{host}/e2e/multi-one:v1")
+    assert r.rc == 0, r.stderr
+    assert f"note: platform linux/amd64 of {ref} is not present" in r.stderr
+    assert index.images[1].descriptor.digest in r.stdout
