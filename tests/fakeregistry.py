@@ -418,8 +418,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         m = _UPLOAD_RE.match(path)
-        if m and method in ("PUT", "PATCH"):
-            self._upload(method, m["id"], body)
+        if m and method in ("PUT", "PATCH", "GET"):
+            self._upload(method, m["id"], body, fault)
             return
         self._error(404, "NAME_UNKNOWN", "no route")
 
@@ -604,16 +604,34 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(200, data, headers, head=method == "HEAD")
 
-    def _upload(self, method: str, uid: str, body: bytes) -> None:
+    def _upload(self, method: str, uid: str, body: bytes, fault: Fault | None) -> None:
+        """An upload session, as distribution's: PATCH appends (a ``Content-Range`` must start
+        where the session is, else 416), GET reports ``Range: 0-<end>`` (``0-0`` when empty),
+        PUT appends and closes. ``cut_after`` on a PATCH keeps that many bytes of the chunk
+        and drops the connection without an answer (a cut upload)."""
         fake = self.fake
         buf = fake.uploads.get(uid)
         if buf is None:
             self._error(404, "BLOB_UPLOAD_UNKNOWN")
             return
-        buf += body
-        if method == "PATCH":
-            self._send(202, headers={"Range": f"0-{len(buf) - 1}"})
+        loc = {"Location": self.path, "Docker-Upload-UUID": uid}
+        if method == "GET":
+            self._send(204, headers={"Range": f"0-{max(len(buf) - 1, 0)}", **loc})
             return
+        if method == "PATCH":
+            start = (self.headers.get("Content-Range") or "").partition("-")[0]
+            if start and int(start) != len(buf):
+                self._error(416, "BLOB_UPLOAD_INVALID", "range mismatch")
+                return
+            if fault is not None and fault.cut_after is not None:
+                buf += body[: fault.cut_after]
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            buf += body
+            self._send(202, headers={"Range": f"0-{len(buf) - 1}", **loc})
+            return
+        buf += body
         want = parse_qs(urlsplit(self.path).query).get("digest", [""])[0]
         if digest_of(bytes(buf)) != want:
             self._error(400, "DIGEST_INVALID", "digest mismatch")

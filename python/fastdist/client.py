@@ -564,58 +564,70 @@ class Client:
 
     # --- push ------------------------------------------------------------------------------
     def push(
-        self, ref: str, dest: str | None = None, progress: Progress = no_progress
+        self,
+        ref: str,
+        dest: str | None = None,
+        progress: Progress = no_progress,
+        *,
+        all_platforms: bool = False,
     ) -> PushReport:
         """Push the present image ``ref`` (any form :meth:`find` takes) to ``dest`` (default:
         its own name). Blobs first (HEAD each and skip what the registry has; a
         cross-repository mount when the image's own repository is on the same registry;
-        otherwise a monolithic upload), then the manifest, and an index last, so a push that
-        fails midway leaves no tag pointing at missing content. Every document is sent as the
-        bytes stored (digests preserved). An index is pushed only when every platform it
-        lists is present; otherwise the present platform's manifest is pushed at the tag and
-        ``missing`` names the others."""
-        from .pusher import Pusher
+        otherwise an upload, in chunks for big blobs), then each manifest, an index last, the
+        tag with the last document, so a push that fails midway leaves no tag pointing at
+        missing content. Every document is sent as the bytes stored (digests preserved). An
+        image pulled through an index is pushed as that whole index when every platform it
+        lists is present (manifest and blobs); otherwise the present platform's manifest is
+        pushed at the tag and ``missing`` names the others, or, with ``all_platforms``,
+        IncompleteImageError is raised before anything is sent. Progress: per blob an
+        UPLOADING then an EXISTS or DONE event whose message is the outcome (``exists``,
+        ``mounted``, ``uploaded``), per manifest a DONE event with message ``manifest``, last
+        a DONE event without digest, message ``<dest> <digest>``."""
+        from .pusher import Pusher, plan_push
 
         rec = self.find(ref)[0]
         src = Reference.parse(rec.name)
         target = Reference.parse(dest) if dest is not None else src
-        manifest_bytes = self.content.read_bytes(rec.manifest_digest, oci.MAX_MANIFEST_BYTES)
-        manifest = oci.parse_document(manifest_bytes, None)
-        if not isinstance(manifest, oci.Manifest):
-            raise StoreError(f"{rec.manifest_digest} of {rec.name} is not an image manifest")
-        missing: list[str] = []
-        index_bytes: bytes | None = None
-        if rec.target.digest != rec.manifest_digest:
-            index_bytes = self.content.read_bytes(rec.target.digest, oci.MAX_MANIFEST_BYTES)
-            index = oci.parse_document(index_bytes, rec.target.media_type)
-            if isinstance(index, oci.Index):
-                missing = [
-                    str(d.platform) if d.platform is not None else d.digest
-                    for d in index.manifests
-                    if d.digest != rec.manifest_digest
-                ]
         mount_from = src if src.registry == target.registry and src.path != target.path else None
         pusher = Pusher(self.transport)
         outcomes: dict[str, list[Digest]] = {"exists": [], "mounted": [], "uploaded": []}
+        seen: set[Digest] = set()
         with self._gc_lock(shared=True):
-            for desc in (manifest.config, *manifest.layers):
-                progress(ProgressEvent(Phase.UPLOADING, desc.digest, desc.media_type, 0, desc.size))
-                outcome = pusher.push_blob(
-                    target,
-                    desc.digest,
-                    self.content.path(desc.digest),
-                    mount_from=mount_from,
-                    on_read=_UploadMeter(desc, progress),
-                )
-                outcomes[outcome].append(desc.digest)
-                phase = Phase.EXISTS if outcome == "exists" else Phase.DONE
-                progress(ProgressEvent(phase, desc.digest, desc.media_type, desc.size, desc.size))
-            mtype = manifest.media_type
-            if index_bytes is not None and not missing:
-                pusher.push_manifest(target.with_digest(rec.manifest_digest), manifest_bytes, mtype)
-                top = pusher.push_manifest(target, index_bytes, rec.target.media_type)
-            else:
-                top = pusher.push_manifest(target, manifest_bytes, mtype)
+            plan = plan_push(
+                self._stored_document,
+                self.content.exists,
+                rec.target,
+                rec.manifest_digest,
+                name=rec.name,
+                whole=all_platforms,
+            )
+            for doc in (*plan.children, plan.top):
+                for desc in doc.blobs:
+                    if desc.digest in seen:
+                        continue
+                    seen.add(desc.digest)
+                    progress(
+                        ProgressEvent(Phase.UPLOADING, desc.digest, desc.media_type, 0, desc.size)
+                    )
+                    outcome = pusher.push_blob(
+                        target,
+                        desc.digest,
+                        self.content.path(desc.digest),
+                        mount_from=mount_from,
+                        on_read=_UploadMeter(desc, progress),
+                    )
+                    outcomes[outcome].append(desc.digest)
+                    phase = Phase.EXISTS if outcome == "exists" else Phase.DONE
+                    progress(
+                        ProgressEvent(
+                            phase, desc.digest, desc.media_type, desc.size, desc.size, outcome
+                        )
+                    )
+                at = target if doc is plan.top else target.with_digest(doc.digest)
+                top = pusher.push_manifest(at, doc.data, doc.media_type)
+                n = len(doc.data)
+                progress(ProgressEvent(Phase.DONE, top, doc.media_type, n, n, "manifest"))
         progress(ProgressEvent(Phase.DONE, message=f"{target} {top}"))
         return PushReport(
             str(target),
@@ -623,8 +635,15 @@ class Client:
             tuple(outcomes["uploaded"]),
             tuple(outcomes["mounted"]),
             tuple(outcomes["exists"]),
-            tuple(missing),
+            plan.missing,
+            tuple(d.digest for d in plan.children),
         )
+
+    def _stored_document(self, digest: Digest) -> bytes | None:
+        """A manifest's bytes from the content store, or None when it is not there."""
+        if not self.content.exists(digest):
+            return None
+        return self.content.read_bytes(digest, oci.MAX_MANIFEST_BYTES)
 
     # --- login / logout (auth.py owns the docker config) -------------------------------------
     def login(self, registry: str, username: str, password: str) -> str:
@@ -1511,6 +1530,7 @@ class PushReport:
     mounted: tuple[Digest, ...]
     existed: tuple[Digest, ...]
     missing: tuple[str, ...]  # platforms of the image's index not present, so not pushed
+    manifests: tuple[Digest, ...] = ()  # an index's platform manifests pushed before it
 
 
 class _UploadMeter:
@@ -1523,7 +1543,10 @@ class _UploadMeter:
         self._told = 0
 
     def __call__(self, n: int) -> None:
-        self._sent += n
+        # A resumed chunk is read again: the count never passes the blob's size.
+        self._sent = min(self._sent + n, self._desc.size)
+        if self._sent == self._told:
+            return
         if self._sent - self._told >= (1 << 20) or self._sent == self._desc.size:
             self._told = self._sent
             d = self._desc

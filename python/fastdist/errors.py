@@ -148,6 +148,17 @@ class AmbiguousImageError(StoreError):
         self.candidates = candidates
 
 
+class IncompleteImageError(StoreError):
+    """An image's index lists platforms whose manifest or blobs are not in the store, and the
+    operation needs them all (``push --all``); ``missing`` names them."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, missing: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.missing = missing
+
+
 class ContainerNotFoundError(StoreError):
     """No container has that id."""
 

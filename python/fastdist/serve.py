@@ -38,6 +38,7 @@ import re
 import selectors
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -73,6 +74,14 @@ _RANGE_RE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token (methods, header names)
 _LOG_MAX = 200
 READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+#: The kernel's accept queue (clamped by ``net.core.somaxconn``). Not tied to
+#: ``max_connections``: a connection over the cap must still be accepted to get its 503, and a
+#: queue that a burst overflows makes the kernel drop the handshake's last ACK (the client
+#: believes it is connected, the server never sees it, nothing answers; a flood test hung that
+#: way under load when the queue was 2 x max_connections).
+LISTEN_BACKLOG = 4096
 
 
 @dataclass(frozen=True)
@@ -619,6 +628,11 @@ class _Connection:
                 return None
             if not data:
                 return None
+            if deadline is None and not self.buf and data.startswith(b"\x16"):
+                # A TLS ClientHello (record type 0x16) on a plain-HTTP port: answer at once,
+                # as Go's net/http (docker-registry) does, so a client that tries https first
+                # (fastdist does on loopback) falls back now, not after head_timeout.
+                raise _HeadError(400, "TLS handshake sent to a plain-HTTP server")
             self.buf += data
             if deadline is None and not self.buf.strip(b"\r\n"):
                 self.buf = b""  # RFC 9112 §2.2: ignore empty lines before a request
@@ -696,11 +710,34 @@ class _Connection:
             return -1
 
     def _sendfile(self, fd: int, offset: int, count: int) -> int:
-        """``count`` bytes of ``fd`` from ``offset``: zero-copy ``sendfile`` on plain sockets
-        (socket.sendfile falls back to read+send for TLS). A short file is an error: the
-        connection is closed rather than a truncated body passed off as whole."""
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-            sent = self.sock.sendfile(f, offset, count)
+        """``count`` bytes of ``fd`` from ``offset``. On a plain socket: zero-copy
+        ``os.sendfile`` on the socket in blocking mode with ``SO_SNDTIMEO`` = ``io_timeout``,
+        so the kernel moves the whole range in one call (GIL released) and a client that takes
+        nothing for that long ends it (socket.sendfile on a socket with a Python timeout
+        polls and calls sendfile once per socket buffer: a third of docker-registry's speed).
+        TLS: socket.sendfile's read+send. A short file is an error: the connection is closed
+        rather than a truncated body passed off as whole."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+                sent = self.sock.sendfile(f, offset, count)
+        else:
+            sent = 0
+            timeout = self.server.config.io_timeout
+            sec = int(timeout)
+            self.sock.settimeout(None)
+            self.sock.setsockopt(
+                socket.SOL_SOCKET,
+                socket.SO_SNDTIMEO,
+                struct.pack("ll", sec, int((timeout - sec) * 1_000_000)),
+            )
+            while sent < count:
+                try:
+                    n = os.sendfile(self.sock.fileno(), fd, offset + sent, count - sent)
+                except BlockingIOError:  # SO_SNDTIMEO passed with nothing taken
+                    raise TimeoutError(errno.ETIMEDOUT, "client took no bytes in time") from None
+                if n == 0:
+                    break
+                sent += n
         if sent != count:
             raise OSError(errno.EIO, f"blob ended after {sent} of {count} bytes")
         return sent
@@ -781,7 +818,7 @@ class RegistryServer:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(addr)
-            sock.listen(min(1024, self.config.max_connections * 2))
+            sock.listen(LISTEN_BACKLOG)
         except OSError as e:
             raise ServeError(f"cannot listen on {self.config.listen}: {e.strerror or e}") from e
         sock.setblocking(False)

@@ -110,3 +110,96 @@ def test_push_prints_what_it_did_and_the_pushed_image_pulls_back(
     )
     assert fastdist("rmi", busybox.ref).rc == 0
     assert fastdist("pull", "-q", dest).stdout.strip() == busybox.digest
+
+
+def _events(stdout: str) -> list[dict[str, object]]:
+    import json
+
+    lines = stdout.splitlines()
+    assert lines, "no events"
+    return [json.loads(line) for line in lines]  # every line is one JSON object
+
+
+def _check_push_events(events: list[dict[str, object]], pushed: PushedImage, dest: str) -> str:
+    """The stream of ``push --json``: per blob one final event with its outcome (and
+    nothing after it for that blob), then the manifest, then the tag; returns the one
+    outcome every blob had."""
+    img = pushed.image
+    blobs = {img.config_descriptor.digest, *(x.descriptor.digest for x in img.layers)}
+    finals = [e for e in events if e["phase"] in ("exists", "done") and e["digest"] in blobs]
+    assert sorted(str(e["digest"]) for e in finals) == sorted(blobs)  # one each, none twice
+    outcomes = {e["message"] for e in finals}
+    assert len(outcomes) == 1
+    assert outcomes <= {"exists", "mounted", "uploaded"}
+    for e in events:
+        if e["digest"] in blobs:
+            assert e["phase"] in ("uploading", "exists", "done"), e
+    manifest = [i for i, e in enumerate(events) if e["message"] == "manifest"]
+    assert len(manifest) == 1
+    m = events[manifest[0]]
+    assert (m["phase"], m["digest"]) == ("done", pushed.digest)
+    assert m["media_type"] == pushed.image.descriptor.media_type
+    assert max(events.index(e) for e in finals) < manifest[0]
+    last = events[-1]
+    assert manifest[0] == len(events) - 2
+    assert (last["phase"], last["digest"]) == ("done", None)
+    assert (last["name"], last["image_digest"]) == (dest, pushed.digest)
+    return str(outcomes.pop())
+
+
+def test_push_json_is_one_event_per_line_blob_outcomes_then_manifest_then_tag(
+    fastdist: FastdistCLI, busybox: PushedImage, registry: object
+) -> None:
+    assert fastdist("pull", "-q", busybox.ref).rc == 0
+    dest = f"{registry.host}/e2e/pushed-json:v1"  # type: ignore[attr-defined]
+    r = fastdist("push", "--json", busybox.ref, dest)
+    assert r.rc == 0, r.stderr
+    assert _check_push_events(_events(r.stdout), busybox, dest) == "mounted"
+    r = fastdist("push", "--json", busybox.ref, dest)
+    assert r.rc == 0, r.stderr
+    assert _check_push_events(_events(r.stdout), busybox, dest) == "exists"
+    # Under another registry's name there is nothing to mount from, and a HEAD in a new
+    # repository does not see blobs linked only to others: every blob is uploaded.
+    assert fastdist("tag", busybox.ref, "example.test/e2e/bb:1").rc == 0
+    other = f"{registry.host}/e2e/pushed-json-upload:v1"  # type: ignore[attr-defined]
+    r = fastdist("push", "--json", "example.test/e2e/bb:1", other)
+    assert r.rc == 0, r.stderr
+    assert _check_push_events(_events(r.stdout), busybox, other) == "uploaded"
+
+
+def test_push_of_an_index_missing_a_platform_notes_it_and_all_refuses_with_a_hint(
+    fastdist: FastdistCLI, registry: object, pusher: object
+) -> None:
+    from fastdist.oci import Platform
+    from fastdist.testing.images import (
+        File,
+        build_image,
+        build_index,
+        build_layer,
+        push_image,
+        tar_entries,
+    )
+
+    host = registry.host  # type: ignore[attr-defined]
+    index = build_index(
+        [
+            build_image(
+                [build_layer(tar_entries([File(f"etc/{arch}", arch)]))],
+                platform=Platform("linux", arch),
+            )
+            for arch in ("amd64", "arm64")
+        ]
+    )
+    ref = f"{host}/e2e/multi:v1"
+    push_image(pusher, ref, index)
+    assert fastdist("pull", "-q", "--platform", "linux/arm64", ref).rc == 0
+    r = fastdist("push", "--all", ref, f"{host}/e2e/multi-all:v1")
+    assert r.rc == 7
+    assert r.stderr.startswith("error: ")
+    assert "linux/amd64" in r.stderr
+    assert "\nhint: pull each of them (fastdist pull --platform P" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = fastdist("push", ref, f"{host}/e2e/multi-one:v1")
+    assert r.rc == 0, r.stderr
+    assert f"note: platform linux/amd64 of {ref} is not present" in r.stderr
+    assert index.images[1].descriptor.digest in r.stdout

@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 
 from fastdist.client import Client
-from fastdist.errors import AuthenticationError, RegistryError
+from fastdist.errors import AuthenticationError, IncompleteImageError, RegistryError
+from fastdist.oci import Platform
 from fastdist.progress import Phase, ProgressEvent
 from fastdist.testing.images import (
+    BuiltIndex,
     Dir,
     File,
     build_image,
+    build_index,
     build_layer,
     push_image,
     tar_entries,
@@ -66,7 +69,8 @@ def test_push_to_another_repository_of_the_same_registry_mounts_every_blob(
     assert set(rep.mounted) == blobs
     assert rep.uploaded == ()
     assert rep.digest == img.record.manifest_digest  # the stored bytes, not re-serialised
-    assert {e.digest for e in events if e.phase is Phase.DONE and e.digest} == blobs
+    done = {e.digest: e.message for e in events if e.phase is Phase.DONE and e.digest}
+    assert done == {**dict.fromkeys(blobs, "mounted"), img.record.manifest_digest: "manifest"}
     again = client.push(src_ref, dest)
     assert set(again.existed) == blobs
     assert again.mounted == again.uploaded == ()
@@ -192,3 +196,106 @@ def test_push_with_htpasswd_auth_after_login(
             timeout=120,
         )
         assert anon.returncode != 0  # the registry really asks for the password
+
+
+def _raw(ref: str) -> bytes:
+    out = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{ref}"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def multi(registry: object, pusher: object) -> tuple[str, BuiltIndex]:
+    """A two-platform index (amd64 and arm64), each platform with a layer of its own."""
+    ref = f"{registry.host}/it/push-multi:v1"  # type: ignore[attr-defined]
+    images = [
+        build_image(
+            [build_layer(tar_entries([File(f"etc/{arch}", os.urandom(2000))]))],
+            platform=Platform("linux", arch),
+        )
+        for arch in ("amd64", "arm64")
+    ]
+    index = build_index(images)
+    push_image(pusher, ref, index)
+    return ref, index
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+def test_push_of_an_index_with_every_platform_present_sends_the_whole_index(
+    multi: tuple[str, BuiltIndex], registry: object, tmp_path: Path
+) -> None:
+    ref, index = multi
+    client = Client(tmp_path / "store", snapshotter="native")
+    client.pull(ref, platform="linux/arm64")
+    client.pull(ref, platform="linux/amd64")  # the name now points at amd64; arm64 stays
+    dest = f"{registry.host}/it/push-multi-copy:v1"  # type: ignore[attr-defined]
+    rep = client.push(ref, dest, all_platforms=True)
+    assert rep.digest == index.descriptor.digest
+    assert rep.missing == ()
+    assert rep.manifests == tuple(img.descriptor.digest for img in index.images)
+    assert _raw(dest) == index.index  # the index itself, byte for byte, at the tag
+    base = dest.rpartition(":")[0]
+    for img in index.images:
+        assert _raw(f"{base}@{img.descriptor.digest}") == img.manifest
+    fresh = Client(tmp_path / "fresh", snapshotter="native")
+    assert fresh.pull(dest, platform="linux/arm64").record.manifest_digest == (
+        index.images[1].descriptor.digest
+    )
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+def test_push_of_an_index_with_a_platform_missing_pushes_the_present_one_or_refuses(
+    multi: tuple[str, BuiltIndex], registry: object, tmp_path: Path
+) -> None:
+    ref, index = multi
+    client = Client(tmp_path / "store", snapshotter="native")
+    client.pull(ref, platform="linux/arm64")
+    strict = f"{registry.host}/it/push-multi-strict:v1"  # type: ignore[attr-defined]
+    with pytest.raises(IncompleteImageError) as info:
+        client.push(ref, strict, all_platforms=True)
+    assert info.value.missing == ("linux/amd64",)
+    assert "linux/amd64" in info.value.message
+    assert info.value.hint
+    fresh = Client(tmp_path / "fresh", snapshotter="native")
+    with pytest.raises(RegistryError) as e:
+        fresh.pull(strict)  # refused before anything was sent: no tag
+    assert e.value.status == 404
+    dest = f"{registry.host}/it/push-multi-partial:v1"  # type: ignore[attr-defined]
+    rep = client.push(ref, dest)
+    assert rep.missing == ("linux/amd64",)
+    assert rep.manifests == ()
+    arm64 = index.images[1]
+    assert rep.digest == arm64.descriptor.digest
+    assert _raw(dest) == arm64.manifest  # the present platform's manifest at the tag
+
+
+def test_a_blob_over_the_chunk_size_goes_to_the_real_registry_in_chunks(
+    registry: object, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastdist.oci import sha256_digest
+    from fastdist.pusher import Pusher
+    from fastdist.reference import Reference
+    from fastdist.transport import Transport
+
+    data = os.urandom((3 << 20) + 7)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    digest = sha256_digest(data)
+    ref = Reference.parse(f"{registry.host}/it/push-chunked")  # type: ignore[attr-defined]
+    t = Transport()
+    with caplog.at_level("DEBUG", logger="fastdist.pusher"):
+        assert Pusher(t, chunk_size=1 << 20).push_blob(ref, digest, str(path)) == "uploaded"
+    held = [r.args[1] for r in caplog.records if "the upload session holds" in r.getMessage()]
+    assert held == [1 << 20, 2 << 20, 3 << 20, len(data)]  # the registry's own Range answers
+    resp = t.request(
+        "GET", t.url(ref.registry, f"/v2/{ref.path}/blobs/{digest}"), registry=ref.registry
+    )
+    try:
+        assert resp.content == data
+    finally:
+        resp.close()

@@ -8,6 +8,7 @@ right status and no effect on the store."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -386,6 +387,55 @@ def test_silent_connection_is_closed(served: Served) -> None:
     assert _raw(served.server, b"", shut=False) == b""
 
 
+def test_a_tls_handshake_on_the_plain_port_is_answered_400_at_once(served: Served) -> None:
+    # The head timeout is long: waiting for a head that never comes would fail on _raw's own
+    # 30 s socket timeout. A client trying https first (fastdist on loopback) falls back now.
+    server = _start(served.client, head_timeout=600.0)
+    try:
+        hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + os.urandom(32)
+        out = _raw(server, hello, shut=False)
+        assert _status(out) == 400
+        assert b"plain-HTTP" in out
+    finally:
+        server.stop()
+
+
+def test_a_client_that_stops_reading_a_blob_is_cut_off_after_io_timeout(served: Served) -> None:
+    """The blob goes out by sendfile in one blocking call; SO_SNDTIMEO ends it when the client
+    takes nothing for io_timeout, and the connection is closed short (never hung forever)."""
+    done = threading.Event()
+
+    class _Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "/blobs/" in record.getMessage():
+                done.set()
+
+    access = logging.getLogger("fastdist.serve.access")
+    handler, level = _Seen(), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    server = _start(served.client, io_timeout=1.0)
+    try:
+        digest = served.image.layers[1].descriptor.digest
+        host, port = server.address.rsplit(":", 1)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window the blob overflows
+        s.connect((host, int(port)))
+        s.settimeout(60)
+        with s:
+            s.sendall(f"GET /v2/{served.path}/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert done.wait(120)  # the server gave up on the write (the access log says so)
+            got = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := s.recv(65536):
+                    got += len(chunk)
+        assert got < len(BIG)  # cut short, then closed: recv reached EOF
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+        server.stop()
+
+
 def test_connections_over_the_cap_get_503(served: Served) -> None:
     server = _start(served.client, max_connections=2, head_timeout=60.0)
     try:
@@ -400,6 +450,78 @@ def test_connections_over_the_cap_get_503(served: Served) -> None:
                 s.close()
     finally:
         server.stop()
+
+
+def _open_sockets() -> dict[str, str]:
+    """This process's open sockets by fd (other fds come and go with the rest of the test
+    process: an earlier test's epoll, a log file)."""
+    out = {}
+    for n in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out[n] = os.readlink(f"/proc/self/fd/{n}")
+    return {n: t for n, t in out.items() if t.startswith("socket:")}
+
+
+def _get_v2(s: socket.socket) -> bytes:
+    s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    out = b""
+    while b"\r\n\r\n" not in out or not out.endswith(b"{}"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_a_thousand_connections_over_a_small_cap_get_503_and_leak_nothing(
+    served: Served,
+) -> None:
+    """1,000 connections opened at once, none read until all are open, against a cap of 4:
+    each gets its 503 (none hangs: the accept queue holds the burst, so no handshake is
+    dropped), the admitted clients are answered during the flood, and every socket and
+    thread is gone after."""
+    import resource
+
+    # 1,000 client sockets and the server's side of each live in this one process: a fresh
+    # host's soft limit (1024) would end the test in EMFILE, not in the server's answer.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 4096
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"needs {need} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    threads_before = threading.active_count()
+    sockets_before = _open_sockets()
+    # Held connections stay held however long the flood takes (no idle or head cut-off).
+    server = _start(served.client, max_connections=4, head_timeout=600.0, idle_timeout=600.0)
+    host, port = server.address.rsplit(":", 1)
+    held: list[socket.socket] = []
+    flood: list[socket.socket] = []
+    try:
+        held = [socket.create_connection((host, int(port)), timeout=120) for _ in range(4)]
+        for s in held:  # each admitted (its thread answers) before the flood starts
+            assert _get_v2(s).startswith(b"HTTP/1.1 200")
+        for _ in range(1000):  # all open at once before any is read
+            flood.append(socket.create_connection((host, int(port)), timeout=120))
+        for s in held:  # the legitimate clients are served while the flood is pending
+            assert _get_v2(s).startswith(b"HTTP/1.1 200")
+        statuses = []
+        for s in flood:
+            out = b""
+            while chunk := s.recv(65536):  # the server closes each; the timeout fails a hang
+                out += chunk
+            statuses.append(_status(out))
+            s.close()
+        assert statuses == [503] * 1000
+        for s in held:  # and after it
+            assert _get_v2(s).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held + flood:
+            s.close()
+        server.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # Nothing the flood opened stays open (what earlier tests left may close meanwhile).
+    assert set(_open_sockets().items()) <= set(sockets_before.items())
+    assert threading.active_count() <= threads_before
 
 
 def test_pipelined_keep_alive_requests_are_answered_in_order(served: Served) -> None:

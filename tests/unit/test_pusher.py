@@ -126,3 +126,139 @@ def test_a_malformed_upload_location_is_a_registry_error(location: str) -> None:
             )
         assert info.value.hint
         assert [r.method for r in reg.requests] == ["HEAD", "POST"]
+
+
+def _ranges(reg: FakeRegistry) -> list[str]:
+    return [r.headers.get("content-range", "") for r in reg.requests if r.method == "PATCH"]
+
+
+def test_a_blob_over_the_chunk_size_goes_in_patch_chunks_then_a_bodyless_put(
+    tmp_path: Path,
+) -> None:
+    with FakeRegistry() as reg:
+        data = os.urandom((3 << 20) + 5)
+        path = tmp_path / "big"
+        path.write_bytes(data)
+        d = Digest(digest_of(data))
+        counted: list[int] = []
+        outcome = Pusher(_transport(), chunk_size=1 << 20).push_blob(
+            Reference.parse(f"{reg.host}/app"), d, str(path), on_read=counted.append
+        )
+        assert outcome == "uploaded"
+        assert reg.blobs[d] == data
+        assert [r.method for r in reg.requests] == ["HEAD", "POST", *["PATCH"] * 4, "PUT"]
+        mib = 1 << 20
+        assert _ranges(reg) == [
+            f"0-{mib - 1}",
+            f"{mib}-{2 * mib - 1}",
+            f"{2 * mib}-{3 * mib - 1}",
+            f"{3 * mib}-{3 * mib + 4}",
+        ]
+        assert reg.requests[-1].body == b""
+        assert sum(counted) == len(data)
+
+
+def test_a_small_blob_stays_one_monolithic_put(tmp_path: Path) -> None:
+    with FakeRegistry() as reg:
+        data = os.urandom(1 << 20)
+        path = tmp_path / "small"
+        path.write_bytes(data)
+        d = Digest(digest_of(data))
+        Pusher(_transport(), chunk_size=1 << 20).push_blob(
+            Reference.parse(f"{reg.host}/app"), d, str(path)
+        )
+        assert [r.method for r in reg.requests] == ["HEAD", "POST", "PUT"]
+        assert reg.blobs[d] == data
+
+
+def test_a_cut_chunk_resumes_from_the_range_the_registry_reports(tmp_path: Path) -> None:
+    with FakeRegistry() as reg:
+        mib = 1 << 20
+        data = os.urandom(3 * mib)
+        path = tmp_path / "big"
+        path.write_bytes(data)
+        d = Digest(digest_of(data))
+        # The first chunk is cut after 1000 of its bytes reached the registry.
+        reg.add_fault(Fault(path_contains="/blobs/uploads/", method="PATCH", cut_after=1000))
+        Pusher(_transport(), chunk_size=mib).push_blob(
+            Reference.parse(f"{reg.host}/app"), d, str(path)
+        )
+        assert reg.blobs[d] == data
+        methods = [r.method for r in reg.requests]
+        assert methods == ["HEAD", "POST", "PATCH", "GET", "PATCH", "PATCH", "PATCH", "PUT"]
+        assert _ranges(reg) == [
+            f"0-{mib - 1}",  # cut: the registry kept 1000 bytes of it
+            f"1000-{mib + 999}",  # resumed where the registry said, not from 0
+            f"{mib + 1000}-{2 * mib + 999}",
+            f"{2 * mib + 1000}-{3 * mib - 1}",
+        ]
+
+
+def test_a_refused_chunk_resyncs_with_the_session_and_goes_on(tmp_path: Path) -> None:
+    with FakeRegistry() as reg:
+        mib = 1 << 20
+        data = os.urandom(2 * mib)
+        path = tmp_path / "big"
+        path.write_bytes(data)
+        d = Digest(digest_of(data))
+        reg.add_fault(Fault(path_contains="/blobs/uploads/", method="PATCH", status=416))
+        Pusher(_transport(), chunk_size=mib).push_blob(
+            Reference.parse(f"{reg.host}/app"), d, str(path)
+        )
+        assert reg.blobs[d] == data
+        assert [r.method for r in reg.requests] == [
+            "HEAD",
+            "POST",
+            "PATCH",
+            "GET",
+            "PATCH",
+            "PATCH",
+            "PUT",
+        ]
+
+
+def test_an_upload_session_reporting_a_range_past_the_blob_is_a_registry_error(
+    tmp_path: Path,
+) -> None:
+    with FakeRegistry() as reg:
+        data = os.urandom(3 << 20)
+        path = tmp_path / "big"
+        path.write_bytes(data)
+        reg.add_fault(
+            Fault(
+                path_contains="/blobs/uploads/",
+                method="PATCH",
+                status=202,
+                headers={"Range": f"0-{len(data) * 2}"},
+            )
+        )
+        with pytest.raises(RegistryError, match="Range") as info:
+            Pusher(_transport(), chunk_size=1 << 20).push_blob(
+                Reference.parse(f"{reg.host}/app"), Digest(digest_of(data)), str(path)
+            )
+        assert info.value.hint
+
+
+def test_a_registry_that_acknowledges_no_progress_ends_in_an_error_not_a_loop(
+    tmp_path: Path,
+) -> None:
+    with FakeRegistry() as reg:
+        data = os.urandom(2 << 20)
+        path = tmp_path / "big"
+        path.write_bytes(data)
+        # Every PATCH is answered 202 "holding nothing", however often it is resent.
+        reg.add_fault(
+            Fault(
+                path_contains="/blobs/uploads/",
+                method="PATCH",
+                status=202,
+                headers={"Range": "0-0"},
+                times=-1,
+            )
+        )
+        with pytest.raises(RegistryError, match="took none of bytes"):
+            Pusher(_transport(), chunk_size=1 << 20).push_blob(
+                Reference.parse(f"{reg.host}/app"), Digest(digest_of(data)), str(path)
+            )
+        patches = [r for r in reg.requests if r.method == "PATCH"]
+        assert len(patches) == _transport().config.max_retries + 1

@@ -284,15 +284,15 @@ def cmd_push(args: argparse.Namespace) -> int:
     out = sys.stdout
     live = out.isatty() and not args.quiet and not args.json
     if args.quiet:
-        rep = client.push(args.src, args.dest)
+        rep = client.push(args.src, args.dest, all_platforms=args.all)
     else:
         with PullDisplay(out, live=live, json_events=args.json) as display:
-            rep = client.push(args.src, args.dest, progress=display)
+            rep = client.push(args.src, args.dest, progress=display, all_platforms=args.all)
     for platform in rep.missing:
         print(
             sanitize(
                 f"note: platform {platform} of {args.src} is not present: pushed this "
-                "platform's manifest only, not the index"
+                "platform's manifest only, not the index (--all refuses instead)"
             ),
             file=sys.stderr,
         )
@@ -460,7 +460,10 @@ def add_commands(sub: Any) -> None:
         help="push a present image to a registry",
         description="Push a present image to DEST (default: its own name): blobs first "
         "(skipped when the registry has them, mounted from the image's repository when it is "
-        "on the same registry), then the manifest, an index last; bytes exactly as stored.",
+        "on the same registry, big ones in resumable chunks), then the manifests, an index "
+        "last; bytes exactly as stored. An image pulled through an index is pushed as the "
+        "whole index when every platform is present; otherwise its present platform alone, "
+        "with a note naming the others.",
     )
     sp.add_argument("src", metavar="REF", help="the local image: name, name@digest or ID")
     sp.add_argument(
@@ -472,6 +475,12 @@ def add_commands(sub: Any) -> None:
     )
     sp.add_argument(
         "--json", action="store_true", help="one JSON progress event per line (default: off)"
+    )
+    sp.add_argument(
+        "--all",
+        action="store_true",
+        help="push the whole index or fail, naming the platforms not present (default: the "
+        "present platform alone when some are missing, as skopeo copy without --all)",
     )
     sp.set_defaults(func=cmd_push)
 
