@@ -268,6 +268,10 @@ class Client:
             finally:
                 with self._budgets_lock:
                     self._budgets.pop(id(reference), None)
+            # One fsync of each store's directory makes every layer this pull committed (or
+            # found committed by another process) survive a power loss before it is recorded.
+            self.content.flush()
+            self.snapshotter.flush()
             if _CRASH_AT is not None:
                 _crash_point("committed")
             record = self._record_image(reference, resolved, config, chains)
@@ -596,8 +600,10 @@ class Client:
                             raise _PullAborted("pull aborted")
                         timings.append(("wait", time.monotonic() - t))
                         t = time.monotonic()
-                        staged.commit()
+                        staged.commit(durable=False)  # pull() flushes once at the end
                         timings.append(("commit", time.monotonic() - t))
+                        if _CRASH_AT is not None:
+                            _crash_point("layer-committed")
                     except BaseException:
                         staged.abort()
                         raise
@@ -644,7 +650,7 @@ class Client:
                                 Phase.UNPACKING, desc.digest, desc.media_type, desc.size, desc.size
                             )
                         )
-                        sink.finish()
+                        sink.finish(durable=False)  # pull() flushes once at the end
                         timings.append(("unpack", time.monotonic() - t))
                     except BaseException as e:
                         # A registry that sent the wrong (or too many) bytes gets no resume.
@@ -713,11 +719,13 @@ class Client:
                     t = time.monotonic()
                     try:
                         self._charge(ref, staged)
-                        staged.commit()
+                        staged.commit(durable=False)  # pull() flushes once at the end
                     except BaseException:
                         staged.abort()
                         raise
                     timings.append(("commit", time.monotonic() - t))
+                    if _CRASH_AT is not None:
+                        _crash_point("layer-committed")
                 self._note_snapshot(desc, diff_ids[i], chains[i], progress, tuple(timings))
 
     def _stage_stored(
@@ -757,7 +765,7 @@ class Client:
             except VerificationError:
                 ingest.discard()  # wrong or extra bytes from the registry: no resume from them
                 raise
-            ingest.commit()
+            ingest.commit(durable=False)  # pull() flushes once at the end
         return True
 
     def _note_snapshot(

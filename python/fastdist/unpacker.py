@@ -12,6 +12,8 @@ Two paths (design.md §6):
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from . import _native
 from .content import ContentStore, Ingest
@@ -69,17 +71,24 @@ class LayerSink:
             self._bad = True
             raise
 
-    def finish(self) -> _native.LayerResult:
-        """Verify digest, size and diff_id, and commit the blob; the snapshot stays staged.
+    def finish(self, *, durable: bool = True) -> _native.LayerResult:
+        """Verify digest, size and diff_id, seal the staged snapshot (``Snapshotter.seal``:
+        durable, ready to be renamed) and commit the blob; the snapshot stays staged.
 
-        On failure everything is cleaned up (staging removed, wrong bytes discarded) and the
-        error re-raised.
+        The seal's ``syncfs`` also makes the teed blob durable when the ingest is on the same
+        filesystem, so the blob's commit needs no fsync of its own. ``durable=False``: the
+        blob's rename is made durable by the caller's ``ContentStore.flush`` (see
+        ``Ingest.commit``). On failure everything is cleaned up (staging removed, wrong bytes
+        discarded) and the error re-raised.
         """
         if self._state != "open" or self._writer is None or self.ingest is None:
             raise RuntimeError(f"layer sink for {self.desc.digest} is {self._state}")
         try:
             result = self._writer.finish()
-            self.ingest.commit(verified=True)
+            self.staging.manifest = result.manifest
+            self.snapshotter.seal(self.staging)
+            synced = self.snapshotter.sync and _same_filesystem(self.ingest.path, self.staging.dir)
+            self.ingest.commit(verified=True, data_synced=synced, durable=durable)
         except _BAD_BYTES:
             self._bad = True
             self.abort()
@@ -89,15 +98,15 @@ class LayerSink:
             raise
         self._state = "finished"
         self.result = result
-        self.staging.manifest = result.manifest
         return result
 
-    def commit(self) -> None:
-        """Commit the snapshot (after ``finish``; overlayfs: after the parent's commit)."""
+    def commit(self, *, durable: bool = True) -> None:
+        """Commit the snapshot (after ``finish``; overlayfs: after the parent's commit).
+        ``durable=False``: see ``Snapshotter.commit`` (the caller ``flush``es)."""
         if self._state != "finished":
             raise RuntimeError(f"layer sink for {self.desc.digest} is {self._state}, not finished")
         try:
-            self.snapshotter.commit(self.staging)
+            self.snapshotter.commit(self.staging, durable=durable)
         except BaseException:
             self.abort()
             raise
@@ -127,6 +136,13 @@ class LayerSink:
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False  # then the blob's commit syncs it itself (or reports why it cannot)
 
 
 class Unpacker:
@@ -203,10 +219,11 @@ class Unpacker:
                 expected_diff_id=diff_id,
                 limits=self.limits,
             )
+            staging.manifest = result.manifest
+            self.snapshotter.seal(staging)  # now, in parallel, not at the commit in layer order
         except BaseException:
             self.snapshotter.abort(staging)
             raise
-        staging.manifest = result.manifest
         return LayerSink(self.snapshotter, staging, None, None, desc, result)
 
     def unpack_blob(
