@@ -286,10 +286,14 @@ class SyncGroup:
         self.started += 1
         gen = self.started
         self._cond.release()
+        ok = False
         try:
             self._sync_fn(path)
+            ok = True
         finally:
-            failure = sys.exc_info()[1]
+            # Only the exception propagating from sync_fn: exc_info alone would also name one
+            # the caller is handling (a sync from an ``except`` block, e.g. a refetch).
+            failure = None if ok else sys.exc_info()[1]
             self._cond.acquire()
             self._running = False
             self.finished = gen

@@ -330,3 +330,14 @@ def test_syncfs_syncs_a_real_filesystem_and_reports_a_missing_path(tmp_path: Pat
     syncfs(tmp_path)
     with pytest.raises(StoreError, match="cannot sync"):
         syncfs(tmp_path / "missing")
+
+
+def test_a_sync_called_while_handling_an_exception_succeeds(tmp_path: Path) -> None:
+    # A pull refetching a corrupt stored layer seals its new staging from an except block.
+    group = SyncGroup(lambda path: None)
+    try:
+        raise ValueError("being handled")
+    except ValueError:
+        group.sync(tmp_path)
+    group.sync(tmp_path)  # and the generation is not recorded as failed for later callers
+    assert group.finished == 2
