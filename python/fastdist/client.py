@@ -268,10 +268,6 @@ class Client:
             finally:
                 with self._budgets_lock:
                     self._budgets.pop(id(reference), None)
-            # One fsync of each store's directory makes every layer this pull committed (or
-            # found committed by another process) survive a power loss before it is recorded.
-            self.content.flush()
-            self.snapshotter.flush()
             if _CRASH_AT is not None:
                 _crash_point("committed")
             record = self._record_image(reference, resolved, config, chains)
@@ -814,6 +810,11 @@ class Client:
             created=now,
             updated=now,
         )
+        # One fsync of each store's directory makes every blob and layer this pull or load
+        # committed (``durable=False``), or found committed by another process, survive a power
+        # loss before the image that relies on them is recorded.
+        self.content.flush()
+        self.snapshotter.flush()
         self.metadata.images.put(record)
         stored = self.metadata.images.get(record.name)
         return stored or record
