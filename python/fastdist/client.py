@@ -45,7 +45,7 @@ from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference, names_only_an_id, parse_image_id
 from .sizes import over_limit
 from .snapshots import Snapshotter, default_snapshotter, snapshotter_by_name
-from .store import default_root, ensure_root, rmtree
+from .store import CRASH_AT, crash_point, default_root, ensure_root, rmtree
 from .unpacker import StoredSource, Unpacker
 
 if TYPE_CHECKING:
@@ -242,8 +242,8 @@ class Client:
             job.check_size(self.content, self.snapshotter, resolved.manifest.config, plans)
             source = pulling.RegistrySource(self.fetcher, reference)
             pulling.dispatch(self.unpacker, plans, source, progress, job)
-            if pulling.CRASH_AT is not None:
-                pulling.crash_point("committed")
+            if CRASH_AT is not None:
+                crash_point("committed")
             record = self._record_image(reference, resolved, plans)
         progress(
             ProgressEvent(
@@ -428,6 +428,7 @@ class Client:
             created=now,
             updated=now,
         )
+        # pulling.dispatch made every blob and snapshot this image names durable (one flush).
         self.metadata.images.put(record)
         stored = self.metadata.images.get(record.name)
         return stored or record

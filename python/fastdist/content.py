@@ -175,6 +175,14 @@ class ContentStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
+    def flush(self) -> None:
+        """Make every rename into ``blobs/`` so far durable (one directory fsync): those of
+        ``Ingest.commit(durable=False)``, and blobs of other processes a pull relies on."""
+        try:
+            fsync_dir(self.blobs_dir)
+        except OSError as e:
+            raise StoreError(f"cannot sync {self.blobs_dir}: {e.strerror}") from e
+
     def ingest(self, desc: Descriptor) -> Ingest:
         """Open (or resume) the ingest of ``desc``, waiting for any other writer of that digest.
 
@@ -345,10 +353,17 @@ class Ingest:
         self._hasher = hasher
         self._offset = hasher.size
 
-    def commit(self, verified: bool = False) -> None:
+    def commit(
+        self, verified: bool = False, *, data_synced: bool = False, durable: bool = True
+    ) -> None:
         """Move the blob into the store after checking size and (unless ``verified``) digest.
 
         ``verified=True`` means the caller already hashed the same bytes (a LayerWriter tee).
+        ``data_synced=True``: the caller made ``path``'s bytes durable already (a ``syncfs`` of
+        its filesystem after the tee was written), so no fsync of the file. ``durable=False``
+        skips the fsync of ``blobs/`` that makes the rename survive a power loss; the caller
+        calls ``ContentStore.flush`` once before it records what relies on the blob (the blob
+        is never torn either way, only its name may be lost, and then it is fetched again).
         An existing blob means success. On success the ingest is removed and the lock released;
         on a mismatch the wrong bytes are discarded and the error raised.
         """
@@ -360,7 +375,9 @@ class Ingest:
         try:
             if self._file is not None:
                 self._file.flush()
-                os.fsync(self._file.fileno())
+                if not data_synced:
+                    os.fsync(self._file.fileno())
+                    data_synced = True  # once: not again below
                 self._file.close()
                 self._file = None
             size = self.path.stat().st_size if self.path.exists() else 0
@@ -384,11 +401,13 @@ class Ingest:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 os.fchmod(fd, BLOB_MODE)
-                os.fsync(fd)
+                if not data_synced:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(self.path, self.store.blob_path(digest))
-            fsync_dir(self.store.blobs_dir)
+            if durable:
+                fsync_dir(self.store.blobs_dir)
         except OSError as e:
             raise StoreError(f"cannot commit blob {digest}: {e.strerror}") from e
         log.debug("committed blob %s (%d bytes)", digest, self.desc.size)

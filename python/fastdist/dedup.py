@@ -23,6 +23,7 @@ from .fingerprint import ExpectedTree, ManifestRecord, expected_tree
 from .metadata import FileIndex, ImageRecord, IndexedFile
 from .oci import Digest
 from .snapshots import Snapshotter
+from .store import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +153,6 @@ def disk_usage(
 # --- sharing equal files ------------------------------------------------------------------------
 
 _CHUNK = 1 << 20
-_CRASH_AT = os.environ.get("FASTDIST_TEST_CRASH_AT") or None
-
-
-def _crash_point(name: str) -> None:
-    # Crash-safety tests kill a dedup at named points (tests/integration/test_dedup.py).
-    if name == _CRASH_AT:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 #: The index key of a manifest record: ``(xxh3, size)``. Tests replace it to force equal keys
@@ -407,7 +399,7 @@ def _replace_by_link(snap: Snapshotter, head: str, m: _Member) -> bool:
     except OSError as e:
         log.debug("dedup: cannot link %s: %s", head, e)  # EXDEV: another filesystem
         return False
-    _crash_point("dedup-linked")
+    crash_point("dedup-linked")
     try:
         os.rename(tmp, m.path)
     except OSError as e:
@@ -415,7 +407,7 @@ def _replace_by_link(snap: Snapshotter, head: str, m: _Member) -> bool:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         return False
-    _crash_point("dedup-renamed")
+    crash_point("dedup-renamed")
     with contextlib.suppress(OSError):
         os.utime(parent, ns=(pst.st_atime_ns, pst.st_mtime_ns), follow_symlinks=False)
     return True

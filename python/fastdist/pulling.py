@@ -39,18 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Crash-safety tests kill a pull at named points (tests/integration/test_crash.py); read once, so
-# the pull's hot path only compares against None.
-CRASH_AT = os.environ.get("FASTDIST_TEST_CRASH_AT") or None
-
-
-def crash_point(name: str) -> None:
-    """Kill this process here if the crash test asked for ``name`` (else nothing)."""
-    if name == CRASH_AT:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 @dataclass(frozen=True)
 class LayerPlan:
@@ -220,7 +208,9 @@ def dispatch(
     job: PullJob,
 ) -> None:
     """Bring every plan's snapshot to committed (``Unpacker.unpack`` each), or raise the first
-    real failure with nothing of the failed layers visible."""
+    real failure with nothing of the failed layers visible. On return every blob and snapshot
+    of ``plans`` is durable (one flush of each store for all layers), so the image may be
+    recorded."""
     for p in plans:
         progress(ProgressEvent(Phase.WAITING, p.desc.digest, p.desc.media_type, 0, p.desc.size))
     if not plans:
@@ -229,6 +219,11 @@ def dispatch(
         _dispatch_parallel(unpacker, plans, source, progress, job)
     else:
         _dispatch_ordered(unpacker, plans, source, progress, job)
+    # Each layer was synced before its renames (``durable=False``); one fsync of each store's
+    # directory now makes every rename of this pull, and those of layers another process
+    # committed and this pull relies on, survive a power loss before the image is recorded.
+    unpacker.content.flush()
+    unpacker.snapshotter.flush()
 
 
 def _dispatch_parallel(
@@ -268,6 +263,7 @@ def _dispatch_parallel(
                 wait_parent=below.wait if below is not None else None,
                 charge=job.charge,
                 aborted=job.aborted,
+                durable=False,
             )
             ok = True
         finally:
@@ -311,7 +307,7 @@ def _dispatch_ordered(
 
     def fetch(plan: LayerPlan) -> float:
         t = time.monotonic()
-        unpacker.fetch_blob(plan.desc, source, progress)
+        unpacker.fetch_blob(plan.desc, source, progress, durable=False)
         return time.monotonic() - t
 
     workers = min(len(plans), job.max_parallel)
@@ -326,7 +322,9 @@ def _dispatch_ordered(
         try:
             for plan, fut in zip(plans, futures, strict=True):
                 timings = (("fetch", fut.result()),) if fut is not None else ()
-                unpacker.unpack(plan, source, progress, charge=job.charge, timings=timings)
+                unpacker.unpack(
+                    plan, source, progress, charge=job.charge, timings=timings, durable=False
+                )
         except BaseException:
             job.aborted.set()
             for f in futures:

@@ -15,7 +15,10 @@ Layout under ``<root>/snapshots/<name>/`` (containerd's snapshotter model, desig
     l/<link id> -> ../layers/<hex>/fs   (overlayfs) short names keep deep lowerdir lists short
 
 Nothing half-done is visible: a layer appears in ``layers/`` by one ``rename`` of a complete
-staging directory; "already committed" (by another process) is success.
+staging directory; "already committed" (by another process) is success. A layer is ``seal``ed
+first (info.json and manifest written, then one ``syncfs`` shared with the layers sealing at the
+same time), in parallel and without the parent; its ``commit`` in layer order is then only the
+rename (and, unless the caller ``flush``es once for many, an fsync of ``layers/``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from .errors import FastdistError, StoreError
 from .oci import Digest, parse_digest
@@ -41,9 +44,12 @@ from .store import (
     ensure_dir,
     ensure_root,
     fsync_dir,
+    libc,
     rmtree,
+    syncfs,
     tree_usage,
     write_file_atomic,
+    write_new_file,
 )
 
 log = logging.getLogger(__name__)
@@ -80,6 +86,9 @@ class Staging:
     _lock: FileLock = field(repr=False)
     # The applier's file manifest for this layer, committed beside ``fs`` (``MANIFEST_FILE``).
     manifest: bytes | None = field(default=None, repr=False)
+    # Set by ``Snapshotter.seal``: info.json and the manifest are written and all of it durable.
+    sealed: bool = field(default=False, repr=False)
+    info: dict[str, object] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -220,8 +229,44 @@ class Snapshotter(ABC):
     def prepare_layer(self, chain_id: Digest, parent: Digest | None) -> Staging:
         """A staging directory (``Staging.path``) to unpack the layer ``chain_id`` into."""
 
-    def commit(self, staging: Staging) -> None:
-        """Rename a complete staging dir into ``layers/``; already committed means success."""
+    def seal(self, staging: Staging) -> None:
+        """Make a complete staging dir durable, ready for ``commit``: write its info.json and
+        manifest, then ``syncfs`` (shared with the other layers sealing at the same time, see
+        ``store.syncfs``). Needs no lock and not the parent, so layers seal in parallel while
+        they wait for their parents; the commit after it is only a rename. Idempotent."""
+        if staging.sealed:
+            return
+        chain_id = staging.chain_id
+        if not staging.path.is_dir():
+            raise StoreError(f"cannot commit snapshot {chain_id}: staging was removed")
+        # No "size": usage() measures it when asked (see there).
+        info: dict[str, object] = {
+            "chain_id": chain_id,
+            "parent": staging.parent,
+            "created": time.time(),
+        }
+        info.update(self._commit_info())
+        try:
+            # New names in a private directory that only a rename makes visible: no temp file,
+            # no fsync each; the syncfs below covers them with the tree.
+            if staging.manifest is not None:
+                write_new_file(staging.dir / MANIFEST_FILE, staging.manifest)
+            write_new_file(staging.dir / "info.json", json.dumps(info).encode())
+        except OSError as e:
+            raise StoreError(f"cannot commit snapshot {chain_id}: {e.strerror}") from e
+        if self.sync:
+            syncfs(staging.dir)  # the files must be on disk before the rename is
+        staging.info = info
+        staging.sealed = True
+
+    def commit(self, staging: Staging, *, durable: bool = True) -> None:
+        """Rename a complete staging dir into ``layers/``; already committed means success.
+
+        Seals it first if the caller did not (``seal``). ``durable=False`` skips the fsync of
+        ``layers/`` that makes the rename itself survive a power loss: a caller committing many
+        layers calls ``flush`` once before it records anything that relies on them (the layer is
+        complete and durable either way; only its name may be lost, and then it is unpacked
+        again)."""
         chain_id = staging.chain_id
         with self.lock(chain_id):
             if self.exists(chain_id):
@@ -232,33 +277,30 @@ class Snapshotter(ABC):
                 raise StoreError(
                     f"cannot commit snapshot {chain_id}: parent {staging.parent} is not committed"
                 )
-            if not staging.path.is_dir():
-                raise StoreError(f"cannot commit snapshot {chain_id}: staging was removed")
-            # No "size": usage() measures it when asked (see there).
-            info: dict[str, object] = {
-                "chain_id": chain_id,
-                "parent": staging.parent,
-                "created": time.time(),
-            }
-            info.update(self._commit_info())
+            self.seal(staging)
             try:
-                if self.sync:
-                    _syncfs(staging.dir)  # the files must be on disk before the rename is
-                if staging.manifest is not None:
-                    write_file_atomic(staging.dir / MANIFEST_FILE, staging.manifest)
-                write_file_atomic(staging.dir / "info.json", json.dumps(info).encode())
                 os.rename(staging.dir, self.layer_dir(chain_id))
-                fsync_dir(self.layers_dir)
+                if durable:
+                    fsync_dir(self.layers_dir)
             except OSError as e:
                 raise StoreError(f"cannot commit snapshot {chain_id}: {e.strerror}") from e
-            self._after_commit(chain_id, info)
+            self._after_commit(chain_id, staging.info)
         staging._lock.release(unlink=True)
         log.debug("committed snapshot %s (%s)", chain_id, self.name)
+
+    def flush(self) -> None:
+        """Make every rename into ``layers/`` so far durable (one directory fsync), those of
+        ``commit(durable=False)`` and those of other processes whose layers a pull found
+        committed and relies on."""
+        try:
+            fsync_dir(self.layers_dir)
+        except OSError as e:
+            raise StoreError(f"cannot sync {self.layers_dir}: {e.strerror}") from e
 
     def _commit_info(self) -> dict[str, object]:
         return {}
 
-    def _after_commit(self, chain_id: Digest, info: dict[str, object]) -> None:
+    def _after_commit(self, chain_id: Digest, info: dict[str, object] | None) -> None:
         return None
 
     def abort(self, staging: Staging) -> None:
@@ -382,23 +424,6 @@ class Snapshotter(ABC):
         rmtree(self.active_path(key))
 
 
-_libc_handle: Any = None
-
-
-def _libc() -> Any:
-    """libc through ctypes, loaded on first use (most commands never unmount or sync).
-
-    ``CDLL(None)`` is ``dlopen(NULL)``: the process's own symbols, libc's among them. It
-    replaces ``ctypes.util.find_library("c")``, which runs ldconfig (and gcc) in subprocesses
-    on every first call."""
-    global _libc_handle
-    if _libc_handle is None:
-        import ctypes
-
-        _libc_handle = ctypes.CDLL(None, use_errno=True)
-    return _libc_handle
-
-
 def _errno() -> int:
     import ctypes
 
@@ -408,23 +433,9 @@ def _errno() -> int:
 def _umount2(target: bytes, flags: int) -> int:
     import ctypes
 
-    libc = _libc()
     ctypes.set_errno(0)
-    rc: int = libc.umount2(ctypes.c_char_p(target), ctypes.c_int(flags))
+    rc: int = libc().umount2(ctypes.c_char_p(target), ctypes.c_int(flags))
     return rc
-
-
-def _syncfs(path: Path) -> None:
-    import ctypes
-
-    libc = _libc()
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if libc.syncfs(ctypes.c_int(fd)) != 0:
-            err = ctypes.get_errno()
-            raise StoreError(f"cannot sync {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
@@ -466,7 +477,7 @@ class OverlaySnapshotter(Snapshotter):
     def _commit_info(self) -> dict[str, object]:
         return {"link": os.urandom(5).hex()}
 
-    def _after_commit(self, chain_id: Digest, info: dict[str, object]) -> None:
+    def _after_commit(self, chain_id: Digest, info: dict[str, object] | None) -> None:
         self._ensure_link(chain_id, info)
 
     def _ensure_link(self, chain_id: Digest, info: dict[str, object] | None = None) -> str:

@@ -224,6 +224,128 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def syncfs(path: Path) -> None:
+    """Make every file of ``path``'s filesystem durable (``syncfs``), in a group commit: callers
+    that arrive together share one ``syncfs``, and none returns before a ``syncfs`` that
+    *started after it was called* has finished (so it covers everything the caller wrote).
+
+    One layer of a pull used to cost one ``syncfs`` in turn; layers that finish unpacking at
+    about the same time now share one (``SyncGroup``)."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError as e:
+        raise StoreError(f"cannot sync {path}: {e.strerror}") from e
+    with _groups_lock:
+        group = _groups.get(dev)
+        if group is None:
+            group = _groups[dev] = SyncGroup(_syncfs_path)
+    group.sync(path)
+
+
+class SyncGroup:
+    """Group commit of one sync operation (``sync_fn(path)``, for one filesystem).
+
+    Generations: ``started`` syncs were begun, ``finished`` have ended, at most one runs. A
+    caller needs the generation ``started + 1`` as it arrives (any sync already running may
+    have begun before the caller's writes); the first caller to find no sync running starts the
+    next one, for everyone waiting. A failed generation fails every caller that needed it.
+    """
+
+    def __init__(self, sync_fn: Callable[[Path], None]) -> None:
+        self._sync_fn = sync_fn
+        self._cond = threading.Condition()
+        self.started = 0
+        self.finished = 0
+        self.waiting = 0  # callers inside sync() (for tests: who has arrived)
+        self._running = False
+        self._failed: dict[int, BaseException] = {}
+
+    def sync(self, path: Path) -> None:
+        with self._cond:
+            self.waiting += 1
+            self._cond.notify_all()
+            try:
+                need = self.started + 1
+                while self.finished < need:
+                    if self._running:
+                        self._cond.wait()
+                        continue
+                    self._lead(path)
+                failure = self._failed.get(need)
+            finally:
+                self.waiting -= 1
+        if failure is not None:
+            if isinstance(failure, StoreError):
+                raise StoreError(failure.message, hint=failure.hint) from failure
+            raise StoreError(f"cannot sync {path}: interrupted") from failure
+
+    def _lead(self, path: Path) -> None:
+        """Run one sync with ``_cond`` released (called, and returning, with it held); its
+        failure is raised here and recorded for the other callers that needed it."""
+        self._running = True
+        self.started += 1
+        gen = self.started
+        self._cond.release()
+        ok = False
+        try:
+            self._sync_fn(path)
+            ok = True
+        finally:
+            # Only the exception propagating from sync_fn: exc_info alone would also name one
+            # the caller is handling (a sync from an ``except`` block, e.g. a refetch).
+            failure = None if ok else sys.exc_info()[1]
+            self._cond.acquire()
+            self._running = False
+            self.finished = gen
+            if failure is not None:
+                self._failed[gen] = failure
+                for old in [g for g in self._failed if g < gen - 1024]:
+                    del self._failed[old]
+            self._cond.notify_all()
+
+
+_groups: dict[int, SyncGroup] = {}
+_groups_lock = threading.Lock()
+
+
+def _syncfs_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc().syncfs(fd) != 0:
+            import ctypes
+
+            err = ctypes.get_errno()
+            raise StoreError(f"cannot sync {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+_libc_handle: Any = None
+
+
+def libc() -> Any:
+    """libc through ctypes, loaded on first use (most commands never unmount or sync).
+
+    ``CDLL(None)`` is ``dlopen(NULL)``: the process's own symbols, libc's among them. It
+    replaces ``ctypes.util.find_library("c")``, which runs ldconfig (and gcc) in subprocesses
+    on every first call."""
+    global _libc_handle
+    if _libc_handle is None:
+        import ctypes
+
+        _libc_handle = ctypes.CDLL(None, use_errno=True)
+    return _libc_handle
+
+
+def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create ``path`` (``O_EXCL|O_NOFOLLOW``) holding ``data``, without fsync: for files of a
+    private staging directory that becomes visible only by a rename after a ``syncfs``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def write_file_atomic(path: Path, data: bytes, mode: int = 0o600, *, sync: bool = True) -> None:
     """Write ``data`` to a temp file next to ``path``, fsync it (unless ``sync=False``: caches
     that may be lost or torn) and rename it over ``path``: the one atomic write of the package.
@@ -261,6 +383,19 @@ def _held_counts() -> dict[str, tuple[int, int]]:
         counts = {}
         _held.counts = counts
     return counts
+
+
+# Crash-safety tests kill a pull or a dedup at named points (tests/integration/test_crash.py,
+# test_dedup.py); read once, so hot paths only compare against None.
+CRASH_AT = os.environ.get("FASTDIST_TEST_CRASH_AT") or None
+
+
+def crash_point(name: str) -> None:
+    """Kill this process here if the crash test asked for ``name`` (else nothing)."""
+    if name == CRASH_AT:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class FileLock:

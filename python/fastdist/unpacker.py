@@ -15,9 +15,11 @@ choice of path, waiting for the parent, the commit); the dispatcher (pulling.py)
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from . import _native
@@ -25,8 +27,8 @@ from .content import ContentStore, Ingest
 from .errors import LayerError, PullAbortedError, StoreError, VerificationError
 from .oci import Descriptor, Digest
 from .progress import Phase, Progress, ProgressEvent, no_progress
-from .pulling import CRASH_AT, crash_point
 from .snapshots import Snapshotter, Staging
+from .store import CRASH_AT, crash_point
 
 if TYPE_CHECKING:
     from .fetcher import BlobSink
@@ -82,17 +84,24 @@ class LayerSink:
             self._bad = True
             raise
 
-    def finish(self) -> _native.LayerResult:
-        """Verify digest, size and diff_id, and commit the blob; the snapshot stays staged.
+    def finish(self, *, durable: bool = True) -> _native.LayerResult:
+        """Verify digest, size and diff_id, seal the staged snapshot (``Snapshotter.seal``:
+        durable, ready to be renamed) and commit the blob; the snapshot stays staged.
 
-        On failure everything is cleaned up (staging removed, wrong bytes discarded) and the
-        error re-raised.
+        The seal's ``syncfs`` also makes the teed blob durable when the ingest is on the same
+        filesystem, so the blob's commit needs no fsync of its own. ``durable=False``: the
+        blob's rename is made durable by the caller's ``ContentStore.flush`` (see
+        ``Ingest.commit``). On failure everything is cleaned up (staging removed, wrong bytes
+        discarded) and the error re-raised.
         """
         if self._state != "open" or self._writer is None or self.ingest is None:
             raise RuntimeError(f"layer sink for {self.desc.digest} is {self._state}")
         try:
             result = self._writer.finish()
-            self.ingest.commit(verified=True)
+            self.staging.manifest = result.manifest
+            self.snapshotter.seal(self.staging)
+            synced = self.snapshotter.sync and _same_filesystem(self.ingest.path, self.staging.dir)
+            self.ingest.commit(verified=True, data_synced=synced, durable=durable)
         except _BAD_BYTES:
             self._bad = True
             self.abort()
@@ -102,15 +111,15 @@ class LayerSink:
             raise
         self._state = "finished"
         self.result = result
-        self.staging.manifest = result.manifest
         return result
 
-    def commit(self) -> None:
-        """Commit the snapshot (after ``finish``; overlayfs: after the parent's commit)."""
+    def commit(self, *, durable: bool = True) -> None:
+        """Commit the snapshot (after ``finish``; overlayfs: after the parent's commit).
+        ``durable=False``: see ``Snapshotter.commit`` (the caller ``flush``es)."""
         if self._state != "finished":
             raise RuntimeError(f"layer sink for {self.desc.digest} is {self._state}, not finished")
         try:
-            self.snapshotter.commit(self.staging)
+            self.snapshotter.commit(self.staging, durable=durable)
         except BaseException:
             self.abort()
             raise
@@ -140,6 +149,13 @@ class LayerSink:
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False  # then the blob's commit syncs it itself (or reports why it cannot)
 
 
 class Unpacker:
@@ -216,10 +232,11 @@ class Unpacker:
                 expected_diff_id=diff_id,
                 limits=self.limits,
             )
+            staging.manifest = result.manifest
+            self.snapshotter.seal(staging)  # now, in parallel, not at the commit in layer order
         except BaseException:
             self.snapshotter.abort(staging)
             raise
-        staging.manifest = result.manifest
         return LayerSink(self.snapshotter, staging, None, None, desc, result)
 
     def flatten(self, plan: LayerPlan, dest: str, limits: _native.Limits | None) -> None:
@@ -247,6 +264,7 @@ class Unpacker:
         charge: Callable[[LayerPlan, _native.LayerResult], None] | None = None,
         aborted: threading.Event | None = None,
         timings: Sequence[tuple[str, float]] = (),
+        durable: bool = True,
     ) -> bool:
         """Bring ``plan``'s snapshot to committed, with its blob in the content store.
 
@@ -264,6 +282,10 @@ class Unpacker:
         its commit (the pull's byte budget; may raise). ``aborted``: once set, the stream stops
         (PullAbortedError) with its partial download kept for a resume. ``timings`` go first
         in the DONE event's timings. On any failure nothing of this layer is visible.
+
+        ``durable=False``: the tree and blob are still synced before they are renamed into view
+        (``Snapshotter.seal``), but the renames themselves are made durable by the caller's one
+        ``ContentStore.flush`` + ``Snapshotter.flush`` for all layers (the dispatcher's).
         """
         desc = plan.desc
         if aborted is not None and aborted.is_set():
@@ -272,7 +294,7 @@ class Unpacker:
         with self.snapshotter.lock(plan.chain_id):
             have_snap = self.snapshotter.exists(plan.chain_id)
             if not have_snap:
-                staged = self._stage(plan, source, progress, aborted, spent)
+                staged = self._stage(plan, source, progress, aborted, spent, durable)
                 if CRASH_AT is not None:
                     crash_point("staged")
                 try:
@@ -283,13 +305,15 @@ class Unpacker:
                         raise PullAbortedError("pull aborted")
                     spent.append(("wait", time.monotonic() - t))
                     t = time.monotonic()
-                    staged.commit()
+                    staged.commit(durable=durable)
                     spent.append(("commit", time.monotonic() - t))
                 except BaseException:
                     staged.abort()
                     raise
+                if CRASH_AT is not None:
+                    crash_point("layer-committed")
                 log.debug("unpacked %s into snapshot %s", desc.digest, plan.chain_id)
-        if have_snap and not self.fetch_blob(desc, source, progress):
+        if have_snap and not self.fetch_blob(desc, source, progress, durable=durable):
             progress(
                 ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size)
             )
@@ -301,9 +325,12 @@ class Unpacker:
         )
         return not have_snap
 
-    def fetch_blob(self, desc: Descriptor, source: LayerSource, progress: Progress) -> bool:
+    def fetch_blob(
+        self, desc: Descriptor, source: LayerSource, progress: Progress, *, durable: bool = True
+    ) -> bool:
         """Fetch a blob into the content store only (verified, resumable, once per digest).
-        Returns whether this call downloaded it (False: it was there already)."""
+        Returns whether this call downloaded it (False: it was there already). ``durable``: as
+        for ``unpack``."""
         if self.content.exists(desc.digest):
             return False
         with self.content.ingest(desc) as ingest:
@@ -314,7 +341,7 @@ class Unpacker:
             except VerificationError:
                 ingest.discard()  # wrong or extra bytes from the registry: no resume from them
                 raise
-            ingest.commit()
+            ingest.commit(durable=durable)
         return True
 
     def _stage(
@@ -324,6 +351,7 @@ class Unpacker:
         progress: Progress,
         aborted: threading.Event | None,
         timings: list[tuple[str, float]],
+        durable: bool,
         refetched: bool = False,
     ) -> LayerSink:
         """Bring one missing layer to "ready to commit" (a staged sink). The caller holds the
@@ -333,13 +361,15 @@ class Unpacker:
         t = time.monotonic()
         if not self.content.exists(desc.digest):
             if self.snapshotter.apply_mode != "layer":
-                self.fetch_blob(desc, source, progress)
+                self.fetch_blob(desc, source, progress, durable=durable)
                 timings.append(("fetch", time.monotonic() - t))
                 t = time.monotonic()
             else:
                 with self.content.ingest(desc) as ingest:
                     if not self.content.exists(desc.digest):
-                        return self._stream(plan, source, progress, aborted, timings, ingest)
+                        return self._stream(
+                            plan, source, progress, aborted, timings, ingest, durable
+                        )
                 # Another process fetched it while we waited for the digest's lock: the blob is
                 # stored now, and is unpacked from there with the ingest lock released.
         progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
@@ -349,7 +379,7 @@ class Unpacker:
             # Verified while read: a stored blob that went bad on disk is fetched again.
             if refetched or not self._drop_if_corrupt(desc.digest):
                 raise
-            return self._stage(plan, source, progress, aborted, timings, refetched=True)
+            return self._stage(plan, source, progress, aborted, timings, durable, refetched=True)
         timings.append(("unpack", time.monotonic() - t))
         return staged
 
@@ -361,6 +391,7 @@ class Unpacker:
         aborted: threading.Event | None,
         timings: list[tuple[str, float]],
         ingest: Ingest,
+        durable: bool,
     ) -> LayerSink:
         desc = plan.desc
         t = time.monotonic()
@@ -372,7 +403,7 @@ class Unpacker:
             progress(
                 ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, desc.size, desc.size)
             )
-            sink.finish()
+            sink.finish(durable=durable)
             timings.append(("unpack", time.monotonic() - t))
         except BaseException as e:
             # A registry that sent the wrong (or too many) bytes gets no resume.

@@ -165,3 +165,55 @@ def test_overlay_probe_success_is_remembered_on_disk(
     snapshots._probed.clear()
     with pytest.raises(AssertionError, match="probe ran again"):
         snapshots.overlay_supported(tmp_path)
+
+
+@pytest.mark.parametrize("cls", [OverlaySnapshotter, NativeSnapshotter])
+def test_a_sealed_layer_is_complete_on_disk_but_invisible_until_its_commit(
+    tmp_path: Path, cls: type[OverlaySnapshotter] | type[NativeSnapshotter]
+) -> None:
+    snap = cls(tmp_path)
+    s = snap.prepare_layer(chain(0), None)
+    (s.path / "f").write_bytes(b"x")
+    s.manifest = b"manifest bytes"
+    snap.seal(s)
+    # info.json and the manifest are written (and synced) with the tree, before the rename.
+    info = json.loads((s.dir / "info.json").read_bytes())
+    assert info["chain_id"] == chain(0)
+    assert info["parent"] is None
+    assert (s.dir / "manifest").read_bytes() == b"manifest bytes"
+    assert not snap.exists(chain(0))
+    assert snap.list() == []
+    snap.seal(s)  # idempotent: nothing written twice (O_EXCL would refuse it)
+    snap.commit(s, durable=False)
+    assert snap.exists(chain(0))
+    assert snap.manifest(chain(0)) == b"manifest bytes"
+    assert snap._info(chain(0)) == info
+    snap.flush()
+
+
+def test_overlay_layers_seal_before_their_parent_commits_and_commit_in_order(
+    tmp_path: Path,
+) -> None:
+    snap = OverlaySnapshotter(tmp_path)
+    parent = snap.prepare_layer(chain(0), None)
+    child = snap.prepare_layer(chain(1), chain(0))
+    snap.seal(child)  # needs neither the parent nor a lock
+    with pytest.raises(StoreError, match=r"parent .* is not committed"):
+        snap.commit(child)
+    assert not snap.exists(chain(1))
+    snap.commit(parent)
+    snap.commit(child)
+    assert snap.chain(chain(1)) == [chain(1), chain(0)]
+    link = snap._info(chain(1))["link"]
+    assert os.readlink(snap.links_dir / str(link)) == f"../layers/{chain(1)[7:]}/fs"
+
+
+def test_a_sealed_staging_left_by_a_crash_is_swept_and_never_committed(tmp_path: Path) -> None:
+    snap = OverlaySnapshotter(tmp_path)
+    s = snap.prepare_layer(chain(0), None)
+    snap.seal(s)
+    s._lock.release()  # the owner dies: its flock goes with it
+    assert snap.staging_leftovers() == [s.dir]
+    assert snap.sweep_staging() == 1
+    assert not snap.exists(chain(0))
+    assert not s.dir.exists()

@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from fastdist.client import Client
 from fastdist.errors import StoreError
 from fastdist.oci import sha256_digest
 from fastdist.snapshots import NativeSnapshotter, OverlaySnapshotter
-from fastdist.store import ensure_root, open_beneath
+from fastdist.store import SyncGroup, ensure_root, open_beneath, syncfs
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a second uid needs root (setpriv)")
@@ -243,3 +244,100 @@ def test_ensure_dir_makes_again_a_directory_removed_after_mkdir_found_it(
     assert store.ensure_dir(target) == target
     assert target.is_dir()
     assert raced == [True]
+
+
+# --- group commit of syncfs ----------------------------------------------------------------------
+class _BlockingSync:
+    """A ``SyncGroup`` sync function that blocks each generation until the test releases it."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.started: list[threading.Event] = [threading.Event() for _ in range(4)]
+        self.release: list[threading.Event] = [threading.Event() for _ in range(4)]
+        self.calls = 0
+        self.fail_first = fail_first
+
+    def __call__(self, path: Path) -> None:
+        gen = self.calls
+        self.calls += 1
+        self.started[gen].set()
+        assert self.release[gen].wait(30)
+        if gen == 0 and self.fail_first:
+            raise StoreError(f"cannot sync {path}: Input/output error")
+
+
+def _arrived(group: SyncGroup, n: int) -> None:
+    with group._cond:
+        assert group._cond.wait_for(lambda: group.waiting == n, timeout=30)
+
+
+def _start(group: SyncGroup, path: Path, errors: list[StoreError]) -> threading.Thread:
+    def run() -> None:
+        try:
+            group.sync(path)
+        except StoreError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_callers_arriving_during_a_sync_wait_for_one_shared_sync_that_starts_after_them(
+    tmp_path: Path,
+) -> None:
+    fn = _BlockingSync()
+    group = SyncGroup(fn)
+    errors: list[StoreError] = []
+    first = _start(group, tmp_path, errors)
+    assert fn.started[0].wait(30)
+    # Three more layers finish while the first sync runs: it may have begun before their
+    # writes, so it must not count for them.
+    late = [_start(group, tmp_path, errors) for _ in range(3)]
+    _arrived(group, 4)
+    fn.release[0].set()
+    first.join(30)
+    assert not first.is_alive()
+    assert fn.started[1].wait(30)  # one new sync for all three ...
+    assert all(t.is_alive() for t in late)  # ... and none returned before it finished
+    fn.release[1].set()
+    for t in late:
+        t.join(30)
+        assert not t.is_alive()
+    assert errors == []
+    assert fn.calls == 2
+    assert group.started == group.finished == 2
+
+
+def test_a_failed_sync_fails_every_caller_that_needed_it_and_the_next_one_runs_again(
+    tmp_path: Path,
+) -> None:
+    fn = _BlockingSync(fail_first=True)
+    group = SyncGroup(fn)
+    errors: list[StoreError] = []
+    first = _start(group, tmp_path, errors)
+    assert fn.started[0].wait(30)
+    fn.release[0].set()
+    first.join(30)
+    assert len(errors) == 1
+    assert "Input/output error" in str(errors[0])
+    fn.release[1].set()
+    group.sync(tmp_path)  # a later caller gets a sync of its own, which succeeds
+    assert fn.calls == 2
+
+
+def test_syncfs_syncs_a_real_filesystem_and_reports_a_missing_path(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    syncfs(tmp_path)
+    with pytest.raises(StoreError, match="cannot sync"):
+        syncfs(tmp_path / "missing")
+
+
+def test_a_sync_called_while_handling_an_exception_succeeds(tmp_path: Path) -> None:
+    # A pull refetching a corrupt stored layer seals its new staging from an except block.
+    group = SyncGroup(lambda path: None)
+    try:
+        raise ValueError("being handled")
+    except ValueError:
+        group.sync(tmp_path)
+    group.sync(tmp_path)  # and the generation is not recorded as failed for later callers
+    assert group.finished == 2
