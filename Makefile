@@ -12,11 +12,13 @@ dev build: setup
 
 fmt:              ## format Rust and Python
 	cargo fmt --all
+	cargo fmt --all --manifest-path fuzz/rust/Cargo.toml
 	$(PY) -m ruff format python tests benches examples
 	$(PY) -m ruff check --fix python tests benches examples
 
 fmt-check:
 	cargo fmt --all -- --check
+	cargo fmt --all --manifest-path fuzz/rust/Cargo.toml -- --check
 	$(PY) -m ruff format --check python tests benches examples
 
 lint:

@@ -67,7 +67,11 @@ fn saved_regressions_and_corpus_hold_every_property() {
         saved += kept;
     }
     // The committed inputs are found (a moved tree must not replay nothing).
-    assert!(saved >= 4, "only {saved} regression inputs under {}", tree.display());
+    assert!(
+        saved >= 4,
+        "only {saved} regression inputs under {}",
+        tree.display()
+    );
 }
 
 /// The fuzz tree (`fuzz/`, this crate's parent): regressions and corpora of every target.
