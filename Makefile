@@ -3,14 +3,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check wheel-test demo bench bench-far bench-micro fuzz fuzz-rust clean
+.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check wheel-test demo bench bench-far bench-micro fuzz fuzz-rust fuzz-replay clean
 
 # `make setup` always runs the whole set-up (system packages, venv, extension). The other targets
 # depend on its stamp instead, so `make test` on a set-up tree does not rerun apt and pip; the
 # extension is rebuilt when a Rust source, a Cargo manifest or the maturin config is newer than it.
 SETUP_STAMP := $(VENV)/.fastdist-setup
 NATIVE      := python/fastdist/_native.abi3.so
-RUST_INPUTS := $(shell find rust -path rust/fuzz -prune -o \( -name '*.rs' -o -name Cargo.toml \) -print 2>/dev/null) \
+RUST_INPUTS := $(shell find rust \( -name '*.rs' -o -name Cargo.toml \) -print 2>/dev/null) \
                $(wildcard Cargo.toml Cargo.lock) pyproject.toml
 
 setup:            ## install system packages, the venv and build the extension
@@ -29,11 +29,13 @@ dev build: $(NATIVE)
 
 fmt:              ## format Rust and Python
 	cargo fmt --all
+	cargo fmt --all --manifest-path fuzz/rust/Cargo.toml
 	$(PY) -m ruff format python tests benches examples
 	$(PY) -m ruff check --fix python tests benches examples
 
 fmt-check:
 	cargo fmt --all -- --check
+	cargo fmt --all --manifest-path fuzz/rust/Cargo.toml -- --check
 	$(PY) -m ruff format --check python tests benches examples
 
 lint:
@@ -74,14 +76,17 @@ bench-micro: $(NATIVE)
 	$(PY) benches/micro.py
 
 FUZZ_SECONDS ?= 60
-fuzz: $(NATIVE)       ## each fuzz target for FUZZ_SECONDS (atheris, then cargo-fuzz); crashes land in fuzz/crashes/<target>/ and rust/fuzz/artifacts/<target>/
+# One fuzz tree (fuzz/README.md): targets in fuzz/python (atheris) and fuzz/rust (cargo-fuzz),
+# corpora in fuzz/corpus/<target>/, crashes in fuzz/artifacts/<target>/, inputs kept for good in
+# fuzz/regressions/<target>/, replayed by fuzz-replay.
+PY_FUZZ_TARGETS := manifest layer
+fuzz: $(NATIVE)   ## every fuzz target for FUZZ_SECONDS (atheris, then cargo-fuzz), then the replays
 	$(PY) -m pip install --quiet 'atheris>=2.3'
-	@mkdir -p fuzz/crashes/manifest fuzz/crashes/layer fuzz/corpus/manifest fuzz/corpus/layer
-	$(PY) fuzz/fuzz_manifest.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
-		-artifact_prefix=fuzz/crashes/manifest/ fuzz/corpus/manifest
-	$(PY) fuzz/fuzz_layer.py -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 \
-		-artifact_prefix=fuzz/crashes/layer/ fuzz/corpus/layer
-	$(PY) -m pytest -q tests/unit/test_fuzz_regressions.py
+	@for t in $(PY_FUZZ_TARGETS); do mkdir -p fuzz/artifacts/$$t fuzz/corpus/$$t; done
+	$(PY) fuzz/python/fuzz_manifest.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+		-artifact_prefix=fuzz/artifacts/manifest/ fuzz/corpus/manifest
+	$(PY) fuzz/python/fuzz_layer.py -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 \
+		-artifact_prefix=fuzz/artifacts/layer/ fuzz/corpus/layer
 	$(MAKE) fuzz-rust FUZZ_SECONDS=$(FUZZ_SECONDS)
 
 # cargo-fuzz on stable Rust: RUSTC_BOOTSTRAP=1 lets stable rustc take the -Z sanitizer and
@@ -93,15 +98,20 @@ fuzz: $(NATIVE)       ## each fuzz target for FUZZ_SECONDS (atheris, then cargo-
 # silently wrap in a release build panics under the fuzzer instead.
 RUST_FUZZ_TARGETS := apply_layer apply_compressed decompress tar_reader
 CARGO_FUZZ_ENV := RUSTC_BOOTSTRAP=1 CRATE_CC_NO_DEFAULTS=1 CFLAGS="-O2 -fPIC"
-fuzz-rust:        ## cargo-fuzz targets of the Rust core for FUZZ_SECONDS each, then the replay tests
+fuzz-rust:        ## cargo-fuzz targets of the Rust core for FUZZ_SECONDS each, then the replays
 	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-	cargo run --quiet --release --manifest-path rust/fuzz/Cargo.toml --bin seed_corpus -- rust/fuzz/corpus
-	cd rust && failed=; for t in $(RUST_FUZZ_TARGETS); do \
-		$(CARGO_FUZZ_ENV) cargo fuzz run -O -a $$t fuzz/corpus/$$t -- \
-			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 || failed="$$failed $$t"; \
+	cargo run --quiet --release --manifest-path fuzz/rust/Cargo.toml --bin seed_corpus -- fuzz/corpus
+	failed=; for t in $(RUST_FUZZ_TARGETS); do mkdir -p fuzz/artifacts/$$t; \
+		$(CARGO_FUZZ_ENV) cargo fuzz run --fuzz-dir fuzz/rust -O -a $$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+			-artifact_prefix=fuzz/artifacts/$$t/ || failed="$$failed $$t"; \
 	done; \
-	cargo test --release --manifest-path fuzz/Cargo.toml || failed="$$failed replay"; \
-	if [ -n "$$failed" ]; then echo "fuzz-rust failed:$$failed (inputs in rust/fuzz/artifacts/)"; exit 1; fi
+	$(MAKE) fuzz-replay || failed="$$failed replay"; \
+	if [ -n "$$failed" ]; then echo "fuzz-rust failed:$$failed (inputs in fuzz/artifacts/)"; exit 1; fi
+
+fuzz-replay: $(NATIVE) ## every kept input, seed and corpus entry of every fuzz target, without a fuzzer
+	$(PY) -m pytest -q tests/unit/test_fuzz_regressions.py
+	cargo test --release --manifest-path fuzz/rust/Cargo.toml
 
 clean:
 	rm -rf target .venv .mypy_cache .ruff_cache .pytest_cache

@@ -1,9 +1,17 @@
-"""Type stub of fastdist._native, the Rust core (rust/src). Checked against the built module by
-``python -m mypy.stubtest fastdist._native``.
+"""Type stub of fastdist._native, the bindings (rust/py) of the Rust core (rust/src). Checked
+against the built module by ``python -m mypy.stubtest fastdist._native``.
 
-Errors are raised as the classes in fastdist.errors (InvalidDigestError, DigestMismatchError,
-SizeMismatchError, UnsafePathError, CorruptLayerError, UnsupportedMediaTypeError,
-LimitExceededError, StoreError for I/O on the destination).
+Errors are raised as the classes in fastdist.errors (built by ``errors.from_native``), with the
+Rust error's fields as attributes, so no caller parses a message:
+
+* InvalidDigestError: ``digest``
+* UnsupportedMediaTypeError: ``media_type`` (a layer type) or ``digest`` (an unknown algorithm)
+* DigestMismatchError: ``what`` (``"digest"`` or ``"diff_id"``), ``expected``, ``actual``
+* SizeMismatchError: ``expected``, ``actual`` (bytes)
+* UnsafePathError: ``path`` (the entry in the layer), ``reason``
+* CorruptLayerError: ``reason``, ``entry`` (the tar entry, or None)
+* LimitExceededError: ``limit`` (its name), ``maximum`` (the configured value), ``actual``
+* StoreError (I/O on the destination or a local file): ``op``, ``path``, ``errno`` (or None)
 """
 
 from typing import Literal, final

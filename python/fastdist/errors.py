@@ -3,12 +3,14 @@
 Every error carries a one-line ``message`` (``<what failed>: <why>``, naming the digest, path or
 redacted URL) and an optional ``hint`` telling the user what to do next. The CLI maps each class to
 an exit code (``exit_code``) and prints ``error: …`` / ``hint: …``. The native module raises these
-same classes (looked up by name from this module), so callers never see a Rust-specific type.
+same classes, built by ``from_native`` from the Rust error's kind and fields (digest, path, expected
+and actual values, the limit), so callers never see a Rust-specific type and never parse a message.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 
 class FastdistError(Exception):
@@ -32,7 +34,12 @@ class InvalidReferenceError(FastdistError):
 
 
 class InvalidDigestError(InvalidReferenceError):
-    """A digest string is not ``sha256:`` followed by 64 lowercase hex digits."""
+    """A digest string is not ``sha256:`` followed by 64 lowercase hex digits; ``digest`` is the
+    string (when known)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, digest: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.digest = digest
 
 
 class InvalidArgumentError(FastdistError, ValueError):
@@ -94,11 +101,39 @@ class VerificationError(FastdistError):
 
 
 class DigestMismatchError(VerificationError):
-    """The computed digest (or diff_id) differs from the expected one."""
+    """The computed digest (or diff_id) differs from the expected one. From the native core,
+    ``what`` is ``"digest"`` or ``"diff_id"`` and ``expected``/``actual`` the two digests."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        what: str | None = None,
+        expected: str | None = None,
+        actual: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.what = what
+        self.expected = expected
+        self.actual = actual
 
 
 class SizeMismatchError(VerificationError):
-    """The number of bytes differs from the descriptor's size."""
+    """The number of bytes differs from the descriptor's size (``expected``/``actual`` bytes, when
+    known)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        expected: int | None = None,
+        actual: int | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.expected = expected
+        self.actual = actual
 
 
 class ManifestError(VerificationError):
@@ -112,25 +147,96 @@ class LayerError(FastdistError):
 
 
 class UnsafePathError(LayerError):
-    """A layer entry would reach outside the root or misuse a link or whiteout."""
+    """A layer entry would reach outside the root or misuse a link or whiteout: ``path`` is the
+    entry's path in the layer, ``reason`` what is wrong with it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        path: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.reason = reason
 
 
 class CorruptLayerError(LayerError):
-    """A layer's compressed stream or tar archive is malformed or truncated."""
+    """A layer's compressed stream or tar archive is malformed or truncated: ``reason``, and
+    ``entry``, the tar entry it happened in (None when not inside one)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        reason: str | None = None,
+        entry: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.entry = entry
 
 
 class UnsupportedMediaTypeError(LayerError):
-    """A media type (or digest algorithm) fastdist does not accept."""
+    """A media type (or digest algorithm) fastdist does not accept: ``media_type`` or ``digest``
+    is the refused value."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        media_type: str | None = None,
+        digest: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.media_type = media_type
+        self.digest = digest
 
 
 class LimitExceededError(LayerError):
-    """A configured resource limit (size, entries, ratio, depth…) was exceeded."""
+    """A configured resource limit (size, entries, ratio, depth…) was exceeded: ``limit`` names
+    it, ``maximum`` is its configured value and ``actual`` what the input reached."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        limit: str | None = None,
+        maximum: int | None = None,
+        actual: int | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.limit = limit
+        self.maximum = maximum
+        self.actual = actual
 
 
 class StoreError(FastdistError):
-    """The local store (content, snapshots, metadata) failed or is inconsistent."""
+    """The local store (content, snapshots, metadata) failed or is inconsistent.
+
+    From the native core's I/O: ``op`` (``"open"``, ``"write"``…), ``path`` and ``errno`` (None
+    when the failure was not an OS error)."""
 
     exit_code = 7
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        op: str | None = None,
+        path: str | None = None,
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.op = op
+        self.path = path
+        self.errno = errno
 
 
 class ImageNotFoundError(StoreError):
@@ -207,3 +313,29 @@ class ServeError(FastdistError):
 class PullAbortedError(FastdistError):
     """A layer stopped because another layer of the same pull failed (pulling.py); the
     dispatcher raises that failure instead, so users see this only if nothing else failed."""
+
+
+# The native core's error kinds (rust/src/error.rs, one per variant; rust/py/src/lib.rs sends the
+# variant's fields as keyword arguments) and the class each becomes.
+_NATIVE_KINDS: Mapping[str, Callable[..., FastdistError]] = {
+    "invalid_digest": InvalidDigestError,
+    "unsupported_algorithm": UnsupportedMediaTypeError,
+    "unsupported_media_type": UnsupportedMediaTypeError,
+    "digest_mismatch": DigestMismatchError,
+    "size_mismatch": SizeMismatchError,
+    "unsafe_path": UnsafePathError,
+    "corrupt": CorruptLayerError,
+    "limit": LimitExceededError,
+    "io": StoreError,
+    "state": FastdistError,
+}
+
+
+def from_native(kind: str, message: str, fields: Mapping[str, Any]) -> FastdistError:
+    """The exception for a native-core error: its class by ``kind``, its attributes from
+    ``fields``. Called by the native module only; an unknown kind (a newer core) is a plain
+    ``FastdistError`` with the message."""
+    make = _NATIVE_KINDS.get(kind)
+    if make is None:
+        return FastdistError(message)
+    return make(message, **fields)

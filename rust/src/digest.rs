@@ -5,7 +5,7 @@
 //! invalid. Hashing uses the `sha2` crate, which on x86_64 detects SHA-NI at run time
 //! (cpufeatures) and uses the intrinsics; its `asm` feature only swaps the non-SHA-NI fallback.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 
 use sha2::Digest as _;
@@ -136,86 +136,6 @@ fn digest_mismatch(what: &'static str, expected: &str, actual: &str) -> Error {
     }
 }
 
-/// A reader that hashes and counts everything read through it.
-pub struct HashingReader<R> {
-    inner: R,
-    sha: Sha256,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        Self {
-            inner,
-            sha: Sha256::new(),
-        }
-    }
-
-    pub fn hasher(&self) -> &Sha256 {
-        &self.sha
-    }
-
-    /// Read the rest of the stream, then check size and digest; returns (digest, size).
-    pub fn finish_verify(
-        mut self,
-        what: &'static str,
-        expected_digest: Option<&str>,
-        expected_size: Option<u64>,
-    ) -> io::Result<Result<(String, u64)>> {
-        io::copy(&mut self, &mut io::sink())?;
-        let digest = self.sha.digest();
-        let size = self.sha.size();
-        Ok(verify(what, &digest, size, expected_digest, expected_size).map(|()| (digest, size)))
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// A writer that hashes and counts everything written through it.
-pub struct HashingWriter<W> {
-    inner: W,
-    sha: Sha256,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            sha: Sha256::new(),
-        }
-    }
-
-    /// Check size and digest of everything written; returns (inner writer, digest, size).
-    pub fn finish_verify(
-        self,
-        what: &'static str,
-        expected_digest: Option<&str>,
-        expected_size: Option<u64>,
-    ) -> Result<(W, String, u64)> {
-        let digest = self.sha.digest();
-        let size = self.sha.size();
-        verify(what, &digest, size, expected_digest, expected_size)?;
-        Ok((self.inner, digest, size))
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Hash a whole file; returns (`sha256:<hex>`, size).
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
     let shown = || path.display().to_string();
@@ -268,29 +188,23 @@ mod tests {
     }
 
     #[test]
-    fn hashing_reader_checks_size_before_digest() {
-        let r = HashingReader::new(&b"abc"[..]);
-        let res = r.finish_verify("digest", Some(EMPTY), Some(4)).unwrap();
+    fn verify_checks_size_before_digest() {
         assert!(matches!(
-            res,
+            verify("digest", EMPTY, 3, Some("sha256:00"), Some(4)),
             Err(Error::SizeMismatch {
                 expected: 4,
                 actual: 3
             })
         ));
-        let r = HashingReader::new(&b""[..]);
-        let (d, n) = r
-            .finish_verify("digest", Some(EMPTY), Some(0))
-            .unwrap()
-            .unwrap();
-        assert_eq!((d.as_str(), n), (EMPTY, 0));
+        assert!(verify("digest", EMPTY, 0, Some(EMPTY), Some(0)).is_ok());
+        assert!(verify("digest", EMPTY, 0, None, None).is_ok());
     }
 
     #[test]
-    fn hashing_writer_reports_digest_mismatch() {
-        let mut w = HashingWriter::new(Vec::new());
-        w.write_all(b"x").unwrap();
-        let err = w.finish_verify("diff_id", Some(EMPTY), None).err();
+    fn verify_reports_which_digest_mismatched() {
+        let mut sha = Sha256::new();
+        sha.update(b"x");
+        let err = verify("diff_id", &sha.digest(), sha.size(), Some(EMPTY), None).err();
         assert!(matches!(
             err,
             Some(Error::DigestMismatch {

@@ -1,6 +1,7 @@
 //! The crate's one error type. Every variant carries what a user needs to act: the entry path,
-//! the digest, the limit with its configured maximum. py.rs maps each variant to a class of
-//! fastdist.errors; nothing else in the crate knows about Python.
+//! the digest, the limit with its configured maximum. The bindings (rust/py) hand each variant's
+//! kind and fields to `fastdist.errors.from_native`, which makes them the attributes of a
+//! fastdist.errors class; nothing in this crate knows about Python.
 
 use std::io;
 

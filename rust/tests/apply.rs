@@ -9,8 +9,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use _native::apply::{apply_tar, ApplyOptions, Mode};
 use common::{apply, node, opts, snapshot, Tar, Work, E};
+use fastdist_core::apply::{apply_tar, ApplyOptions, Mode};
 
 #[test]
 fn regular_file_gets_mode_owner_ns_mtime_and_xattrs() {
@@ -231,7 +231,7 @@ fn hardlink_may_target_a_lower_layer_in_flatten_mode() {
         Mode::Flatten,
     );
     assert!(
-        matches!(r, Err(_native::error::Error::Corrupt { .. })),
+        matches!(r, Err(fastdist_core::error::Error::Corrupt { .. })),
         "{r:?}"
     );
 }

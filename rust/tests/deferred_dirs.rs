@@ -8,9 +8,9 @@
 
 mod common;
 
-use _native::apply::{apply_tar, Mode};
-use _native::error::Error;
 use common::{apply, node, opts, Tar, Work, E};
+use fastdist_core::apply::{apply_tar, Mode};
+use fastdist_core::error::Error;
 
 #[test]
 fn directories_removed_or_replaced_later_in_the_layer_are_skipped() {

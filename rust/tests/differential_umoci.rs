@@ -13,9 +13,9 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use _native::apply::Mode;
-use _native::digest::Sha256;
 use common::{apply, snapshot, Tar, Tree, E};
+use fastdist_core::apply::Mode;
+use fastdist_core::digest::Sha256;
 
 fn sha(data: &[u8]) -> String {
     let mut s = Sha256::new();

@@ -5,10 +5,10 @@ mod common;
 
 use std::fs;
 
-use _native::apply::Mode;
-use _native::error::Error;
-use _native::safepath::force_component_walk;
 use common::{apply, node, Tar, Work, E};
+use fastdist_core::apply::Mode;
+use fastdist_core::error::Error;
+use fastdist_core::safepath::force_component_walk;
 
 #[test]
 fn walk_resolves_absolute_and_relative_symlinks_inside_root() {

@@ -1,12 +1,12 @@
-//! Inputs the cargo-fuzz targets (`rust/fuzz/`) found, pinned by behaviour. The raw inputs are
-//! also under `rust/fuzz/regressions/<target>/`, replayed by that crate's `cargo test`.
+//! Inputs the cargo-fuzz targets (`fuzz/rust/`) found, pinned by behaviour. The raw inputs are
+//! also under `fuzz/regressions/<target>/`, replayed by `make fuzz-replay`.
 
 use std::io::Write;
 
-use _native::decompress::Decoder;
-use _native::error::Error;
-use _native::limits::Limits;
-use _native::pipeline::{hash_blob, LayerSpec};
+use fastdist_core::decompress::Decoder;
+use fastdist_core::error::Error;
+use fastdist_core::limits::Limits;
+use fastdist_core::pipeline::{hash_blob, LayerSpec};
 
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 

@@ -6,29 +6,29 @@ mod common;
 
 use std::fs;
 
-use _native::apply::{apply_tar, ApplyOptions, Mode};
-use _native::error::Error;
 use common::{apply, node, opts, Tar, Work, E};
+use fastdist_core::apply::{apply_tar, ApplyOptions, Mode};
+use fastdist_core::error::Error;
 
 fn abs(w: &Work, rel: &str) -> String {
     format!("{}/{rel}", w.sentinel.display())
 }
 
-fn with_limits(f: impl FnOnce(&mut _native::limits::Limits)) -> ApplyOptions {
+fn with_limits(f: impl FnOnce(&mut fastdist_core::limits::Limits)) -> ApplyOptions {
     let mut o = opts(Mode::Flatten);
     f(&mut o.limits);
     o
 }
 
-fn is_unsafe(r: &Result<_native::apply::ApplyStats, Error>) -> bool {
+fn is_unsafe(r: &Result<fastdist_core::apply::ApplyStats, Error>) -> bool {
     matches!(r, Err(Error::UnsafePath { .. }))
 }
 
-fn is_corrupt(r: &Result<_native::apply::ApplyStats, Error>) -> bool {
+fn is_corrupt(r: &Result<fastdist_core::apply::ApplyStats, Error>) -> bool {
     matches!(r, Err(Error::Corrupt { .. }))
 }
 
-fn limit_name(r: &Result<_native::apply::ApplyStats, Error>) -> Option<&'static str> {
+fn limit_name(r: &Result<fastdist_core::apply::ApplyStats, Error>) -> Option<&'static str> {
     match r {
         Err(Error::Limit { limit, .. }) => Some(limit),
         _ => None,

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
-use _native::apply::Mode;
-use _native::manifest::HEADER;
 use common::{apply, Tar, Work, E};
+use fastdist_core::apply::Mode;
+use fastdist_core::manifest::HEADER;
 use xxhash_rust::xxh3::xxh3_128;
 
 /// kind, path → the record's fields (the last record of a path wins).

@@ -9,11 +9,11 @@ mod common;
 
 use std::fs;
 
-use _native::apply::{apply_tar, Mode};
-use _native::error::Error;
-use _native::limits::Limits;
-use _native::tar::{EntryMeta, Kind, TarReader};
 use common::{apply, header_block, node, opts, Tar, Work, E};
+use fastdist_core::apply::{apply_tar, Mode};
+use fastdist_core::error::Error;
+use fastdist_core::limits::Limits;
+use fastdist_core::tar::{EntryMeta, Kind, TarReader};
 
 /// A whole file entry (header + one block of data): 1024 bytes that a reader which skips a
 /// header-only entry's claimed data would swallow.

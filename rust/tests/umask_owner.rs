@@ -9,8 +9,8 @@ mod common;
 
 use std::path::Path;
 
-use _native::apply::Mode;
 use common::{apply, node, Tar, Work, E};
+use fastdist_core::apply::Mode;
 
 /// A POSIX ACL in its xattr form (version 2, then tag/perm/id entries): u::rwx g::r-x o::---.
 fn acl_user_rwx_group_rx_other_none() -> Vec<u8> {

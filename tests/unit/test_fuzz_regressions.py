@@ -1,6 +1,10 @@
-"""Replays of the fuzz targets (fuzz/): every input a fuzzer ever saved as a crash
-(fuzz/crashes/<target>/), the targets' seeds, and hand-written edge cases must now pass the
-targets' own property: a typed fastdist error or a valid result, nothing outside the root."""
+"""Replays of the Python fuzz targets (fuzz/python/): every input kept in
+fuzz/regressions/<target>/, the targets' seeds, and hand-written edge cases must now pass the
+targets' own property: a typed fastdist error or a valid result, nothing outside the root.
+
+The Rust targets' inputs (fuzz/regressions/{apply_layer,tar_reader,decompress}/) are replayed here
+too, through the shipped module (the layer target as a plain tar or a gzip stream), besides their
+own replay in fuzz/rust (`make fuzz-replay` runs both)."""
 
 from __future__ import annotations
 
@@ -14,10 +18,13 @@ from types import ModuleType
 import pytest
 
 FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
+REGRESSIONS = FUZZ / "regressions"
 
 
 def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"fuzz_{name}", FUZZ / f"fuzz_{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"fuzz_{name}", FUZZ / "python" / f"fuzz_{name}.py"
+    )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -39,8 +46,18 @@ def _cleanup_layer_workdir() -> Iterator[None]:
 
 
 def _saved(target: str) -> list[bytes]:
-    d = FUZZ / "crashes" / target
+    d = REGRESSIONS / target
     return [p.read_bytes() for p in sorted(d.iterdir()) if not p.name.startswith(".")]
+
+
+# The layer target's first two bytes: byte 0 the encoding (0: the payload is the tar, 2: the
+# payload is the gzip stream), byte 1 the API and mode (0: apply_layer, layer mode).
+RUST_TARGETS_AS_LAYER_INPUTS = [
+    *(b"\x00\x00" + d for d in _saved("apply_layer")),
+    *(b"\x00\x00" + d for d in _saved("tar_reader")),
+    # decompress: byte 0 picks the media type there; the rest is the blob (these are gzip).
+    *(b"\x02\x00" + d[1:] for d in _saved("decompress")),
+]
 
 
 MANIFEST_EDGES = [
@@ -73,7 +90,9 @@ def test_manifest_parser_input_gives_a_typed_error_or_a_valid_document(data: byt
 
 
 @pytest.mark.parametrize(
-    "data", [*_saved("layer"), *layer_target.seeds(), *LAYER_EDGES], ids=lambda d: f"{len(d)}b"
+    "data",
+    [*_saved("layer"), *RUST_TARGETS_AS_LAYER_INPUTS, *layer_target.seeds(), *LAYER_EDGES],
+    ids=lambda d: f"{len(d)}b",
 )
 def test_layer_input_gives_a_typed_error_and_nothing_outside_the_root_changes(data: bytes) -> None:
     layer_target.check(data)
@@ -90,3 +109,15 @@ def test_seed_documents_parse() -> None:
             assert oci.parse_config(seed[1:]).diff_ids
         else:
             oci.parse_document(seed[1:], manifest_target.MEDIA_TYPES[kind])
+
+
+def test_the_kept_inputs_are_found() -> None:
+    """The one regression tree is where the replays look (a moved tree must not replay nothing)."""
+    assert len(RUST_TARGETS_AS_LAYER_INPUTS) >= 4
+    assert {p.name for p in REGRESSIONS.iterdir()} >= {
+        "manifest",
+        "layer",
+        "apply_layer",
+        "tar_reader",
+        "decompress",
+    }

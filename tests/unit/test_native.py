@@ -535,3 +535,89 @@ def test_layer_writer_releases_the_gil_while_blocked(tmp_path: Path) -> None:
     t.join()
     assert bytes(teed) == lay.blob
     assert res.diff_id == sha256(lay.tar)
+
+
+# --- structured errors: the Rust error's fields reach Python as attributes -----------------
+
+
+def test_digest_mismatch_carries_what_expected_and_actual(tmp_path: Path) -> None:
+    lay = layer(TGZ)
+    with pytest.raises(errors.DigestMismatchError) as info:
+        _run(tmp_path, TGZ, lay.blob, expected_digest=GOOD)
+    assert (info.value.what, info.value.expected, info.value.actual) == (
+        "digest",
+        GOOD,
+        sha256(lay.blob),
+    )
+    with pytest.raises(errors.DigestMismatchError) as info:
+        _run(tmp_path, TGZ, lay.blob, expected_diff_id=GOOD)
+    assert (info.value.what, info.value.expected, info.value.actual) == (
+        "diff_id",
+        GOOD,
+        sha256(lay.tar),
+    )
+
+
+def test_size_mismatch_carries_expected_and_actual_bytes(tmp_path: Path) -> None:
+    lay = layer(TGZ)
+    with pytest.raises(errors.SizeMismatchError) as info:
+        _run(tmp_path, TGZ, lay.blob, expected_size=len(lay.blob) + 1)
+    assert (info.value.expected, info.value.actual) == (len(lay.blob) + 1, len(lay.blob))
+
+
+def test_limit_exceeded_carries_the_limit_its_maximum_and_the_value(tmp_path: Path) -> None:
+    lay = layer(TZST)
+    cap = len(lay.tar) - 1
+    with pytest.raises(errors.LimitExceededError) as info:
+        _run(tmp_path, TZST, lay.blob, limits=Limits(max_layer_bytes=cap))
+    assert info.value.limit == "uncompressed layer size"
+    assert info.value.maximum == cap
+    assert info.value.actual is not None
+    assert info.value.actual > cap
+
+
+def test_unsafe_path_carries_the_entry_path_and_the_reason(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        link = tarfile.TarInfo("etc/escape")
+        link.type = tarfile.LNKTYPE
+        link.linkname = "../../outside"
+        tf.addfile(link)
+    with pytest.raises(errors.UnsafePathError) as info:
+        _run(tmp_path, TAR, buf.getvalue())
+    assert info.value.path == "etc/escape"
+    assert info.value.reason
+    assert info.value.reason in info.value.message
+
+
+def test_corrupt_layer_carries_the_reason(tmp_path: Path) -> None:
+    lay = layer(TGZ)
+    with pytest.raises(errors.CorruptLayerError) as info:
+        _run(tmp_path, TGZ, lay.blob[: len(lay.blob) // 2])
+    assert info.value.reason
+    assert info.value.reason in info.value.message
+
+
+def test_io_error_carries_the_operation_path_and_errno(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(errors.StoreError) as info:
+        sha256_file(str(missing))
+    assert (info.value.op, info.value.path, info.value.errno) == ("open", str(missing), 2)
+
+
+def test_refused_values_are_attributes(tmp_path: Path) -> None:
+    with pytest.raises(errors.InvalidDigestError) as bad:
+        validate_digest("sha256:abc")
+    assert bad.value.digest == "sha256:abc"
+    with pytest.raises(errors.UnsupportedMediaTypeError) as algo:
+        validate_digest("sha512:" + "a" * 128)
+    assert algo.value.digest == "sha512:" + "a" * 128
+    with pytest.raises(errors.UnsupportedMediaTypeError) as media:
+        LayerWriter("application/octet-stream", str(tmp_path))
+    assert media.value.media_type == "application/octet-stream"
+
+
+def test_an_unknown_native_kind_is_a_plain_fastdist_error() -> None:
+    err = errors.from_native("a-kind-of-a-newer-core", "what failed: why", {"x": 1})
+    assert type(err) is errors.FastdistError
+    assert err.message == "what failed: why"

@@ -7,9 +7,9 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use _native::apply::{apply_tar, ApplyOptions, ApplyStats, Mode};
-use _native::error::Error;
-use _native::limits::Limits;
+use fastdist_core::apply::{apply_tar, ApplyOptions, ApplyStats, Mode};
+use fastdist_core::error::Error;
+use fastdist_core::limits::Limits;
 
 /// One tar entry to emit. Fields are public so a test can craft anything.
 #[derive(Clone, Debug)]

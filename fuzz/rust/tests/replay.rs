@@ -1,9 +1,10 @@
 //! The fuzz properties without libFuzzer: every seed, every saved regression input
-//! (`regressions/<target>/`) and, when present, the local corpus (`corpus/<target>/`) through
-//! the same `check_*` functions the targets run. `cargo test --release` in this crate.
+//! (`fuzz/regressions/<target>/`) and, when present, the local corpus (`fuzz/corpus/<target>/`)
+//! through the same `check_*` functions the targets run. `cargo test --release` in this crate
+//! (`make fuzz-replay` runs it with the Python targets' replay).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fuzz_support::tarbuild::seed_tars;
 use fuzz_support::{check_apply, check_apply_compressed, check_decompress, check_tar_reader};
@@ -57,12 +58,25 @@ fn seeds_hold_every_property() {
 
 #[test]
 fn saved_regressions_and_corpus_hold_every_property() {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tree = fuzz_tree();
+    let mut saved = 0;
     for (target, check) in TARGETS {
-        let n = replay_dir(&here.join("regressions").join(target), check, false)
-            + replay_dir(&here.join("corpus").join(target), check, false);
+        let kept = replay_dir(&tree.join("regressions").join(target), check, false);
+        let n = kept + replay_dir(&tree.join("corpus").join(target), check, false);
         eprintln!("{target}: {n} inputs replayed");
+        saved += kept;
     }
+    // The committed inputs are found (a moved tree must not replay nothing).
+    assert!(
+        saved >= 4,
+        "only {saved} regression inputs under {}",
+        tree.display()
+    );
+}
+
+/// The fuzz tree (`fuzz/`, this crate's parent): regressions and corpora of every target.
+fn fuzz_tree() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Inputs of bugs found but not fixed yet (`regressions/<target>/open-*`, named in
@@ -71,9 +85,9 @@ fn saved_regressions_and_corpus_hold_every_property() {
 #[test]
 #[ignore = "replays inputs of open bugs"]
 fn open_bugs_hold_every_property() {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tree = fuzz_tree();
     for (target, check) in TARGETS {
-        replay_dir(&here.join("regressions").join(target), check, true);
+        replay_dir(&tree.join("regressions").join(target), check, true);
     }
 }
 

@@ -1,50 +1,112 @@
-//! The Python bindings of the native core (the only file that touches pyo3): conversions, GIL
-//! release, and `Error` → the classes of `fastdist.errors` (python/fastdist/_native.pyi).
+//! `fastdist._native`: the Python bindings of the core crate (rust/src), the only code that
+//! touches pyo3. Conversions, GIL release, and `Error` → the classes of `fastdist.errors` with
+//! the variant's fields as attributes (`errors.from_native`; python/fastdist/_native.pyi).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 
-use crate::apply::{self, ApplyOptions, Mode};
-use crate::decompress::LAYER_MEDIA_TYPES;
-use crate::digest;
-use crate::error::Error;
-use crate::limits;
-use crate::pipeline::{self, LayerOutcome, LayerSpec, TarStream};
+use fastdist_core::apply::{self, ApplyOptions, Mode};
+use fastdist_core::decompress::LAYER_MEDIA_TYPES;
+use fastdist_core::digest;
+use fastdist_core::error::Error;
+use fastdist_core::limits;
+use fastdist_core::pipeline::{self, LayerOutcome, LayerSpec, TarStream};
 
 /// Updates at least this big release the GIL (hashing 64 KiB takes ~30 µs with SHA-NI).
 const DETACH_MIN: usize = 64 << 10;
 
-impl From<Error> for PyErr {
-    #[cold]
-    fn from(err: Error) -> PyErr {
-        let class = match &err {
-            Error::InvalidDigest(_) => "InvalidDigestError",
-            Error::UnsupportedAlgorithm(_) | Error::UnsupportedMediaType(_) => {
-                "UnsupportedMediaTypeError"
-            }
-            Error::DigestMismatch { .. } => "DigestMismatchError",
-            Error::SizeMismatch { .. } => "SizeMismatchError",
-            Error::UnsafePath { .. } => "UnsafePathError",
-            Error::Corrupt { .. } => "CorruptLayerError",
-            Error::Limit { .. } => "LimitExceededError",
-            Error::Io { .. } => "StoreError",
-            Error::State(_) => "FastdistError",
-        };
-        let message = err.to_string();
-        Python::attach(|py| {
-            let made = py
-                .import("fastdist.errors")
-                .and_then(|m| m.getattr(class))
-                .and_then(|cls| cls.call1((message.as_str(),)));
-            match made {
-                Ok(exc) => PyErr::from_value(exc),
-                Err(import_failed) => import_failed,
-            }
-        })
+/// The error's kind (the variant, as `fastdist.errors.from_native` knows it) and its fields as
+/// keyword arguments of the Python class.
+fn native_fields<'py>(
+    py: Python<'py>,
+    err: &Error,
+) -> PyResult<(&'static str, Bound<'py, PyDict>)> {
+    let f = PyDict::new(py);
+    let kind = match err {
+        Error::InvalidDigest(digest) => {
+            f.set_item("digest", digest)?;
+            "invalid_digest"
+        }
+        Error::UnsupportedAlgorithm(digest) => {
+            f.set_item("digest", digest)?;
+            "unsupported_algorithm"
+        }
+        Error::UnsupportedMediaType(media_type) => {
+            f.set_item("media_type", media_type)?;
+            "unsupported_media_type"
+        }
+        Error::DigestMismatch {
+            what,
+            expected,
+            actual,
+        } => {
+            f.set_item("what", *what)?;
+            f.set_item("expected", expected)?;
+            f.set_item("actual", actual)?;
+            "digest_mismatch"
+        }
+        Error::SizeMismatch { expected, actual } => {
+            f.set_item("expected", *expected)?;
+            f.set_item("actual", *actual)?;
+            "size_mismatch"
+        }
+        Error::UnsafePath { path, reason } => {
+            f.set_item("path", path)?;
+            f.set_item("reason", reason)?;
+            "unsafe_path"
+        }
+        Error::Corrupt { reason, entry } => {
+            f.set_item("reason", reason)?;
+            f.set_item("entry", entry.as_deref())?;
+            "corrupt"
+        }
+        Error::Limit { limit, max, actual } => {
+            f.set_item("limit", *limit)?;
+            f.set_item("maximum", *max)?;
+            f.set_item("actual", *actual)?;
+            "limit"
+        }
+        Error::Io { op, path, source } => {
+            f.set_item("op", *op)?;
+            f.set_item("path", path)?;
+            f.set_item("errno", source.raw_os_error())?;
+            "io"
+        }
+        Error::State(_) => "state",
+    };
+    Ok((kind, f))
+}
+
+/// A core error as the `fastdist.errors` exception it stands for.
+#[cold]
+fn to_pyerr(err: Error) -> PyErr {
+    let message = err.to_string();
+    Python::attach(|py| {
+        let made = native_fields(py, &err).and_then(|(kind, fields)| {
+            py.import("fastdist.errors")?
+                .getattr("from_native")?
+                .call1((kind, message.as_str(), fields))
+        });
+        match made {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(failed) => failed,
+        }
+    })
+}
+
+/// `?` for core results in the bindings (the orphan rule rules out `From<Error> for PyErr`
+/// outside pyo3 and the core).
+trait OrRaise<T> {
+    fn or_raise(self) -> PyResult<T>;
+}
+
+impl<T> OrRaise<T> for Result<T, Error> {
+    fn or_raise(self) -> PyResult<T> {
+        self.map_err(to_pyerr)
     }
 }
 
@@ -81,13 +143,13 @@ fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> PyResult<MutexGuard<'a, T>> {
 
 #[pyfunction]
 fn validate_digest(digest: &str) -> PyResult<String> {
-    digest::parse_digest(digest)?;
+    digest::parse_digest(digest).or_raise()?;
     Ok(digest.to_owned())
 }
 
 #[pyfunction]
 fn sha256_file(py: Python<'_>, path: PathBuf) -> PyResult<(String, u64)> {
-    Ok(py.detach(|| digest::sha256_file(&path))?)
+    py.detach(|| digest::sha256_file(&path)).or_raise()
 }
 
 #[pyclass(module = "fastdist._native", name = "Sha256", frozen)]
@@ -302,7 +364,7 @@ fn layer_args(
         expected_diff_id,
         limits,
     };
-    spec.check()?;
+    spec.check().or_raise()?;
     Ok(LayerArgs {
         spec,
         dest,
@@ -370,8 +432,9 @@ impl PyLayerWriter {
         let manifest = ManifestSlot::default();
         let sink = applier(a.dest, a.opts, Arc::clone(&manifest));
         let spec = a.spec;
-        let writer =
-            py.detach(move || pipeline::LayerWriter::new(spec, tee_path.as_deref(), sink))?;
+        let writer = py
+            .detach(move || pipeline::LayerWriter::new(spec, tee_path.as_deref(), sink))
+            .or_raise()?;
         Ok(Self {
             inner: Mutex::new(writer),
             manifest,
@@ -382,7 +445,7 @@ impl PyLayerWriter {
         let mut w = lock(&self.inner, "LayerWriter")?;
         let w: &mut pipeline::LayerWriter = &mut w;
         let chunks = with_bytes(data, |bytes| w.copy_chunks(bytes))?;
-        Ok(py.detach(|| w.send(chunks))?)
+        py.detach(|| w.send(chunks)).or_raise()
     }
 
     #[getter]
@@ -393,7 +456,7 @@ impl PyLayerWriter {
     fn finish(&self, py: Python<'_>) -> PyResult<PyLayerResult> {
         let mut w = lock(&self.inner, "LayerWriter")?;
         let w: &mut pipeline::LayerWriter = &mut w;
-        let outcome = py.detach(|| w.finish())?;
+        let outcome = py.detach(|| w.finish()).or_raise()?;
         Ok(PyLayerResult::new(py, outcome, &self.manifest))
     }
 
@@ -444,7 +507,9 @@ fn apply_layer(
     let manifest = ManifestSlot::default();
     let sink = applier(a.dest, a.opts, Arc::clone(&manifest));
     let spec = a.spec;
-    let outcome = py.detach(move || pipeline::apply_blob(&blob_path, &spec, sink))?;
+    let outcome = py
+        .detach(move || pipeline::apply_blob(&blob_path, &spec, sink))
+        .or_raise()?;
     Ok(PyLayerResult::new(py, outcome, &manifest))
 }
 
@@ -464,7 +529,9 @@ fn layer_diff_id(
         expected_diff_id: None,
         limits: limits.map(|l| l.to_limits()).unwrap_or_default(),
     };
-    let out = py.detach(move || pipeline::hash_blob(&blob_path, &spec))?;
+    let out = py
+        .detach(move || pipeline::hash_blob(&blob_path, &spec))
+        .or_raise()?;
     Ok((out.diff_id, out.uncompressed_size))
 }
 

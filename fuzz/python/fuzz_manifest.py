@@ -3,7 +3,7 @@
 The property: parsing untrusted JSON either returns a value whose every digest is a valid
 ``sha256:<64 hex>`` string, or raises a ``FastdistError`` subclass; nothing else (no KeyError,
 TypeError, RecursionError, MemoryError, hang). Run with ``make fuzz`` or
-``python fuzz/fuzz_manifest.py [libFuzzer flags] [corpus dirs]``; ``check`` is also what
+``python fuzz/python/fuzz_manifest.py [libFuzzer flags] [corpus dirs]``; ``check`` is also what
 tests/unit/test_fuzz_regressions.py replays for every saved crash.
 """
 

@@ -12,12 +12,12 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use _native::apply::{apply_tar, ApplyOptions, Mode};
-use _native::decompress::Decoder;
-use _native::error::Error;
-use _native::limits::Limits;
-use _native::pipeline::{LayerSpec, LayerWriter, TarStream};
-use _native::tar::{EntryMeta, TarReader};
+use fastdist_core::apply::{apply_tar, ApplyOptions, Mode};
+use fastdist_core::decompress::Decoder;
+use fastdist_core::error::Error;
+use fastdist_core::limits::Limits;
+use fastdist_core::pipeline::{LayerSpec, LayerWriter, TarStream};
+use fastdist_core::tar::{EntryMeta, TarReader};
 
 pub mod tarbuild;
 

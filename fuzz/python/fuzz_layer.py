@@ -4,8 +4,9 @@ arbitrary bytes, as plain tar, gzip and zstd, in both apply modes.
 The property: whatever the bytes, the applier either succeeds or raises a ``FastdistError``
 subclass (never a panic, a bare OSError or a hang), and nothing outside its destination root
 changes: a sentinel tree beside the root is compared after every input, and the work directory
-must hold nothing new. Run with ``make fuzz`` or ``python fuzz/fuzz_layer.py [libFuzzer flags]
-[corpus dirs]``; ``check`` is also what tests/unit/test_fuzz_regressions.py replays.
+must hold nothing new. Run with ``make fuzz`` or
+``python fuzz/python/fuzz_layer.py [libFuzzer flags] [corpus dirs]``; ``check`` is also what
+tests/unit/test_fuzz_regressions.py replays.
 
 Input layout: byte 0 picks the encoding, byte 1 the API, the apply mode and the write chunk
 size for ``LayerWriter``; the rest is the payload.
