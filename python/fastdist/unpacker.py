@@ -205,7 +205,8 @@ class Unpacker:
             # The ingest itself is unusable (e.g. a planted symlink, which is never followed).
             self.snapshotter.abort(staging)
             if e.hint is None:
-                raise StoreError(e.message, hint=f"remove {ingest.dir} and pull again") from e
+                hint = f"remove {ingest.dir} and pull again"
+                raise StoreError(e.message, hint=hint, op=e.op, path=e.path, errno=e.errno) from e
             raise
         except BaseException:
             self.snapshotter.abort(staging)

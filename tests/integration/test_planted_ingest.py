@@ -44,6 +44,8 @@ def test_planted_ingest_symlink_is_neither_read_nor_appended_to(
             assert "symlink" in failed.value.message
             assert failed.value.hint is not None
             assert str(ingest_dir) in failed.value.hint
+            assert failed.value.path is not None  # the native error's fields survive the hint
+            assert failed.value.path.endswith("data")
         after = host.stat()
         assert host.read_bytes() == original
         assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
