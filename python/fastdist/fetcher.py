@@ -316,6 +316,8 @@ class _Window:
                 url = self.url
             try:
                 with transport.slot(url, extra=True):
+                    if self.closed:  # stopped while this worker waited for a place
+                        return
                     self._get_range(chunk, url)
                 continue
             except _Truncated as e:

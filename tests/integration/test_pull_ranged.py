@@ -12,6 +12,7 @@ from pullkit import SNAPSHOTTERS, expected_tree, serve, unpacked_tree
 
 from fakeregistry import FakeRegistry, Fault
 from fastdist.client import Client
+from fastdist.errors import InvalidArgumentError
 from fastdist.fetcher import FetchConfig
 from fastdist.testing.images import (
     BuiltImage,
@@ -57,7 +58,10 @@ def test_ranged_pull_stores_identical_blobs_and_unpacks_identical_trees(
     ref = f"{registry.host}/it/ranged-{compression}-{snapshotter}:v1"  # type: ignore[attr-defined]
     push_image(pusher, ref, img)  # type: ignore[arg-type]
     client = Client(store_root, snapshotter=snapshotter, fetch_config=RANGED)
+    windowed: list[int] = []
+    client.fetcher.observe_window = windowed.append
     client.pull(ref)
+    assert windowed  # chunks came through the window: the registry answered the ranges
     for digest, blob in img.blobs().items():
         assert client.content.read_bytes(digest, len(blob)) == blob  # type: ignore[arg-type]
     assert unpacked_tree(client, ref) == expected_tree(img)
@@ -89,6 +93,22 @@ def test_faults_in_a_ranged_pull_end_in_a_correct_image(
         )
         client.pull(ref)
         assert unpacked_tree(client, ref) == expected_tree(img)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"max_connections": 0}, "at least 1"),
+        ({"max_connections": "8"}, "must be an int"),
+        ({"limit_rate": "fast"}, "invalid rate"),
+        ({"limit_rate": 0}, "positive"),
+    ],
+)
+def test_bad_link_options_are_typed_errors(
+    store_root: Path, kwargs: dict[str, object], says: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=says):
+        Client(store_root, **kwargs)  # type: ignore[arg-type]
 
 
 def test_limit_rate_and_max_connections_reach_the_transport(store_root: Path) -> None:
