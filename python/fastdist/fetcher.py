@@ -228,6 +228,24 @@ class _Chunk:
         self.done = False
 
 
+#: Bytes that ranged workers of the whole process may hold ahead of their consumers (besides the
+#: chunk each consumer waits for, which is always allowed, so every fetch progresses): several
+#: big layers fetched at once share it, so a pull's memory does not grow with its layer count.
+READ_AHEAD_LIMIT = 64 << 20
+
+
+class _ReadAhead:
+    """The process-wide read-ahead account. Its condition is the one every window waits on."""
+
+    def __init__(self, limit: int) -> None:
+        self.cv = threading.Condition()
+        self.limit = limit
+        self.used = 0
+
+
+_READ_AHEAD = _ReadAhead(READ_AHEAD_LIMIT)
+
+
 class _Window:
     """The chunks of ``[begin, size)`` fetched by worker threads, handed to the consumer in
     order. A chunk is claimed only while it lies within ``ahead`` chunks of the one the consumer
@@ -253,7 +271,8 @@ class _Window:
         self.ahead = cfg.ahead
         self.head = 0  # the chunk the consumer reads
         self.claimed = 0  # chunks handed to workers
-        self.cv = threading.Condition()
+        self.cv = _READ_AHEAD.cv
+        self.reserved = 0  # of _READ_AHEAD.used: chunks claimed and not yet consumed
         self.closed = False
         self.error: BaseException | None = None
         self.refused: str | None = None
@@ -272,15 +291,26 @@ class _Window:
     def close(self) -> None:
         with self.cv:
             self.closed = True
+            _READ_AHEAD.used -= self.reserved
+            self.reserved = 0
             self.cv.notify_all()
+
+    def stopped(self) -> bool:
+        with self.cv:
+            return self.closed
 
     # --- workers ---------------------------------------------------------------------------
     def _claim(self) -> _Chunk | None:
         with self.cv:
             while not self.closed and self.claimed < len(self.chunks):
-                if self.claimed < self.head + self.ahead:
-                    chunk = self.chunks[self.claimed]
+                k = self.claimed
+                chunk = self.chunks[k]
+                n = chunk.end - chunk.begin
+                room = k == self.head or _READ_AHEAD.used + n <= _READ_AHEAD.limit
+                if k < self.head + self.ahead and room:
                     self.claimed += 1
+                    self.reserved += n
+                    _READ_AHEAD.used += n
                     return chunk
                 self.cv.wait()
             return None
@@ -316,7 +346,7 @@ class _Window:
                 url = self.url
             try:
                 with transport.slot(url, extra=True):
-                    if self.closed:  # stopped while this worker waited for a place
+                    if self.stopped():  # stopped while this worker waited for a place
                         return
                     self._get_range(chunk, url)
                 continue
@@ -433,6 +463,10 @@ class _Window:
                     self.buffered -= sum(len(p) for p in pieces)
                     if finished:
                         self.head = index + 1
+                        if not self.closed:
+                            n = chunk.end - chunk.begin
+                            self.reserved -= n
+                            _READ_AHEAD.used -= n
                         self.cv.notify_all()
                 if finished:
                     break
