@@ -79,7 +79,7 @@ class FetchConfig:
     would halve the window's depth at the same memory.
     ``range_threshold`` 16 MiB: smaller blobs are one request (two chunks or fewer gain less
     than the round trip they cost). ``adaptive``: start with one stream and split only when
-    measured (``probe_bytes`` into the stream) to wait on the network; False splits at once
+    measured (every ``probe_bytes`` of the stream) to wait on the network; False splits at once
     (tests use it with small sizes). ``fast_rate``: a connection at least this fast (bytes/s)
     is not split: the published per-connection caps of registries and CDNs are below it, and
     on loopback the extra connections only cost CPU.
@@ -207,6 +207,11 @@ class _Plan:
         self.ranged = ranged
         self.window: _Window | None = None
         self.next_probe = 0
+        # Since the last probe: seconds waiting on the socket, seconds in the sink, and bytes.
+        self.t_net = 0.0
+        self.t_sink = 0.0
+        self.bytes = 0
+        self.probes = 0
 
     def one_stream(self) -> None:
         """No (more) ranged requests: the head goes to the end; running workers stop."""
@@ -719,8 +724,8 @@ class Fetcher:
                 plan.one_stream()
             received = start
             last_report = start
-            t_net = t_sink = 0.0
             t0 = time.monotonic()
+            t_net = t_sink = 0.0
             # Read at most one byte past the promised size: enough to prove a blob too long.
             for chunk in _read_chunks(resp, skip + desc.size - start + 1, self.transport.throttle):
                 t1 = time.monotonic()
@@ -755,8 +760,12 @@ class Fetcher:
                 t0 = time.monotonic()
                 t_sink += t0 - t1
                 if plan is not None:
+                    plan.t_net += t_net
+                    plan.t_sink += t_sink
+                    plan.bytes += len(chunk)
+                    t_net = t_sink = 0.0
                     if plan.ranged and plan.window is None:
-                        self._maybe_split(job, plan, resp, received, start, t_net, t_sink)
+                        self._maybe_split(job, plan, resp, received)
                     if received >= plan.end:
                         break  # closing the response drops this connection's unread rest
             if http_log.isEnabledFor(logging.DEBUG):
@@ -771,25 +780,27 @@ class Fetcher:
             if received < desc.size:
                 raise _Truncated(f"connection closed after {received} of {desc.size} bytes")
 
-    def _maybe_split(
-        self,
-        job: _Job,
-        plan: _Plan,
-        resp: requests.Response,
-        received: int,
-        start: int,
-        t_net: float,
-        t_sink: float,
-    ) -> None:
+    def _maybe_split(self, job: _Job, plan: _Plan, resp: requests.Response, received: int) -> None:
         """Start the ranged workers for the rest of the blob when this stream is the limit
-        (or at once, not ``adaptive``); the head then stops one chunk further on."""
+        (or at once, not ``adaptive``); the head then stops one chunk further on.
+
+        Adaptive: judged every ``probe_bytes`` on that stretch alone, from the second on (the
+        first fills the sink's queues, so its writes return at once whatever the consumer's
+        speed). The link is the limit when the stream waited on the socket more than twice as
+        long as in the sink, and is slower than ``fast_rate``."""
         cfg = self.config
         if cfg.adaptive:
             if received < plan.next_probe:
                 return
             plan.next_probe = received + cfg.probe_bytes
-            rate = (received - start) / t_net if t_net > 0 else float("inf")
-            if t_net <= t_sink or rate >= cfg.fast_rate:
+            t_net, t_sink, n = plan.t_net, plan.t_sink, plan.bytes
+            plan.t_net = plan.t_sink = 0.0
+            plan.bytes = 0
+            plan.probes += 1
+            if plan.probes < 2:
+                return
+            rate = n / t_net if t_net > 0 else float("inf")
+            if t_net <= 2 * t_sink or rate >= cfg.fast_rate:
                 return  # the consumer, or nothing, is the limit: one stream is enough
             begin = received + cfg.chunk_size
         else:

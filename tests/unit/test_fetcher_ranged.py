@@ -309,3 +309,21 @@ def test_read_ahead_of_concurrent_fetches_shares_one_process_wide_limit(
         assert used
         assert max(used) <= 2 * CH + 2 * CH
         assert account.used == 0
+
+
+def test_an_adaptive_fetch_splits_when_the_link_is_the_limit() -> None:
+    # The head drips (the server is slow) while the in-memory sink takes bytes at once: the
+    # stream waits on the network, so the rest comes as ranges; on a fast link it would not.
+    adaptive = FetchConfig(
+        range_threshold=2 * CH, chunk_size=CH, window=WINDOW, probe_bytes=CH // 2
+    )
+    with FakeRegistry() as reg:
+        fetcher, ref, desc = _setup(reg, fetch=adaptive)
+        reg.add_fault(Fault(path_contains="/blobs/", drip=0.002, drip_chunk=4096))
+        sink = BytesSink()
+        fetcher.fetch(ref, desc, sink)
+        assert sink.getvalue() == BLOB
+        ranges = reg.ranges_served(desc.digest)
+        assert ranges[0] == (0, None)
+        assert len(ranges) > 1
+        assert all(b is not None for _, b in ranges[1:])
