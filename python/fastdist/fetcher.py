@@ -240,10 +240,12 @@ READ_AHEAD_LIMIT = 64 << 20
 
 
 class _ReadAhead:
-    """The process-wide read-ahead account. Its condition is the one every window waits on."""
+    """The process-wide read-ahead account. Its lock guards every window; ``claims`` is where
+    workers wait for room (each window's consumer waits on a condition of its own)."""
 
     def __init__(self, limit: int) -> None:
-        self.cv = threading.Condition()
+        self.lock = threading.Lock()
+        self.claims = threading.Condition(self.lock)
         self.limit = limit
         self.used = 0
 
@@ -276,7 +278,8 @@ class _Window:
         self.ahead = cfg.ahead
         self.head = 0  # the chunk the consumer reads
         self.claimed = 0  # chunks handed to workers
-        self.cv = _READ_AHEAD.cv
+        self.cv = _READ_AHEAD.claims  # workers wait here for a chunk to claim
+        self.ready = threading.Condition(_READ_AHEAD.lock)  # the consumer waits here
         self.reserved = 0  # of _READ_AHEAD.used: chunks claimed and not yet consumed
         self.closed = False
         self.error: BaseException | None = None
@@ -299,6 +302,7 @@ class _Window:
             _READ_AHEAD.used -= self.reserved
             self.reserved = 0
             self.cv.notify_all()
+            self.ready.notify_all()
 
     def stopped(self) -> bool:
         with self.cv:
@@ -332,12 +336,14 @@ class _Window:
                     self.refused = self.refused or str(e)
                     self.closed = True
                     self.cv.notify_all()
+                    self.ready.notify_all()
                 return
             except Exception as e:  # noqa: BLE001 — handed to the consumer, which raises it
                 with self.cv:
                     self.error = self.error or e
                     self.closed = True
                     self.cv.notify_all()
+                    self.ready.notify_all()
                 return
 
     def _fetch_chunk(self, chunk: _Chunk) -> None:
@@ -426,14 +432,20 @@ class _Window:
                     self.buffered += len(piece)
                     if self.observe is not None:
                         self.observe(self.buffered)
-                    self.cv.notify_all()
+                    if self._is_next(chunk):
+                        self.ready.notify()
             if chunk.pos < chunk.end:
                 raise _Truncated(f"connection closed at byte {chunk.pos}")
             with self.cv:
                 chunk.done = True
-                self.cv.notify_all()
+                if self._is_next(chunk):
+                    self.ready.notify()
 
     # --- the consumer --------------------------------------------------------------------------
+    def _is_next(self, chunk: _Chunk) -> bool:
+        """Whether the consumer waits for ``chunk`` (called with the lock held)."""
+        return self.head < len(self.chunks) and self.chunks[self.head] is chunk
+
     def consume(self, sink: BlobSink, progress: Progress) -> None:
         """Hand every chunk's bytes to ``sink`` in order (on the calling thread)."""
         desc = self.job.desc
@@ -442,7 +454,7 @@ class _Window:
             while True:
                 with self.cv:
                     while not chunk.pieces and not chunk.done and not self.closed:
-                        self.cv.wait()
+                        self.ready.wait()
                     if self.error is not None:
                         raise self.error
                     if self.refused is not None:
