@@ -71,12 +71,14 @@ class FetchConfig:
     """When and how a blob is fetched over several ranged connections.
 
     ``chunk_size`` 8 MiB: a ranged request costs one round trip of idle connection before its
-    first byte. Measured through a link emulator (80 ms RTT), a chunk keeps a connection busy
-    ``t / (t + rtt)`` of the time: at 10 MB/s per connection 4 MiB gives 84 %, 8 MiB 91 %; at
-    30 MB/s 4 MiB gives 64 %, 8 MiB 78 %, 16 MiB 88 %. 8 MiB is the middle: the idle round trips
-    are covered by the other connections of the budget, while the window (``window`` 64 MiB, 8
-    chunks) stays small enough that a 1 GB pull's peak RSS stays under 150 MB. 16 MiB chunks
-    would halve the window's depth at the same memory.
+    first byte, so a chunk of ``t`` seconds keeps its connection busy ``t / (t + rtt)`` of the
+    time. On the far-link grid (per-connection 10/30/100 MB/s, RTT up to 80 ms) that is, for
+    80 ms: at 10 MB/s 4 MiB 84 %, 8 MiB 91 %; at 30 MB/s 4 MiB 64 %, 8 MiB 78 %, 16 MiB 88 %;
+    at 100 MB/s 8 MiB 51 %, 16 MiB 68 %. The idle round trips are covered by the budget's other
+    connections; what a bigger chunk costs is memory: the window holds whole chunks, and with
+    8 MiB a 64 MiB window is 8 chunks deep (one per connection of the default budget), which a
+    1 GB pull affords under its 150 MB peak RSS (measured 71 MB on loopback, 142 MB through
+    the emulator at 30 MB/s, 20 ms, two big layers at once). 16 MiB would halve that depth.
     ``range_threshold`` 16 MiB: smaller blobs are one request (two chunks or fewer gain less
     than the round trip they cost). ``adaptive``: start with one stream and split only when
     measured (every ``probe_bytes`` of the stream) to wait on the network; False splits at once
@@ -236,7 +238,10 @@ class _Chunk:
 #: Bytes that ranged workers of the whole process may hold ahead of their consumers (besides the
 #: chunk each consumer waits for, which is always allowed, so every fetch progresses): several
 #: big layers fetched at once share it, so a pull's memory does not grow with its layer count.
-READ_AHEAD_LIMIT = 64 << 20
+#: 48 MiB: six 8 MiB chunks, plus the chunk each of two big layers waits for, is one chunk per
+#: connection of the default budget (through the emulator two big layers at once peaked at
+#: 142 MB RSS with 64 MiB here, too near the 150 MB target).
+READ_AHEAD_LIMIT = 48 << 20
 
 
 class _ReadAhead:
