@@ -327,3 +327,18 @@ def test_an_adaptive_fetch_splits_when_the_link_is_the_limit() -> None:
         assert ranges[0] == (0, None)
         assert len(ranges) > 1
         assert all(b is not None for _, b in ranges[1:])
+
+
+def test_after_a_crash_the_verified_prefix_is_kept_and_only_the_rest_is_fetched() -> None:
+    held = 3 * CH + 100  # what the sink verified before the process died
+    with FakeRegistry() as reg:
+        fetcher, ref, desc = _setup(reg)
+        sink = BytesSink()
+        sink.write(BLOB[:held])
+        fetcher.fetch(ref, desc, sink)
+        assert sink.getvalue() == BLOB
+        ranges = reg.ranges_served(desc.digest)
+        assert min(a for a, _ in ranges) == held
+        assert _covered_once(
+            [(a - held, None if b is None else b - held) for a, b in ranges], len(BLOB) - held
+        )
