@@ -1950,17 +1950,27 @@ def _with_link_options(
 
     base = config or TransportConfig()
     if max_connections is not None:
+        hint = "e.g. --max-connections 4 (Client(max_connections=4)); the default is 8"
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise InvalidArgumentError(f"max_connections must be an int, got {max_connections!r}")
+            raise InvalidArgumentError(
+                f"max_connections must be an int, got {max_connections!r}", hint=hint
+            )
         if max_connections < 1:
-            raise InvalidArgumentError(f"max_connections must be at least 1, got {max_connections}")
+            raise InvalidArgumentError(
+                f"max_connections must be at least 1, got {max_connections}", hint=hint
+            )
         base = dataclasses.replace(base, max_connections=max_connections)
     if limit_rate is not None:
+        rate_hint = 'e.g. limit_rate="20M" or 20971520 (bytes/s)'
         if isinstance(limit_rate, bool):
-            raise InvalidArgumentError(f"limit_rate must be bytes/s, got {limit_rate!r}")
+            raise InvalidArgumentError(
+                f"limit_rate must be bytes/s, got {limit_rate!r}", hint=rate_hint
+            )
         rate = parse_rate(limit_rate) if isinstance(limit_rate, str) else limit_rate
         if not isinstance(rate, int) or rate < 1:
-            raise InvalidArgumentError(f"limit_rate must be positive bytes/s, got {limit_rate!r}")
+            raise InvalidArgumentError(
+                f"limit_rate must be positive bytes/s, got {limit_rate!r}", hint=rate_hint
+            )
         base = dataclasses.replace(base, limit_rate=rate)
     return base
 

@@ -97,12 +97,14 @@ class FetchConfig:
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.range_threshold < 1 or self.probe_bytes < 1:
             raise InvalidArgumentError(
-                "FetchConfig: chunk_size, range_threshold and probe_bytes must be positive"
+                "FetchConfig: chunk_size, range_threshold and probe_bytes must be positive",
+                hint="leave them out for the defaults (8 MiB chunks from 16 MiB blobs on)",
             )
         if self.window < self.chunk_size:
             raise InvalidArgumentError(
                 f"FetchConfig: window ({self.window}) must hold at least one chunk "
-                f"({self.chunk_size})"
+                f"({self.chunk_size})",
+                hint="make window a multiple of chunk_size (default 64 MiB of 8 MiB chunks)",
             )
 
     @property

@@ -463,10 +463,14 @@ class Transport:
         self.session.trust_env = False
         if config.max_connections < 1:
             raise InvalidArgumentError(
-                f"max_connections must be at least 1, got {config.max_connections}"
+                f"max_connections must be at least 1, got {config.max_connections}",
+                hint="TransportConfig(max_connections=N) with N >= 1; the default is 8",
             )
         if config.limit_rate is not None and config.limit_rate < 1:
-            raise InvalidArgumentError(f"limit_rate must be positive, got {config.limit_rate}")
+            raise InvalidArgumentError(
+                f"limit_rate must be positive, got {config.limit_rate}",
+                hint="TransportConfig(limit_rate=N) in bytes/s, or None for no cap",
+            )
         # Each host's pool keeps as many connections as the budget lets run at once (plus the
         # resolver's and pusher's few), so a blob request reuses a kept-alive connection.
         adapter = requests.adapters.HTTPAdapter(
