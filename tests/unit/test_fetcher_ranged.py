@@ -342,3 +342,22 @@ def test_after_a_crash_the_verified_prefix_is_kept_and_only_the_rest_is_fetched(
         assert _covered_once(
             [(a - held, None if b is None else b - held) for a, b in ranges], len(BLOB) - held
         )
+
+
+def test_limit_rate_caps_every_connection_of_a_ranged_fetch_together() -> None:
+    import time
+
+    rate = 1 << 20
+    with FakeRegistry() as reg:
+        fetcher, ref, desc = _setup(reg, limit_rate=rate)
+        slept: list[float] = []
+        fetcher.transport.sleep = slept.append  # the bucket's waits, recorded instead of slept
+        began = time.monotonic()
+        sink = BytesSink()
+        fetcher.fetch(ref, desc, sink)
+        elapsed = time.monotonic() - began
+        assert sink.getvalue() == BLOB
+        assert len(reg.ranges_served(desc.digest)) > 1  # several connections shared the cap
+        bucket = fetcher.transport.rate
+        assert bucket is not None
+        assert sum(slept) >= (len(BLOB) - bucket.burst) / rate - elapsed - 1e-6
