@@ -76,9 +76,10 @@ class FetchConfig:
     80 ms: at 10 MB/s 4 MiB 84 %, 8 MiB 91 %; at 30 MB/s 4 MiB 64 %, 8 MiB 78 %, 16 MiB 88 %;
     at 100 MB/s 8 MiB 51 %, 16 MiB 68 %. The idle round trips are covered by the budget's other
     connections; what a bigger chunk costs is memory: the window holds whole chunks, and with
-    8 MiB a 64 MiB window is 8 chunks deep (one per connection of the default budget), which a
-    1 GB pull affords under its 150 MB peak RSS (measured 71 MB on loopback, 142 MB through
-    the emulator at 30 MB/s, 20 ms, two big layers at once). 16 MiB would halve that depth.
+    8 MiB a 64 MiB window is 8 chunks deep (one per connection of the default budget), and
+    the process-wide ``READ_AHEAD_LIMIT`` holds several layers together: the 1 GiB big-files
+    pull peaked at 100 MB RSS through the emulator (30 MB/s, 20 ms; 5.4 s against 10.8 s with
+    one stream per layer) and 105 MB on loopback. 16 MiB would halve the depth.
     ``range_threshold`` 16 MiB: smaller blobs are one request (two chunks or fewer gain less
     than the round trip they cost). ``adaptive``: start with one stream and split only when
     measured (every ``probe_bytes`` of the stream) to wait on the network; False splits at once
@@ -240,10 +241,11 @@ class _Chunk:
 #: Bytes that ranged workers of the whole process may hold ahead of their consumers (besides the
 #: chunk each consumer waits for, which is always allowed, so every fetch progresses): several
 #: big layers fetched at once share it, so a pull's memory does not grow with its layer count.
-#: 48 MiB: six 8 MiB chunks, plus the chunk each of two big layers waits for, is one chunk per
-#: connection of the default budget (through the emulator two big layers at once peaked at
-#: 142 MB RSS with 64 MiB here, too near the 150 MB target).
-READ_AHEAD_LIMIT = 48 << 20
+#: 32 MiB: four 8 MiB chunks, plus the chunk each big layer's consumer waits for and the head
+#: streams, keep the default budget's 8 connections busy. Measured through the link emulator
+#: (30 MB/s per connection, 20 ms RTT) on the 1 GiB two-layer big-files image: peak RSS 148 MB
+#: with 48 MiB here, too near the 150 MB target (malloc keeps freed pieces in per-thread arenas).
+READ_AHEAD_LIMIT = 32 << 20
 
 
 class _ReadAhead:
