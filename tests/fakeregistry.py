@@ -71,6 +71,8 @@ class Fault:
     ``content_length`` (a verbatim, possibly malformed header), ``stall_after`` (N body bytes,
     then silence with the connection open) and ``hold_open`` (silence after the whole body).
     ``location`` answers with a redirect to that exact (possibly malformed) ``Location``.
+    Ranges: ``range_start`` narrows the match to one ranged request, ``wrong_content_range``
+    and ``no_accept_ranges`` break the answer to it.
     """
 
     path_contains: str = ""
@@ -93,9 +95,17 @@ class Fault:
     content_length: str | None = None  # blob and manifest GETs: this Content-Length, verbatim
     stall_after: int | None = None  # blob and manifest GETs: hang after N body bytes
     hold_open: bool = False  # keep the connection open after the body (no close, no EOF)
+    # Ranged blob GETs: match only a request whose Range starts at this byte (None: any).
+    range_start: int | None = None
+    wrong_content_range: bool = False  # answer a range with a Content-Range one byte off
+    no_accept_ranges: bool = False  # leave out Accept-Ranges (a 206 to a range still comes)
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and self.path_contains in path
+    def matches(self, method: str, path: str, range_start: int | None = None) -> bool:
+        return (
+            (self.method is None or self.method == method)
+            and self.path_contains in path
+            and (self.range_start is None or self.range_start == range_start)
+        )
 
 
 class FakeRegistry:
@@ -136,6 +146,8 @@ class FakeRegistry:
         self.sent: dict[str, int] = {}  # blob digest → body bytes written so far (all requests)
         self._sent_changed = threading.Condition(self._lock)
         self._counter = itertools.count(1)
+        self.blob_gets_in_flight = 0
+        self.peak_blob_gets = 0  # the most blob GETs served at once
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -262,16 +274,36 @@ class FakeRegistry:
             self.faults.append(fault)
         return fault
 
-    def take_fault(self, method: str, path: str, *, status: bool) -> Fault | None:
+    def take_fault(
+        self, method: str, path: str, *, status: bool, range_start: int | None = None
+    ) -> Fault | None:
         """The first live fault matching the request, of the status kind or the other kinds
         (status faults act before authentication, like a load balancer; others after it)."""
         with self._lock:
             for f in self.faults:
-                if f.times != 0 and (f.status is not None) == status and f.matches(method, path):
+                if (
+                    f.times != 0
+                    and (f.status is not None) == status
+                    and f.matches(method, path, range_start)
+                ):
                     if f.times > 0:
                         f.times -= 1
                     return f
         return None
+
+    def blob_get(self, delta: int) -> None:
+        with self._lock:
+            self.blob_gets_in_flight += delta
+            self.peak_blob_gets = max(self.peak_blob_gets, self.blob_gets_in_flight)
+
+    def ranges_served(self, digest: str) -> list[tuple[int, int | None]]:
+        """(start, end inclusive or None for open) of each GET of ``digest``, in order."""
+        out: list[tuple[int, int | None]] = []
+        for r in self.requests_to(f"/blobs/{digest}", "GET"):
+            m = _RANGE_RE.match(r.headers.get("range", "bytes=0-"))
+            assert m is not None
+            out.append((int(m[1]), int(m[2]) if m[2] else None))
+        return out
 
     def record(self, rec: Recorded, token: bool = False) -> None:
         with self._lock:
@@ -378,7 +410,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._token(method, body)
             return
         fake.record(rec)
-        fault = fake.take_fault(method, path, status=True)
+        rm = _RANGE_RE.match(self.headers.get("Range", "").strip())
+        range_start = int(rm[1]) if rm else None
+        fault = fake.take_fault(method, path, status=True, range_start=range_start)
         if fault is not None:
             hdrs = dict(fault.headers)
             if fault.retry_after is not None:
@@ -387,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authorized(method):
             return
-        fault = fake.take_fault(method, path, status=False)
+        fault = fake.take_fault(method, path, status=False, range_start=range_start)
         if fault is not None and fault.location is not None:
             self._send(fault.redirect_status, headers={"Location": fault.location})
             return
@@ -399,7 +433,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         m = _BLOB_RE.match(path)
         if m and method in ("GET", "HEAD"):
-            self._blob(m["digest"], method == "HEAD", fault)
+            fake.blob_get(1)
+            try:
+                self._blob(m["digest"], method == "HEAD", fault)
+            finally:
+                fake.blob_get(-1)
             return
         m = _MANIFEST_RE.match(path)
         if m:
@@ -487,16 +525,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "BLOB_UNKNOWN", f"blob {digest} unknown")
             return
         headers = {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}
+        if not (fault is not None and (fault.no_accept_ranges or fault.ignore_range)):
+            headers["Accept-Ranges"] = "bytes"
         start = 0
+        stop = len(data)
         status = 200
         rng = self.headers.get("Range")
         if rng and not (fault is not None and fault.ignore_range):
             m = _RANGE_RE.match(rng.strip())
             if m and int(m[1]) <= len(data):
                 start = int(m[1])
+                if m[2]:
+                    stop = min(len(data), int(m[2]) + 1)
                 status = 206
-                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        payload = data[start:]
+                shown = start + 1 if fault is not None and fault.wrong_content_range else start
+                headers["Content-Range"] = f"bytes {shown}-{stop - 1}/{len(data)}"
+        payload = data[start:stop]
         if head:
             self._send(200, b"", {**headers, "Content-Length": str(len(data))}, head=True)
             return

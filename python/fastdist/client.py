@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from .auth import CredentialStore
     from .check import CheckReport
     from .dedup import DedupReport, DiskUsage
-    from .fetcher import Fetcher
+    from .fetcher import FetchConfig, Fetcher
     from .mirrors import Mirrors
     from .resolver import Resolved, Resolver
     from .runtime import LogEntry, Mount, PortMapping, Runtime
@@ -121,7 +121,14 @@ class Client:
         runc: str = "runc",
         max_pull_bytes: int = DEFAULT_MAX_PULL_BYTES,
         hosts_dir: str | os.PathLike[str] | None = None,
+        max_connections: int | None = None,
+        limit_rate: int | str | None = None,
+        fetch_config: FetchConfig | None = None,
     ) -> None:
+        """``max_connections``: blob requests in flight per registry host, shared by every pull
+        of the process (default 8, ``transport.DEFAULT_MAX_CONNECTIONS``). ``limit_rate``: bytes/s
+        for all downloads together (an int, or curl's ``500k``/``20M``). ``fetch_config``: when
+        blobs are fetched over parallel ranged connections (``fetcher.FetchConfig``)."""
         if max_pull_bytes <= 0:
             raise InvalidArgumentError(f"max_pull_bytes must be positive, got {max_pull_bytes}")
         if root is not None and not os.fspath(root):
@@ -139,7 +146,8 @@ class Client:
             else default_snapshotter(self.root)
         )
         self.metadata = MetadataDB(self.root / "meta.db")
-        self._transport_config = transport_config
+        self._transport_config = _with_link_options(transport_config, max_connections, limit_rate)
+        self._fetch_policy = fetch_config
         self._credentials = credentials
         self._hosts_dir = hosts_dir
         self.max_pull_bytes = max_pull_bytes
@@ -179,7 +187,7 @@ class Client:
     def fetcher(self) -> Fetcher:
         from .fetcher import Fetcher
 
-        return Fetcher(self.transport, self.mirrors)
+        return Fetcher(self.transport, self.mirrors, self._fetch_policy)
 
     @functools.cached_property
     def runtime(self) -> Runtime:
@@ -1519,6 +1527,44 @@ def _generate_id(client: Client) -> str:
         if client.metadata.containers.get(cid) is None and not client.runtime.bundle(cid).exists():
             return cid
     raise StoreError("could not generate a free container id")
+
+
+def _with_link_options(
+    config: TransportConfig | None, max_connections: int | None, limit_rate: int | str | None
+) -> TransportConfig | None:
+    """``config`` with ``Client``'s connection budget and rate cap put in (checked here, so a
+    bad value fails at construction with a typed error)."""
+    if max_connections is None and limit_rate is None:
+        return config
+    import dataclasses
+
+    from .transport import TransportConfig, parse_rate
+
+    base = config or TransportConfig()
+    if max_connections is not None:
+        hint = "e.g. --max-connections 4 (Client(max_connections=4)); the default is 8"
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise InvalidArgumentError(
+                f"max_connections must be an int, got {max_connections!r}", hint=hint
+            )
+        if max_connections < 1:
+            raise InvalidArgumentError(
+                f"max_connections must be at least 1, got {max_connections}", hint=hint
+            )
+        base = dataclasses.replace(base, max_connections=max_connections)
+    if limit_rate is not None:
+        rate_hint = 'e.g. limit_rate="20M" or 20971520 (bytes/s)'
+        if isinstance(limit_rate, bool):
+            raise InvalidArgumentError(
+                f"limit_rate must be bytes/s, got {limit_rate!r}", hint=rate_hint
+            )
+        rate = parse_rate(limit_rate) if isinstance(limit_rate, str) else limit_rate
+        if not isinstance(rate, int) or rate < 1:
+            raise InvalidArgumentError(
+                f"limit_rate must be positive bytes/s, got {limit_rate!r}", hint=rate_hint
+            )
+        base = dataclasses.replace(base, limit_rate=rate)
+    return base
 
 
 @dataclass(frozen=True)

@@ -30,18 +30,19 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from .auth import valid_header_value
-from .errors import HostsConfigError
+from .errors import HostsConfigError, NotFoundError, RegistryError
 from .reference import Reference
 from .transport import HostTLS, Transport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_HOSTS_DIRS = (Path("/etc/fastdist/certs.d"), Path("/etc/containerd/certs.d"))
 CAPABILITIES = frozenset({"pull", "resolve", "push"})
@@ -288,6 +289,32 @@ class Mirrors:
                 continue
             out.append(h)
         return out
+
+    def first_success(
+        self,
+        ref: Reference,
+        capability: str,
+        attempt: Callable[[RegistryHost], T],
+        *,
+        on_skip: Callable[[RegistryHost, RegistryError], None] | None = None,
+    ) -> T:
+        """``attempt`` on each host of ``hosts(ref, capability)`` in order until one succeeds:
+        the one loop the resolver and the fetcher share. A mirror's RegistryError moves on to
+        the next host (and, unless the mirror merely lacks the object, skips the mirror for the
+        cool-down); the upstream's is raised."""
+        for host in self.hosts(ref, capability):
+            try:
+                return attempt(host)
+            except RegistryError as e:
+                if host.upstream:
+                    raise
+                if isinstance(e, NotFoundError):
+                    log.info("mirror %s does not have it (%s); trying the next host", host.url, e)
+                else:
+                    self.mark_failed(host, e)
+                if on_skip is not None:
+                    on_skip(host, e)
+        raise AssertionError("the upstream host is always tried last")  # pragma: no cover
 
     def mark_failed(self, host: RegistryHost, why: object) -> None:
         """Skip ``host`` for the cool-down (never the upstream)."""

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from .errors import (
     DigestMismatchError,
     ManifestError,
-    NotFoundError,
     PlatformNotFoundError,
-    RegistryError,
     SizeMismatchError,
 )
-from .mirrors import MIRROR_RETRIES, Mirrors
+from .mirrors import MIRROR_RETRIES, Mirrors, RegistryHost
 from .oci import (
     INDEX_TYPES,
     MANIFEST_ACCEPT,
@@ -134,27 +132,20 @@ class Resolver:
         # A tag is resolved only by hosts allowed to ("resolve"); by digest, any "pull" host
         # will do: the body is verified against the digest below either way.
         capability = "pull" if obj.startswith("sha256:") else "resolve"
-        for host in self.mirrors.hosts(ref, capability):
-            try:
-                body, headers = t.get_bytes(
-                    host.api_url(path, ns=ref.domain),
-                    registry=host.netloc,
-                    scope=ref.scope(),
-                    limit=MAX_MANIFEST_BYTES,
-                    what=what,
-                    headers={**host.header_map(), **accept},
-                    max_retries=None if host.upstream else MIRROR_RETRIES,
-                )
-            except RegistryError as e:
-                if host.upstream:
-                    raise
-                if isinstance(e, NotFoundError):
-                    log.info("mirror %s does not have %s; trying the next host", host.url, what)
-                else:
-                    self.mirrors.mark_failed(host, e)
-                continue
+
+        def attempt(host: RegistryHost) -> tuple[bytes, str | None]:
+            body, headers = t.get_bytes(
+                host.api_url(path, ns=ref.domain),
+                registry=host.netloc,
+                scope=ref.scope(),
+                limit=MAX_MANIFEST_BYTES,
+                what=what,
+                headers={**host.header_map(), **accept},
+                max_retries=None if host.upstream else MIRROR_RETRIES,
+            )
             return body, headers.get("Content-Type")
-        raise AssertionError("the upstream host is always tried last")  # pragma: no cover
+
+        return self.mirrors.first_success(ref, capability, attempt)
 
     def _get_by_descriptor(self, ref: Reference, desc: Descriptor) -> tuple[bytes, Document]:
         if desc.media_type not in MANIFEST_TYPES | INDEX_TYPES:

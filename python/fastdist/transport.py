@@ -47,7 +47,13 @@ from .auth import (
     parse_token_response,
 )
 from .auth import parse_www_authenticate as _parse_challenges
-from .errors import AuthenticationError, ManifestError, NotFoundError, RegistryError
+from .errors import (
+    AuthenticationError,
+    InvalidArgumentError,
+    ManifestError,
+    NotFoundError,
+    RegistryError,
+)
 from .termsafe import sanitize
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,13 @@ log = logging.getLogger(__name__)
 http_log = logging.getLogger("fastdist.http")
 
 MAX_REDIRECTS = 5
+# Blob requests in flight per registry host, across every pull of the process (HostBudget).
+# 8: at least Client's default of 8 layers at once, so every layer's first request of a pull
+# goes out together; 8 connections x the ~25 MB/s a registry CDN gives one connection (ECR's
+# published per-layer figure) fill a 200 MB/s link; and it is what a browser or Docker Hub's
+# CDN treats as polite for one client. The urllib3 pool of each host holds as many, so they are
+# reused rather than reopened.
+DEFAULT_MAX_CONNECTIONS = 8
 MAX_ERROR_BODY = 64 << 10
 MAX_TOKEN_BODY = 1 << 20
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -89,7 +102,9 @@ class TransportConfig:
     one host each. ``insecure_skip_verify_hosts`` skip certificate verification.
     ``request_deadline``: seconds one request may take in all (connection, headers, retries
     and, for manifests, configs and tokens, the body). ``stall_timeout``: seconds a blob body
-    may go without a byte.
+    may go without a byte. ``max_connections``: blob requests in flight per registry host (one
+    budget shared by every pull in the process, ``HostBudget``). ``limit_rate``: bytes/s for all
+    blob bodies of the process together (one token bucket, ``RateLimiter``), None for no cap.
     """
 
     plain_http_hosts: frozenset[str] = frozenset()
@@ -106,6 +121,8 @@ class TransportConfig:
     max_retry_after: float = 60
     allow_foreign_urls: bool = False
     user_agent: str = "fastdist/0.1"
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    limit_rate: int | None = None
 
 
 def redact_url(url: str) -> str:
@@ -314,6 +331,120 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, seconds)
 
 
+class HostBudget:
+    """Blob requests in flight per host, for the whole process: each request waits until fewer
+    than its ``limit`` run on its host. Fair: first requests of blobs (every small layer's only
+    one) are served before extra ranged requests, whatever arrived first. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._active: dict[str, int] = {}
+        self._waiting_first: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}
+
+    def acquire(self, host: str, limit: int, extra: bool) -> None:
+        with self._cv:
+            if not extra:
+                self._waiting_first[host] = self._waiting_first.get(host, 0) + 1
+            self._waiting[host] = self._waiting.get(host, 0) + 1
+            self._cv.notify_all()
+            try:
+                while self._active.get(host, 0) >= limit or (
+                    extra and self._waiting_first.get(host, 0) > 0
+                ):
+                    self._cv.wait()
+            finally:
+                self._waiting[host] -= 1
+                if not extra:
+                    self._waiting_first[host] -= 1
+            self._active[host] = self._active.get(host, 0) + 1
+
+    def release(self, host: str) -> None:
+        with self._cv:
+            self._active[host] -= 1
+            self._cv.notify_all()
+
+    def waiting(self, host: str) -> int:
+        """Requests waiting for a place on ``host``."""
+        with self._cv:
+            return self._waiting.get(host, 0)
+
+
+class HostSlot:
+    """One request's place in a ``HostBudget`` (a context manager)."""
+
+    def __init__(self, budget: HostBudget, host: str, limit: int, extra: bool) -> None:
+        self._budget, self._host, self._limit, self._extra = budget, host, limit, extra
+
+    def __enter__(self) -> HostSlot:
+        self._budget.acquire(self._host, self._limit, self._extra)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._budget.release(self._host)
+
+
+_BUDGET = HostBudget()
+
+
+def host_budget() -> HostBudget:
+    """The process-wide budget every Transport shares (concurrent pulls, several Clients)."""
+    return _BUDGET
+
+
+class RateLimiter:
+    """A token bucket of ``rate`` bytes/s (burst: a quarter second's worth, at least 64 KiB),
+    shared by every connection that reads blob bodies. Thread-safe."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.burst = max(64 << 10, rate // 4)
+        self._tokens = float(self.burst)
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, n: int, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Spend ``n`` bytes; sleeps (outside the lock) for as long as the bucket is in debt."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self._tokens -= n
+            debt = -self._tokens
+        if debt > 0:
+            sleep(debt / self.rate)
+
+
+_RATE_LIMITERS: dict[int, RateLimiter] = {}
+_RATE_LOCK = threading.Lock()
+
+
+def rate_limiter(rate: int) -> RateLimiter:
+    """The process-wide bucket for ``rate``: every transport capped at the same rate shares it
+    (a CLI process has one; an API user with two clients at one rate gets one cap in all)."""
+    with _RATE_LOCK:
+        found = _RATE_LIMITERS.get(rate)
+        if found is None:
+            found = _RATE_LIMITERS[rate] = RateLimiter(rate)
+        return found
+
+
+_RATE_RE = re.compile(r"(\d+(?:\.\d+)?)([kKmMgG]?)")
+_RATE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_rate(text: str) -> int:
+    """``--limit-rate`` as curl reads it: bytes/s, or with a k/M/G suffix (1024-based)."""
+    m = _RATE_RE.fullmatch(text.strip())
+    value = float(m[1]) * _RATE_UNITS[m[2].lower()] if m is not None else 0.0
+    if m is None or value < 1 or value > 1 << 50:
+        raise InvalidArgumentError(
+            f"invalid rate {text[:40]!r}: expected bytes per second, at least 1",
+            hint="e.g. --limit-rate 500k or --limit-rate 20M (k, M, G: 1024-based, as curl)",
+        )
+    return int(value)
+
+
 class Transport:
     """Registry HTTP client shared by the resolver, fetcher and pusher. Thread-safe."""
 
@@ -330,13 +461,28 @@ class Transport:
         # No ~/.netrc, no environment CA bundle: credentials and trust come from our config only.
         # Proxies from the environment are still honoured, per request (see _proxies).
         self.session.trust_env = False
-        adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0)
+        if config.max_connections < 1:
+            raise InvalidArgumentError(
+                f"max_connections must be at least 1, got {config.max_connections}",
+                hint="TransportConfig(max_connections=N) with N >= 1; the default is 8",
+            )
+        if config.limit_rate is not None and config.limit_rate < 1:
+            raise InvalidArgumentError(
+                f"limit_rate must be positive, got {config.limit_rate}",
+                hint="TransportConfig(limit_rate=N) in bytes/s, or None for no cap",
+            )
+        # Each host's pool keeps as many connections as the budget lets run at once (plus the
+        # resolver's and pusher's few), so a blob request reuses a kept-alive connection.
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=8, pool_maxsize=config.max_connections + 4, max_retries=0
+        )
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.headers.update(
             {"User-Agent": config.user_agent, "Accept-Encoding": "identity"}
         )
         self._tokens = TokenCache()
+        self._token_locks: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
         self._basic_hosts: set[str] = set()
         self._host_tls: dict[str, HostTLS] = {}
@@ -346,6 +492,21 @@ class Transport:
         # Every password and token this transport has used: scrubbed from registry-supplied text.
         self._secrets: set[str] = set()
         self.sleep: Callable[[float], None] = time.sleep
+        self.budget = host_budget()
+        self.rate: RateLimiter | None = (
+            rate_limiter(config.limit_rate) if config.limit_rate is not None else None
+        )
+
+    def slot(self, url: str, *, extra: bool = False) -> HostSlot:
+        """A place in ``url``'s host budget for one blob request (``with transport.slot(u):``).
+        ``extra``: an additional ranged request of a blob that already streams, served after
+        every waiting first request (a big blob's chunks never starve small layers)."""
+        return HostSlot(self.budget, _netloc(url), self.config.max_connections, extra)
+
+    def throttle(self, n: int) -> None:
+        """Account ``n`` body bytes against ``limit_rate`` (sleeps while over the cap)."""
+        if self.rate is not None:
+            self.rate.take(n, self.sleep)
 
     # --- URL policy ----------------------------------------------------------------------------
     def configure_host(self, netloc: str, tls: HostTLS) -> None:
@@ -763,8 +924,9 @@ class Transport:
             if resp.status_code == 401 and same_origin and origin is not None and not authorized:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.close()
-                self._tokens.drop(origin, scope or "")
-                self._answer_challenge(origin, scope, challenge, current, deadline)
+                self._answer_challenge(
+                    origin, scope, challenge, current, deadline, hdrs.get("Authorization")
+                )
                 authorized = True
                 continue
             return resp
@@ -800,14 +962,32 @@ class Transport:
             # Longest first, so a secret containing another is replaced whole.
             return sorted(self._secrets, key=len, reverse=True)
 
+    def _token_flight(self, host: str, scope: str | None) -> threading.Lock:
+        with self._lock:
+            return self._token_locks.setdefault((host, scope or ""), threading.Lock())
+
     def _answer_challenge(
-        self, host: str, scope: str | None, header: str, url: str, deadline: float
+        self,
+        host: str,
+        scope: str | None,
+        header: str,
+        url: str,
+        deadline: float,
+        sent: str | None = None,
     ) -> None:
+        """Answer a 401 whose request carried ``sent`` (its Authorization, or None)."""
         challenges = _parse_challenges(header)
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         if bearer is not None:
-            token = self._fetch_token(host, scope, bearer, deadline)
-            self._tokens.put(host, scope or "", token)
+            # One token request per (host, scope) at a time: the blob requests of a pull that
+            # meet the same 401 together wait for it and use the token it brings.
+            with self._token_flight(host, scope):
+                cached = self._tokens.get(host, scope or "")
+                if cached is not None and f"Bearer {cached}" != sent:
+                    return  # fetched by another request while this one waited
+                self._tokens.drop(host, scope or "")  # refused: never send it again
+                token = self._fetch_token(host, scope, bearer, deadline)
+                self._tokens.put(host, scope or "", token)
             return
         if any(c.scheme == "basic" for c in challenges):
             creds = self._creds(host)

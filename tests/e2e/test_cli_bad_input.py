@@ -86,6 +86,12 @@ ROWS: dict[str, Row] = {
     "pull-without-ref": row(USAGE, "required", "pull"),
     "unknown-flag": row(USAGE, "unrecognized arguments", "pull", "--bogus", "{img}"),
     "bad-snapshotter": row(USAGE, "invalid choice", "pull", "--snapshotter", "zfs", "{img}"),
+    "limit-rate-word": row(USAGE, "invalid rate", "pull", "--limit-rate", "fast", "{img}"),
+    "limit-rate-zero": row(USAGE, "invalid rate", "pull", "--limit-rate", "0", "{img}"),
+    "max-connections-zero": row(USAGE, "at least 1", "pull", "--max-connections", "0", "{img}"),
+    "max-connections-word": row(
+        USAGE, "whole number", "pull", "--max-connections", "many", "{img}"
+    ),
     "bad-partial-age": row(USAGE, "not a duration", "prune", "--partial-age", "soon"),
     "unpack-without-dir": row(USAGE, "required", "unpack", "{img}"),
     "repair-without-verify": row(USAGE, "--repair", "check", "--repair", "--no-verify"),

@@ -30,15 +30,32 @@ def cmd_pull(args: argparse.Namespace) -> int:
     out = sys.stdout
     live = out.isatty() and not args.quiet and not args.json
     display = PullDisplay(out, live=live, json_events=args.json)
+    link = _link_options(args)
     with sigterm_interrupts():
         if args.quiet:
-            img = _client(args).pull(args.ref, platform=args.platform)
+            img = _client(args, **link).pull(args.ref, platform=args.platform)
         else:
             with display:  # --json: a failure from here on is an event too
-                img = _client(args).pull(args.ref, platform=args.platform, progress=display)
+                img = _client(args, **link).pull(args.ref, platform=args.platform, progress=display)
     if not args.json:
         print(sanitize(f"{img.name}: {img.target.digest}" if not args.quiet else img.target.digest))
     return 0
+
+
+def _link_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--max-connections`` and ``--limit-rate`` as Client arguments (Client checks them)."""
+    out: dict[str, Any] = {}
+    if args.max_connections is not None:
+        text = args.max_connections.strip()
+        if not (text.isascii() and text.isdigit()):
+            raise InvalidArgumentError(
+                f"--max-connections {args.max_connections[:40]!r}: expected a whole number",
+                hint="e.g. --max-connections 4",
+            )
+        out["max_connections"] = int(text)
+    if args.limit_rate is not None:
+        out["limit_rate"] = args.limit_rate
+    return out
 
 
 def _short_id(digest: str) -> str:
@@ -382,6 +399,18 @@ def add_commands(sub: Any) -> None:
     )
     add_registry_options(sp)
     sp.add_argument("--snapshotter", choices=("overlayfs", "native"), help=SNAPSHOTTER_HELP)
+    sp.add_argument(
+        "--max-connections",
+        metavar="N",
+        help="blob requests in flight per registry host, for all layers together; a big "
+        "layer over a slow link is fetched as parallel ranges within it (default: 8)",
+    )
+    sp.add_argument(
+        "--limit-rate",
+        metavar="RATE",
+        help="cap the download rate of the whole pull, in bytes/s or with a k, M or G suffix "
+        "(1024-based, as curl's; default: no cap)",
+    )
     sp.add_argument(
         "-q", "--quiet", action="store_true", help="print only the digest (default: progress)"
     )
