@@ -157,13 +157,18 @@ def check_options(opts: RunOptions) -> None:
     resolve_capabilities(opts.cap_add, opts.cap_drop, privileged=opts.privileged)
 
 
+def _size(text: str | int) -> int | None:
+    """A size as docker's flags take it: bytes, or a number with b, k, m, g, t (binary units,
+    ``kb`` too); None when it is not one."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)b?\s*", text.lower())
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)]) if m else None
+
+
 def parse_memory(text: str | int) -> int:
     """docker's ``--memory``: bytes, or a number with b, k, m, g (binary units, ``kb`` too)."""
-    if isinstance(text, int):
-        value: int | None = text
-    else:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)b?\s*", text.lower())
-        value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)]) if m else None
+    value = _size(text)
     if value is None or value < MIN_MEMORY or value >= 1 << 62:
         raise InvalidRunOptionError(
             f"invalid --memory {str(text)[:40]!r}: expected a size of at least 6m",
@@ -174,11 +179,7 @@ def parse_memory(text: str | int) -> int:
 
 def parse_log_max_size(text: str | int) -> int:
     """``--log-max-size``: bytes, or a number with b, k, m, g (binary units), at least 1k."""
-    if isinstance(text, int):
-        value: int | None = text
-    else:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)b?\s*", text.lower())
-        value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)]) if m else None
+    value = _size(text)
     if value is None or value < MIN_LOG_MAX_SIZE or value >= 1 << 62:
         raise InvalidRunOptionError(
             f"invalid --log-max-size {str(text)[:40]!r}: expected a size of at least 1k",
