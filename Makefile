@@ -3,12 +3,29 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check wheel-test demo bench bench-micro fuzz fuzz-rust clean
+.PHONY: dev setup build fmt fmt-check lint typecheck test test-rust test-python check wheel-test demo bench bench-far bench-micro fuzz fuzz-rust clean
+
+# `make setup` always runs the whole set-up (system packages, venv, extension). The other targets
+# depend on its stamp instead, so `make test` on a set-up tree does not rerun apt and pip; the
+# extension is rebuilt when a Rust source, a Cargo manifest or the maturin config is newer than it.
+SETUP_STAMP := $(VENV)/.fastdist-setup
+NATIVE      := python/fastdist/_native.abi3.so
+RUST_INPUTS := $(shell find rust -path rust/fuzz -prune -o \( -name '*.rs' -o -name Cargo.toml \) -print 2>/dev/null) \
+               $(wildcard Cargo.toml Cargo.lock) pyproject.toml
 
 setup:            ## install system packages, the venv and build the extension
 	scripts/setup.sh
+	@touch $(SETUP_STAMP) $(NATIVE)
 
-dev build: setup
+$(SETUP_STAMP): scripts/setup.sh scripts/apt-ensure.sh
+	scripts/setup.sh
+	@touch $@ $(NATIVE)
+
+$(NATIVE): $(SETUP_STAMP) $(RUST_INPUTS)
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release -q
+	@touch $@
+
+dev build: $(NATIVE)
 
 fmt:              ## format Rust and Python
 	cargo fmt --all
@@ -33,9 +50,9 @@ test-rust:
 test-python:
 	$(PY) -m pytest -q tests
 
-test: setup test-rust test-python   ## all tests (Rust and Python: unit, conformance, integration, e2e)
+test: $(NATIVE) test-rust test-python   ## all tests (Rust and Python: unit, conformance, integration, e2e)
 
-check: setup fmt-check lint typecheck test-rust test-python wheel-test   ## what CI runs
+check: $(NATIVE) fmt-check lint typecheck test-rust test-python wheel-test   ## what CI runs
 
 wheel-test:       ## build the abi3 wheel, install it in a fresh venv, run the demo end to end from it
 	rm -rf target/wheel-test && $(VENV)/bin/maturin build --release -q -o target/wheel-test/dist
@@ -44,17 +61,20 @@ wheel-test:       ## build the abi3 wheel, install it in a fresh venv, run the d
 	cd target/wheel-test && PATH="$(CURDIR)/target/wheel-test/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
 		venv/bin/python $(CURDIR)/examples/demo.py
 
-demo: setup       ## end to end: local registry + demo image, pull with live display, images, run
+demo: $(NATIVE)       ## end to end: local registry + demo image, pull with live display, images, run
 	$(PY) examples/demo.py
 
-bench: setup      ## pull benchmarks against ctr and skopeo+umoci (see benches/README.md)
+bench: $(NATIVE)      ## pull benchmarks against ctr and skopeo+umoci (see benches/README.md)
 	$(PY) benches/pull.py
 
-bench-micro: setup
+bench-far: $(NATIVE)  ## far-link sweep through benches/linkem.py (~20-25 min; see benches/README.md)
+	$(PY) benches/pull.py --link far
+
+bench-micro: $(NATIVE)
 	$(PY) benches/micro.py
 
 FUZZ_SECONDS ?= 60
-fuzz: setup       ## each fuzz target for FUZZ_SECONDS (atheris, then cargo-fuzz); crashes land in fuzz/crashes/<target>/ and rust/fuzz/artifacts/<target>/
+fuzz: $(NATIVE)       ## each fuzz target for FUZZ_SECONDS (atheris, then cargo-fuzz); crashes land in fuzz/crashes/<target>/ and rust/fuzz/artifacts/<target>/
 	$(PY) -m pip install --quiet 'atheris>=2.3'
 	@mkdir -p fuzz/crashes/manifest fuzz/crashes/layer fuzz/corpus/manifest fuzz/corpus/layer
 	$(PY) fuzz/fuzz_manifest.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 \

@@ -318,6 +318,35 @@ def _whiteout_layers() -> list[LayerRecipe]:
     return [base, second, third]
 
 
+def _app_layer(i: int) -> LayerRecipe:
+    """One layer of a podman-built application image (``RUN``/``COPY`` steps): a few KB to a few
+    hundred KB compressed. The mix (by ``i``): config files, a handful of compiled modules
+    (random bytes, incompressible), a package's small text files, a binary or two."""
+
+    def write(w: _Writer) -> None:
+        rng = random.Random(1000 + i)
+        kind = i % 4
+        if kind == 0:  # an ENV/COPY of config: a few small files
+            for j in range(rng.randint(1, 4)):
+                w.file(f"etc/app/step{i:02d}-{j}.conf", _text(rng, rng.randint(200, 6000)))
+        elif kind == 1:  # compiled modules
+            for j in range(rng.randint(2, 8)):
+                size = int(rng.lognormvariate(10.0, 0.8))  # median ~22 kB
+                w.file(f"usr/lib/app/mod{i:02d}_{j}.so", rng.randbytes(size), mode=0o755)
+        elif kind == 2:  # a package's sources / data: many small text files
+            for j in range(rng.randint(20, 200)):
+                size = int(rng.lognormvariate(7.5, 1.0)) % (64 * 1024)
+                w.file(f"srv/app/pkg{i:02d}/f{j:03d}.py", _text(rng, size))
+        else:  # a binary
+            size = rng.randint(40 * 1024, 400 * 1024)
+            w.file(f"usr/local/bin/tool{i:02d}", rng.randbytes(size), mode=0o755)
+
+    return write
+
+
+MANY_LAYERS = 36
+
+
 def recipes(scale: float) -> dict[str, list[LayerRecipe]]:
     """Each fixture's layers; ``scale`` < 1 shrinks everything (for smoke runs)."""
     big = max(1 * MiB, int(128 * MiB * scale))
@@ -330,6 +359,8 @@ def recipes(scale: float) -> dict[str, list[LayerRecipe]]:
             _big_files(["random", "text", "zeros", "random"], 200, big),
         ],
         "whiteouts": _whiteout_layers() if scale >= 0.5 else [_small_files(300, 5)] * 3,
+        # 36 small layers, as a podman-built application image has (issue 18).
+        "many-layers": [_app_layer(i) for i in range(MANY_LAYERS)],
         # usr's layer + one small layer on top: the "base layers already present" case.
         "usr-app": [
             _usr(int(400 * MiB * scale)),

@@ -121,10 +121,11 @@ def _rm(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def fastdist_env() -> dict[str, str]:
-    """The environment for fastdist subprocesses: this checkout's package first on the path."""
+def fastdist_env(src: str | None = None) -> dict[str, str]:
+    """The environment for fastdist subprocesses: this checkout's package (or ``src``, e.g. the
+    ``--baseline`` checkout's) first on the path."""
     default = Path(__file__).resolve().parent.parent / "python"
-    src = os.environ.get("BENCH_FASTDIST_PATH", str(default))
+    src = src or os.environ.get("BENCH_FASTDIST_PATH", str(default))
     path = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": f"{src}:{path}" if path else str(src)}
 
@@ -133,17 +134,18 @@ FASTDIST_SCRIPT = "from fastdist.cli.main import run; run()"
 
 
 class FastdistSession:
-    def __init__(self, workdir: Path, snapshotter: str) -> None:
+    def __init__(self, workdir: Path, tool: Fastdist) -> None:
         self.root = workdir / "root"
         self.log = workdir / "log"
-        self.snapshotter = snapshotter
+        self.tool = tool
 
     def pull(self, fx: Fixture, ref: str) -> Sample:
         # What the installed `fastdist` console script runs (`python -m` would add runpy's
         # imports, ~4 ms, which the command does not have).
-        cmd = [sys.executable, "-c", FASTDIST_SCRIPT, "--root", str(self.root), "pull", "-q"]
-        cmd += ["--snapshotter", self.snapshotter, ref]
-        return run_timed(cmd, self.log, env=fastdist_env())
+        t = self.tool
+        cmd = [t.python, "-c", FASTDIST_SCRIPT, "--root", str(self.root), "pull", "-q"]
+        cmd += ["--snapshotter", t.snapshotter, *t.extra, ref]
+        return run_timed(cmd, self.log, env=fastdist_env(t.path))
 
     def output(self) -> Path:
         return self.root
@@ -151,15 +153,21 @@ class FastdistSession:
 
 @dataclass
 class Fastdist:
+    """fastdist's CLI; ``python``/``path`` select another checkout (``--baseline``), ``extra``
+    adds pull options (the far mode's ``--plain-http``, as ctr gets)."""
+
     snapshotter: str = "overlayfs"
     name: str = "fastdist"
     scenarios: tuple[str, ...] = ("cold", "warm", "base")
+    python: str = sys.executable
+    path: str | None = None  # PYTHONPATH entry holding the package; None = this checkout's
+    extra: tuple[str, ...] = ()
 
     @contextmanager
     def session(self, workdir: Path) -> Iterator[FastdistSession]:
         workdir.mkdir(parents=True)
         try:
-            yield FastdistSession(workdir, self.snapshotter)
+            yield FastdistSession(workdir, self)
         finally:
             _rm(workdir)
 

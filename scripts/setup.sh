@@ -20,7 +20,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q "maturin>=1.5,<2" "requests>=2.28" pytest pytest-timeout ruff mypy types-requests typing_extensions
+.venv/bin/python -m pip install -q "maturin>=1.5,<2" "requests>=2.28" pytest pytest-timeout ruff mypy types-requests typing_extensions tomli
 # Build the extension (release: the hot path is what we ship) and install fastdist in the venv.
 VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH" .venv/bin/maturin develop --release -q
 echo "setup: ok ($(.venv/bin/python -c 'import fastdist, fastdist._native; print("fastdist", fastdist.__version__)'))"

@@ -6,8 +6,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
 
 
 def _require(tool: str, package: str) -> None:
@@ -19,7 +24,7 @@ def _require(tool: str, package: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def registry() -> Iterator[object]:
+def registry() -> Iterator[LocalRegistry]:
     """Debian's docker-registry on a free loopback port with its own temp storage."""
     _require("docker-registry", "docker-registry")
     from fastdist.testing.registry import LocalRegistry
@@ -29,7 +34,7 @@ def registry() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def pusher() -> object:
+def pusher() -> Pusher:
     from fastdist.pusher import Pusher
     from fastdist.transport import Transport
 

@@ -9,19 +9,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import functools
+import json
 import logging
 import os
 import stat
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from . import _native, oci
+from . import _native, gc, oci, pulling
 from .content import ContentStore
 from .errors import (
     AmbiguousImageError,
@@ -31,21 +30,21 @@ from .errors import (
     InvalidArgumentError,
     InvalidPlatformError,
     LayerError,
-    LimitExceededError,
     ManifestError,
     PlatformNotFoundError,
     StoreError,
     UnsupportedMediaTypeError,
     VerificationError,
 )
+from .gc import PARTIAL_KEEP_SECONDS, PruneReport
 from .metadata import ImageRecord, MetadataDB
 from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference, names_only_an_id, parse_image_id
-from .sizes import over_limit, size_and_bytes
-from .snapshots import SNAPSHOTTERS, Snapshotter, default_snapshotter, snapshotter_by_name
+from .sizes import over_limit
+from .snapshots import Snapshotter, default_snapshotter, snapshotter_by_name
 from .store import default_root, ensure_root, rmtree
-from .unpacker import LayerSink, Unpacker
+from .unpacker import StoredSource, Unpacker
 
 if TYPE_CHECKING:
     # Imported where used, so local commands (images, ps, run of a present image, a pull of a
@@ -54,6 +53,7 @@ if TYPE_CHECKING:
     from .auth import CredentialStore
     from .check import CheckReport
     from .containers import Container, ContainerInfo, Containers
+    from .dedup import DedupReport, DiskUsage
     from .fetcher import Fetcher
     from .mirrors import Mirrors
     from .resolver import Resolved, Resolver
@@ -63,18 +63,6 @@ if TYPE_CHECKING:
     from .transport import Transport, TransportConfig
 
 log = logging.getLogger(__name__)
-
-# Crash-safety tests kill a pull at named points (tests/integration/test_crash.py); read once, so
-# the pull's hot path only compares against None.
-_CRASH_AT = os.environ.get("FASTDIST_TEST_CRASH_AT") or None
-
-
-def _crash_point(name: str) -> None:
-    if name == _CRASH_AT:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 # Bytes one pull may download (compressed, from the descriptors) and unpack (uncompressed).
 DEFAULT_MAX_PULL_BYTES = 256 << 30
@@ -113,11 +101,6 @@ class Image:
             with contextlib.suppress(StoreError):
                 total += snap.usage(chain)
         return total
-
-
-#: How long ``prune`` keeps a partial download by default (a day): long enough for its pull to be
-#: rerun and resume.
-PARTIAL_KEEP_SECONDS = 24 * 3600.0
 
 
 class Client:
@@ -161,12 +144,10 @@ class Client:
         self._hosts_dir = hosts_dir
         self.max_pull_bytes = max_pull_bytes
         self.unpacker = Unpacker(
-            self.content, self.snapshotter, _cap_layer_bytes(limits, max_pull_bytes)
+            self.content, self.snapshotter, pulling.cap_layer_bytes(limits, max_pull_bytes)
         )
         self.limits = limits
         self.max_volumes = (limits or _native.Limits()).max_volumes
-        self._budgets: dict[int, _PullBudget] = {}
-        self._budgets_lock = threading.Lock()
         self._runc = runc
         self._max_parallel = max(1, max_parallel_layers)
 
@@ -256,20 +237,14 @@ class Client:
             config_bytes = self._fetch_config(reference, resolved.manifest.config, progress)
             config = oci.parse_config(config_bytes, max_volumes=self.max_volumes)
             self._check_platform(reference, plat, resolved.target.media_type, config)
-            layers = resolved.manifest.layers
-            _check_layers(layers, config)
-            chains = oci.chain_ids(config.diff_ids)
-            self._check_pull_size(reference, resolved.manifest.config, layers, chains)
-            with self._budgets_lock:
-                self._budgets[id(reference)] = _PullBudget(self.max_pull_bytes, str(reference))
-            try:
-                self._pull_layers(reference, layers, config.diff_ids, chains, progress)
-            finally:
-                with self._budgets_lock:
-                    self._budgets.pop(id(reference), None)
-            if _CRASH_AT is not None:
-                _crash_point("committed")
-            record = self._record_image(reference, resolved, config, chains)
+            plans = pulling.plan_layers(resolved.manifest.layers, config)
+            job = pulling.PullJob(str(reference), self.max_pull_bytes, self._max_parallel)
+            job.check_size(self.content, self.snapshotter, resolved.manifest.config, plans)
+            source = pulling.RegistrySource(self.fetcher, reference)
+            pulling.dispatch(self.unpacker, plans, source, progress, job)
+            if pulling.CRASH_AT is not None:
+                pulling.crash_point("committed")
+            record = self._record_image(reference, resolved, plans)
         progress(
             ProgressEvent(
                 Phase.DONE,
@@ -360,16 +335,6 @@ class Client:
             return False
         return True
 
-    def _drop_if_corrupt(self, digest: Digest) -> bool:
-        """After a stored blob failed to read back: whether it was corrupt, in which case it is
-        removed, for the pull to fetch it again. False: the blob is intact, the failure is the
-        image's own (a hostile layer, say) and stands."""
-        if self.content.intact(digest):
-            return False
-        log.warning("blob %s in the content store is corrupt; fetching it again", digest)
-        self.content.delete(digest)
-        return True
-
     def _touch(
         self, rec: ImageRecord, progress: Progress, manifest: oci.Manifest | None = None
     ) -> ImageRecord | None:
@@ -389,52 +354,6 @@ class Client:
                 ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size)
             )
         return dataclasses.replace(rec, updated=touched)
-
-    def _check_pull_size(
-        self,
-        ref: Reference,
-        config: Descriptor,
-        layers: Sequence[Descriptor],
-        chains: Sequence[Digest],
-    ) -> None:
-        """Before any layer is fetched: the per-pull limit on what the descriptors announce,
-        and enough free space for the blobs to fetch and (at least) their unpacked bytes."""
-        announced = config.size + sum(d.size for d in layers)
-        if announced > self.max_pull_bytes:
-            raise LimitExceededError(
-                f"pull of {ref}: its blobs total {size_and_bytes(announced)}, over the per-pull "
-                f"limit of {size_and_bytes(self.max_pull_bytes)} (max_pull_bytes)",
-                hint="raise Client(max_pull_bytes=...) only if you trust this image",
-            )
-        to_fetch = sum(d.size for d in layers if not self.content.exists(d.digest))
-        # A layer unpacks to at least its compressed size (a lower bound, not an estimate).
-        to_unpack = sum(
-            d.size for d, c in zip(layers, chains, strict=True) if not self.snapshotter.exists(c)
-        )
-        needs: dict[int, tuple[Path, int]] = {}
-        for path, n in ((self.content.blobs_dir, to_fetch), (self.snapshotter.root, to_unpack)):
-            dev = os.stat(path).st_dev
-            prev = needs.get(dev)
-            needs[dev] = (prev[0] if prev else path, (prev[1] if prev else 0) + n)
-        for path, need in needs.values():
-            if need == 0:
-                continue
-            st = os.statvfs(path)
-            free = st.f_bavail * st.f_frsize
-            if free < need:
-                raise StoreError(
-                    f"not enough free space to pull {ref}: at least {size_and_bytes(need)} "
-                    f"needed under {path}, {size_and_bytes(free)} available",
-                    hint="free some space (fastdist prune removes what no image uses) or use "
-                    "a store root on a larger filesystem (--root)",
-                )
-
-    def _charge(self, ref: Reference, staged: LayerSink) -> None:
-        """Count a staged layer's unpacked bytes against its pull's limit (before its commit)."""
-        with self._budgets_lock:
-            budget = self._budgets.get(id(ref))
-        if budget is not None and staged.result is not None:
-            budget.add(staged.result.uncompressed_size, staged.desc.digest)
 
     def _store_document(self, desc: Descriptor, data: bytes) -> None:
         """Store a resolved (verified) document; a corrupt stored copy is replaced."""
@@ -481,304 +400,8 @@ class Client:
         progress(ProgressEvent(Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size))
         return data
 
-    def _pull_layers(
-        self,
-        ref: Reference,
-        layers: Sequence[Descriptor],
-        diff_ids: Sequence[Digest],
-        chains: Sequence[Digest],
-        progress: Progress,
-    ) -> None:
-        for desc in layers:
-            progress(ProgressEvent(Phase.WAITING, desc.digest, desc.media_type, 0, desc.size))
-        if not layers:
-            return
-        if self.snapshotter.apply_mode == "layer":
-            self._pull_layers_parallel(ref, layers, diff_ids, chains, progress)
-        else:
-            self._pull_layers_ordered(ref, layers, diff_ids, chains, progress)
-
-    def _pull_layers_parallel(
-        self,
-        ref: Reference,
-        layers: Sequence[Descriptor],
-        diff_ids: Sequence[Digest],
-        chains: Sequence[Digest],
-        progress: Progress,
-    ) -> None:
-        """overlayfs: every layer streams socket → tree into its own staging directory at once;
-        each worker commits its snapshot as soon as its parent landed (design.md §6).
-
-        Lock order, and why two processes cannot deadlock: a worker takes its layer's chain_id
-        lock first, then (inside the fetch) the digest's ingest lock, which it releases once the
-        blob is committed, before it waits for anything else. The only wait while holding a
-        chain lock is for the parent's commit, i.e. for the lock of a chain one layer *shorter*
-        (a chain_id names its whole prefix, so its depth is fixed). Every wait-for edge goes
-        from depth d to depth d-1 and the bottom layer waits for nobody, so no cycle can form,
-        whatever prefix two images share. The pool takes tasks in layer order, so a running
-        worker's ancestors have all started too. The lock is held by the worker thread from
-        the ``exists`` re-check to the commit, so a layer is unpacked once across processes and
-        threads (a flock per open file conflicts between threads of one process as well).
-        """
-        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
-        workers = min(len(layers), self._max_parallel)
-        failed = threading.Event()
-        landed = [_Landing() for _ in layers]
-        with ThreadPoolExecutor(workers, thread_name_prefix="fastdist-layer") as pool:
-            futures = [
-                pool.submit(
-                    self._pull_layer,
-                    ref,
-                    layers[i],
-                    diff_ids[i],
-                    chains[i],
-                    chains[i - 1] if i else None,
-                    progress,
-                    failed,
-                    landed[i - 1] if i else None,
-                    landed[i],
-                )
-                for i in range(len(layers))
-            ]
-            try:
-                wait(futures, return_when=FIRST_EXCEPTION)
-                errors = [f.exception() for f in futures if f.done() and not f.cancelled()]
-                if any(e is not None for e in errors):
-                    failed.set()
-                    for fut in futures:
-                        fut.cancel()
-                    for landing in landed:
-                        landing.settle(False)  # wake waiters of cancelled layers
-                    wait(futures)
-                    errors = [f.exception() for f in futures if not f.cancelled()]
-                    # Raise the failure itself, not a sibling's "pull aborted" that followed it.
-                    real = [e for e in errors if e is not None and not isinstance(e, _PullAborted)]
-                    first = real[0] if real else next(e for e in errors if e is not None)
-                    raise first
-            except BaseException:
-                failed.set()
-                for landing in landed:
-                    landing.settle(False)
-                raise
-
-    def _pull_layer(
-        self,
-        ref: Reference,
-        desc: Descriptor,
-        diff_id: Digest,
-        chain: Digest,
-        parent: Digest | None,
-        progress: Progress,
-        failed: threading.Event,
-        parent_landed: _Landing | None,
-        landed: _Landing,
-    ) -> None:
-        """One overlayfs layer, start to commit, under its chain_id lock (see above)."""
-        ok = False
-        timings: list[tuple[str, float]] = []
-        try:
-            if failed.is_set():
-                raise _PullAborted("pull aborted")
-            with self.snapshotter.lock(chain):
-                have_snap = self.snapshotter.exists(chain)
-                if not have_snap:
-                    staged = self._stage_layer(
-                        ref, desc, diff_id, chain, parent, progress, failed, timings
-                    )
-                    if _CRASH_AT is not None:
-                        _crash_point("staged")
-                    try:
-                        self._charge(ref, staged)
-                        t = time.monotonic()
-                        if parent_landed is not None and not parent_landed.wait():
-                            raise _PullAborted("pull aborted")
-                        timings.append(("wait", time.monotonic() - t))
-                        t = time.monotonic()
-                        staged.commit()
-                        timings.append(("commit", time.monotonic() - t))
-                    except BaseException:
-                        staged.abort()
-                        raise
-            if have_snap:
-                fetched = self._fetch_blob(ref, desc, progress)
-                if not fetched:
-                    progress(
-                        ProgressEvent(
-                            Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size
-                        )
-                    )
-                    ok = True
-                    return
-            self._note_snapshot(desc, diff_id, chain, progress, tuple(timings))
-            ok = True
-        finally:
-            landed.settle(ok)
-
-    def _stage_layer(
-        self,
-        ref: Reference,
-        desc: Descriptor,
-        diff_id: Digest,
-        chain: Digest,
-        parent: Digest | None,
-        progress: Progress,
-        failed: threading.Event,
-        timings: list[tuple[str, float]],
-        refetched: bool = False,
-    ) -> LayerSink:
-        """Bring one missing layer to "ready to commit" (a staged sink). The caller holds the
-        chain_id lock; the blob is streamed (fetch + apply in one pass) unless it is stored."""
-        t = time.monotonic()
-        if not self.content.exists(desc.digest):
-            with self.content.ingest(desc) as ingest:
-                if not self.content.exists(desc.digest):
-                    sink = self.unpacker.layer_sink(desc, diff_id, chain, parent, ingest)
-                    try:
-                        self.fetcher.fetch(ref, desc, _AbortableSink(sink, failed), progress)
-                        timings.append(("fetch", time.monotonic() - t))
-                        t = time.monotonic()
-                        progress(
-                            ProgressEvent(
-                                Phase.UNPACKING, desc.digest, desc.media_type, desc.size, desc.size
-                            )
-                        )
-                        sink.finish()
-                        timings.append(("unpack", time.monotonic() - t))
-                    except BaseException as e:
-                        # A registry that sent the wrong (or too many) bytes gets no resume.
-                        sink.abort(discard=isinstance(e, VerificationError))
-                        raise
-                    return sink
-            # Another process fetched it while we waited for the digest's lock: the blob is
-            # stored now, and is unpacked from there with the ingest lock released.
-        progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
-        try:
-            staged = self.unpacker.stage_blob(desc, diff_id, chain, parent)
-        except (VerificationError, LayerError):
-            # Verified while read: a stored blob that went bad on disk is fetched again.
-            if refetched or not self._drop_if_corrupt(desc.digest):
-                raise
-            return self._stage_layer(
-                ref, desc, diff_id, chain, parent, progress, failed, timings, refetched=True
-            )
-        timings.append(("unpack", time.monotonic() - t))
-        return staged
-
-    def _pull_layers_ordered(
-        self,
-        ref: Reference,
-        layers: Sequence[Descriptor],
-        diff_ids: Sequence[Digest],
-        chains: Sequence[Digest],
-        progress: Progress,
-    ) -> None:
-        """native snapshotter: a layer applies onto a copy of its parent, so blobs download in
-        parallel into the content store and apply in order as their parents commit. Only this
-        thread takes chain_id locks here, one at a time, so lock order is trivially safe."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        workers = min(len(layers), self._max_parallel)
-        with ThreadPoolExecutor(workers, thread_name_prefix="fastdist-blob") as pool:
-            futures = [
-                pool.submit(self._timed_fetch_blob, ref, desc, progress)
-                if not self.snapshotter.exists(chains[i]) or not self.content.exists(desc.digest)
-                else None
-                for i, desc in enumerate(layers)
-            ]
-            for i, desc in enumerate(layers):
-                fut = futures[i]
-                timings: list[tuple[str, float]] = []
-                if fut is not None:
-                    timings.append(("fetch", fut.result()))
-                with self.snapshotter.lock(chains[i]):
-                    if self.snapshotter.exists(chains[i]):
-                        progress(
-                            ProgressEvent(
-                                Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size
-                            )
-                        )
-                        continue
-                    progress(
-                        ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size)
-                    )
-                    t = time.monotonic()
-                    staged = self._stage_stored(
-                        ref, desc, diff_ids[i], chains[i], chains[i - 1] if i else None, progress
-                    )
-                    timings.append(("unpack", time.monotonic() - t))
-                    if _CRASH_AT is not None:
-                        _crash_point("staged")
-                    t = time.monotonic()
-                    try:
-                        self._charge(ref, staged)
-                        staged.commit()
-                    except BaseException:
-                        staged.abort()
-                        raise
-                    timings.append(("commit", time.monotonic() - t))
-                self._note_snapshot(desc, diff_ids[i], chains[i], progress, tuple(timings))
-
-    def _stage_stored(
-        self,
-        ref: Reference,
-        desc: Descriptor,
-        diff_id: Digest,
-        chain: Digest,
-        parent: Digest | None,
-        progress: Progress,
-    ) -> LayerSink:
-        """Apply a stored blob into staging (native snapshotter); verified while read, so a
-        blob that went bad on disk is fetched again once and applied from the new copy."""
-        try:
-            return self.unpacker.stage_blob(desc, diff_id, chain, parent)
-        except (VerificationError, LayerError):
-            if not self._drop_if_corrupt(desc.digest):
-                raise
-        self._fetch_blob(ref, desc, progress)
-        return self.unpacker.stage_blob(desc, diff_id, chain, parent)
-
-    def _timed_fetch_blob(self, ref: Reference, desc: Descriptor, progress: Progress) -> float:
-        t = time.monotonic()
-        self._fetch_blob(ref, desc, progress)
-        return time.monotonic() - t
-
-    def _fetch_blob(self, ref: Reference, desc: Descriptor, progress: Progress) -> bool:
-        """Fetch a blob into the content store only (verified, resumable, once per digest).
-        Returns whether this call downloaded it (False: it was there already)."""
-        if self.content.exists(desc.digest):
-            return False
-        with self.content.ingest(desc) as ingest:
-            if self.content.exists(desc.digest):
-                return False
-            try:
-                self.fetcher.fetch(ref, desc, ingest, progress)
-            except VerificationError:
-                ingest.discard()  # wrong or extra bytes from the registry: no resume from them
-                raise
-            ingest.commit()
-        return True
-
-    def _note_snapshot(
-        self,
-        desc: Descriptor,
-        diff_id: Digest,
-        chain: Digest,
-        progress: Progress,
-        timings: tuple[tuple[str, float], ...] = (),
-    ) -> None:
-        progress(
-            ProgressEvent(
-                Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size, timings=timings
-            )
-        )
-
     def _record_image(
-        self,
-        ref: Reference,
-        resolved: Resolved,
-        config: ImageConfig,
-        chains: Sequence[Digest],
+        self, ref: Reference, resolved: Resolved, plans: Sequence[pulling.LayerPlan]
     ) -> ImageRecord:
         manifest = resolved.manifest
         size = (
@@ -798,7 +421,7 @@ class Client:
             manifest_digest=resolved.manifest_descriptor.digest,
             config_digest=manifest.config.digest,
             layer_digests=tuple(layer.digest for layer in manifest.layers),
-            chain_ids=tuple(chains),
+            chain_ids=tuple(p.chain_id for p in plans),
             snapshotter=self.snapshotter.name,
             size=size,
             unpacked_size=0,  # not measured at pull time: Image.unpacked_size() measures
@@ -877,7 +500,6 @@ class Client:
 
     def inspect(self, ref: str) -> dict[str, Any]:
         """The image's record, manifest and config as JSON-able data."""
-        import json
 
         img = self.get(ref)
         manifest = self.content.read_bytes(img.record.manifest_digest, oci.MAX_MANIFEST_BYTES)
@@ -1124,19 +746,18 @@ class Client:
                     self.content.delete(digest)
                 raise
             # Recorded last, once every image is complete.
-            for img, (config, chains) in zip(found, landed, strict=True):
-                out.extend(self._record_loaded(img, config, chains))
+            for img, plans in zip(found, landed, strict=True):
+                out.extend(self._record_loaded(img, plans))
         return out
 
     def _land_loaded(
         self, img: LoadedImage, added: list[Digest], progress: Progress
-    ) -> tuple[ImageConfig, list[Digest]]:
+    ) -> tuple[pulling.LayerPlan, ...]:
         """Commit one verified archive image's blobs (staged files renamed into the store
         through the content ingest) and unpack its layers as a pull does."""
         config = oci.parse_config(img.config_bytes)
         manifest = img.manifest
-        _check_layers(manifest.layers, config)
-        chains = oci.chain_ids(config.diff_ids)
+        plans = pulling.plan_layers(manifest.layers, config)
         for desc, data in (
             (img.target, img.target_bytes),
             (img.manifest_descriptor, img.manifest_bytes),
@@ -1157,21 +778,14 @@ class Client:
                     ingest.commit(verified=True)  # hashed while staged; size checked again
                     added.append(desc.digest)
             progress(ProgressEvent(Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size))
-        reference = Reference.parse(img.names[0])
-        with self._budgets_lock:
-            self._budgets[id(reference)] = _PullBudget(self.max_pull_bytes, str(reference))
-        try:
-            # Every blob is stored now: the pull's layer path only unpacks (never fetches),
-            # verifying each layer's digest, size and diff_id on the way.
-            self._pull_layers(reference, manifest.layers, config.diff_ids, chains, progress)
-        finally:
-            with self._budgets_lock:
-                self._budgets.pop(id(reference), None)
-        return config, chains
+        # Every blob is stored now: the pull's layer path only unpacks (never fetches),
+        # verifying each layer's digest, size and diff_id on the way.
+        what = str(Reference.parse(img.names[0]))
+        job = pulling.PullJob(what, self.max_pull_bytes, self._max_parallel)
+        pulling.dispatch(self.unpacker, plans, StoredSource(), progress, job)
+        return plans
 
-    def _record_loaded(
-        self, img: LoadedImage, config: ImageConfig, chains: Sequence[Digest]
-    ) -> list[Image]:
+    def _record_loaded(self, img: LoadedImage, plans: Sequence[pulling.LayerPlan]) -> list[Image]:
         from .resolver import Resolved
 
         images = []
@@ -1185,7 +799,7 @@ class Client:
                 img.manifest,
                 img.manifest_bytes,
             )
-            rec = self._record_image(reference, resolved, config, chains)
+            rec = self._record_image(reference, resolved, plans)
             images.append(Image(rec.name, rec.target, rec, self))
         return images
 
@@ -1196,101 +810,83 @@ class Client:
         A recent partial download is kept so that the pull it belongs to, interrupted or still
         to be rerun, resumes where it stopped; one a running pull holds is never removed. An
         ingest with nothing to resume (no bytes, or its blob already stored) goes whatever its
-        age. Pass 0 to remove every partial download nobody holds.
+        age. Pass 0 to remove every partial download nobody holds (gc.py).
         """
-        if partial_older_than < 0:
-            raise InvalidArgumentError(f"partial_older_than must be >= 0, got {partial_older_than}")
-        with self._gc_lock(shared=False):
-            blobs_kept = self.metadata.images.referenced_blobs()
-            snaps_kept = set(self.metadata.images.referenced_snapshots())
-            for c in self.metadata.containers.list():
-                with contextlib.suppress(ImageNotFoundError):
-                    img = self.get(c.image)
-                    snaps_kept.update((img.record.snapshotter, x) for x in img.record.chain_ids)
-                    blobs_kept.update(img.record.layer_digests)
-            removed_blobs = 0
-            freed = 0
-            for digest in list(self.content.digests()):
-                if digest not in blobs_kept:
-                    freed += self.content.size(digest)
-                    self.content.delete(digest)
-                    removed_blobs += 1
-            removed_snaps = 0
-            swept = 0
-            # Every snapshotter with data on this root (a pull may have used the other one).
-            for snap in self._present_snapshotters().values():
-                # Children before parents, so an overlay lower is never removed under an upper.
-                for chain in sorted(snap.list(), key=lambda c: -self._depth(c, snap)):
-                    if (snap.name, chain) not in snaps_kept:
-                        snap.remove(chain)
-                        removed_snaps += 1
-                swept += snap.sweep_staging()
-            ingests = self.content.prune_ingests(older_than=partial_older_than)
-            unmounted = self._unmount_strays()
-        return PruneReport(removed_blobs, removed_snaps, freed, swept + ingests + unmounted)
+        return gc.prune(self, partial_older_than)
 
-    def _unmount_strays(self) -> int:
-        """Unmount what a killed fastdist left mounted under the store (not containers')."""
-        from .check import stray_mounts
-
-        n = 0
-        for mount in stray_mounts(self.root, self._container_mounts()):
-            with contextlib.suppress(StoreError):
-                self.snapshotter.unmount(Path(mount))
-                n += 1
-        return n
-
-    def _container_mounts(self) -> list[str]:
-        return self._containers.mounts()
-
-    def _present_snapshotters(self) -> dict[str, Snapshotter]:
-        """Every snapshotter that has a directory on this root, by name."""
-        snaps: dict[str, Snapshotter] = {self.snapshotter.name: self.snapshotter}
-        for name in SNAPSHOTTERS:
-            if name not in snaps and (self.root / "snapshots" / name).is_dir():
-                snaps[name] = snapshotter_by_name(name, self.root)
-        return snaps
-
-    def check(self, verify_blobs: bool = True, repair: bool = False) -> CheckReport:
+    def check(
+        self, verify_blobs: bool = True, repair: bool = False, deep: bool = False
+    ) -> CheckReport:
         """Verify the store: every blob's digest (and size against its descriptors), every
         image's blobs and snapshots, snapshot parent chains; list leftovers for prune.
         Reads only, under the GC lock held shared, so it can run next to pulls but not prune.
 
-        ``repair``: remove the corrupt blobs found (under the GC lock held exclusively, as
-        prune), then check again (sizes and links only) and return that report, with
-        ``repaired`` set; the images that used them are incomplete until pulled again."""
+        ``deep``: also re-hash every committed snapshot's files and compare them (content, mode,
+        owner, mtime, xattrs) with the layer manifests the applier recorded (``report.deep``).
+
+        ``repair``: remove the corrupt blobs found and (with ``deep``) the damaged snapshots and
+        those above them (under the GC lock held exclusively, as prune), then check again (sizes
+        and links only) and return that report, with ``repaired`` set; the images that used
+        them are incomplete until pulled again, which fetches and unpacks them verified."""
         from . import check
 
-        def checker(verify: bool) -> check.StoreChecker:
+        def checker(verify: bool, deep: bool) -> check.StoreChecker:
             return check.StoreChecker(
                 self.root,
                 self.content,
                 self.metadata,
-                self._present_snapshotters(),
-                self._container_mounts(),
+                gc.present_snapshotters(self.root, self.snapshotter),
+                gc.container_mounts(self),
                 verify_blobs=verify,
+                deep=deep,
             )
 
         if repair and not verify_blobs:
             raise InvalidArgumentError("check(repair=True) needs verify_blobs=True")
         with self._gc_lock(shared=not repair):
-            report = checker(verify_blobs).run()
-            if not repair or not report.corrupt_blobs:
+            first = checker(verify_blobs, deep)
+            report = first.run()
+            damaged = report.deep is not None and bool(report.deep.damaged)
+            if not repair or not (report.corrupt_blobs or damaged):
                 return report
             done = check.repair(report, self.content)
-            return dataclasses.replace(checker(False).run(), repaired=done)
+            deep_report = report.deep
+            kept: tuple[check.Finding, ...] = ()
+            if deep_report is not None and damaged:
+                removed, kept = check.repair_snapshots(
+                    deep_report.layers,
+                    first.snapshotters,
+                    check.container_snapshots(first.snapshotters),
+                )
+                done += check.removed_findings(removed)
+                deep_report = dataclasses.replace(deep_report, removed=removed)
+            after = checker(False, False).run()
+            return dataclasses.replace(
+                after, repaired=done, deep=deep_report, problems=after.problems + kept
+            )
 
-    def _depth(self, chain: Digest, snap: Snapshotter | None = None) -> int:
-        snap = snap or self.snapshotter
-        depth = 0
-        cur: Digest | None = chain
-        while cur is not None and depth < 10_000:
-            try:
-                cur = snap.parent(cur)
-            except (StoreError, ValueError):
-                break  # a broken info.json: remove it early rather than fail the prune
-            depth += 1
-        return depth
+    def disk_usage(self) -> DiskUsage:
+        """Logical vs physical bytes of every image's layer snapshots, and what images share
+        (``fastdist system df``; see ``dedup.disk_usage``). Under the GC lock held shared."""
+        from .dedup import disk_usage
+
+        with self._gc_lock(shared=True):
+            return disk_usage(
+                gc.present_snapshotters(self.root, self.snapshotter),
+                self.metadata.images.list(),
+                self.content,
+            )
+
+    def dedup(self) -> DedupReport:
+        """Share equal files between the committed snapshots (``fastdist dedup``; see
+        ``dedup.dedup``), under the GC lock held exclusively (as prune): no pull commits and no
+        removal runs meanwhile. Snapshots a container uses are left alone."""
+        from .check import container_snapshots
+        from .dedup import dedup
+
+        with self._gc_lock(shared=False):
+            snaps = gc.present_snapshotters(self.root, self.snapshotter)
+            return dedup(snaps, self.metadata.files, in_use=container_snapshots(snaps))
 
     def unpack(
         self,
@@ -1319,22 +915,14 @@ class Client:
         )
         if not isinstance(manifest, oci.Manifest):
             raise StoreError(f"{img.record.manifest_digest} is not an image manifest")
-        _check_layers(manifest.layers, config)
+        plans = pulling.plan_layers(manifest.layers, config)
         out = Path(dest)
         with _UnpackDestination(out) as target:
-            for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
+            for plan in plans:
+                desc = plan.desc
                 progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
                 try:
-                    _native.apply_layer(
-                        str(self.content.path(desc.digest)),
-                        desc.media_type,
-                        target.staging_path,
-                        mode="flatten",
-                        expected_digest=desc.digest,
-                        expected_size=desc.size,
-                        expected_diff_id=diff_id,
-                        limits=self.limits,
-                    )
+                    self.unpacker.flatten(plan, target.staging_path, self.limits)
                 except (StoreError, VerificationError, LayerError) as e:
                     raise self._read_back_error(img.name, desc.digest, e) from e
                 progress(
@@ -1436,105 +1024,9 @@ class Client:
         return RegistryServer(self, config)
 
     # --- locking ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _gc_lock(self, shared: bool) -> Iterator[None]:
-        """Pulls hold the root's GC lock shared; prune holds it exclusively, so prune never
-        removes a blob a running pull has committed but not yet recorded."""
-        try:
-            fd = os.open(
-                self.root / "gc.lock",
-                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                0o600,
-            )
-        except OSError as e:
-            raise StoreError(f"cannot open {self.root / 'gc.lock'}: {e.strerror}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-
-class _PullBudget:
-    """The uncompressed bytes one pull has unpacked so far, against ``max_pull_bytes``."""
-
-    def __init__(self, limit: int, what: str) -> None:
-        self.limit = limit
-        self.what = what
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def add(self, n: int, digest: Digest) -> None:
-        with self._lock:
-            self.used += n
-            if self.used > self.limit:
-                raise LimitExceededError(
-                    f"pull of {self.what}: layer {digest} brings the unpacked total to "
-                    f"{size_and_bytes(self.used)}, over the per-pull limit of "
-                    f"{size_and_bytes(self.limit)} (max_pull_bytes)",
-                    hint="raise Client(max_pull_bytes=...) only if you trust this image",
-                )
-
-
-def _cap_layer_bytes(limits: _native.Limits | None, cap: int) -> _native.Limits | None:
-    """The layer limits with ``max_layer_bytes`` no larger than the per-pull limit."""
-    base = limits or _native.Limits()
-    if base.max_layer_bytes <= cap:
-        return limits
-    return _native.Limits(
-        max_entries=base.max_entries,
-        max_layer_bytes=cap,
-        max_entry_bytes=min(base.max_entry_bytes, cap),
-        max_header_bytes=base.max_header_bytes,
-        max_path_len=base.max_path_len,
-        max_path_depth=base.max_path_depth,
-        max_ratio=base.max_ratio,
-        ratio_grace_bytes=base.ratio_grace_bytes,
-        zstd_window_log_max=base.zstd_window_log_max,
-        max_volumes=base.max_volumes,
-    )
-
-
-class _PullAborted(FastdistError):
-    """A layer stopped because another layer of the same pull failed."""
-
-
-class _Landing:
-    """Whether a layer's snapshot landed (committed or already there): set once, waited on by
-    the layer above it."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._ok = False
-        self._lock = threading.Lock()
-
-    def settle(self, ok: bool) -> None:
-        with self._lock:
-            if not self._event.is_set():
-                self._ok = ok
-                self._event.set()
-
-    def wait(self) -> bool:
-        self._event.wait()
-        return self._ok
-
-
-class _AbortableSink:
-    """Passes bytes to a layer sink until the pull failed elsewhere, so a failed pull stops its
-    other downloads promptly instead of finishing them (the partial data stays resumable)."""
-
-    def __init__(self, sink: LayerSink, failed: threading.Event) -> None:
-        self._sink = sink
-        self._failed = failed
-
-    @property
-    def offset(self) -> int:
-        return self._sink.offset
-
-    def write(self, data: bytes) -> None:
-        if self._failed.is_set():
-            raise _PullAborted("pull aborted")
-        self._sink.write(data)
+    def _gc_lock(self, shared: bool) -> contextlib.AbstractContextManager[None]:
+        """The root's GC lock (gc.py): pulls hold it shared, prune exclusively."""
+        return gc.gc_lock(self.root, shared)
 
 
 @dataclass(frozen=True)
@@ -1568,14 +1060,6 @@ class _UploadMeter:
             )
 
 
-@dataclass(frozen=True)
-class PruneReport:
-    blobs: int
-    snapshots: int
-    bytes_freed: int
-    leftovers: int
-
-
 def _wanted_platform(platform: object) -> tuple[Platform | None, bool]:
     """``pull``'s platform argument as (the platform asked for, or None for this host's;
     whether any platform will do)."""
@@ -1591,20 +1075,6 @@ def _wanted_platform(platform: object) -> tuple[Platform | None, bool]:
             hint="e.g. 'linux/amd64'",
         )
     return Platform.parse(platform), False
-
-
-def _check_layers(layers: Sequence[Descriptor], config: ImageConfig) -> None:
-    if len(layers) != len(config.diff_ids):
-        raise ManifestError(
-            f"manifest has {len(layers)} layers but the config lists {len(config.diff_ids)} "
-            "diff_ids",
-            hint="the image is malformed; ask its publisher to rebuild it",
-        )
-    for desc in layers:
-        if desc.media_type not in oci.LAYER_TYPES:
-            raise UnsupportedMediaTypeError(
-                f"layer {desc.digest} has unsupported media type {desc.media_type!r}"
-            )
 
 
 class _UnpackDestination:

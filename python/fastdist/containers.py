@@ -9,11 +9,9 @@ the container ran undoes every step (:meth:`Container._cleanup`).
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -200,12 +198,6 @@ class Containers:
                     )
                 )
         return out
-
-    def mounts(self) -> builtins.list[str]:
-        """Where every recorded container's rootfs is (or would be) mounted, resolved."""
-        return [
-            os.path.realpath(self.runtime.rootfs_dir(c.id)) for c in self.metadata.containers.list()
-        ]
 
     def _generate_id(self) -> str:
         """A readable unique id like ``swift-heron-3fa2``."""

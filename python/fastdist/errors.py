@@ -210,3 +210,8 @@ class ServeError(FastdistError):
     """``fastdist serve`` cannot start: a bad listen address, TLS files or auth file."""
 
     exit_code = 2
+
+
+class PullAbortedError(FastdistError):
+    """A layer stopped because another layer of the same pull failed (pulling.py); the
+    dispatcher raises that failure instead, so users see this only if nothing else failed."""

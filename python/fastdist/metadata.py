@@ -1,4 +1,4 @@
-"""The metadata database (``meta.db``, SQLite in WAL mode): images, snapshots, containers, GC roots.
+"""The metadata database (``meta.db``, SQLite in WAL mode): images, containers, GC roots.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction, so concurrent fastdist processes on one root
 serialise on SQLite's lock (a busy timeout plus a bounded retry) and a reader never sees half an
@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,14 @@ from .store import ensure_root
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
+# What each version bump does to an existing database, after _SCHEMA created what is missing.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: the snapshots table was never read (the snapshotter's own info.json is the record).
+    2: ("DROP TABLE IF EXISTS snapshots",),
+    # 3: the file index (``file_index``, ``file_index_layers``) of dedup: created by _SCHEMA on
+    # open, an older database keeps every row it had.
+}
 BUSY_TIMEOUT_MS = 5000
 _RETRIES = 20
 T = TypeVar("T")
@@ -44,15 +51,6 @@ CREATE TABLE IF NOT EXISTS images (
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS snapshots (
-    snapshotter TEXT NOT NULL,
-    chain_id TEXT NOT NULL,
-    parent TEXT,
-    diff_id TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (snapshotter, chain_id)
-);
 CREATE TABLE IF NOT EXISTS containers (
     id TEXT PRIMARY KEY,
     image TEXT NOT NULL,
@@ -66,6 +64,20 @@ CREATE TABLE IF NOT EXISTS containers (
     created REAL NOT NULL,
     log_path TEXT,
     rm INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS file_index (
+    snapshotter TEXT NOT NULL,
+    chain_id TEXT NOT NULL,
+    path BLOB NOT NULL,
+    xxh3 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (snapshotter, chain_id, path)
+);
+CREATE INDEX IF NOT EXISTS file_index_by_content ON file_index (xxh3, size);
+CREATE TABLE IF NOT EXISTS file_index_layers (
+    snapshotter TEXT NOT NULL,
+    chain_id TEXT NOT NULL,
+    PRIMARY KEY (snapshotter, chain_id)
 );
 """
 
@@ -89,18 +101,6 @@ class ImageRecord:
     unpacked_size: int
     created: float
     updated: float
-
-
-@dataclass(frozen=True)
-class SnapshotRecord:
-    """A committed snapshot as the database knows it."""
-
-    snapshotter: str
-    chain_id: Digest
-    parent: Digest | None
-    diff_id: Digest
-    size: int
-    created: float
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,7 @@ class MetadataDB:
             self._write(self._init_schema)
         self.images = ImageStore(self)
         self.containers = ContainerStore(self)
+        self.files = FileIndex(self)
 
     # --- connections and transactions ---------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -231,6 +232,9 @@ class MetadataDB:
         for stmt in _SCHEMA.split(";"):
             if stmt.strip():
                 conn.execute(stmt)
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for stmt in _MIGRATIONS.get(v, ()):
+                conn.execute(stmt)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
@@ -271,19 +275,8 @@ def _image_from_row(r: sqlite3.Row) -> ImageRecord:
     )
 
 
-def _snapshot_from_row(r: sqlite3.Row) -> SnapshotRecord:
-    return SnapshotRecord(
-        snapshotter=r["snapshotter"],
-        chain_id=parse_digest(r["chain_id"]),
-        parent=parse_digest(r["parent"]) if r["parent"] else None,
-        diff_id=parse_digest(r["diff_id"]),
-        size=r["size"],
-        created=r["created"],
-    )
-
-
 class ImageStore:
-    """Images by name (``docker.io/library/alpine:3.19``), plus the snapshots table."""
+    """Images by name (``docker.io/library/alpine:3.19``)."""
 
     def __init__(self, db: MetadataDB) -> None:
         self.db = db
@@ -373,46 +366,6 @@ class ImageStore:
     def referenced_snapshots(self) -> set[tuple[str, Digest]]:
         """GC roots among snapshots: every chain_id of every image, with its snapshotter."""
         return {(rec.snapshotter, c) for rec in self.list() for c in rec.chain_ids}
-
-    # --- snapshots table ----------------------------------------------------------------------
-    def record_snapshot(self, rec: SnapshotRecord) -> None:
-        """Insert or replace a committed snapshot's row (keeps the first ``created``)."""
-        row = (rec.snapshotter, rec.chain_id, rec.parent, rec.diff_id, rec.size, rec.created)
-        self.db._write(
-            lambda c: c.execute(
-                """INSERT INTO snapshots VALUES (?,?,?,?,?,?)
-                ON CONFLICT(snapshotter, chain_id) DO UPDATE SET parent=excluded.parent,
-                  diff_id=excluded.diff_id, size=excluded.size""",
-                row,
-            )
-        )
-
-    def get_snapshot(self, snapshotter: str, chain_id: Digest) -> SnapshotRecord | None:
-        rows = self.db._read(
-            "SELECT * FROM snapshots WHERE snapshotter = ? AND chain_id = ?",
-            (snapshotter, chain_id),
-        )
-        return _snapshot_from_row(rows[0]) if rows else None
-
-    def list_snapshots(self, snapshotter: str | None = None) -> builtins.list[SnapshotRecord]:
-        if snapshotter is None:
-            rows = self.db._read("SELECT * FROM snapshots ORDER BY snapshotter, chain_id")
-        else:
-            rows = self.db._read(
-                "SELECT * FROM snapshots WHERE snapshotter = ? ORDER BY chain_id", (snapshotter,)
-            )
-        return [_snapshot_from_row(r) for r in rows]
-
-    def delete_snapshot(self, snapshotter: str, chain_id: Digest) -> bool:
-        n: int = self.db._write(
-            lambda c: (
-                c.execute(
-                    "DELETE FROM snapshots WHERE snapshotter = ? AND chain_id = ?",
-                    (snapshotter, chain_id),
-                ).rowcount
-            )
-        )
-        return n > 0
 
 
 # --- containers ---------------------------------------------------------------------------------
@@ -515,6 +468,76 @@ class ContainerStore:
         )
         return n > 0
 
-    def images_in_use(self) -> set[str]:
-        """Image names some container (in any state) was created from."""
-        return {r["image"] for r in self.db._read("SELECT DISTINCT image FROM containers")}
+
+# --- the file index (dedup) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class IndexedFile:
+    """A regular file of a committed snapshot, by its real path in the snapshot's ``fs``."""
+
+    snapshotter: str
+    chain_id: Digest
+    path: bytes
+    xxh3: str
+    size: int
+
+
+class FileIndex:
+    """xxh3-128 and size of every regular file of the indexed snapshots: dedup's candidates
+    (files with equal keys), never its proof (xxh3 is not collision-resistant: dedup compares
+    the bytes). A snapshot is indexed whole, in one transaction, or not at all."""
+
+    def __init__(self, db: MetadataDB) -> None:
+        self.db = db
+
+    def layers(self) -> set[tuple[str, Digest]]:
+        """``(snapshotter, chain_id)`` of the indexed snapshots."""
+        rows = self.db._read("SELECT snapshotter, chain_id FROM file_index_layers")
+        return {(r["snapshotter"], parse_digest(r["chain_id"])) for r in rows}
+
+    def add_layer(
+        self, snapshotter: str, chain_id: Digest, files: Iterable[tuple[bytes, str, int]]
+    ) -> None:
+        """Index one snapshot's files ``(path, xxh3, size)``, replacing what it had."""
+        rows = [(snapshotter, chain_id, p, x, n) for p, x, n in files]
+
+        def put(conn: sqlite3.Connection) -> None:
+            args = (snapshotter, chain_id)
+            conn.execute("DELETE FROM file_index WHERE snapshotter=? AND chain_id=?", args)
+            conn.executemany("INSERT OR REPLACE INTO file_index VALUES (?, ?, ?, ?, ?)", rows)
+            conn.execute("INSERT OR REPLACE INTO file_index_layers VALUES (?, ?)", args)
+
+        self.db._write(put)
+
+    def drop_layer(self, snapshotter: str, chain_id: Digest) -> None:
+        def drop(conn: sqlite3.Connection) -> None:
+            args = (snapshotter, chain_id)
+            conn.execute("DELETE FROM file_index WHERE snapshotter=? AND chain_id=?", args)
+            conn.execute("DELETE FROM file_index_layers WHERE snapshotter=? AND chain_id=?", args)
+
+        self.db._write(drop)
+
+    def groups(self, min_size: int = 1) -> Iterator[tuple[IndexedFile, ...]]:
+        """Files sharing an ``(xxh3, size)`` key, by key, at least two per group."""
+        rows = self.db._read(
+            "SELECT f.* FROM file_index f JOIN ("
+            " SELECT xxh3, size FROM file_index WHERE size >= ?"
+            " GROUP BY xxh3, size HAVING COUNT(*) > 1"
+            ") g ON f.xxh3 = g.xxh3 AND f.size = g.size"
+            " ORDER BY f.xxh3, f.size, f.snapshotter, f.chain_id, f.path",
+            (min_size,),
+        )
+        group: list[IndexedFile] = []
+        for r in rows:
+            f = IndexedFile(
+                r["snapshotter"],
+                parse_digest(r["chain_id"]),
+                bytes(r["path"]),
+                r["xxh3"],
+                r["size"],
+            )
+            if group and (group[0].xxh3, group[0].size) != (f.xxh3, f.size):
+                yield tuple(group)
+                group = []
+            group.append(f)
+        if group:
+            yield tuple(group)

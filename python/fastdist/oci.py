@@ -99,6 +99,17 @@ def parse_digest(value: object) -> Digest:
     )
 
 
+def _document_digest(value: object, where: str) -> Digest:
+    """A digest inside a manifest, index or config: a malformed one makes the document bad
+    (ManifestError, a verification failure, exit 5), not the user's reference (exit 2)."""
+    try:
+        return parse_digest(value)
+    except InvalidDigestError as e:
+        raise ManifestError(
+            f"{where}: {e.message}", hint="the image is malformed; ask its publisher to rebuild it"
+        ) from e
+
+
 def sha256_digest(data: bytes) -> Digest:
     """The digest of an in-memory document (manifests and configs; layers go through _native)."""
     return Digest("sha256:" + hashlib.sha256(data).hexdigest())
@@ -223,7 +234,7 @@ class Descriptor:
     def from_json(cls, obj: object, where: str) -> Descriptor:
         d = _obj(obj, where)
         media_type = _str(d.get("mediaType"), f"{where}.mediaType")
-        digest = parse_digest(d.get("digest"))
+        digest = _document_digest(d.get("digest"), f"{where}.digest")
         size = d.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ManifestError(f"{where}: size must be a non-negative integer, got {size!r}")
@@ -381,7 +392,9 @@ def parse_config(data: bytes, *, max_volumes: int | None = None) -> ImageConfig:
         os=_str(obj.get("os"), "config.os"),
         variant=_opt_str(obj.get("variant"), "config.variant"),
         created=_opt_str(obj.get("created"), "config.created"),
-        diff_ids=tuple(parse_digest(x) for x in ids),
+        diff_ids=tuple(
+            _document_digest(x, f"config.rootfs.diff_ids[{i}]") for i, x in enumerate(ids)
+        ),
         config=cfg,
     )
 

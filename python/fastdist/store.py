@@ -264,7 +264,8 @@ def _held_counts() -> dict[str, tuple[int, int]]:
 
 
 class FileLock:
-    """An exclusive ``flock`` on ``path`` (created if missing).
+    """An exclusive ``flock`` on ``path`` (created if missing); ``shared=True`` takes it shared
+    (many shared holders at once, none while an exclusive one holds it: the GC lock, gc.py).
 
     With ``reentrant=True`` a thread already holding the lock gets it again at once (a count);
     otherwise every acquisition is a separate flock, which conflicts even within one thread.
@@ -274,9 +275,12 @@ class FileLock:
     (its fd no longer matches the path) and retries on a fresh file, so two holders never coexist.
     """
 
-    def __init__(self, path: Path, *, reentrant: bool = False) -> None:
+    def __init__(self, path: Path, *, reentrant: bool = False, shared: bool = False) -> None:
+        if reentrant and shared:
+            raise ValueError("a shared FileLock is not reentrant")
         self.path = path
         self.reentrant = reentrant
+        self.shared = shared
         self._fd: int | None = None
 
     def acquire(self, blocking: bool = True) -> bool:
@@ -298,7 +302,8 @@ class FileLock:
             except OSError as e:
                 raise StoreError(f"cannot open lock {self.path}: {e.strerror}") from e
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+                fcntl.flock(fd, mode | (0 if blocking else fcntl.LOCK_NB))
             except OSError as e:
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) and not blocking:

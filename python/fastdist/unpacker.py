@@ -6,18 +6,31 @@ Two paths (design.md §6):
   content ingest, hashes them (digest), decompresses, hashes the tar (diff_id) and applies it into
   a staging directory. ``finish`` proves digest, size and diff_id, then commits the blob; the
   client commits the snapshot (``LayerSink.commit``) in layer order.
-* ``unpack_blob``: the blob is already in the content store but its snapshot is missing.
+* ``stage_blob``: the blob is already in the content store but its snapshot is missing.
+
+``Unpacker.unpack(plan, source, progress)`` owns the whole sequence for one layer (locks, the
+choice of path, waiting for the parent, the commit); the dispatcher (pulling.py) runs it per layer.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from . import _native
 from .content import ContentStore, Ingest
-from .errors import LayerError, StoreError, VerificationError
+from .errors import LayerError, PullAbortedError, StoreError, VerificationError
 from .oci import Descriptor, Digest
+from .progress import Phase, Progress, ProgressEvent, no_progress
+from .pulling import CRASH_AT, crash_point
 from .snapshots import Snapshotter, Staging
+
+if TYPE_CHECKING:
+    from .fetcher import BlobSink
+    from .pulling import LayerPlan
 
 log = logging.getLogger(__name__)
 
@@ -209,18 +222,207 @@ class Unpacker:
         staging.manifest = result.manifest
         return LayerSink(self.snapshotter, staging, None, None, desc, result)
 
-    def unpack_blob(
-        self, desc: Descriptor, diff_id: Digest, chain_id: Digest, parent: Digest | None
-    ) -> _native.LayerResult | None:
-        """Unpack a blob already in the content store and commit its snapshot.
+    def flatten(self, plan: LayerPlan, dest: str, limits: _native.Limits | None) -> None:
+        """Apply a stored layer onto the plain tree ``dest`` (``Client.unpack``), verifying its
+        digest, size and diff_id again; ``limits`` as the caller's (not capped per pull)."""
+        _native.apply_layer(
+            str(self.content.path(plan.desc.digest)),
+            plan.desc.media_type,
+            dest,
+            mode="flatten",
+            expected_digest=plan.desc.digest,
+            expected_size=plan.desc.size,
+            expected_diff_id=plan.diff_id,
+            limits=limits,
+        )
 
-        Returns None when the snapshot was already committed (by another process, say) - the
-        per-chain_id lock is held throughout, so that check and the commit cannot race.
+    # --- the one sequence for one layer -------------------------------------------------------
+    def unpack(
+        self,
+        plan: LayerPlan,
+        source: LayerSource,
+        progress: Progress = no_progress,
+        *,
+        wait_parent: Callable[[], bool] | None = None,
+        charge: Callable[[LayerPlan, _native.LayerResult], None] | None = None,
+        aborted: threading.Event | None = None,
+        timings: Sequence[tuple[str, float]] = (),
+    ) -> bool:
+        """Bring ``plan``'s snapshot to committed, with its blob in the content store.
+
+        Idempotent: a snapshot already committed (by this or another process) is success and
+        nothing is applied again; returns whether this call committed it. Under the chain_id
+        lock from the ``exists`` re-check to the commit, so a layer is applied once across
+        threads and processes. The bytes come from the content store if the blob is there, else
+        from ``source``: overlayfs streams them socket → tree in one pass (blob and tree land
+        together), the plain-copy snapshotter stores the blob first and applies it from there.
+        A stored blob that went bad on disk is fetched again once.
+
+        ``wait_parent``: called (holding only this layer's chain lock) before the commit; False
+        aborts (the layer below failed). Without it, a parent that is not committed fails the
+        commit (StoreError), leaving nothing. ``charge``: told each staged layer's result before
+        its commit (the pull's byte budget; may raise). ``aborted``: once set, the stream stops
+        (PullAbortedError) with its partial download kept for a resume. ``timings`` go first
+        in the DONE event's timings. On any failure nothing of this layer is visible.
         """
-        with self.snapshotter.lock(chain_id):
-            if self.snapshotter.exists(chain_id):
-                return None
-            sink = self.stage_blob(desc, diff_id, chain_id, parent)
-            sink.commit()
-        log.debug("unpacked %s into snapshot %s", desc.digest, chain_id)
-        return sink.result
+        desc = plan.desc
+        if aborted is not None and aborted.is_set():
+            raise PullAbortedError("pull aborted")
+        spent = list(timings)
+        with self.snapshotter.lock(plan.chain_id):
+            have_snap = self.snapshotter.exists(plan.chain_id)
+            if not have_snap:
+                staged = self._stage(plan, source, progress, aborted, spent)
+                if CRASH_AT is not None:
+                    crash_point("staged")
+                try:
+                    if charge is not None and staged.result is not None:
+                        charge(plan, staged.result)
+                    t = time.monotonic()
+                    if wait_parent is not None and not wait_parent():
+                        raise PullAbortedError("pull aborted")
+                    spent.append(("wait", time.monotonic() - t))
+                    t = time.monotonic()
+                    staged.commit()
+                    spent.append(("commit", time.monotonic() - t))
+                except BaseException:
+                    staged.abort()
+                    raise
+                log.debug("unpacked %s into snapshot %s", desc.digest, plan.chain_id)
+        if have_snap and not self.fetch_blob(desc, source, progress):
+            progress(
+                ProgressEvent(Phase.EXISTS, desc.digest, desc.media_type, desc.size, desc.size)
+            )
+            return False
+        progress(
+            ProgressEvent(
+                Phase.DONE, desc.digest, desc.media_type, desc.size, desc.size, timings=tuple(spent)
+            )
+        )
+        return not have_snap
+
+    def fetch_blob(self, desc: Descriptor, source: LayerSource, progress: Progress) -> bool:
+        """Fetch a blob into the content store only (verified, resumable, once per digest).
+        Returns whether this call downloaded it (False: it was there already)."""
+        if self.content.exists(desc.digest):
+            return False
+        with self.content.ingest(desc) as ingest:
+            if self.content.exists(desc.digest):
+                return False
+            try:
+                source.fetch(desc, ingest, progress)
+            except VerificationError:
+                ingest.discard()  # wrong or extra bytes from the registry: no resume from them
+                raise
+            ingest.commit()
+        return True
+
+    def _stage(
+        self,
+        plan: LayerPlan,
+        source: LayerSource,
+        progress: Progress,
+        aborted: threading.Event | None,
+        timings: list[tuple[str, float]],
+        refetched: bool = False,
+    ) -> LayerSink:
+        """Bring one missing layer to "ready to commit" (a staged sink). The caller holds the
+        chain_id lock; the blob is streamed (overlayfs) unless it is stored, or fetched into the
+        store first (plain copy)."""
+        desc = plan.desc
+        t = time.monotonic()
+        if not self.content.exists(desc.digest):
+            if self.snapshotter.apply_mode != "layer":
+                self.fetch_blob(desc, source, progress)
+                timings.append(("fetch", time.monotonic() - t))
+                t = time.monotonic()
+            else:
+                with self.content.ingest(desc) as ingest:
+                    if not self.content.exists(desc.digest):
+                        return self._stream(plan, source, progress, aborted, timings, ingest)
+                # Another process fetched it while we waited for the digest's lock: the blob is
+                # stored now, and is unpacked from there with the ingest lock released.
+        progress(ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, 0, desc.size))
+        try:
+            staged = self.stage_blob(desc, plan.diff_id, plan.chain_id, plan.parent)
+        except (VerificationError, LayerError):
+            # Verified while read: a stored blob that went bad on disk is fetched again.
+            if refetched or not self._drop_if_corrupt(desc.digest):
+                raise
+            return self._stage(plan, source, progress, aborted, timings, refetched=True)
+        timings.append(("unpack", time.monotonic() - t))
+        return staged
+
+    def _stream(
+        self,
+        plan: LayerPlan,
+        source: LayerSource,
+        progress: Progress,
+        aborted: threading.Event | None,
+        timings: list[tuple[str, float]],
+        ingest: Ingest,
+    ) -> LayerSink:
+        desc = plan.desc
+        t = time.monotonic()
+        sink = self.layer_sink(desc, plan.diff_id, plan.chain_id, plan.parent, ingest)
+        try:
+            source.fetch(desc, sink if aborted is None else _AbortableSink(sink, aborted), progress)
+            timings.append(("fetch", time.monotonic() - t))
+            t = time.monotonic()
+            progress(
+                ProgressEvent(Phase.UNPACKING, desc.digest, desc.media_type, desc.size, desc.size)
+            )
+            sink.finish()
+            timings.append(("unpack", time.monotonic() - t))
+        except BaseException as e:
+            # A registry that sent the wrong (or too many) bytes gets no resume.
+            sink.abort(discard=isinstance(e, VerificationError))
+            raise
+        return sink
+
+    def _drop_if_corrupt(self, digest: Digest) -> bool:
+        """After a stored blob failed to read back: whether it was corrupt, in which case it is
+        removed, for the pull to fetch it again. False: the blob is intact, the failure is the
+        image's own (a hostile layer, say) and stands."""
+        if self.content.intact(digest):
+            return False
+        log.warning("blob %s in the content store is corrupt; fetching it again", digest)
+        self.content.delete(digest)
+        return True
+
+
+class LayerSource(Protocol):
+    """What gives a layer's bytes when its blob is not in the content store yet."""
+
+    def fetch(self, desc: Descriptor, sink: BlobSink, progress: Progress) -> None:
+        """Write the blob ``desc`` into ``sink``, from ``sink.offset`` on (a resume)."""
+        ...
+
+
+class StoredSource:
+    """A ``LayerSource`` for blobs that must already be in the content store (load, a local
+    re-unpack): asked for bytes, it fails, naming the missing blob."""
+
+    def fetch(self, desc: Descriptor, sink: BlobSink, progress: Progress) -> None:
+        raise StoreError(
+            f"blob {desc.digest} is not in the content store",
+            hint="fastdist pull the image again to fetch it",
+        )
+
+
+class _AbortableSink:
+    """Passes bytes to a layer sink until the pull failed elsewhere, so a failed pull stops its
+    other downloads promptly instead of finishing them (the partial data stays resumable)."""
+
+    def __init__(self, sink: LayerSink, aborted: threading.Event) -> None:
+        self._sink = sink
+        self._aborted = aborted
+
+    @property
+    def offset(self) -> int:
+        return self._sink.offset
+
+    def write(self, data: bytes) -> None:
+        if self._aborted.is_set():
+            raise PullAbortedError("pull aborted")
+        self._sink.write(data)

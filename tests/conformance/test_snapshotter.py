@@ -6,6 +6,7 @@ snapshotter's own mode ("layer" for overlayfs, "flatten" for native).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -337,8 +338,35 @@ def test_active_snapshot_needs_a_committed_parent(snap: Snapshotter) -> None:
 
 @needs_root
 def test_unmount_of_something_not_mounted_is_fine(snap: Snapshotter, tmp_path: Path) -> None:
-    snap.unmount(tmp_path)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "kept").write_bytes(b"kept")
+    snap.unmount(plain)  # returns without raising and without touching the directory
+    assert (plain / "kept").read_bytes() == b"kept"
+    assert not os.path.ismount(plain)
     snap.unmount(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+
+
+@needs_root
+def test_unmount_detaches_a_mount_even_while_it_is_busy(snap: Snapshotter, tmp_path: Path) -> None:
+    import subprocess
+
+    for name, busy in (("idle", False), ("busy", True)):
+        target = tmp_path / f"mnt-{name}"
+        target.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], check=True)
+        assert os.path.ismount(target)
+        (target / "f").write_bytes(b"x")
+        try:
+            # An open file makes umount EBUSY; the snapshotter must then detach lazily.
+            with open(target / "f", "rb") if busy else contextlib.nullcontext():
+                snap.unmount(target)
+                assert not os.path.ismount(target)
+                assert not (target / "f").exists()  # the mount's contents are gone from the path
+        finally:
+            if os.path.ismount(target):  # the unmount under test failed: do not leak the mount
+                subprocess.run(["umount", "-l", str(target)], check=False)
 
 
 def test_default_snapshotter_is_overlayfs_exactly_when_overlay_works(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import logging
 import os
 import stat
 import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -38,7 +39,6 @@ from fastdist.errors import (
     AuthenticationError,
     DigestMismatchError,
     FastdistError,
-    InvalidDigestError,
     LimitExceededError,
     ManifestError,
     RegistryError,
@@ -481,7 +481,8 @@ def test_bad_digest_string_in_any_position_is_refused_before_it_is_used(
     else:
         ref = serve_manifest(reg, m)
     client = store.client()
-    with pytest.raises((InvalidDigestError, UnsupportedMediaTypeError, ManifestError)):
+    # Bad content from the registry, never a bad reference (exit 5 or 6, not 2).
+    with pytest.raises((UnsupportedMediaTypeError, ManifestError)):
         client.pull(ref)
     # Nothing was requested by the bad digest: it never became a URL or a path.
     assert all("sentinel" not in r.path and "/../" not in r.path for r in reg.requests)
@@ -489,6 +490,30 @@ def test_bad_digest_string_in_any_position_is_refused_before_it_is_used(
     fetched = blob_gets(reg)
     assert fetched == ([f"/v2/app/blobs/{_config_digest(reg, ref)}"] if where == "diff_id" else [])
     store.assert_no_trace(client)
+
+
+def test_a_bad_digest_inside_a_manifest_exits_5_on_the_command_line_not_2(
+    store: Store, reg: FakeRegistry
+) -> None:
+    # The reference the user typed is fine; the registry's manifest is not: a verification
+    # failure (exit 5) with error:/hint:, never "invalid reference" (exit 2).
+    image = build_image([_layer()])
+    for blob in image.blobs().values():
+        reg.add_blob(blob)
+    m = manifest_json(image)
+    m["layers"][0]["digest"] = "sha256:" + "A" * 64
+    ref = serve_manifest(reg, m)
+    out = subprocess.run(
+        [sys.executable, "-m", "fastdist", "--root", str(store.root), "pull", ref],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 5, out.stderr
+    assert "error: " in out.stderr
+    assert "layers[0].digest" in out.stderr
+    assert "hint: " in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def _config_digest(reg: FakeRegistry, ref: str) -> str:

@@ -69,16 +69,35 @@ def test_ingest_after_commit_is_closed(tmp_path: Path) -> None:
             ing.write(b"more")
 
 
+def _wait_until_blocked_on(path: Path, timeout: float = 30.0) -> None:
+    """Return once some thread waits in ``flock`` on the inode now at ``path``.
+
+    /proc/locks lists a waiter as ``N: -> FLOCK ... MAJ:MIN:INODE ...``; seeing it is the only
+    way to know the waiter holds the old file open and sleeps in the kernel (an event set
+    before the call would fire before the waiter opened anything).
+    """
+    import time
+
+    ino = os.stat(path).st_ino
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "->" and fields[6].endswith(f":{ino}"):
+                    return
+        time.sleep(0.005)
+    raise AssertionError(f"nobody blocked on {path} within {timeout} s")
+
+
 def test_a_waiter_on_an_unlinked_lock_file_retries_on_the_new_one(tmp_path: Path) -> None:
     path = tmp_path / "locks" / "x.lock"
     first = FileLock(path)
     first.acquire()
     got: list[bool] = []
-    started = threading.Event()
 
     def wait() -> None:
         lock = FileLock(path)
-        started.set()
         lock.acquire()
         # the file we hold must be the one at the path (not the unlinked inode)
         got.append(os.stat(path).st_ino == os.fstat(lock._fd).st_ino)  # type: ignore[arg-type]
@@ -86,7 +105,7 @@ def test_a_waiter_on_an_unlinked_lock_file_retries_on_the_new_one(tmp_path: Path
 
     t = threading.Thread(target=wait)
     t.start()
-    started.wait()
+    _wait_until_blocked_on(path)  # the waiter holds the inode we are about to unlink
     first.release(unlink=True)
     t.join()
     assert got == [True]

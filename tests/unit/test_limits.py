@@ -13,8 +13,9 @@ import pytest
 
 from fakeregistry import FakeRegistry
 from fastdist import _native, oci, resolver, transport
-from fastdist.client import DEFAULT_MAX_PULL_BYTES, Client, _cap_layer_bytes, _PullBudget
+from fastdist.client import DEFAULT_MAX_PULL_BYTES, Client
 from fastdist.errors import LimitExceededError, StoreError
+from fastdist.pulling import PullBudget, cap_layer_bytes
 from fastdist.testing.images import File, build_image, build_layer, tar_entries
 from fastdist.transport import TransportConfig, redact_text
 
@@ -41,24 +42,24 @@ def test_documented_defaults_are_the_real_defaults() -> None:
 
 
 def test_layer_limits_are_capped_by_the_per_pull_limit() -> None:
-    capped = _cap_layer_bytes(None, 1 << 20)
+    capped = cap_layer_bytes(None, 1 << 20)
     assert capped is not None
     assert capped.max_layer_bytes == 1 << 20
     assert capped.max_entry_bytes == 1 << 20
     assert capped.max_entries == _native.Limits().max_entries
     own = _native.Limits(max_layer_bytes=4096, max_entries=7)
-    assert _cap_layer_bytes(own, 1 << 20) is own
-    kept = _cap_layer_bytes(_native.Limits(max_entries=7, zstd_window_log_max=20), 1 << 20)
+    assert cap_layer_bytes(own, 1 << 20) is own
+    kept = cap_layer_bytes(_native.Limits(max_entries=7, zstd_window_log_max=20), 1 << 20)
     assert kept is not None
     assert (kept.max_entries, kept.zstd_window_log_max) == (7, 20)
 
 
 def test_default_limits_are_left_alone_when_the_pull_limit_is_larger() -> None:
-    assert _cap_layer_bytes(None, DEFAULT_MAX_PULL_BYTES) is None
+    assert cap_layer_bytes(None, DEFAULT_MAX_PULL_BYTES) is None
 
 
 def test_pull_budget_refuses_the_layer_that_crosses_it() -> None:
-    budget = _PullBudget(100, "r")
+    budget = PullBudget(100, "r")
     budget.add(60, oci.Digest("sha256:" + "a" * 64))
     with pytest.raises(LimitExceededError, match="per-pull limit of 100"):
         budget.add(41, oci.Digest("sha256:" + "b" * 64))
@@ -171,7 +172,7 @@ def test_the_volumes_limit_is_configurable_through_limits(
     with pytest.raises(LimitExceededError, match="5 Volumes, over the limit of 4"):
         strict.pull(ref)
     assert strict.images() == []
-    # _cap_layer_bytes (a max_pull_bytes below max_layer_bytes) keeps the setting.
+    # cap_layer_bytes (a max_pull_bytes below max_layer_bytes) keeps the setting.
     roomy = Client(
         tmp_path / "b",
         limits=_native.Limits(max_volumes=5),

@@ -11,12 +11,12 @@ import pytest
 
 from fastdist.errors import ContainerNotFoundError, InUseError, StoreError
 from fastdist.metadata import (
+    SCHEMA_VERSION,
     ContainerRecord,
     ContainerStore,
     ImageRecord,
     ImageStore,
     MetadataDB,
-    SnapshotRecord,
 )
 from fastdist.oci import OCI_INDEX, OCI_MANIFEST, Descriptor, Digest, sha256_digest
 
@@ -139,17 +139,37 @@ def test_referenced_snapshots_pair_chain_ids_with_their_snapshotter(db: Metadata
     assert ("overlayfs", image("b:1").chain_ids[0]) not in refs
 
 
-def test_snapshot_rows_record_get_list_and_delete(db: MetadataDB) -> None:
-    s1 = SnapshotRecord("overlayfs", d("c1"), None, d("diff1"), 10, 1.0)
-    s2 = SnapshotRecord("overlayfs", d("c2"), d("c1"), d("diff2"), 20, 2.0)
-    db.images.record_snapshot(s1)
-    db.images.record_snapshot(s2)
-    db.images.record_snapshot(replace(s2, size=25, created=9.0))
-    assert db.images.get_snapshot("overlayfs", d("c2")) == replace(s2, size=25)
-    assert db.images.get_snapshot("native", d("c2")) is None
-    assert [s.chain_id for s in db.images.list_snapshots("overlayfs")] == sorted([d("c1"), d("c2")])
-    assert db.images.delete_snapshot("overlayfs", d("c1")) is True
-    assert db.images.delete_snapshot("overlayfs", d("c1")) is False
+def test_a_version_1_database_loses_its_unused_snapshots_table_and_keeps_its_images(
+    tmp_path: Path,
+) -> None:
+    # A meta.db as fastdist 1 wrote it: schema version 1, with the snapshots table.
+    path = tmp_path / "meta.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE images (name TEXT PRIMARY KEY, target TEXT NOT NULL,
+            manifest_digest TEXT NOT NULL, config_digest TEXT NOT NULL,
+            layer_digests TEXT NOT NULL, chain_ids TEXT NOT NULL, snapshotter TEXT NOT NULL,
+            size INTEGER NOT NULL, unpacked_size INTEGER NOT NULL, created REAL NOT NULL,
+            updated REAL NOT NULL);
+        CREATE TABLE snapshots (snapshotter TEXT NOT NULL, chain_id TEXT NOT NULL, parent TEXT,
+            diff_id TEXT NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL,
+            PRIMARY KEY (snapshotter, chain_id));
+        PRAGMA user_version = 1;
+        """
+    )
+    conn.close()
+    old = MetadataDB(path)
+    old.images.put(image())  # the v1 images table is the v2 one
+    old.close()
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    conn.close()
+    assert "snapshots" not in tables
+    assert {"images", "containers"} <= tables
+    assert version == SCHEMA_VERSION == 3
+    assert MetadataDB(path).images.get(image().name) == image()
 
 
 def test_container_ids_are_unique(db: MetadataDB) -> None:
@@ -173,14 +193,12 @@ def test_container_status_updates_and_round_trip(db: MetadataDB) -> None:
         db.containers.update_status("a", "paused")
 
 
-def test_images_in_use_and_container_delete(db: MetadataDB) -> None:
+def test_container_delete(db: MetadataDB) -> None:
     db.containers.add(container("a", image="x:1"))
     db.containers.add(container("b", image="y:1", status="stopped", exit_code=0))
-    assert db.containers.images_in_use() == {"x:1", "y:1"}
     assert db.containers.delete("a") is True
     assert db.containers.delete("a") is False
     assert [c.id for c in db.containers.list()] == ["b"]
-    assert db.containers.images_in_use() == {"y:1"}
 
 
 def test_facades_can_be_built_over_a_shared_db(db: MetadataDB) -> None:
@@ -231,3 +249,28 @@ def test_threads_share_one_db_object(db: MetadataDB) -> None:
         t.join()
     assert errors == []
     assert len(db.images.list()) == 80
+
+
+def test_a_version_1_database_gains_the_file_index_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = MetadataDB(tmp_path)
+    ImageStore(db).put(image())
+    conn = sqlite3.connect(tmp_path / "meta.db")
+    conn.execute("DROP TABLE file_index")
+    conn.execute("DROP TABLE file_index_layers")
+    conn.execute("PRAGMA user_version = 1")  # what a fastdist before the file index left
+    conn.commit()
+    conn.close()
+    db.close()
+
+    again = MetadataDB(tmp_path)
+    assert again._user_version() == SCHEMA_VERSION
+    assert [r.name for r in again.images.list()] == [image().name]
+    again.files.add_layer("overlayfs", d("c1"), [(b"a", "0" * 32, 10), (b"b", "0" * 32, 10)])
+    again.files.add_layer("overlayfs", d("c2"), [(b"a", "0" * 32, 10), (b"z", "1" * 32, 10)])
+    assert again.files.layers() == {("overlayfs", d("c1")), ("overlayfs", d("c2"))}
+    groups = list(again.files.groups())
+    assert [[(f.chain_id, f.path) for f in g] for g in groups] == [
+        sorted([(d("c1"), b"a"), (d("c1"), b"b"), (d("c2"), b"a")])
+    ]
+    again.files.drop_layer("overlayfs", d("c1"))
+    assert list(again.files.groups()) == []

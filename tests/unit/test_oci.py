@@ -83,10 +83,26 @@ def test_oversized_manifest_is_rejected() -> None:
         oci.parse_document(b" " * (oci.MAX_MANIFEST_BYTES + 1), None)
 
 
-def test_bad_digest_inside_manifest_is_rejected() -> None:
+def test_bad_digest_inside_manifest_is_a_manifest_error_not_a_bad_reference() -> None:
+    # The user's reference was fine; the registry's document is bad: exit 5, not 2.
     doc = _manifest(layers=[{"mediaType": oci.OCI_LAYER_GZIP, "digest": "sha256:xyz", "size": 1}])
-    with pytest.raises(InvalidDigestError):
+    with pytest.raises(ManifestError, match=r"layers\[0\]\.digest") as e:
         oci.parse_document(doc, oci.OCI_MANIFEST)
+    assert not isinstance(e.value, InvalidDigestError)
+    assert e.value.exit_code == 5
+
+
+def test_bad_diff_id_inside_config_is_a_manifest_error() -> None:
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "a" * 64, "sha256:../x"]},
+        }
+    ).encode()
+    with pytest.raises(ManifestError, match=r"diff_ids\[1\]") as e:
+        oci.parse_config(config)
+    assert e.value.exit_code == 5
 
 
 def test_negative_size_is_rejected() -> None:

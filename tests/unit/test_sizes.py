@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fastdist import oci
-from fastdist.client import _PullBudget
 from fastdist.errors import LimitExceededError
+from fastdist.pulling import PullBudget
 from fastdist.sizes import human_size, size_and_bytes
 
 
@@ -33,7 +33,7 @@ def test_size_and_bytes_keeps_the_exact_count_beside_the_readable_one() -> None:
 
 
 def test_the_per_pull_limit_error_reads_in_mib() -> None:
-    budget = _PullBudget(700 << 20, "r")
+    budget = PullBudget(700 << 20, "r")
     with pytest.raises(LimitExceededError) as info:
         budget.add(791011348, oci.Digest("sha256:" + "a" * 64))
     assert "754.4 MiB (791011348 bytes)" in info.value.message

@@ -192,7 +192,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ..check import format_report
+    from ..check import deep_json, format_report
 
     client = _client(args)
     if args.repair and args.no_verify:
@@ -200,7 +200,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             "check --repair needs the blobs verified",
             hint="drop --no-verify: --repair re-hashes every blob to find the corrupt ones",
         )
-    report = client.check(verify_blobs=not args.no_verify, repair=args.repair)
+    report = client.check(verify_blobs=not args.no_verify, repair=args.repair, deep=args.deep)
     if args.json:
         print(
             json.dumps(
@@ -213,6 +213,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                     "repaired": [vars(p) for p in report.repaired],
                     "incomplete_images": list(report.incomplete_images),
                     "leftovers": [vars(x) for x in report.leftovers],
+                    **({"deep": deep_json(report.deep)} if report.deep is not None else {}),
                 },
                 indent=2,
             )
@@ -585,7 +586,15 @@ def add_commands(sub: Any) -> None:
         "snapshots, snapshot parent chains; list leftovers (partial downloads, staging "
         "directories, stray mounts) for prune. Exits 1 when a problem is found. --repair removes "
         "corrupt blobs: the images that used them stay listed but incomplete, and the next pull "
-        "of each fetches what is missing.",
+        "of each fetches what is missing. --deep also re-hashes every unpacked file and compares "
+        "it (content, mode, owner, mtime, xattrs) with the layer's manifest; with --repair the "
+        "damaged snapshots are removed and the next pull unpacks them again.",
+    )
+    sp.add_argument(
+        "--deep",
+        action="store_true",
+        help="also verify every unpacked file against its layer's manifest: changed, missing "
+        "and extra files per layer and image (default: blobs and records only)",
     )
     sp.add_argument(
         "--no-verify",
@@ -595,7 +604,8 @@ def add_commands(sub: Any) -> None:
     sp.add_argument(
         "--repair",
         action="store_true",
-        help="remove corrupt blobs, then pull the images it names again (default: report only)",
+        help="remove corrupt blobs (with --deep: damaged snapshots), then pull the images it "
+        "names again (default: report only)",
     )
     sp.add_argument(
         "-v", "--verbose", action="store_true", help="list leftovers too (default: count them)"

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from ..errors import FastdistError
 from ..termsafe import sanitize
-from . import containers, images
+from . import containers, images, store
 from .common import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     images.add_commands(sub)
     containers.add_commands(sub)
+    store.add_commands(sub)
 
     sp = sub.add_parser(
         "completion",

@@ -1,0 +1,234 @@
+"""``fastdist dedup`` / ``Client.dedup`` and ``system df``: equal files of committed snapshots
+share one inode; anything that differs (a byte, mode, owner, mtime, xattrs) never does, even
+when forced to share an xxh3; a container writing to a shared file changes only itself; removal
+frees exactly what no other image uses; a crash mid-dedup leaves every tree correct."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pullkit import SNAPSHOTTERS
+
+from fastdist import dedup as dedup_mod
+from fastdist.client import Client, Image
+from fastdist.fingerprint import ManifestRecord
+from fastdist.snapshots import snapshotter_by_name
+from fastdist.testing.images import (
+    Dir,
+    File,
+    Hardlink,
+    build_image,
+    build_layer,
+    push_image,
+    tar_entries,
+)
+
+pytestmark = pytest.mark.registry
+
+BIG = bytes(range(256)) * 64  # 16 KiB: blocks to save
+APP = [
+    Dir("usr"),
+    Dir("usr/lib"),
+    File("usr/lib/libbig.so", BIG, mode=0o755),
+    File("usr/lib/data", BIG[::-1]),
+    File("usr/lib/dup1", b"same twice\n" * 500),
+    File("usr/lib/dup2", b"same twice\n" * 500),  # equal to dup1 within one image
+    Hardlink("usr/lib/hard", "usr/lib/data"),  # the image's own hardlink
+]
+
+
+def _push(
+    registry: object, pusher: object, name: str, entries: list, extra: list | None = None
+) -> str:  # type: ignore[type-arg]
+    ref = f"{registry.host}/it/dedup-{name}:v1"  # type: ignore[attr-defined]
+    layers = [build_layer(tar_entries(entries + (extra or [])))]
+    push_image(pusher, ref, build_image(layers, cmd=["/bin/sh"]))
+    return ref
+
+
+def _fs(root: Path, img: Image) -> Path:
+    snap = snapshotter_by_name(img.record.snapshotter, root)
+    return snap.fs_path(img.record.chain_ids[-1])
+
+
+def _ino(p: Path) -> int:
+    return os.lstat(p).st_ino
+
+
+def _two(
+    registry: object, pusher: object, root: Path, snapshotter: str, tag: str
+) -> tuple[Client, Image, Image]:
+    # The same files in a "rebuilt" layer: another digest (one file more), most files unchanged.
+    a = _push(registry, pusher, f"{tag}-a-{snapshotter}", APP)
+    b = _push(registry, pusher, f"{tag}-b-{snapshotter}", APP, [File("usr/lib/new", "rebuilt\n")])
+    client = Client(root, snapshotter=snapshotter)
+    return client, client.pull(a), client.pull(b)
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_dedup_shares_equal_files_between_images_and_df_and_rmi_count_it(
+    registry: object, pusher: object, store_root: Path, snapshotter: str
+) -> None:
+    client, a, b = _two(registry, pusher, store_root, snapshotter, "share")
+    before = client.disk_usage()
+    assert before.shared == 0
+    fa, fb = _fs(store_root, a), _fs(store_root, b)
+
+    rep = client.dedup()
+    # libbig.so, and dup1 of one image onto the other's; dup2 would be a second path of one
+    # image onto that inode, and data/hard are the image's own hardlink pair: left alone.
+    assert rep.linked == 2
+    assert _ino(fa / "usr/lib/libbig.so") == _ino(fb / "usr/lib/libbig.so")
+    assert _ino(fa / "usr/lib/dup1") == _ino(fb / "usr/lib/dup1")
+    # Never two paths of one image onto one inode; the image's own hardlink pair is untouched.
+    assert _ino(fb / "usr/lib/dup1") != _ino(fb / "usr/lib/dup2")
+    assert _ino(fb / "usr/lib/data") == _ino(fb / "usr/lib/hard")
+    assert _ino(fa / "usr/lib/data") != _ino(fb / "usr/lib/data")
+    assert (fb / "usr/lib/libbig.so").read_bytes() == BIG
+
+    after = client.disk_usage()
+    assert before.physical - after.physical == rep.bytes_saved > 0
+    assert after.shared == rep.bytes_saved
+    ua = {i.name: i for i in after.images}
+    assert ua[a.name].shared == ua[b.name].shared == rep.bytes_saved
+    assert ua[a.name].logical == next(i for i in before.images if i.name == a.name).logical
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+    assert client.dedup().linked == 0  # idempotent
+
+    # Removing a frees exactly what only a used; b keeps every shared byte.
+    client.remove(a.name)
+    client.prune()
+    gone = client.disk_usage()
+    assert after.physical - gone.physical == ua[a.name].unique
+    assert gone.shared == 0
+    assert (fb / "usr/lib/libbig.so").read_bytes() == BIG
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+
+
+def _forced(rec: ManifestRecord) -> tuple[str, int]:
+    return ("0" * 32, rec.size)  # every file of a size "collides"
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_dedup_never_links_files_differing_in_a_byte_mode_owner_mtime_or_xattrs(
+    registry: object,
+    pusher: object,
+    store_root: Path,
+    snapshotter: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dedup_mod, "INDEX_KEY", _forced)
+    data = b"x" * 5000
+    variants = {
+        "orig": File("f", data),
+        "same": File("f", data),  # the control: must be linked
+        "byte": File("f", data[:-1] + b"y"),
+        "mode": File("f", data, mode=0o600),
+        "owner": File("f", data, uid=1, gid=1),
+        "mtime": File("f", data, mtime=1_700_000_001),
+        "xattr": File("f", data, xattrs={"user.tag": "1"}),
+    }
+    if os.geteuid() != 0:
+        del variants["owner"]
+    client = Client(store_root, snapshotter=snapshotter)
+    imgs = {
+        k: client.pull(_push(registry, pusher, f"v-{k}-{snapshotter}", [Dir(f"d-{k}"), e]))
+        for k, e in variants.items()
+    }
+    rep = client.dedup()
+    assert rep.linked == 1
+    assert rep.refused == len(variants) - 2
+    inos = {k: _ino(_fs(store_root, img) / "f") for k, img in imgs.items()}
+    assert inos["orig"] == inos["same"]
+    assert len({inos[k] for k in variants if k not in ("orig", "same")} | {inos["orig"]}) == (
+        len(variants) - 1
+    )
+    assert (_fs(store_root, imgs["byte"]) / "f").read_bytes().endswith(b"y")
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_a_container_writing_a_shared_file_does_not_change_the_other_image(
+    registry: object, pusher: object, store_root: Path, snapshotter: str, tmp_path: Path
+) -> None:
+    client, a, b = _two(registry, pusher, store_root, snapshotter, "write")
+    assert client.dedup().linked > 0
+    snap = client.snapshotter
+    active = snap.prepare_active("writer", b.record.chain_ids[-1])
+    target = tmp_path / "mnt"
+    target.mkdir()
+    snap.mount(active, target)
+    try:
+        with open(target / "usr/lib/libbig.so", "r+b") as f:  # in place, as a program would
+            f.write(b"CHANGED")
+    finally:
+        snap.unmount(target)
+    assert (_fs(store_root, a) / "usr/lib/libbig.so").read_bytes() == BIG
+    assert (_fs(store_root, b) / "usr/lib/libbig.so").read_bytes() == BIG
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+
+
+@pytest.mark.parametrize("point", ["dedup-linked", "dedup-renamed"])
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_a_crash_mid_dedup_leaves_every_tree_correct(
+    registry: object, pusher: object, store_root: Path, snapshotter: str, point: str
+) -> None:
+    client, a, b = _two(registry, pusher, store_root, snapshotter, f"crash-{point}")
+    env = {**os.environ, "FASTDIST_TEST_CRASH_AT": point}
+    argv = [sys.executable, "-m", "fastdist", "--root", str(store_root), "dedup"]
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == -9, r.stderr  # killed at the crash point
+    for img in (a, b):
+        assert (_fs(store_root, img) / "usr/lib/libbig.so").read_bytes() == BIG
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+    if point == "dedup-linked":
+        assert any(x.kind == "staging" for x in check.leftovers)  # the link, for prune
+    assert client.dedup().linked > 0  # the next run completes
+    client.prune()
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+    assert not check.leftovers
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_cli_dedup_and_system_df_as_table_and_json(
+    registry: object, pusher: object, store_root: Path, snapshotter: str
+) -> None:
+    _client, a, b = _two(registry, pusher, store_root, snapshotter, "cli")
+    base = [sys.executable, "-m", "fastdist", "--root", str(store_root)]
+
+    def run(*argv: str) -> str:
+        r = subprocess.run([*base, *argv], capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    before = json.loads(run("system", "df", "--json"))
+    assert {i["name"] for i in before["images"]} == {a.name, b.name}
+    assert before["shared"] == 0
+    out = run("dedup")
+    assert out.startswith("dedup: 2 file(s) now shared")
+    after = json.loads(run("system", "df", "--json"))
+    assert after["physical"] < before["physical"]
+    assert all(i["shared"] == after["shared"] > 0 for i in after["images"])
+    table = run("system", "df")
+    assert table.splitlines()[0].split() == [
+        "IMAGE",
+        "LAYERS",
+        "LOGICAL",
+        "PHYSICAL",
+        "SHARED",
+        "UNIQUE",
+        "BLOBS",
+    ]
+    assert a.name in table
+    assert "shared by images" in table
