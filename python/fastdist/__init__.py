@@ -9,19 +9,32 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     __version__: str
-    from .client import Client, Container, ContainerInfo, Image, PruneReport
+    from .client import Client, Image, PruneReport
+    from .containers import Container, ContainerInfo
     from .errors import FastdistError
+    from .spec import Mount, RunOptions
 
-__all__ = ["Client", "Container", "ContainerInfo", "FastdistError", "Image", "PruneReport"]
+__all__ = [
+    "Client",
+    "Container",
+    "ContainerInfo",
+    "FastdistError",
+    "Image",
+    "Mount",
+    "PruneReport",
+    "RunOptions",
+]
 
 # Imported on first use (PEP 562), so ``fastdist --help`` or a pull of a present image does not
 # pay for the whole API at start-up.
 _LAZY = {
     "Client": "client",
-    "Container": "client",
-    "ContainerInfo": "client",
+    "Container": "containers",
+    "ContainerInfo": "containers",
     "Image": "client",
     "PruneReport": "client",
+    "RunOptions": "spec",
+    "Mount": "spec",
     "FastdistError": "errors",
 }
 

@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
@@ -24,8 +24,6 @@ from . import _native, gc, oci, pulling
 from .content import ContentStore
 from .errors import (
     AmbiguousImageError,
-    ContainerNotFoundError,
-    ContainerRunError,
     FastdistError,
     ImageNotFoundError,
     InUseError,
@@ -39,7 +37,7 @@ from .errors import (
     VerificationError,
 )
 from .gc import PARTIAL_KEEP_SECONDS, PruneReport
-from .metadata import ContainerRecord, ImageRecord, MetadataDB
+from .metadata import ImageRecord, MetadataDB
 from .oci import Descriptor, Digest, ImageConfig, Platform
 from .progress import Phase, Progress, ProgressEvent, no_progress
 from .reference import Reference, names_only_an_id, parse_image_id
@@ -54,12 +52,14 @@ if TYPE_CHECKING:
     from .archive import LoadedImage
     from .auth import CredentialStore
     from .check import CheckReport
+    from .containers import Container, ContainerInfo, Containers
     from .dedup import DedupReport, DiskUsage
     from .fetcher import FetchConfig, Fetcher
     from .mirrors import Mirrors
     from .resolver import Resolved, Resolver
-    from .runtime import LogEntry, Mount, PortMapping, Runtime
+    from .runc import Runtime
     from .serve import RegistryServer, ServeConfig
+    from .spec import RunOptions
     from .transport import Transport, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class Client:
     @functools.cached_property
     def runtime(self) -> Runtime:
         """The container runtime (runc), made on first use."""
-        from .runtime import Runtime
+        from .runc import Runtime
 
         return Runtime(self.root, runc=self._runc)
 
@@ -509,7 +509,6 @@ class Client:
 
     def inspect(self, ref: str) -> dict[str, Any]:
         """The image's record, manifest and config as JSON-able data."""
-        import json
 
         img = self.get(ref)
         manifest = self.content.read_bytes(img.record.manifest_digest, oci.MAX_MANIFEST_BYTES)
@@ -971,174 +970,52 @@ class Client:
             f"fastdist pull {name} fetches it again",
         )
 
-    # --- containers ------------------------------------------------------------------------
+    # --- containers (containers.py) --------------------------------------------------------
+    @functools.cached_property
+    def _containers(self) -> Containers:
+        from .containers import Containers
+
+        return Containers(self)
+
     def run(
         self,
         ref: str,
-        command: Sequence[str] | None = None,
+        options: RunOptions | None = None,
         *,
-        id: str | None = None,
-        detach: bool = False,
-        rm: bool = False,
         pull: bool = True,
         platform: str | Platform | None = None,
         progress: Progress = no_progress,
         stdin: Any = None,
         stdout: Any = None,
         stderr: Any = None,
-        entrypoint: str | None = None,
-        env: Sequence[str] = (),
-        env_file: Sequence[str] = (),
-        workdir: str | None = None,
-        user: str | None = None,
-        tty: bool = False,
-        interactive: bool = False,
-        net: str = "none",
-        mounts: Sequence[Mount] = (),
-        hostname: str | None = None,
-        read_only: bool = False,
-        cap_add: Sequence[str] = (),
-        cap_drop: Sequence[str] = (),
-        privileged: bool = False,
-        security_opt: Sequence[str] = (),
         on_interrupt: Callable[[str], None] | None = None,
-        memory: str | int | None = None,
-        cpus: str | float | None = None,
-        pids_limit: str | int | None = None,
-        publish: Sequence[str] = (),
-        restart: str = "no",
-        log_max_size: str | int | None = None,
     ) -> Container:
-        """Run ``ref`` (pulled first if missing and ``pull``) in a fresh writable snapshot.
+        """Run ``ref`` (pulled first if missing and ``pull``) in a fresh writable snapshot, as
+        ``options`` say (:class:`fastdist.spec.RunOptions`; default: the image's command, no
+        network, docker's default capabilities and seccomp filter, a generated id).
 
         Foreground (default): returns once the container exited, with ``exit_code`` set.
-        ``detach``: returns once it runs; output goes to its log. ``rm`` removes the container
-        and its snapshot when it exits (for detached containers: at the next ``containers()``
-        or ``ps``, since nothing of fastdist waits for them).
+        ``options.detach``: returns once it runs; output goes to its log. ``options.rm``
+        removes the container and its snapshot when it exits (for detached containers: at the
+        next ``containers()`` or ``ps``, since nothing of fastdist waits for them).
 
-        ``cap_add``/``cap_drop``/``privileged``/``security_opt`` have docker's meaning; they are
-        checked (and a seccomp profile file read) before anything is pulled or created.
-        ``on_interrupt(id)`` is called when a first ^C was relayed to a foreground container (a
-        second one within two seconds kills it). ``log_max_size`` caps each of a detached
-        container's two log files (default ``runtime.DEFAULT_LOG_MAX_SIZE``, 20 MiB).
+        The options are checked (capability names, sizes, the restart policy, published ports
+        free) before anything is pulled or created. ``on_interrupt(id)`` is called when a first
+        ^C was relayed to a foreground container (a second one within two seconds kills it).
         """
-        from .runtime import (
-            DEFAULT_LOG_MAX_SIZE,
-            InvalidRunOptionError,
-            RunOptions,
-            check_ports,
-            parse_cpus,
-            parse_log_max_size,
-            parse_memory,
-            parse_pids_limit,
-            parse_publish,
-            parse_restart,
-            parse_security_opts,
-            resolve_capabilities,
-        )
+        from .spec import RunOptions
 
-        self.runtime.check()  # runc present, root: refuse before anything is created
-        security = parse_security_opts(security_opt)
-        memory_bytes = parse_memory(memory) if memory is not None else None
-        cpu_count = parse_cpus(cpus) if cpus is not None else None
-        pids = parse_pids_limit(pids_limit) if pids_limit is not None else None
-        log_cap = (
-            parse_log_max_size(log_max_size) if log_max_size is not None else DEFAULT_LOG_MAX_SIZE
+        return self._containers.run(
+            ref,
+            options if options is not None else RunOptions(),
+            pull=pull,
+            platform=platform,
+            progress=progress,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            on_interrupt=on_interrupt,
         )
-        ports = tuple(parse_publish(p) for p in publish)
-        restart_policy = parse_restart(restart)
-        if restart_policy.name != "no" and (not detach or rm):
-            raise InvalidRunOptionError(
-                f"--restart {restart} needs a detached container without --rm",
-                hint="add -d (the detached container's supervisor restarts it), or drop --rm",
-            )
-        check_ports(ports)  # a port in use is named before anything is pulled or created
-        resolve_capabilities(cap_add, cap_drop, privileged=privileged)  # refuses unknown names
-        img = self.image_for_run(ref, pull=pull, platform=platform, progress=progress)
-        cid = id or _generate_id(self)
-        opts = RunOptions(
-            id=cid,
-            command=tuple(command) if command else None,
-            entrypoint=entrypoint,
-            env=tuple(env),
-            env_file=tuple(env_file),
-            workdir=workdir,
-            user=user,
-            tty=tty,
-            interactive=interactive,
-            detach=detach,
-            net=net,
-            mounts=tuple(mounts),
-            hostname=hostname,
-            read_only=read_only,
-            rm=rm,
-            cap_add=tuple(cap_add),
-            cap_drop=tuple(cap_drop),
-            privileged=privileged,
-            seccomp_profile=security.seccomp_profile,
-            no_new_privileges=security.no_new_privileges,
-            ports=ports,
-            restart=restart_policy,
-            memory=memory_bytes,
-            cpus=cpu_count,
-            pids_limit=pids,
-            log_max_size=log_cap,
-        )
-        config = img.config()
-        chains = img.record.chain_ids
-        snap = self._snapshotter_for(img)
-        self.runtime.prepare(cid)  # InUseError when the id is taken: nothing created yet
-        record = ContainerRecord(
-            id=cid,
-            image=img.name,
-            snapshotter=snap.name,
-            snapshot_key=cid,
-            bundle=str(self.runtime.bundle(cid)),
-            command=tuple(command or ()),
-            status="created",
-            pid=None,
-            exit_code=None,
-            created=time.time(),
-            log_path=str(self.runtime.bundle(cid) / "log") if detach else None,
-            rm=rm,
-        )
-        container = Container(cid, img.name, self)
-        try:
-            self.metadata.containers.add(record)
-            active = snap.prepare_active(cid, chains[-1] if chains else None)
-            snap.mount(active, self.runtime.rootfs_dir(cid), readonly=False)
-            spec = self.runtime.create(config, opts)
-            args = tuple(spec["process"]["args"])
-            self.metadata.containers.update_command(cid, args)
-        except BaseException:
-            container._cleanup(force=True)
-            raise
-        if detach:
-            try:
-                state = self.runtime.start(cid)
-            except BaseException:
-                container._cleanup(force=True)
-                raise
-            self.metadata.containers.update_status(cid, "running", state.pid, None)
-            return container
-        try:
-            code = self.runtime.run(
-                cid, stdin=stdin, stdout=stdout, stderr=stderr, on_interrupt=on_interrupt
-            )
-        except ContainerRunError:
-            # It never ran (runc could not create or start it, or no terminal for -t): a
-            # "created" container nothing can start would only leak its mount and snapshot.
-            container._cleanup(force=True)
-            raise
-        except BaseException:
-            if rm:
-                container._cleanup(force=True)
-            raise
-        container.exit_code = code
-        self.metadata.containers.update_status(cid, "stopped", None, code)
-        if rm:
-            container.remove(force=True)
-        return container
 
     def image_for_run(
         self,
@@ -1151,60 +1028,17 @@ class Client:
         """The image ``run`` would use for ``ref``: the present one, or (with ``pull``) pulled
         when missing or present only for another platform than ``platform``. An ID or digest
         names no registry image, so it is never pulled."""
-        want, _ = _wanted_platform(platform)
-        try:
-            img = self.get(ref)
-        except ImageNotFoundError:
-            if not pull or names_only_an_id(ref):
-                raise  # an ID or digest names no registry image to pull
-            return self.pull(ref, platform=platform, progress=progress)
-        if want is None:
-            return img
-        found = img.config().platform
-        if want.matches(found):
-            return img
-        # docker run --platform: a present image for another platform is not the one asked for.
-        if not pull:
-            raise PlatformNotFoundError(
-                f"image {img.name} is built for {found.normalized()}, not {want.normalized()}",
-                hint=f"pull it for that platform: fastdist pull --platform {want} {img.name}",
-            )
-        return self.pull(img.name, platform=want, progress=progress)
+        return self._containers.image_for_run(ref, pull=pull, platform=platform, progress=progress)
 
     def _snapshotter_for(self, img: Image) -> Snapshotter:
-        if img.record.snapshotter == self.snapshotter.name:
-            return self.snapshotter
-        return snapshotter_by_name(img.record.snapshotter, self.root)
+        return self._containers.snapshotter_named(img.record.snapshotter)
 
     def container(self, cid: str) -> Container:
-        rec = self.metadata.containers.get(cid)
-        if rec is None:
-            raise ContainerNotFoundError(
-                f"no such container: {cid}", hint="list them with: fastdist ps -a"
-            )
-        return Container(rec.id, rec.image, self)
+        return self._containers.get(cid)
 
     def containers(self, all: bool = True) -> list[ContainerInfo]:
         """Every container with its live status; reaps stopped ``--rm`` containers."""
-        out = []
-        for rec in self.metadata.containers.list():
-            try:
-                state = self.runtime.state(rec.id)
-                status, exit_code = state.status, state.exit_code
-            except ContainerNotFoundError:
-                status, exit_code = "missing", rec.exit_code
-            if status == "stopped" and rec.rm:
-                with contextlib.suppress(FastdistError):
-                    Container(rec.id, rec.image, self).remove(force=True)
-                continue
-            if all or status == "running":
-                ports = _bundle_ports(Path(rec.bundle))
-                out.append(
-                    ContainerInfo(
-                        rec.id, rec.image, rec.command, status, exit_code, rec.created, ports
-                    )
-                )
-        return out
+        return self._containers.list(all)
 
     # --- serve -----------------------------------------------------------------------------
     def serve(self, config: ServeConfig | None = None) -> RegistryServer:
@@ -1221,312 +1055,6 @@ class Client:
     def _gc_lock(self, shared: bool) -> contextlib.AbstractContextManager[None]:
         """The root's GC lock (gc.py): pulls hold it shared, prune exclusively."""
         return gc.gc_lock(self.root, shared)
-
-
-@dataclass
-class Container:
-    """A container created by ``Client.run``: its runc state, log and snapshot."""
-
-    id: str
-    image: str
-    _client: Client
-    exit_code: int | None = None
-
-    @property
-    def status(self) -> str:
-        """created, running, paused or stopped (what runc and the exit record say)."""
-        return self._client.runtime.state(self.id).status
-
-    def wait(self) -> int | None:
-        """Block until a detached container exits; its exit status."""
-        code = self._client.runtime.wait(self.id)
-        self.exit_code = code
-        with contextlib.suppress(FastdistError):
-            self._client.metadata.containers.update_status(self.id, "stopped", None, code)
-        return code
-
-    def kill(self, sig: int | str = "KILL") -> None:
-        """Send ``sig`` (default KILL, as docker) to the container's init process; a stopped
-        container is an error."""
-        from .runtime import parse_signal
-
-        parse_signal(sig)  # a bad name is a usage error, whatever the container's state
-        state = self._client.runtime.state(self.id)
-        if state.status not in ("running", "paused", "created"):
-            raise ContainerRunError(
-                f"cannot kill container {self.id}: it is {state.status}",
-                hint=f"see its output with: fastdist logs {self.id}",
-            )
-        self._client.runtime.kill(self.id, sig)
-
-    def start(self) -> None:
-        """Start a stopped (or never started) container again, detached, on its own snapshot:
-        what it wrote stays; its output goes to its log (docker's start without -a)."""
-        rt = self._client.runtime
-        state = rt.state(self.id)
-        if state.status in ("running", "paused"):
-            raise InUseError(
-                f"container {self.id} is already {state.status}",
-                hint=f"stop it first (fastdist stop {self.id}), or use restart",
-            )
-        rt.delete(self.id)  # runc forgets the old run; the bundle and the mount stay
-        new = rt.start(self.id)
-        self.exit_code = None
-        self._client.metadata.containers.update_status(self.id, "running", new.pid, None)
-
-    def restart(self, timeout: float = 10.0) -> None:
-        """stop (TERM, then KILL after ``timeout``) and start again."""
-        self.stop(timeout)
-        self.start()
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """TERM, then KILL after ``timeout`` seconds (docker's stop); the exit status."""
-        code = self._client.runtime.stop(self.id, timeout)
-        self.exit_code = code
-        with contextlib.suppress(FastdistError):
-            self._client.metadata.containers.update_status(self.id, "stopped", None, code)
-        return code
-
-    def exec(
-        self,
-        command: Sequence[str],
-        *,
-        tty: bool = False,
-        interactive: bool = False,
-        env: Sequence[str] = (),
-        user: str | None = None,
-        workdir: str | None = None,
-        stdin: Any = None,
-        stdout: Any = None,
-        stderr: Any = None,
-    ) -> int:
-        """Run ``command`` in the running container; its exit status."""
-        return self._client.runtime.exec(
-            self.id,
-            command,
-            tty=tty,
-            interactive=interactive,
-            env=env,
-            user=user,
-            workdir=workdir,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-        )
-
-    def inspect(self) -> dict[str, Any]:
-        """docker-style inspect: state, exit code, times, the spec's process, mounts, ports."""
-        c = self._client
-        rec = c.metadata.containers.get(self.id)
-        if rec is None:
-            raise ContainerNotFoundError(f"no such container: {self.id}")
-        state = c.runtime.state(self.id)
-        bundle = Path(rec.bundle)
-        try:
-            spec = json.loads((bundle / "config.json").read_bytes())
-        except (OSError, ValueError):
-            spec = {}
-        process = spec.get("process", {})
-        linux = spec.get("linux", {})
-        exit_file = bundle / "exit"
-        finished = exit_file.stat().st_mtime if exit_file.exists() else None
-        return {
-            "Id": rec.id,
-            "Name": rec.id,
-            "Image": rec.image,
-            "Created": _iso(rec.created),
-            "State": {
-                "Status": state.status,
-                "Running": state.status == "running",
-                "Pid": state.pid or 0,
-                "ExitCode": state.exit_code,
-                "FinishedAt": _iso(finished) if finished is not None else None,
-            },
-            "Config": {
-                "Cmd": list(process.get("args", rec.command)),
-                "Env": list(process.get("env", [])),
-                "WorkingDir": process.get("cwd"),
-                "User": process.get("user"),
-                "Tty": bool(process.get("terminal", False)),
-                "Hostname": spec.get("hostname"),
-            },
-            "HostConfig": {
-                "AutoRemove": rec.rm,
-                "RestartPolicy": _bundle_meta(bundle).get("restart", {"name": "no"}),
-                "LogConfig": {
-                    "Type": "json-file",
-                    "Config": {
-                        "max-size": str(_bundle_meta(bundle).get("log_max_size", "")),
-                        "max-file": "2",
-                    },
-                },
-                "ReadonlyRootfs": bool(spec.get("root", {}).get("readonly", False)),
-                "Capabilities": list(process.get("capabilities", {}).get("bounding", [])),
-                "NoNewPrivileges": bool(process.get("noNewPrivileges", False)),
-                "Seccomp": "default" if "seccomp" in linux else "unconfined",
-                "NetworkMode": (
-                    "none"
-                    if any(n.get("type") == "network" for n in linux.get("namespaces", []))
-                    else "host"
-                ),
-            },
-            "Mounts": [
-                {
-                    "Type": m.get("type"),
-                    "Source": m.get("source"),
-                    "Destination": m.get("destination"),
-                    "RW": "ro" not in m.get("options", []),
-                }
-                for m in spec.get("mounts", [])
-                if m.get("type") == "bind"
-            ],
-            "Ports": _inspect_ports(_bundle_ports(bundle)),
-            "RestartCount": _restart_count(bundle),
-            "Snapshotter": rec.snapshotter,
-            "Bundle": rec.bundle,
-            "LogPath": rec.log_path,
-        }
-
-    def logs(self, follow: bool = False) -> Iterator[bytes]:
-        """What a detached container wrote to stdout/stderr, in the order written."""
-        return self._client.runtime.logs(self.id, follow=follow)
-
-    def log_entries(self, follow: bool = False, tail: int | None = None) -> Iterator[LogEntry]:
-        """Its output line by line, each with its stream (stdout/stderr) and time."""
-        return self._client.runtime.log_entries(self.id, follow=follow, tail=tail)
-
-    def remove(self, force: bool = False) -> None:
-        """Delete the container, its bundle and its writable snapshot (``force``: kill first)."""
-        state = self._client.runtime.state(self.id)
-        if state.status in ("running", "paused") and not force:
-            raise InUseError(
-                f"container {self.id} is {state.status}",
-                hint=f"stop it first (fastdist kill {self.id}) or use rm -f",
-            )
-        self._cleanup(force=force)
-
-    def _cleanup(self, force: bool) -> None:
-        c = self._client
-        rec = c.metadata.containers.get(self.id)
-        snap = (
-            snapshotter_by_name(rec.snapshotter, c.root)
-            if rec is not None and rec.snapshotter != c.snapshotter.name
-            else c.snapshotter
-        )
-        with contextlib.suppress(ContainerNotFoundError):
-            c.runtime.delete(self.id, force=force)
-        snap.unmount(c.runtime.rootfs_dir(self.id))
-        with contextlib.suppress(ContainerNotFoundError):
-            c.runtime.remove(self.id)
-        with contextlib.suppress(StoreError):
-            snap.remove_active(self.id)
-        c.metadata.containers.delete(self.id)
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """A row of ``fastdist ps``."""
-
-    id: str
-    image: str
-    command: tuple[str, ...]
-    status: str
-    exit_code: int | None
-    created: float
-    ports: tuple[PortMapping, ...] = ()
-
-
-_ADJECTIVES = (
-    "brisk",
-    "calm",
-    "eager",
-    "fast",
-    "keen",
-    "lucid",
-    "nimble",
-    "quiet",
-    "rapid",
-    "steady",
-    "swift",
-    "tidy",
-    "vivid",
-    "witty",
-    "bold",
-    "crisp",
-)
-_NOUNS = (
-    "otter",
-    "falcon",
-    "lynx",
-    "heron",
-    "badger",
-    "marten",
-    "osprey",
-    "puffin",
-    "raven",
-    "stoat",
-    "tern",
-    "wren",
-    "ibex",
-    "kestrel",
-    "lemur",
-    "gecko",
-)
-
-
-def _bundle_meta(bundle: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads((bundle / "fastdist.json").read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def _bundle_ports(bundle: Path) -> tuple[PortMapping, ...]:
-    """The published ports recorded in the bundle (none for an unreadable record)."""
-    from .runtime import PortMapping
-
-    try:
-        return tuple(PortMapping(**p) for p in _bundle_meta(bundle).get("ports", []))
-    except TypeError:
-        return ()
-
-
-def _inspect_ports(ports: Sequence[PortMapping]) -> dict[str, list[dict[str, str]]]:
-    """docker's ``Ports``: ``"CONTAINER/PROTO"`` → every host binding of it."""
-    out: dict[str, list[dict[str, str]]] = {}
-    for p in ports:
-        out.setdefault(f"{p.container_port}/{p.protocol}", []).append(
-            {"HostIp": p.host_ip, "HostPort": str(p.host_port)}
-        )
-    return out
-
-
-def _restart_count(bundle: Path) -> int:
-    try:
-        return int((bundle / "restarts").read_text().strip())
-    except (OSError, ValueError):
-        return 0
-
-
-def _iso(t: float) -> str:
-    """A UNIX time as docker prints it in inspect (RFC 3339, UTC)."""
-    import datetime
-
-    return (
-        datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
-    )
-
-
-def _generate_id(client: Client) -> str:
-    """A readable unique id like ``swift-heron-3fa2``."""
-    import secrets
-
-    for _ in range(100):
-        cid = f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.token_hex(2)}"
-        if client.metadata.containers.get(cid) is None and not client.runtime.bundle(cid).exists():
-            return cid
-    raise StoreError("could not generate a free container id")
 
 
 def _with_link_options(
@@ -1727,8 +1255,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 __all__ = [
     "Client",
-    "Container",
-    "ContainerInfo",
     "Image",
     "PruneReport",
     "PushReport",

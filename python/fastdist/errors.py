@@ -291,6 +291,25 @@ class ContainerRunError(FastdistError):
         self.stderr_tail = stderr_tail
 
 
+# Container-run errors are all ContainerRunError, so the CLI maps them to one exit code.
+class NoCommandError(ContainerRunError):
+    """The image has neither Entrypoint nor Cmd and no command was given."""
+
+
+class UnknownUserError(ContainerRunError):
+    """A user or group name is not in the image's /etc/passwd or /etc/group."""
+
+
+class WorkdirError(ContainerRunError):
+    """The working directory cannot be used (not absolute, not a directory, a kernel fs)."""
+
+
+class InvalidRunOptionError(ContainerRunError):
+    """A run option is malformed (env entry, mount, network mode, container id, capability)."""
+
+    exit_code = 2  # a usage error, like argparse's: nothing was created
+
+
 # Configuration the user gave that cannot be used: a usage error, exit 2 like a bad argument.
 class HostsConfigError(FastdistError):
     """A hosts.toml file that cannot be used."""

@@ -7,14 +7,14 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 
+from clikit import CLI_TIMEOUT, cli_argv, cli_env
 from fastdist.oci import Digest
 from fastdist.testing.images import (
     BuiltImage,
@@ -30,8 +30,6 @@ from fastdist.testing.images import (
 )
 
 BUSYBOX = Path("/bin/busybox")
-REPO = Path(__file__).resolve().parents[2]
-CLI_TIMEOUT = 180  # a hung CLI fails its test instead of hanging the suite
 
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
@@ -51,21 +49,6 @@ class Result(NamedTuple):
     stderr: str
 
 
-def _cli_argv(root: Path, args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "fastdist", "--root", str(root), *args]
-
-
-def _cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("FASTDIST_ROOT", None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO / "python"), env.get("PYTHONPATH", "")) if p
-    )
-    if extra:
-        env.update(extra)
-    return env
-
-
 @dataclass
 class _CLI:
     root: Path
@@ -74,12 +57,12 @@ class _CLI:
         self, *args: str, timeout: float = CLI_TIMEOUT, env: dict[str, str] | None = None
     ) -> Result:
         proc = subprocess.run(
-            _cli_argv(self.root, args),
+            cli_argv(self.root, *args),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=_cli_env(env),
+            env=cli_env(**(env or {})),
             check=False,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
@@ -87,12 +70,12 @@ class _CLI:
     def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
         """Start ``fastdist`` without waiting (stdout/stderr piped, text)."""
         return subprocess.Popen(
-            _cli_argv(self.root, args),
+            cli_argv(self.root, *args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_cli_env(),
+            env=cli_env(),
             **kw,
         )
 

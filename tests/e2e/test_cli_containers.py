@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from clikit import cli_argv, cli_env
+
 if TYPE_CHECKING:
     from conftest import FastdistCLI, PushedImage
 
@@ -145,25 +147,22 @@ def test_exec_of_a_stopped_or_unknown_container_is_a_clear_error(
 def test_exec_it_gets_a_terminal(fastdist: FastdistCLI, img: str) -> None:
     _detach(fastdist, img, "tty", "echo ready; exec sleep 300")
     _ready(fastdist, "tty")
-    from conftest import _cli_argv, _cli_env  # the same CLI command line, on a pty
 
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        _cli_argv(
+        cli_argv(  # the same CLI command line, on a pty
             fastdist.root,
-            [
-                "exec",
-                "-it",
-                "tty",
-                "sh",
-                "-c",
-                "test -t 0 && test -t 1 && echo is-a-tty; read x; echo got $x",
-            ],
+            "exec",
+            "-it",
+            "tty",
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo is-a-tty; read x; echo got $x",
         ),
         stdin=slave,
         stdout=slave,
         stderr=slave,
-        env=_cli_env(),
+        env=cli_env(),
         close_fds=True,
     )
     os.close(slave)

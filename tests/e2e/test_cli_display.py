@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from conftest import CLI_TIMEOUT, _cli_argv, _cli_env
+from clikit import CLI_TIMEOUT, cli_argv, cli_env
 from fakeregistry import FakeRegistry, Fault
 from fastdist.testing.images import Dir, File, build_image, build_layer, tar_entries
 
@@ -36,11 +36,11 @@ def _on_a_terminal(root: Path, *args: str) -> tuple[int, str]:
     primary, secondary = os.openpty()
     try:
         proc = subprocess.Popen(
-            _cli_argv(root, args),
+            cli_argv(root, *args),
             stdin=secondary,
             stdout=secondary,
             stderr=secondary,
-            env=_cli_env({"COLUMNS": "120", "LINES": "40"}),
+            env=cli_env(COLUMNS="120", LINES="40"),
             start_new_session=True,
         )
     finally:

@@ -499,3 +499,30 @@ def test_mounts_and_hostname_options(fastdist: FastdistCLI, img: str, tmp_path: 
     assert bad.rc == 2  # a usage error, as argparse's own
     assert "error: invalid --mount 'nocolon'" in bad.stderr
     assert "hint: use SRC:DST or SRC:DST:ro" in bad.stderr
+
+
+def test_the_python_api_runs_an_image_with_one_run_options_value(
+    fastdist: FastdistCLI, img: str, tmp_path: Path
+) -> None:
+    from fastdist import Client, RunOptions
+    from fastdist.errors import InvalidRunOptionError
+    from fastdist.spec import RestartPolicy
+
+    client = Client(fastdist.root)
+    out = tmp_path / "out"
+    with open(out, "wb") as f:
+        c = client.run(
+            img,
+            RunOptions(command=("sh", "-c", "echo $FOO; id -u"), env=("FOO=bar",), user="7:7"),
+            pull=False,
+            stdout=f,
+        )
+    assert c.exit_code == 0
+    assert out.read_bytes() == b"bar\n7\n"
+    assert [i.id for i in client.containers()] == [c.id]  # a generated id, kept (no rm)
+    c.remove()
+    # what cannot run is refused before anything is created
+    with pytest.raises(InvalidRunOptionError, match="needs a detached container"):
+        client.run(img, RunOptions(restart=RestartPolicy("always")), pull=False)
+    assert client.containers() == []
+    assert fastdist.leftovers() == CLEAN

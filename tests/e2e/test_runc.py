@@ -18,7 +18,8 @@ import pytest
 import fastdist
 from fastdist import oci
 from fastdist.errors import ContainerRunError, InUseError
-from fastdist.runtime import Mount, RunOptions, Runtime
+from fastdist.runc import Runtime
+from fastdist.spec import Mount, RunOptions
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -115,7 +116,7 @@ def foreground(runtime: Runtime, cid: str) -> subprocess.Popen[bytes]:
         f"""
         import sys
         from pathlib import Path
-        from fastdist.runtime import Runtime
+        from fastdist.runc import Runtime
         sys.exit(Runtime(Path({str(runtime.root)!r})).run({cid!r}))
         """
     )

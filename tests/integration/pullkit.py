@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -113,21 +110,3 @@ def full_blob_gets(reg: FakeRegistry, digest: str) -> list[object]:
 def range_gets(reg: FakeRegistry, digest: str) -> list[str]:
     gets = reg.requests_to(f"/blobs/{digest}", "GET")
     return [r.headers["range"] for r in gets if "range" in r.headers]
-
-
-def cli_argv(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "fastdist", "--root", str(root), *args]
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("FASTDIST_ROOT", None)
-    env.update(extra)
-    return env
-
-
-def run_cli(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli_argv(root, *args), env=cli_env(**env), capture_output=True, text=True, timeout=300
-    )

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from pullkit import (
     SNAPSHOTTERS,
-    cli_argv,
-    cli_env,
     expected_tree,
     full_blob_gets,
     image,
@@ -22,6 +20,7 @@ from pullkit import (
     unpacked_tree,
 )
 
+from clikit import cli_argv, cli_env
 from fakeregistry import FakeRegistry, Fault
 from fastdist.client import Client
 

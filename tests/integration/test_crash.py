@@ -16,18 +16,16 @@ import pytest
 from pullkit import (
     SNAPSHOTTERS,
     big_layer,
-    cli_argv,
-    cli_env,
     expected_tree,
     full_blob_gets,
     image,
     range_gets,
-    run_cli,
     serve,
     small_layer,
     unpacked_tree,
 )
 
+from clikit import cli_argv, cli_env, run_cli
 from fakeregistry import FakeRegistry, Fault
 from fastdist.client import Client
 from fastdist.testing.images import BuiltImage

@@ -11,8 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pullkit import SNAPSHOTTERS, cli_argv, cli_env, image, serve, small_layer
+from pullkit import SNAPSHOTTERS, image, serve, small_layer
 
+from clikit import cli_argv, cli_env
 from fakeregistry import FakeRegistry
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from fastdist.runtime import DEFAULT_CAPABILITIES
 from fastdist.seccomp import (
     CLONE_NAMESPACE_FLAGS,
     DEFAULT_PROFILE,
@@ -19,6 +18,7 @@ from fastdist.seccomp import (
     parse_profile,
     resolve,
 )
+from fastdist.spec import DEFAULT_CAPABILITIES
 
 DEFAULT = list(DEFAULT_CAPABILITIES)
 

@@ -170,7 +170,7 @@ def test_open_beneath_follows_no_symlink_and_never_leaves_the_root(tmp_path: Pat
 
 
 def test_a_planted_containers_symlink_is_refused_before_a_bundle_is_made(tmp_path: Path) -> None:
-    from fastdist.runtime import Runtime
+    from fastdist.runc import Runtime
 
     root = tmp_path / "store"
     root.mkdir(mode=0o700)

@@ -9,13 +9,13 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FastdistError
+from ..errors import FastdistError, InvalidRunOptionError
 from ..termsafe import sanitize
 from .common import SNAPSHOTTER_HELP, _ago, _client, _table, add_registry_options, print_error
 from .display import PullDisplay
 
 if TYPE_CHECKING:
-    from ..runtime import Mount  # imported where used: the parser is built for every command
+    from ..spec import Mount, RunOptions
 
 
 def add_commands(sub: Any) -> None:
@@ -338,10 +338,8 @@ def parse_mount(text: str) -> Mount:
         or not parts[1]
         or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
     ):
-        from ..runtime import InvalidRunOptionError
-
         raise InvalidRunOptionError(f"invalid --mount {text!r}", hint="use SRC:DST or SRC:DST:ro")
-    from ..runtime import InvalidRunOptionError, Mount
+    from ..spec import Mount
 
     src = os.path.abspath(parts[0])
     if not os.path.exists(src):
@@ -354,7 +352,7 @@ def parse_mount(text: str) -> Mount:
 
 def parse_volume(text: str) -> Mount:
     """docker's ``-v SRC:DST[:ro|rw]`` for host paths: SRC absolute, created if missing."""
-    from ..runtime import InvalidRunOptionError, Mount
+    from ..spec import Mount
 
     parts = text.split(":")
     if (
@@ -386,8 +384,6 @@ def parse_env_file(path: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError as e:
-        from ..runtime import InvalidRunOptionError
-
         raise InvalidRunOptionError(
             f"cannot read --env-file {path}: {e.strerror}",
             hint="give the path of a file of KEY=VALUE lines",
@@ -414,45 +410,71 @@ def _env(entries: list[str]) -> list[str]:
     return out
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """``fastdist run``'s flags as the one options value of a run (usage errors raise here)."""
+    from ..logs import DEFAULT_LOG_MAX_SIZE
+    from ..ports import parse_publish
+    from ..spec import (
+        RunOptions,
+        parse_cpus,
+        parse_log_max_size,
+        parse_memory,
+        parse_pids_limit,
+        parse_restart,
+        parse_security_opts,
+    )
 
-    client = _client(args)
     env_file: list[str] = []
     for path in args.env_file:
         env_file += parse_env_file(path)
+    security = parse_security_opts(args.security_opt)
+    return RunOptions(
+        id=args.id or "",
+        command=tuple(args.command) or None,
+        entrypoint=args.entrypoint,
+        env=tuple(_env(args.env)),
+        env_file=tuple(env_file),
+        workdir=args.workdir,
+        user=args.user,
+        tty=args.tty,
+        interactive=args.interactive,
+        detach=args.detach,
+        net=args.net,
+        mounts=tuple([parse_mount(m) for m in args.mount] + [parse_volume(v) for v in args.volume]),
+        hostname=args.hostname,
+        read_only=args.read_only,
+        rm=args.rm,
+        cap_add=tuple(args.cap_add),
+        cap_drop=tuple(args.cap_drop),
+        privileged=args.privileged,
+        seccomp_profile=security.seccomp_profile,
+        no_new_privileges=security.no_new_privileges,
+        ports=tuple(parse_publish(p) for p in args.publish),
+        restart=parse_restart(args.restart),
+        memory=parse_memory(args.memory) if args.memory is not None else None,
+        cpus=parse_cpus(args.cpus) if args.cpus is not None else None,
+        pids_limit=parse_pids_limit(args.pids_limit) if args.pids_limit is not None else None,
+        log_max_size=(
+            parse_log_max_size(args.log_max_size)
+            if args.log_max_size is not None
+            else DEFAULT_LOG_MAX_SIZE
+        ),
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+
+    options = run_options(args)
+    client = _client(args)
     live = sys.stderr.isatty()
     display = PullDisplay(sys.stderr, live=live)
     with display:
         container = client.run(
             args.image,
-            args.command or None,
-            id=args.id,
-            detach=args.detach,
-            rm=args.rm,
+            options,
             platform=args.platform,
             progress=display,
-            entrypoint=args.entrypoint,
-            env=_env(args.env),
-            env_file=env_file,
-            workdir=args.workdir,
-            user=args.user,
-            tty=args.tty,
-            interactive=args.interactive,
-            net=args.net,
-            mounts=[parse_mount(m) for m in args.mount] + [parse_volume(v) for v in args.volume],
-            hostname=args.hostname,
-            read_only=args.read_only,
-            cap_add=args.cap_add,
-            cap_drop=args.cap_drop,
-            privileged=args.privileged,
-            security_opt=args.security_opt,
             on_interrupt=_interrupt_notice,
-            memory=args.memory,
-            cpus=args.cpus,
-            pids_limit=args.pids_limit,
-            log_max_size=args.log_max_size,
-            publish=args.publish,
-            restart=args.restart,
         )
     if args.detach:
         print(container.id)
@@ -537,7 +559,7 @@ def _each(args: argparse.Namespace, ids: list[str], action: Any) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from ..runtime import parse_signal
+    from ..runc import parse_signal
 
     sig = parse_signal(args.signal)  # a usage error before any container is touched
 
@@ -583,8 +605,6 @@ def cmd_wait(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
 
     if not args.command:
-        from ..runtime import InvalidRunOptionError
-
         raise InvalidRunOptionError(
             "nothing to exec: give a command after the container id",
             hint=f"fastdist exec {args.id} sh -c '…'",

@@ -1,102 +1,47 @@
-"""build_spec and user resolution: docker's rules for image configs, on rootfs trees built here."""
+"""build_spec and the run options: docker's rules for image configs, on rootfs trees built here."""
 
 from __future__ import annotations
 
 import os
-import re
-import socket
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from runkit import image, make_rootfs
 
-from fastdist import oci, rootfs
-from fastdist.errors import ContainerNotFoundError, ContainerRunError, InUseError
-from fastdist.runtime import (
+from fastdist import oci
+from fastdist.errors import (
+    ContainerRunError,
+    InvalidRunOptionError,
+    NoCommandError,
+    WorkdirError,
+)
+from fastdist.seccomp import DEFAULT_PROFILE, SeccompProfileError
+from fastdist.spec import (
     DEFAULT_CAPABILITIES,
     DEFAULT_PATH,
     MASKED_PATHS,
     READONLY_PATHS,
-    InvalidRunOptionError,
     Mount,
-    NoCommandError,
-    PortMapping,
-    ResolvedUser,
     RestartPolicy,
     RunOptions,
-    Runtime,
-    UnknownUserError,
-    WorkdirError,
-    _LogWriter,
-    _PortForwarder,
-    _UdpClients,
     build_spec,
-    check_ports,
+    check_options,
     host_devices,
     parse_cpus,
-    parse_log_line,
     parse_log_max_size,
     parse_memory,
     parse_pids_limit,
-    parse_publish,
     parse_restart,
     parse_security_opts,
-    parse_signal,
     resolve_capabilities,
-    resolve_user,
     thermal_throttle_paths,
 )
-from fastdist.seccomp import DEFAULT_PROFILE, SeccompProfileError
-
-PASSWD = """\
-root:x:0:0:root:/root:/bin/sh
-# a comment line is skipped
-daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
-app:x:1000:1000:App:/home/app:/bin/sh
-broken:x:notanumber:1::/:/bin/sh
-"""
-GROUP = """\
-root:x:0:
-daemon:x:1:
-app:x:1000:
-audio:x:29:app,daemon
-video:x:44:app
-staff:x:50:
-"""
-
-
-def image(
-    *,
-    entrypoint: tuple[str, ...] | None = None,
-    cmd: tuple[str, ...] | None = ("sh",),
-    env: tuple[str, ...] = (),
-    user: str = "",
-    working_dir: str = "",
-    volumes: tuple[str, ...] = (),
-) -> oci.ImageConfig:
-    return oci.ImageConfig(
-        architecture="amd64",
-        os="linux",
-        diff_ids=(),
-        config=oci.ContainerConfig(
-            user=user,
-            env=env,
-            entrypoint=entrypoint,
-            cmd=cmd,
-            working_dir=working_dir,
-            volumes=volumes,
-        ),
-    )
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    r = tmp_path / "rootfs"
-    (r / "etc").mkdir(parents=True)
-    (r / "etc" / "passwd").write_text(PASSWD)
-    (r / "etc" / "group").write_text(GROUP)
-    return r
+    return make_rootfs(tmp_path)
 
 
 def spec_for(root: Path, cfg: oci.ImageConfig | None = None, **opts: Any) -> dict[str, Any]:
@@ -198,89 +143,11 @@ def test_malformed_env_entry_is_refused(root: Path, bad: str) -> None:
         spec_for(root, env=(bad,))
 
 
-# --- User -----------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("user", "expected"),
-    [
-        ("", ResolvedUser(0, 0, (), "/root")),
-        ("root", ResolvedUser(0, 0, (), "/root")),
-        ("app", ResolvedUser(1000, 1000, (29, 44), "/home/app")),
-        ("1000", ResolvedUser(1000, 1000, (29, 44), "/home/app")),
-        ("daemon", ResolvedUser(1, 1, (29,), "/usr/sbin")),
-        ("4242", ResolvedUser(4242, 0, (), None)),
-        ("app:staff", ResolvedUser(1000, 50, (), "/home/app")),
-        ("app:50", ResolvedUser(1000, 50, (), "/home/app")),
-        ("1000:777", ResolvedUser(1000, 777, (), "/home/app")),
-        ("4242:4343", ResolvedUser(4242, 4343, (), None)),
-        ("4242:video", ResolvedUser(4242, 44, (), None)),
-    ],
-)
-def test_user_forms_resolve_from_the_image_files(
-    root: Path, user: str, expected: ResolvedUser
-) -> None:
-    assert resolve_user(root, user) == expected
-
-
 def test_user_lands_in_the_spec_with_supplementary_groups(root: Path) -> None:
     spec = spec_for(root, image(user="app"))
     assert spec["process"]["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [29, 44]}
     spec = spec_for(root, image(user="app"), user="0:0")
     assert spec["process"]["user"] == {"uid": 0, "gid": 0}
-
-
-def test_numeric_user_works_without_account_files(tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert resolve_user(empty, "123:456") == ResolvedUser(123, 456, (), None)
-    assert resolve_user(empty, "") == ResolvedUser(0, 0, (), None)
-
-
-@pytest.mark.parametrize(("user", "what"), [("nobody", "user"), ("app:wheel", "group")])
-def test_unknown_user_or_group_is_a_clear_error(root: Path, user: str, what: str) -> None:
-    with pytest.raises(UnknownUserError, match=f"unknown {what}") as exc:
-        resolve_user(root, user)
-    assert exc.value.hint
-
-
-def test_out_of_range_uid_is_refused(root: Path) -> None:
-    with pytest.raises(InvalidRunOptionError, match="at most"):
-        resolve_user(root, str(1 << 32))
-
-
-def test_absolute_passwd_symlink_resolves_inside_the_rootfs(tmp_path: Path) -> None:
-    # A hostile image points /etc/passwd at an absolute path; the image's own file must be read.
-    root = tmp_path / "rootfs"
-    (root / "etc").mkdir(parents=True)
-    (root / "secret").mkdir()
-    (root / "secret" / "pw").write_text("img:x:7:8:from image:/img:/bin/sh\n")
-    (root / "etc" / "passwd").symlink_to("/../../../secret/pw")
-    (root / "etc" / "group").symlink_to("/etc/group-host-does-not-matter")
-    assert resolve_user(root, "img") == ResolvedUser(7, 8, (), "/img")
-
-
-def test_passwd_symlink_to_host_file_never_reads_the_host(tmp_path: Path) -> None:
-    root = tmp_path / "rootfs"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "passwd").symlink_to("/etc/shadow")  # absent inside the image
-    with pytest.raises(UnknownUserError, match="unknown user 'daemon'"):
-        resolve_user(root, "daemon")
-    assert resolve_user(root, "") == ResolvedUser(0, 0, (), None)
-
-
-def test_passwd_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
-    root = tmp_path / "rootfs"
-    (root / "etc").mkdir(parents=True)
-    os.mkfifo(root / "etc" / "passwd")  # opening it would block; it must not be opened
-    with pytest.raises(UnknownUserError, match="cannot read /etc/passwd"):
-        resolve_user(root, "app")
-
-
-def test_oversized_passwd_is_refused(tmp_path: Path) -> None:
-    root = tmp_path / "rootfs"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "passwd").write_bytes(b"#" * ((1 << 20) + 1))
-    with pytest.raises(UnknownUserError, match="larger than"):
-        resolve_user(root, "app")
 
 
 # --- WorkingDir -----------------------------------------------------------------------------
@@ -471,67 +338,6 @@ def test_invalid_container_id_is_refused(root: Path, bad: str) -> None:
         spec_for(root, id=bad)
 
 
-# --- rootfs helpers -------------------------------------------------------------------------
-def test_read_file_follows_relative_and_absolute_links_inside_the_root(tmp_path: Path) -> None:
-    root = tmp_path / "r"
-    (root / "a" / "b").mkdir(parents=True)
-    (root / "a" / "b" / "f").write_text("inside")
-    (root / "rel").symlink_to("a/b/../b/f")
-    (root / "abs").symlink_to("/a/./b/f")
-    (root / "up").symlink_to("../../../../a/b/f")
-    for name in ("rel", "abs", "up"):
-        assert rootfs.read_file(root, name, 100) == b"inside"
-    assert rootfs.read_file(root, "/missing", 100) is None
-    assert rootfs.read_file(root, "/a/b/f/not-a-dir", 100) is None
-
-
-def test_resolve_dir_reports_missing_without_creating(tmp_path: Path) -> None:
-    root = tmp_path / "r"
-    root.mkdir()
-    with pytest.raises(FileNotFoundError):
-        rootfs.resolve_dir(root, "/nope")
-    assert not (root / "nope").exists()
-
-
-# --- Runtime preconditions ------------------------------------------------------------------
-def test_missing_runc_is_a_clear_error_with_an_install_hint(tmp_path: Path) -> None:
-    rt = Runtime(tmp_path / "store", runc="fastdist-no-such-runc")
-    rt.prepare("c1")
-    with pytest.raises(ContainerRunError, match="runc not found") as exc:
-        rt.state("c1")
-    assert exc.value.hint is not None
-    assert "apt-get install runc" in exc.value.hint
-
-
-def test_not_root_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rt = Runtime(tmp_path / "store", runc=sys.executable)  # any existing binary
-    rt.prepare("c1")
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with pytest.raises(ContainerRunError, match="root") as exc:
-        rt.kill("c1")
-    assert exc.value.hint is not None
-    assert "sudo" in exc.value.hint
-
-
-def test_prepare_makes_private_bundle_and_refuses_a_taken_id(tmp_path: Path) -> None:
-    rt = Runtime(tmp_path / "store")
-    bundle = rt.prepare("web")
-    assert bundle == rt.containers_dir / "web"
-    assert rt.rootfs_dir("web").is_dir()
-    assert os.stat(bundle).st_mode & 0o777 == 0o700
-    assert os.stat(rt.root).st_mode & 0o777 == 0o700
-    with pytest.raises(InUseError, match="already in use"):
-        rt.prepare("web")
-    with pytest.raises(InvalidRunOptionError):
-        rt.prepare("../escape")
-    assert rt.ids() == ["web"]
-
-
-def test_unknown_container_is_not_found(tmp_path: Path) -> None:
-    with pytest.raises(ContainerNotFoundError):
-        Runtime(tmp_path / "store").state("nope")
-
-
 # --- confinement: seccomp, capabilities, privileged -------------------------------------------
 def test_the_default_seccomp_profile_is_in_every_spec(root: Path) -> None:
     sec = spec_for(root)["linux"]["seccomp"]
@@ -698,81 +504,6 @@ def test_limits_become_cgroup_resources(root: Path) -> None:
     assert set(plain) == {"devices"}
 
 
-# --- the detached log ---------------------------------------------------------------------
-def test_log_records_keep_streams_lines_and_bytes(tmp_path: Path) -> None:
-    log = _LogWriter(tmp_path / "log")
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
-    readers = [log.follow(r1, "stdout"), log.follow(r2, "stderr")]
-    os.write(w1, b"one\ntwo")
-    os.write(w1, b" halves\n\xff\xfebinary\n" + b"x" * 40000)
-    os.close(w1)
-    os.write(w2, b"err\n")
-    os.close(w2)
-    for t in readers:
-        t.join()
-    log.close()
-    entries = [parse_log_line(line) for line in (tmp_path / "log").read_bytes().splitlines()]
-    out = [e.data for e in entries if e.stream == "stdout"]
-    assert out[:3] == [b"one\n", b"two halves\n", b"\xff\xfebinary\n"]
-    assert [len(d) for d in out[3:]] == [16384, 16384, 40000 - 32768]  # long lines in pieces
-    assert [e.data for e in entries if e.stream == "stderr"] == [b"err\n"]
-    assert all(e.time > 0 for e in entries)
-
-
-def test_the_log_rotates_at_its_cap_and_reads_back_whole_across_both_files(
-    tmp_path: Path,
-) -> None:
-    rt = Runtime(tmp_path / "store")
-    b = rt.prepare("chatty")
-    log = _LogWriter(b / "log", max_bytes=4096)
-    lines = [f"line {i:05d}\n".encode() for i in range(2000)]
-    for line in lines:
-        log.write("stdout" if len(line) % 2 else "stderr", line)
-    log.close()
-    sizes = [(b / name).stat().st_size for name in ("log", "log.1")]
-    assert all(0 < size <= 4096 for size in sizes), sizes  # each file within the cap
-    assert sum(sizes) > 4096  # both kept: the newest output in log, the one before in log.1
-    got = [e.data for e in rt.log_entries("chatty")]
-    assert got == lines[-len(got) :]  # a contiguous suffix, ending with the last line written
-    held = sum((b / name).read_bytes().count(b"\n") for name in ("log", "log.1"))
-    assert len(got) == held  # every record both files hold, read once
-    assert [e.data for e in rt.log_entries("chatty", tail=3)] == lines[-3:]
-    tail_all = [e.data for e in rt.log_entries("chatty", tail=len(got) + 5)]
-    assert tail_all == got  # tail reaches into log.1
-    # a restarted container's new writer appends and keeps counting from the file's size
-    again = _LogWriter(b / "log", max_bytes=4096)
-    again.write("stdout", b"after restart\n")
-    again.close()
-    assert (b / "log").stat().st_size <= 4096
-    assert [e.data for e in rt.log_entries("chatty", tail=1)] == [b"after restart\n"]
-
-
-def test_logs_follow_a_rotation_to_the_new_file_without_losing_lines(tmp_path: Path) -> None:
-    import fcntl
-
-    rt = Runtime(tmp_path / "store")
-    b = rt.prepare("chatty")
-    log = _LogWriter(b / "log", max_bytes=4096)
-    lock = os.open(b / "supervisor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(lock, fcntl.LOCK_EX)  # as a live supervisor holds it: follow goes on at EOF
-    lines = [f"line {i:05d}\n".encode() for i in range(90)]
-    try:
-        for line in lines[:10]:
-            log.write("stdout", line)
-        following = rt.log_entries("chatty", follow=True)
-        assert [next(following).data for _ in range(10)] == lines[:10]
-        for line in lines[10:]:  # ~65 records fit in 4 KiB: exactly one rotation
-            log.write("stdout", line)
-        assert (b / "log.1").exists()
-        assert [next(following).data for _ in range(80)] == lines[10:]
-    finally:
-        log.close()
-        fcntl.flock(lock, fcntl.LOCK_UN)  # the supervisor is gone: follow ends
-        os.close(lock)
-    assert list(following) == []
-
-
 @pytest.mark.parametrize(("text", "size"), [("10m", 10 << 20), ("1k", 1024), (4096, 4096)])
 def test_log_max_size_takes_docker_sizes(text: str | int, size: int) -> None:
     assert parse_log_max_size(text) == size
@@ -783,147 +514,6 @@ def test_bad_log_max_size_is_a_usage_error(bad: str | int) -> None:
     with pytest.raises(InvalidRunOptionError, match="invalid --log-max-size") as e:
         parse_log_max_size(bad)
     assert e.value.hint
-
-
-def test_a_raw_log_line_reads_as_stdout() -> None:
-    assert parse_log_line(b"plain text") == parse_log_line(b"plain text")
-    entry = parse_log_line(b"plain text")
-    assert (entry.stream, entry.data) == ("stdout", b"plain text")
-    assert parse_log_line(b'{"s": "other"}').stream == "stdout"
-
-
-# --- publish, restart, signals ------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("text", "mapping"),
-    [
-        ("8080:80", PortMapping("0.0.0.0", 8080, 80)),
-        ("127.0.0.1:6379:6379/tcp", PortMapping("127.0.0.1", 6379, 6379)),
-        ("[::1]:8443:443", PortMapping("::1", 8443, 443)),
-        ("5353:53/udp", PortMapping("0.0.0.0", 5353, 53, "udp")),
-        ("127.0.0.1:5353:53/UDP", PortMapping("127.0.0.1", 5353, 53, "udp")),
-        ("[::1]:5353:53/udp", PortMapping("::1", 5353, 53, "udp")),
-    ],
-)
-def test_publish_follows_docker_syntax(text: str, mapping: PortMapping) -> None:
-    assert parse_publish(text) == mapping
-
-
-@pytest.mark.parametrize(
-    ("bad", "why"),
-    [
-        ("99999:80", "port 99999 is not in 1-65535"),
-        ("99999:80/udp", "port 99999 is not in 1-65535"),
-        ("0:80", "port 0 is not in 1-65535"),
-        ("80", "expected [IP:]HOST:CONTAINER"),
-        ("a:b", "expected [IP:]HOST:CONTAINER"),
-        ("1.2.3:80:80", "is not an IP address"),
-        ("8080:80/sctp", "protocol 'sctp' is not tcp or udp"),
-        ("8080:80/", "protocol '' is not tcp or udp"),
-        ("8080:80/udp/tcp", "protocol 'udp/tcp' is not tcp or udp"),
-        ("", "expected [IP:]HOST:CONTAINER"),
-    ],
-)
-def test_bad_publish_specs_are_usage_errors(bad: str, why: str) -> None:
-    with pytest.raises(InvalidRunOptionError, match="invalid --publish") as e:
-        parse_publish(bad)
-    assert why in e.value.message
-    assert e.value.hint
-
-
-def test_published_ports_print_as_docker_ps_does() -> None:
-    assert str(PortMapping("127.0.0.1", 8080, 80)) == "127.0.0.1:8080->80/tcp"
-    assert str(PortMapping("::1", 5353, 53, "udp")) == "[::1]:5353->53/udp"
-
-
-def test_check_ports_names_a_udp_port_in_use_and_keeps_tcp_and_udp_apart() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind(("127.0.0.1", 0))
-        port = taken.getsockname()[1]
-        with pytest.raises(ContainerRunError, match=re.escape(f"port 127.0.0.1:{port}/udp: ")) as e:
-            check_ports([PortMapping("127.0.0.1", port, 53, "udp")])
-        assert e.value.hint
-    with pytest.raises(
-        InvalidRunOptionError, match=re.escape("127.0.0.1:1/udp is published twice")
-    ):
-        check_ports(
-            [PortMapping("127.0.0.1", 1, 53, "udp"), PortMapping("127.0.0.1", 1, 54, "udp")]
-        )
-    # the same number over tcp and udp are two ports (docker publishes 53/tcp and 53/udp apart)
-    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        tcp.bind(("127.0.0.1", 0))
-        port = tcp.getsockname()[1]
-        udp.bind(("127.0.0.1", port))
-    check_ports(
-        [PortMapping("127.0.0.1", port, 53, "tcp"), PortMapping("127.0.0.1", port, 53, "udp")]
-    )
-
-
-def test_udp_clients_evict_the_least_recently_used_past_the_bound_and_expire_idle_ones() -> None:
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
-    try:
-        clients = _UdpClients(idle=90.0, max_clients=2)
-        assert clients.next_expiry(0.0) is None
-        assert clients.add(("10.0.0.1", 1), socks[0], 0.0) is None
-        assert clients.add(("10.0.0.2", 2), socks[1], 1.0) is None
-        assert clients.get(("10.0.0.1", 1), 2.0) is socks[0]  # now the most recently used
-        assert clients.add(("10.0.0.3", 3), socks[2], 3.0) is socks[1]  # .2 was the oldest
-        assert clients.get(("10.0.0.2", 2), 3.0) is None
-        assert len(clients) == 2
-        assert clients.touch(socks[2], 50.0) == ("10.0.0.3", 3)  # a reply keeps it alive
-        assert clients.touch(socks[1], 50.0) is None  # an evicted socket maps to nobody
-        assert clients.next_expiry(60.0) == pytest.approx(32.0)  # .1, last used at 2.0
-        assert clients.expire(91.0) == []  # 89 s idle: kept
-        assert clients.expire(92.0) == [socks[0]]
-        assert clients.expire(139.0) == []
-        assert clients.expire(140.0) == [socks[2]]
-        assert len(clients) == 0
-        assert clients.sockets() == []
-    finally:
-        for s in socks:
-            s.close()
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="setns needs CAP_SYS_ADMIN")
-def test_udp_forwarder_relays_each_client_through_its_own_bounded_mapping() -> None:
-    # The forwarder enters this process's own network namespace (setns needs root even so),
-    # where a udp "container" server answers each datagram with the port it came from.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
-        server.bind(("127.0.0.1", 0))
-        server.settimeout(30)
-        mapping = PortMapping("127.0.0.1", 0, server.getsockname()[1], "udp")
-        host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        host.bind(("127.0.0.1", 0))
-        host_port = host.getsockname()[1]
-        forwarder = _PortForwarder([(mapping, host)], udp_max_clients=2)
-        forwarder.enter(os.getpid())
-        forwarder.start()
-        clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
-
-        def round_trip(c: socket.socket) -> int:
-            """The container-side port ``c``'s datagram came from; checks the reply."""
-            c.sendto(b"ping", ("127.0.0.1", host_port))
-            data, peer = server.recvfrom(100)
-            assert data == b"ping"
-            server.sendto(str(peer[1]).encode(), peer)
-            assert c.recv(100) == str(peer[1]).encode()  # the reply found its client
-            return int(peer[1])
-
-        try:
-            for c in clients:
-                c.settimeout(30)
-            first = [round_trip(c) for c in clients[:2]]
-            assert first[0] != first[1]  # one container-side socket per client
-            assert round_trip(clients[0]) == first[0]  # kept while in use; now .1 is newest
-            third = round_trip(clients[2])  # past the bound: client 1, least recently used, goes
-            assert third not in first
-            assert round_trip(clients[0]) == first[0]  # client 0 kept its mapping
-            assert round_trip(clients[1]) not in first  # client 1 got a new one
-        finally:
-            forwarder.close()
-            for c in clients:
-                c.close()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
-            again.bind(("127.0.0.1", host_port))  # close() released the host port
 
 
 def test_restart_policies_follow_docker() -> None:
@@ -942,11 +532,24 @@ def test_restart_policies_follow_docker() -> None:
             parse_restart(bad)
 
 
-def test_signals_are_checked_before_runc_sees_them() -> None:
-    assert parse_signal("kill") == "KILL"
-    assert parse_signal("SIGTERM") == "TERM"
-    assert parse_signal(9) == "9"
-    assert parse_signal("15") == "15"
-    for bad in ("BOGUS", "SIGBOGUS", "0", "999", "", "-1"):
-        with pytest.raises(InvalidRunOptionError, match="unknown signal"):
-            parse_signal(bad)
+# --- check_options: what cannot run is refused before anything is pulled or created -----------
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        (RunOptions(memory=1 << 20), "--memory"),
+        (RunOptions(cpus=0.0), "--cpus"),
+        (RunOptions(pids_limit=-5), "--pids-limit"),
+        (RunOptions(log_max_size=10), "--log-max-size"),
+        (RunOptions(restart=RestartPolicy("always")), "needs a detached container"),
+        (RunOptions(restart=RestartPolicy("always"), detach=True, rm=True), "without --rm"),
+        (RunOptions(cap_add=("CAP_NOPE",)), "NOPE"),
+    ],
+)
+def test_check_options_refuses_what_cannot_run(opts: RunOptions, message: str) -> None:
+    with pytest.raises(InvalidRunOptionError, match=message):
+        check_options(opts)
+
+
+def test_check_options_accepts_the_defaults_and_a_detached_restart() -> None:
+    check_options(RunOptions())
+    check_options(RunOptions(restart=RestartPolicy("on-failure", 3), detach=True, memory=6 << 20))
