@@ -28,7 +28,6 @@ from .errors import (
     ImageNotFoundError,
     InUseError,
     InvalidArgumentError,
-    InvalidPlatformError,
     LayerError,
     ManifestError,
     PlatformNotFoundError,
@@ -214,7 +213,7 @@ class Client:
         entry when it has none for this host.
         """
         reference = Reference.parse(ref)
-        plat, any_platform = _wanted_platform(platform)
+        plat, any_platform = oci.wanted_platform(platform)
         started = time.monotonic()
         with self._gc_lock(shared=True):
             progress(ProgressEvent(Phase.RESOLVING, message=str(reference)))
@@ -1128,23 +1127,6 @@ class _UploadMeter:
             self._progress(
                 ProgressEvent(Phase.UPLOADING, d.digest, d.media_type, self._sent, d.size)
             )
-
-
-def _wanted_platform(platform: object) -> tuple[Platform | None, bool]:
-    """``pull``'s platform argument as (the platform asked for, or None for this host's;
-    whether any platform will do)."""
-    if platform is None:
-        return None, False
-    if isinstance(platform, Platform):
-        return platform.normalized(), False
-    if isinstance(platform, str) and platform.strip().lower() == oci.ANY_PLATFORM:
-        return None, True
-    if not isinstance(platform, str):
-        raise InvalidPlatformError(
-            f"invalid platform {platform!r}: expected a string or a Platform",
-            hint="e.g. 'linux/amd64'",
-        )
-    return Platform.parse(platform), False
 
 
 class _UnpackDestination:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import oci
 from .errors import (
     ContainerNotFoundError,
     ContainerRunError,
@@ -212,9 +213,7 @@ class Containers:
 
 def _wanted(platform: str | Platform | None) -> Platform | None:
     """The platform ``run`` asks for (None: this host's, or any)."""
-    from .client import _wanted_platform
-
-    return _wanted_platform(platform)[0]
+    return oci.wanted_platform(platform)[0]
 
 
 @dataclass

@@ -477,3 +477,20 @@ def _str_map(v: object, where: str) -> dict[str, str]:
     if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
         raise ManifestError(f"{where} must be a map of strings")
     return dict(v)
+
+
+def wanted_platform(platform: object) -> tuple[Platform | None, bool]:
+    """``pull``'s and ``run``'s platform argument as (the platform asked for, or None for this
+    host's; whether any platform will do)."""
+    if platform is None:
+        return None, False
+    if isinstance(platform, Platform):
+        return platform.normalized(), False
+    if isinstance(platform, str) and platform.strip().lower() == ANY_PLATFORM:
+        return None, True
+    if not isinstance(platform, str):
+        raise InvalidPlatformError(
+            f"invalid platform {platform!r}: expected a string or a Platform",
+            hint="e.g. 'linux/amd64'",
+        )
+    return Platform.parse(platform), False

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from clikit import CLI_TIMEOUT, cli_argv, cli_env
+from clikit import CLI_TIMEOUT, cli_argv, cli_env, run_cli
 from fakeregistry import FakeRegistry, Fault
 from fastdist.testing.images import Dir, File, build_image, build_layer, tar_entries
 
@@ -159,15 +159,12 @@ def test_a_signal_during_a_pull_cleans_staging_and_says_so(
 def test_a_full_disk_mid_pull_says_what_to_free_and_that_the_download_resumes(
     tmp_path: Path,
 ) -> None:
-    from conftest import _CLI
-
     store = tmp_path / "store"
     store.mkdir()
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(store)], check=True
     )
     try:
-        cli = _CLI(store)
         # Zeros compress to almost nothing: the free-space check before the pull passes, and
         # the unpack runs out of room half way.
         layer = build_layer(tar_entries([Dir("big"), File("big/zeros", bytes(6 << 20))]))
@@ -176,10 +173,10 @@ def test_a_full_disk_mid_pull_says_what_to_free_and_that_the_download_resumes(
             for digest, blob in image.blobs().items():
                 reg.blobs[digest] = blob
             reg.add_manifest("full/disk", image.manifest, image.descriptor.media_type, "v1")
-            r = cli("pull", "--snapshotter", "native", f"{reg.host}/full/disk:v1")
+            r = run_cli(store, "pull", "--snapshotter", "native", f"{reg.host}/full/disk:v1")
     finally:
         subprocess.run(["umount", "-l", str(store)], check=False)
-    assert r.rc == 7, r.stderr  # StoreError
+    assert r.returncode == 7, r.stderr  # StoreError
     assert "Traceback" not in r.stderr
     error, hint = r.stderr.splitlines()[-2:]
     assert error.startswith("error: "), r.stderr
