@@ -14,6 +14,8 @@ import pytest
 
 if TYPE_CHECKING:
     from conftest import FastdistCLI, PushedImage
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
 
 pytestmark = pytest.mark.registry
 
@@ -98,10 +100,10 @@ def test_save_of_a_missing_image_is_an_error_and_writes_nothing(
 
 
 def test_push_prints_what_it_did_and_the_pushed_image_pulls_back(
-    fastdist: FastdistCLI, busybox: PushedImage, registry: object
+    fastdist: FastdistCLI, busybox: PushedImage, registry: LocalRegistry
 ) -> None:
     assert fastdist("pull", "-q", busybox.ref).rc == 0
-    dest = f"{registry.host}/e2e/pushed-copy:v1"  # type: ignore[attr-defined]
+    dest = f"{registry.host}/e2e/pushed-copy:v1"
     r = fastdist("push", busybox.ref, dest)
     assert r.rc == 0, r.stderr
     assert r.stdout.splitlines()[-1] == (
@@ -148,10 +150,10 @@ def _check_push_events(events: list[dict[str, object]], pushed: PushedImage, des
 
 
 def test_push_json_is_one_event_per_line_blob_outcomes_then_manifest_then_tag(
-    fastdist: FastdistCLI, busybox: PushedImage, registry: object
+    fastdist: FastdistCLI, busybox: PushedImage, registry: LocalRegistry
 ) -> None:
     assert fastdist("pull", "-q", busybox.ref).rc == 0
-    dest = f"{registry.host}/e2e/pushed-json:v1"  # type: ignore[attr-defined]
+    dest = f"{registry.host}/e2e/pushed-json:v1"
     r = fastdist("push", "--json", busybox.ref, dest)
     assert r.rc == 0, r.stderr
     assert _check_push_events(_events(r.stdout), busybox, dest) == "mounted"
@@ -161,14 +163,14 @@ def test_push_json_is_one_event_per_line_blob_outcomes_then_manifest_then_tag(
     # Under another registry's name there is nothing to mount from, and a HEAD in a new
     # repository does not see blobs linked only to others: every blob is uploaded.
     assert fastdist("tag", busybox.ref, "example.test/e2e/bb:1").rc == 0
-    other = f"{registry.host}/e2e/pushed-json-upload:v1"  # type: ignore[attr-defined]
+    other = f"{registry.host}/e2e/pushed-json-upload:v1"
     r = fastdist("push", "--json", "example.test/e2e/bb:1", other)
     assert r.rc == 0, r.stderr
     assert _check_push_events(_events(r.stdout), busybox, other) == "uploaded"
 
 
 def test_push_of_an_index_missing_a_platform_notes_it_and_all_refuses_with_a_hint(
-    fastdist: FastdistCLI, registry: object, pusher: object
+    fastdist: FastdistCLI, registry: LocalRegistry, pusher: Pusher
 ) -> None:
     from fastdist.oci import Platform
     from fastdist.testing.images import (
@@ -180,7 +182,7 @@ def test_push_of_an_index_missing_a_platform_notes_it_and_all_refuses_with_a_hin
         tar_entries,
     )
 
-    host = registry.host  # type: ignore[attr-defined]
+    host = registry.host
     index = build_index(
         [
             build_image(

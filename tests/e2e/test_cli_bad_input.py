@@ -14,6 +14,7 @@ import pytest
 
 if TYPE_CHECKING:
     from conftest import FastdistCLI, PushedImage
+    from fastdist.testing.registry import LocalRegistry
 
 pytestmark = pytest.mark.registry
 
@@ -122,14 +123,14 @@ def test_the_table_has_at_least_thirty_bad_inputs() -> None:
 
 @pytest.mark.parametrize("bad", _params())
 def test_a_bad_input_ends_in_error_and_hint_with_its_exit_code_and_no_traceback(
-    fastdist: FastdistCLI, busybox: PushedImage, registry: object, tmp_path: Path, bad: Row
+    fastdist: FastdistCLI, busybox: PushedImage, registry: LocalRegistry, tmp_path: Path, bad: Row
 ) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory\n")
     if bad.args[:1] == ("unpack",) and "{file}" in bad.args:
         assert fastdist("pull", "-q", busybox.ref).rc == 0
     fill = {
-        "reg": registry.host,  # type: ignore[attr-defined]
+        "reg": registry.host,
         "img": busybox.ref,
         "tmp": str(tmp_path),
         "file": str(a_file),

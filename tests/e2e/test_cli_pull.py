@@ -19,6 +19,7 @@ from fastdist.testing.registry import free_port
 
 if TYPE_CHECKING:
     from conftest import FastdistCLI, PushedImage
+    from fastdist.testing.registry import LocalRegistry
 
 pytestmark = pytest.mark.registry
 BUSYBOX = Path("/bin/busybox")
@@ -357,14 +358,14 @@ def test_invalid_reference_exits_2_with_error_and_hint(fastdist: FastdistCLI, re
 
 
 def test_unknown_tag_is_a_registry_not_found_error_naming_the_url(
-    fastdist: FastdistCLI, busybox: PushedImage, registry: object, tmp_path: Path
+    fastdist: FastdistCLI, busybox: PushedImage, registry: LocalRegistry, tmp_path: Path
 ) -> None:
     # Credentials for the registry are configured: they must never show in a message.
     docker_config = tmp_path / "docker"
     docker_config.mkdir()
     secret = "s3cr3t-pa55word"
     auth = base64.b64encode(f"someone:{secret}".encode()).decode()
-    host = registry.host  # type: ignore[attr-defined]
+    host = registry.host
     (docker_config / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
     repo = busybox.ref.rpartition(":")[0]
     r = fastdist("pull", f"{repo}:no-such-tag", env={"DOCKER_CONFIG": str(docker_config)})

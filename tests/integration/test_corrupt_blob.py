@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,6 +14,10 @@ from fastdist.oci import Digest
 from fastdist.progress import Phase, ProgressEvent
 from fastdist.testing.images import BuiltImage, File, build_image, build_layer, push_image
 from fastdist.testing.images import tar_entries as tar
+
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
 
 pytestmark = pytest.mark.registry
 
@@ -37,8 +42,8 @@ def _flip_a_byte(client: Client, digest: Digest, at: int = -10) -> None:
     assert not client.content.intact(digest)
 
 
-def _pushed(registry: object, pusher: object, name: str) -> tuple[str, BuiltImage]:
-    ref = f"{registry.host}/corrupt/{name}:v1"  # type: ignore[attr-defined]
+def _pushed(registry: LocalRegistry, pusher: Pusher, name: str) -> tuple[str, BuiltImage]:
+    ref = f"{registry.host}/corrupt/{name}:v1"
     image = _image(name)
     push_image(pusher, ref, image)
     return ref, image
@@ -49,7 +54,7 @@ def _downloaded(events: list[ProgressEvent]) -> set[str]:
 
 
 def test_check_repair_removes_a_corrupt_layer_and_the_next_pull_fetches_it_again(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
     ref, image = _pushed(registry, pusher, "repair")
     client = Client(store_root)
@@ -74,7 +79,7 @@ def test_check_repair_removes_a_corrupt_layer_and_the_next_pull_fetches_it_again
 
 @pytest.mark.parametrize("snapshotter", ["native", "overlayfs"])
 def test_pull_refetches_a_corrupt_stored_layer_it_must_unpack_again(
-    registry: object, pusher: object, store_root: Path, snapshotter: str
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
 ) -> None:
     if snapshotter == "overlayfs" and os.geteuid() != 0:
         pytest.skip("overlayfs needs root")
@@ -95,7 +100,7 @@ def test_pull_refetches_a_corrupt_stored_layer_it_must_unpack_again(
 
 
 def test_a_present_image_with_a_corrupt_config_is_pulled_again_not_reported_present(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
     ref, image = _pushed(registry, pusher, "config")
     client = Client(store_root)
@@ -113,7 +118,7 @@ def test_a_present_image_with_a_corrupt_config_is_pulled_again_not_reported_pres
 
 
 def test_a_corrupt_stored_manifest_is_replaced_by_the_pull(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
     ref, image = _pushed(registry, pusher, "manifest")
     client = Client(store_root)

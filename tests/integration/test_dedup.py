@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pullkit import SNAPSHOTTERS
@@ -28,6 +29,10 @@ from fastdist.testing.images import (
     tar_entries,
 )
 
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
+
 pytestmark = pytest.mark.registry
 
 BIG = bytes(range(256)) * 64  # 16 KiB: blocks to save
@@ -43,9 +48,9 @@ APP = [
 
 
 def _push(
-    registry: object, pusher: object, name: str, entries: list, extra: list | None = None
+    registry: LocalRegistry, pusher: Pusher, name: str, entries: list, extra: list | None = None
 ) -> str:  # type: ignore[type-arg]
-    ref = f"{registry.host}/it/dedup-{name}:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/dedup-{name}:v1"
     layers = [build_layer(tar_entries(entries + (extra or [])))]
     push_image(pusher, ref, build_image(layers, cmd=["/bin/sh"]))
     return ref
@@ -61,7 +66,7 @@ def _ino(p: Path) -> int:
 
 
 def _two(
-    registry: object, pusher: object, root: Path, snapshotter: str, tag: str
+    registry: LocalRegistry, pusher: Pusher, root: Path, snapshotter: str, tag: str
 ) -> tuple[Client, Image, Image]:
     # The same files in a "rebuilt" layer: another digest (one file more), most files unchanged.
     a = _push(registry, pusher, f"{tag}-a-{snapshotter}", APP)
@@ -72,7 +77,7 @@ def _two(
 
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_dedup_shares_equal_files_between_images_and_df_and_rmi_count_it(
-    registry: object, pusher: object, store_root: Path, snapshotter: str
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
 ) -> None:
     client, a, b = _two(registry, pusher, store_root, snapshotter, "share")
     before = client.disk_usage()
@@ -118,8 +123,8 @@ def _forced(rec: ManifestRecord) -> tuple[str, int]:
 
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_dedup_never_links_files_differing_in_a_byte_mode_owner_mtime_or_xattrs(
-    registry: object,
-    pusher: object,
+    registry: LocalRegistry,
+    pusher: Pusher,
     store_root: Path,
     snapshotter: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -157,7 +162,7 @@ def test_dedup_never_links_files_differing_in_a_byte_mode_owner_mtime_or_xattrs(
 
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_a_container_writing_a_shared_file_does_not_change_the_other_image(
-    registry: object, pusher: object, store_root: Path, snapshotter: str, tmp_path: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str, tmp_path: Path
 ) -> None:
     client, a, b = _two(registry, pusher, store_root, snapshotter, "write")
     assert client.dedup().linked > 0
@@ -180,7 +185,7 @@ def test_a_container_writing_a_shared_file_does_not_change_the_other_image(
 @pytest.mark.parametrize("point", ["dedup-linked", "dedup-renamed"])
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_a_crash_mid_dedup_leaves_every_tree_correct(
-    registry: object, pusher: object, store_root: Path, snapshotter: str, point: str
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str, point: str
 ) -> None:
     client, a, b = _two(registry, pusher, store_root, snapshotter, f"crash-{point}")
     env = {**os.environ, "FASTDIST_TEST_CRASH_AT": point}
@@ -202,7 +207,7 @@ def test_a_crash_mid_dedup_leaves_every_tree_correct(
 
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_cli_dedup_and_system_df_as_table_and_json(
-    registry: object, pusher: object, store_root: Path, snapshotter: str
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
 ) -> None:
     _client, a, b = _two(registry, pusher, store_root, snapshotter, "cli")
     base = [sys.executable, "-m", "fastdist", "--root", str(store_root)]

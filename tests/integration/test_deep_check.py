@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pullkit import SNAPSHOTTERS
@@ -21,11 +22,17 @@ from fastdist.client import Client, Image
 from fastdist.snapshots import snapshotter_by_name
 from fastdist.testing.images import build_image, build_layer, push_image, tar_entries
 
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
+
 pytestmark = pytest.mark.registry
 
 
-def _pull(registry: object, pusher: object, root: Path, snapshotter: str, name: str) -> Image:
-    ref = f"{registry.host}/it/deep-{name}-{snapshotter}:v1"  # type: ignore[attr-defined]
+def _pull(
+    registry: LocalRegistry, pusher: Pusher, root: Path, snapshotter: str, name: str
+) -> Image:
+    ref = f"{registry.host}/it/deep-{name}-{snapshotter}:v1"
     layers = [build_layer(tar_entries(t)) for t in (BASE, TOP)]  # type: ignore[arg-type]
     push_image(pusher, ref, build_image(layers, cmd=["/bin/sh"]))
     return Client(root, snapshotter=snapshotter).pull(ref)
@@ -50,7 +57,7 @@ def _findings(report: CheckReport) -> set[tuple[str, str, tuple[str, ...]]]:
 
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_deep_check_of_a_clean_pull_finds_nothing(
-    registry: object, pusher: object, store_root: Path, snapshotter: str
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
 ) -> None:
     img = _pull(registry, pusher, store_root, snapshotter, "clean")
     report = Client(store_root, snapshotter=snapshotter).check(deep=True)
@@ -85,8 +92,8 @@ def _flip(p: Path) -> None:
 )
 @pytest.mark.damages_trees
 def test_deep_check_finds_each_kind_of_damage_in_its_layer_and_image(
-    registry: object,
-    pusher: object,
+    registry: LocalRegistry,
+    pusher: Pusher,
     store_root: Path,
     snapshotter: str,
     damage: str,
@@ -130,7 +137,7 @@ def test_deep_check_finds_each_kind_of_damage_in_its_layer_and_image(
 
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_deep_repair_removes_the_damaged_snapshot_and_a_pull_restores_it(
-    registry: object, pusher: object, store_root: Path, snapshotter: str
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
 ) -> None:
     img = _pull(registry, pusher, store_root, snapshotter, "repair")
     tool = _holder(store_root, img, snapshotter, "usr/bin/tool")
@@ -159,7 +166,7 @@ def test_deep_repair_removes_the_damaged_snapshot_and_a_pull_restores_it(
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 @pytest.mark.damages_trees
 def test_cli_check_deep_reports_files_as_text_and_json(
-    registry: object, pusher: object, store_root: Path, snapshotter: str
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
 ) -> None:
     img = _pull(registry, pusher, store_root, snapshotter, "cli")
     (_holder(store_root, img, snapshotter, "data/keep")).unlink()
@@ -183,7 +190,7 @@ def test_cli_check_deep_reports_files_as_text_and_json(
 @pytest.mark.damages_trees
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_deep_repair_keeps_a_damaged_snapshot_a_container_stands_on(
-    registry: object, pusher: object, store_root: Path, snapshotter: str
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
 ) -> None:
     img = _pull(registry, pusher, store_root, snapshotter, "inuse")
     snap = snapshotter_by_name(snapshotter, store_root)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pullkit import SNAPSHOTTERS
@@ -15,15 +16,19 @@ from fastdist.client import Client
 from fastdist.fingerprint import open_in_root, parse_manifest, xxh3_file
 from fastdist.testing.images import build_image, build_layer, push_image, tar_entries
 
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
+
 pytestmark = pytest.mark.registry
 
 
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_every_committed_layer_has_a_manifest_matching_its_tree(
-    registry: object, pusher: object, store_root: Path, snapshotter: str, compression: str
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str, compression: str
 ) -> None:
-    ref = f"{registry.host}/it/manifest-{compression}:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/manifest-{compression}:v1"
     layers = [build_layer(tar_entries(t), compression) for t in (BASE, TOP)]  # type: ignore[arg-type]
     push_image(pusher, ref, build_image(layers, cmd=["/bin/sh"]))
     client = Client(store_root, snapshotter=snapshotter)

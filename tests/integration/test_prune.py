@@ -7,11 +7,16 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from fastdist.client import Client
 from fastdist.testing.images import File, build_image, build_layer, push_image, tar_entries
+
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
 
 pytestmark = [
     pytest.mark.registry,
@@ -31,9 +36,9 @@ def tmpfs_root(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_prune_keeps_a_store_root_that_is_a_mount_point(
-    registry: object, pusher: object, tmpfs_root: Path, tmp_path: Path
+    registry: LocalRegistry, pusher: Pusher, tmpfs_root: Path, tmp_path: Path
 ) -> None:
-    ref = f"{registry.host}/it/prune-on-tmpfs:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/prune-on-tmpfs:v1"
     push_image(pusher, ref, build_image([build_layer(tar_entries([File("kept", b"k")]))]))
     client = Client(tmpfs_root, snapshotter="native")
     client.pull(ref)

@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -36,6 +37,10 @@ from fastdist.testing.images import (
     tar_entries,
     tree_snapshot,
 )
+
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
 
 pytestmark = pytest.mark.registry
 
@@ -88,14 +93,14 @@ def _client(root: Path) -> Client:
     [("gzip", "oci"), ("zstd", "oci"), ("none", "oci"), ("gzip", "docker")],
 )
 def test_pull_applies_whiteouts_opaque_dirs_links_and_special_files(
-    registry: object,
-    pusher: object,
+    registry: LocalRegistry,
+    pusher: Pusher,
     store_root: Path,
     tmp_path: Path,
     compression: str,
     flavor: str,
 ) -> None:
-    ref = f"{registry.host}/it/two-layer-{compression}-{flavor}:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/two-layer-{compression}-{flavor}:v1"
     image = _two_layer_image(compression, flavor)
     digest = push_image(pusher, ref, image)  # type: ignore[arg-type]
 
@@ -126,9 +131,9 @@ def test_pull_applies_whiteouts_opaque_dirs_links_and_special_files(
 
 
 def test_images_lists_reference_type_digest_and_full_size(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
-    ref = f"{registry.host}/it/listed:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/listed:v1"
     image = _two_layer_image()
     push_image(pusher, ref, image)  # type: ignore[arg-type]
     client = _client(store_root)
@@ -148,13 +153,13 @@ def test_images_lists_reference_type_digest_and_full_size(
 
 
 def test_second_pull_fetches_nothing_and_shares_layers(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
     base = build_layer(tar_entries(BASE))
     a = build_image([base], cmd=["a"])
     b = build_image([base, build_layer(tar_entries([File("only-b", "b")]))], cmd=["b"])
-    ref_a = f"{registry.host}/it/share-a:v1"  # type: ignore[attr-defined]
-    ref_b = f"{registry.host}/it/share-b:v1"  # type: ignore[attr-defined]
+    ref_a = f"{registry.host}/it/share-a:v1"
+    ref_b = f"{registry.host}/it/share-b:v1"
     push_image(pusher, ref_a, a)  # type: ignore[arg-type]
     push_image(pusher, ref_b, b)  # type: ignore[arg-type]
     client = _client(store_root)
@@ -173,7 +178,7 @@ def test_second_pull_fetches_nothing_and_shares_layers(
 
 
 def test_index_resolves_host_platform_and_platform_flag(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
     host = Platform.host()
     other = (
@@ -183,7 +188,7 @@ def test_index_resolves_host_platform_and_platform_flag(
     )
     img_host = build_image([build_layer(tar_entries([File("arch", "host")]))], platform=host)
     img_other = build_image([build_layer(tar_entries([File("arch", "other")]))], platform=other)
-    ref = f"{registry.host}/it/multi:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/multi:v1"
     idx = build_index([img_other, img_host])
     push_image(pusher, ref, idx)
 
@@ -203,11 +208,11 @@ def test_index_resolves_host_platform_and_platform_flag(
 
 
 def test_config_diff_id_mismatch_fails_and_lists_nothing(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
     layer = build_layer(tar_entries([File("a", "a")]))
     bad = build_image([layer], diff_ids=["sha256:" + "0" * 64])
-    ref = f"{registry.host}/it/bad-diffid:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/bad-diffid:v1"
     push_image(pusher, ref, bad)  # type: ignore[arg-type]
     client = _client(store_root)
     with pytest.raises(DigestMismatchError):
@@ -219,11 +224,11 @@ def test_config_diff_id_mismatch_fails_and_lists_nothing(
 
 
 def test_layer_count_mismatch_is_a_manifest_error(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
     layer = build_layer(tar_entries([File("a", "a")]))
     bad = build_image([layer], diff_ids=[layer.diff_id, layer.diff_id])
-    ref = f"{registry.host}/it/bad-count:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/bad-count:v1"
     push_image(pusher, ref, bad)  # type: ignore[arg-type]
     with pytest.raises(ManifestError, match="2 diff_ids"):
         _client(store_root).pull(ref)
@@ -231,11 +236,11 @@ def test_layer_count_mismatch_is_a_manifest_error(
 
 @pytest.mark.slow
 def test_large_layer_pulls_and_verifies(
-    registry: object, pusher: object, store_root: Path, tmp_path: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, tmp_path: Path
 ) -> None:
     big = os.urandom(1 << 20) * 40 + os.urandom(70 << 20)  # 110 MiB, partly compressible
     layer = build_layer(tar_entries([File("big.bin", big)]))
-    ref = f"{registry.host}/it/big:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/big:v1"
     push_image(pusher, ref, build_image([layer]))  # type: ignore[arg-type]
     client = _client(store_root)
     client.pull(ref)
@@ -246,9 +251,9 @@ def test_large_layer_pulls_and_verifies(
 
 
 def test_rmi_then_prune_frees_content_and_snapshots(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
-    ref = f"{registry.host}/it/pruned:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/pruned:v1"
     push_image(pusher, ref, _two_layer_image())  # type: ignore[arg-type]
     client = _client(store_root)
     client.pull(ref)
@@ -267,10 +272,10 @@ def test_rmi_then_prune_frees_content_and_snapshots(
 )
 @pytest.mark.skipif(os.geteuid() != 0, reason="umoci unpack of owned files needs root")
 def test_unpack_matches_umoci_unpack(
-    registry: object, pusher: object, store_root: Path, tmp_path: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, tmp_path: Path
 ) -> None:
     """Differential: the same image unpacked by fastdist and by umoci gives the same tree."""
-    ref = f"{registry.host}/it/diff-umoci:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/diff-umoci:v1"
     image = _two_layer_image()
     push_image(pusher, ref, image)  # type: ignore[arg-type]
     client = _client(store_root)

@@ -5,6 +5,7 @@ against Debian's docker-registry."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +21,10 @@ from fastdist.testing.images import (
     push_image,
     tar_entries,
 )
+
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
 
 pytestmark = pytest.mark.registry
 
@@ -45,9 +50,9 @@ def test_a_malformed_platform_is_a_typed_error_before_any_request(
 
 
 def test_a_single_platform_image_for_another_platform_is_refused_before_its_layers(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
-    ref = f"{registry.host}/platform/host-only:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/platform/host-only:v1"
     image = _image("host")
     push_image(pusher, ref, image)
     client = Client(store_root)
@@ -69,17 +74,17 @@ def test_a_single_platform_image_for_another_platform_is_refused_before_its_laye
 
 
 def test_platform_any_pulls_a_foreign_single_platform_image_and_an_index_without_this_host(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
     foreign = _image("s390x", S390X)
-    ref = f"{registry.host}/platform/foreign:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/platform/foreign:v1"
     push_image(pusher, ref, foreign)
     client = Client(store_root, snapshotter="native")
     img = client.pull(ref, platform="any")
     assert img.config().platform == S390X
 
     index = build_index([_image("ppc", PPC), _image("s390x-2", S390X)])
-    iref = f"{registry.host}/platform/no-host:v1"  # type: ignore[attr-defined]
+    iref = f"{registry.host}/platform/no-host:v1"
     push_image(pusher, iref, index)
     with pytest.raises(PlatformNotFoundError):
         client.pull(iref)

@@ -4,6 +4,7 @@ where something is missing or moved so the full pull must run."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -11,6 +12,10 @@ from fastdist.client import Client
 from fastdist.oci import Descriptor
 from fastdist.progress import Phase, ProgressEvent
 from fastdist.testing.images import File, build_image, build_layer, push_image, tar_entries
+
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
 
 pytestmark = pytest.mark.registry
 
@@ -40,9 +45,9 @@ def _phases(events: list[ProgressEvent], desc: Descriptor) -> set[Phase]:
 
 
 def test_pull_of_a_present_image_fetches_nothing_reports_exists_and_bumps_updated(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
-    ref = f"{registry.host}/present/fast:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/present/fast:v1"
     image = _image("v1")
     push_image(pusher, ref, image)  # type: ignore[arg-type]
     client = Client(store_root)
@@ -67,9 +72,9 @@ def test_pull_of_a_present_image_fetches_nothing_reports_exists_and_bumps_update
 
 
 def test_pull_of_a_present_image_missing_a_snapshot_unpacks_it_again(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
-    ref = f"{registry.host}/present/lost-snapshot:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/present/lost-snapshot:v1"
     image = _image("snap")
     push_image(pusher, ref, image)  # type: ignore[arg-type]
     client = Client(store_root)
@@ -88,9 +93,9 @@ def test_pull_of_a_present_image_missing_a_snapshot_unpacks_it_again(
 
 
 def test_pull_of_a_present_image_missing_a_blob_fetches_it_again(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
-    ref = f"{registry.host}/present/lost-blob:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/present/lost-blob:v1"
     image = _image("blob")
     push_image(pusher, ref, image)  # type: ignore[arg-type]
     client = Client(store_root)
@@ -107,9 +112,9 @@ def test_pull_of_a_present_image_missing_a_blob_fetches_it_again(
 
 
 def test_pull_after_the_tag_moved_pulls_the_new_image(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
-    ref = f"{registry.host}/present/moved:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/present/moved:v1"
     push_image(pusher, ref, _image("old"))  # type: ignore[arg-type]
     client = Client(store_root)
     old = client.pull(ref)
@@ -134,11 +139,11 @@ class _NoResolve:
 
 
 def test_pull_of_a_present_digest_reference_never_asks_the_registry(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
-    tagged = f"{registry.host}/present/pinned:v1"  # type: ignore[attr-defined]
+    tagged = f"{registry.host}/present/pinned:v1"
     digest = push_image(pusher, tagged, _image("pinned"))  # type: ignore[arg-type]
-    pinned = f"{registry.host}/present/pinned@{digest}"  # type: ignore[attr-defined]
+    pinned = f"{registry.host}/present/pinned@{digest}"
     first = Client(store_root).pull(pinned)
 
     client = Client(store_root)  # a new process, as the CLI would be
@@ -155,11 +160,11 @@ def test_pull_of_a_present_digest_reference_never_asks_the_registry(
 
 
 def test_pull_of_a_digest_reference_with_a_missing_layer_goes_to_the_registry(
-    registry: object, pusher: object, store_root: Path
+    registry: LocalRegistry, pusher: Pusher, store_root: Path
 ) -> None:
-    tagged = f"{registry.host}/present/pinned-broken:v1"  # type: ignore[attr-defined]
+    tagged = f"{registry.host}/present/pinned-broken:v1"
     digest = push_image(pusher, tagged, _image("broken"))  # type: ignore[arg-type]
-    pinned = f"{registry.host}/present/pinned-broken@{digest}"  # type: ignore[attr-defined]
+    pinned = f"{registry.host}/present/pinned-broken@{digest}"
     client = Client(store_root)
     first = client.pull(pinned)
     client.content.delete(first.record.layer_digests[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pullkit import SNAPSHOTTERS, expected_tree, serve, unpacked_tree
@@ -24,6 +25,10 @@ from fastdist.testing.images import (
     tar_entries,
 )
 from fastdist.transport import TransportConfig
+
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
 
 CH = 64 << 10
 RANGED = FetchConfig(range_threshold=2 * CH, chunk_size=CH, window=4 * CH, adaptive=False)
@@ -51,11 +56,11 @@ def _image(compression: str, seed: int = 1) -> BuiltImage:
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_ranged_pull_stores_identical_blobs_and_unpacks_identical_trees(
-    registry: object, pusher: object, store_root: Path, compression: str, snapshotter: str
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, compression: str, snapshotter: str
 ) -> None:
     img = _image(compression)
     assert img.layers[0].descriptor.size > 4 * CH  # fetched in ranges
-    ref = f"{registry.host}/it/ranged-{compression}-{snapshotter}:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/ranged-{compression}-{snapshotter}:v1"
     push_image(pusher, ref, img)  # type: ignore[arg-type]
     client = Client(store_root, snapshotter=snapshotter, fetch_config=RANGED)
     windowed: list[int] = []

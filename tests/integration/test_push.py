@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -28,12 +29,16 @@ from fastdist.testing.images import (
     tree_snapshot,
 )
 
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
+
 pytestmark = pytest.mark.registry
 
 
 @pytest.fixture(scope="module")
-def src_ref(registry: object, pusher: object) -> str:
-    ref = f"{registry.host}/it/push-src:v1"  # type: ignore[attr-defined]
+def src_ref(registry: LocalRegistry, pusher: Pusher) -> str:
+    ref = f"{registry.host}/it/push-src:v1"
     image = build_image(
         [
             build_layer(tar_entries([Dir("etc"), File("etc/a", b"one\n")])),
@@ -58,11 +63,11 @@ def _manifest_digest(ref: str) -> str:
 
 
 def test_push_to_another_repository_of_the_same_registry_mounts_every_blob(
-    src_ref: str, registry: object, tmp_path: Path
+    src_ref: str, registry: LocalRegistry, tmp_path: Path
 ) -> None:
     client = Client(tmp_path / "store", snapshotter="native")
     img = client.pull(src_ref)
-    dest = f"{registry.host}/it/push-mounted:v2"  # type: ignore[attr-defined]
+    dest = f"{registry.host}/it/push-mounted:v2"
     events: list[ProgressEvent] = []
     rep = client.push(src_ref, dest, progress=events.append)
     blobs = {img.record.config_digest, *img.record.layer_digests}
@@ -79,7 +84,7 @@ def test_push_to_another_repository_of_the_same_registry_mounts_every_blob(
 
 
 def test_push_of_a_loaded_image_uploads_and_reads_back_with_skopeo_and_umoci(
-    src_ref: str, registry: object, tmp_path: Path
+    src_ref: str, registry: LocalRegistry, tmp_path: Path
 ) -> None:
     if shutil.which("skopeo") is None or shutil.which("umoci") is None:
         pytest.skip("needs skopeo and umoci")
@@ -90,7 +95,7 @@ def test_push_of_a_loaded_image_uploads_and_reads_back_with_skopeo_and_umoci(
     buf.seek(0)
     client = Client(tmp_path / "store", snapshotter="native")
     (img,) = client.load(buf, tag="example.test/loaded:1")
-    dest = f"{registry.host}/it/push-uploaded:v1"  # type: ignore[attr-defined]
+    dest = f"{registry.host}/it/push-uploaded:v1"
     sent: list[int] = []
     rep = client.push(
         img.name,
@@ -121,7 +126,7 @@ def test_push_of_a_loaded_image_uploads_and_reads_back_with_skopeo_and_umoci(
 
 
 def test_push_that_fails_midway_leaves_no_tag(
-    src_ref: str, registry: object, tmp_path: Path
+    src_ref: str, registry: LocalRegistry, tmp_path: Path
 ) -> None:
     src = Client(tmp_path / "src", snapshotter="native")
     src.pull(src_ref)
@@ -135,7 +140,7 @@ def test_push_that_fails_midway_leaves_no_tag(
     data = bytearray(last.read_bytes())
     data[100] ^= 0xFF  # the registry verifies the digest of what it receives and refuses it
     last.write_bytes(bytes(data))
-    dest = f"{registry.host}/it/push-broken:v1"  # type: ignore[attr-defined]
+    dest = f"{registry.host}/it/push-broken:v1"
     with pytest.raises(RegistryError):
         client.push(img.name, dest)
     fresh = Client(tmp_path / "fresh")
@@ -210,9 +215,9 @@ def _raw(ref: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def multi(registry: object, pusher: object) -> tuple[str, BuiltIndex]:
+def multi(registry: LocalRegistry, pusher: Pusher) -> tuple[str, BuiltIndex]:
     """A two-platform index (amd64 and arm64), each platform with a layer of its own."""
-    ref = f"{registry.host}/it/push-multi:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/push-multi:v1"
     images = [
         build_image(
             [build_layer(tar_entries([File(f"etc/{arch}", os.urandom(2000))]))],
@@ -227,13 +232,13 @@ def multi(registry: object, pusher: object) -> tuple[str, BuiltIndex]:
 
 @pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
 def test_push_of_an_index_with_every_platform_present_sends_the_whole_index(
-    multi: tuple[str, BuiltIndex], registry: object, tmp_path: Path
+    multi: tuple[str, BuiltIndex], registry: LocalRegistry, tmp_path: Path
 ) -> None:
     ref, index = multi
     client = Client(tmp_path / "store", snapshotter="native")
     client.pull(ref, platform="linux/arm64")
     client.pull(ref, platform="linux/amd64")  # the name now points at amd64; arm64 stays
-    dest = f"{registry.host}/it/push-multi-copy:v1"  # type: ignore[attr-defined]
+    dest = f"{registry.host}/it/push-multi-copy:v1"
     rep = client.push(ref, dest, all_platforms=True)
     assert rep.digest == index.descriptor.digest
     assert rep.missing == ()
@@ -250,12 +255,12 @@ def test_push_of_an_index_with_every_platform_present_sends_the_whole_index(
 
 @pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
 def test_push_of_an_index_with_a_platform_missing_pushes_the_present_one_or_refuses(
-    multi: tuple[str, BuiltIndex], registry: object, tmp_path: Path
+    multi: tuple[str, BuiltIndex], registry: LocalRegistry, tmp_path: Path
 ) -> None:
     ref, index = multi
     client = Client(tmp_path / "store", snapshotter="native")
     client.pull(ref, platform="linux/arm64")
-    strict = f"{registry.host}/it/push-multi-strict:v1"  # type: ignore[attr-defined]
+    strict = f"{registry.host}/it/push-multi-strict:v1"
     with pytest.raises(IncompleteImageError) as info:
         client.push(ref, strict, all_platforms=True)
     assert info.value.missing == ("linux/amd64",)
@@ -265,7 +270,7 @@ def test_push_of_an_index_with_a_platform_missing_pushes_the_present_one_or_refu
     with pytest.raises(RegistryError) as e:
         fresh.pull(strict)  # refused before anything was sent: no tag
     assert e.value.status == 404
-    dest = f"{registry.host}/it/push-multi-partial:v1"  # type: ignore[attr-defined]
+    dest = f"{registry.host}/it/push-multi-partial:v1"
     rep = client.push(ref, dest)
     assert rep.missing == ("linux/amd64",)
     assert rep.manifests == ()
@@ -275,7 +280,7 @@ def test_push_of_an_index_with_a_platform_missing_pushes_the_present_one_or_refu
 
 
 def test_a_blob_over_the_chunk_size_goes_to_the_real_registry_in_chunks(
-    registry: object, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    registry: LocalRegistry, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from fastdist.oci import sha256_digest
     from fastdist.pusher import Pusher
@@ -286,7 +291,7 @@ def test_a_blob_over_the_chunk_size_goes_to_the_real_registry_in_chunks(
     path = tmp_path / "blob"
     path.write_bytes(data)
     digest = sha256_digest(data)
-    ref = Reference.parse(f"{registry.host}/it/push-chunked")  # type: ignore[attr-defined]
+    ref = Reference.parse(f"{registry.host}/it/push-chunked")
     t = Transport()
     with caplog.at_level("DEBUG", logger="fastdist.pusher"):
         assert Pusher(t, chunk_size=1 << 20).push_blob(ref, digest, str(path)) == "uploaded"

@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -42,6 +42,10 @@ from fastdist.testing.images import (
     tree_snapshot,
 )
 
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
+
 pytestmark = pytest.mark.registry
 
 
@@ -66,16 +70,16 @@ def _image(second: str = "zstd") -> BuiltImage:
 
 
 @pytest.fixture(scope="module")
-def src_ref(registry: object, pusher: object) -> str:
-    ref = f"{registry.host}/it/archive:v1"  # type: ignore[attr-defined]
+def src_ref(registry: LocalRegistry, pusher: Pusher) -> str:
+    ref = f"{registry.host}/it/archive:v1"
     push_image(pusher, ref, _image())
     return ref
 
 
 @pytest.fixture(scope="module")
-def gzip_ref(registry: object, pusher: object) -> str:
+def gzip_ref(registry: LocalRegistry, pusher: Pusher) -> str:
     """The image without zstd: docker-archive readers (skopeo, docker, podman) refuse zstd."""
-    ref = f"{registry.host}/it/archive-gzip:v1"  # type: ignore[attr-defined]
+    ref = f"{registry.host}/it/archive-gzip:v1"
     push_image(pusher, ref, _image("gzip"))
     return ref
 

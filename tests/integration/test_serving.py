@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pytest
@@ -43,6 +44,10 @@ from fastdist.testing.images import (
     tar_entries,
     tree_snapshot,
 )
+
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
 
 pytestmark = pytest.mark.registry
 
@@ -89,8 +94,8 @@ def _start(client: Client, **kw: object) -> RegistryServer:
 
 
 @pytest.fixture
-def served(registry: object, pusher: object, tmp_path: Path) -> Iterator[Served]:
-    upstream = registry.host  # type: ignore[attr-defined]
+def served(registry: LocalRegistry, pusher: Pusher, tmp_path: Path) -> Iterator[Served]:
+    upstream = registry.host
     path = f"serve/app{os.urandom(3).hex()}"
     image = _image(path)
     index = build_index([image])
@@ -234,7 +239,7 @@ def test_unknown_names_tags_and_digests_are_spec_errors(served: Served) -> None:
         assert r.headers["Content-Type"] == "application/json"
 
 
-def test_tags_list_names_the_repository_tags(served: Served, pusher: object) -> None:
+def test_tags_list_names_the_repository_tags(served: Served, pusher: Pusher) -> None:
     r = requests.get(f"{served.url}/v2/{served.path}/tags/list")
     assert r.status_code == 200
     assert r.json() == {"name": served.path, "tags": ["v1"]}
@@ -635,7 +640,7 @@ def _hosts_toml(dir_: Path, upstream: str, mirror: str) -> Path:
 
 
 def test_fastdist_pulls_through_fastdist_serve_as_a_hosts_toml_mirror(
-    served: Served, pusher: object, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    served: Served, pusher: Pusher, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fastdist.serve.access")
     hosts = _hosts_toml(tmp_path / "certs.d", served.upstream, served.url)
@@ -700,7 +705,7 @@ def test_index_bytes_decode_to_what_was_pushed(served: Served) -> None:
 
 
 def test_serving_goes_on_while_the_store_pulls_removes_and_prunes(
-    served: Served, pusher: object, tmp_path: Path
+    served: Served, pusher: Pusher, tmp_path: Path
 ) -> None:
     wanted = {layer.descriptor.digest: layer.blob for layer in served.image.layers}
     wanted[served.image.config_descriptor.digest] = served.image.config

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,6 +24,10 @@ from fastdist.testing.images import (
     push_image,
     tar_entries,
 )
+
+if TYPE_CHECKING:
+    from fastdist.pusher import Pusher
+    from fastdist.testing.registry import LocalRegistry
 
 pytestmark = pytest.mark.registry
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
@@ -43,8 +48,10 @@ def _three_layer_image() -> BuiltImage:
 
 
 @pytest.fixture(scope="module")
-def pulled_ref(registry: object, pusher: object, tmp_path_factory: pytest.TempPathFactory) -> str:
-    ref = f"{registry.host}/it/unpack:v1"  # type: ignore[attr-defined]
+def pulled_ref(
+    registry: LocalRegistry, pusher: Pusher, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    ref = f"{registry.host}/it/unpack:v1"
     push_image(pusher, ref, _three_layer_image())
     Client(tmp_path_factory.getbasetemp() / "unpack-store").pull(ref)
     return ref
