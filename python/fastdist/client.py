@@ -431,7 +431,6 @@ class Client:
             chain_ids=tuple(p.chain_id for p in plans),
             snapshotter=self.snapshotter.name,
             size=size,
-            unpacked_size=0,  # not measured at pull time: Image.unpacked_size() measures
             created=now,
             updated=now,
         )

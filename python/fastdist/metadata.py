@@ -25,20 +25,7 @@ from .store import ensure_root
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
-# What each version bump does to an existing database, after _SCHEMA created what is missing.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # 2: the snapshots table was never read (the snapshotter's own info.json is the record).
-    2: ("DROP TABLE IF EXISTS snapshots",),
-    # 3: the file index (``file_index``, ``file_index_layers``) of dedup: created by _SCHEMA on
-    # open, an older database keeps every row it had.
-}
-BUSY_TIMEOUT_MS = 5000
-_RETRIES = 20
-T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
+_IMAGE_COLUMNS = """(
     name TEXT PRIMARY KEY,
     target TEXT NOT NULL,
     manifest_digest TEXT NOT NULL,
@@ -47,10 +34,36 @@ CREATE TABLE IF NOT EXISTS images (
     chain_ids TEXT NOT NULL,
     snapshotter TEXT NOT NULL,
     size INTEGER NOT NULL,
-    unpacked_size INTEGER NOT NULL,
     created REAL NOT NULL,
     updated REAL NOT NULL
-);
+)"""
+_IMAGE_NAMES = (
+    "name, target, manifest_digest, config_digest, layer_digests, chain_ids, snapshotter, size, "
+    "created, updated"
+)
+SCHEMA_VERSION = 4
+# What each version bump does to an existing database, after _SCHEMA created what is missing.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: the snapshots table was never read (the snapshotter's own info.json is the record).
+    2: ("DROP TABLE IF EXISTS snapshots",),
+    # 3: the file index (``file_index``, ``file_index_layers``) of dedup: created by _SCHEMA on
+    # open, an older database keeps every row it had.
+    # 4: images lose ``unpacked_size``, written as 0 since the pull stopped walking trees
+    # (``Image.unpacked_size()`` measures). Rebuilt rather than ``DROP COLUMN``, which SQLite
+    # has only since 3.35; the rows are kept.
+    4: (
+        f"CREATE TABLE images_v4 {_IMAGE_COLUMNS}",
+        f"INSERT INTO images_v4 ({_IMAGE_NAMES}) SELECT {_IMAGE_NAMES} FROM images",
+        "DROP TABLE images",
+        "ALTER TABLE images_v4 RENAME TO images",
+    ),
+}
+BUSY_TIMEOUT_MS = 5000
+_RETRIES = 20
+T = TypeVar("T")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS images {_IMAGE_COLUMNS};
 CREATE TABLE IF NOT EXISTS containers (
     id TEXT PRIMARY KEY,
     image TEXT NOT NULL,
@@ -95,10 +108,7 @@ class ImageRecord:
     layer_digests: tuple[Digest, ...]
     chain_ids: tuple[Digest, ...]
     snapshotter: str
-    size: int  # manifest + config + compressed layers
-    # 0 when not measured: fastdist no longer walks the tree at pull time; the API's
-    # Image.unpacked_size() measures (and caches per snapshot) on request.
-    unpacked_size: int
+    size: int  # manifest + config + compressed layers (Image.unpacked_size() measures the trees)
     created: float
     updated: float
 
@@ -269,7 +279,6 @@ def _image_from_row(r: sqlite3.Row) -> ImageRecord:
         chain_ids=_digests(r["chain_ids"]),
         snapshotter=r["snapshotter"],
         size=r["size"],
-        unpacked_size=r["unpacked_size"],
         created=r["created"],
         updated=r["updated"],
     )
@@ -297,18 +306,17 @@ class ImageStore:
             json.dumps(list(rec.chain_ids)),
             rec.snapshotter,
             rec.size,
-            rec.unpacked_size,
             rec.created,
             rec.updated,
         )
         self.db._write(
             lambda c: c.execute(
-                """INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                f"""INSERT INTO images ({_IMAGE_NAMES}) VALUES (?,?,?,?,?,?,?,?,?,?)
                 ON CONFLICT(name) DO UPDATE SET target=excluded.target,
                   manifest_digest=excluded.manifest_digest, config_digest=excluded.config_digest,
                   layer_digests=excluded.layer_digests, chain_ids=excluded.chain_ids,
                   snapshotter=excluded.snapshotter, size=excluded.size,
-                  unpacked_size=excluded.unpacked_size, updated=excluded.updated""",
+                  updated=excluded.updated""",
                 row,
             )
         )

@@ -35,7 +35,6 @@ def _record(name: str, target: Digest, manifest: Digest, config: Digest) -> Imag
         chain_ids=(),
         snapshotter="native",
         size=10,
-        unpacked_size=0,
         created=1.0,
         updated=1.0,
     )

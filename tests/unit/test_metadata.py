@@ -35,7 +35,6 @@ def image(name: str = "docker.io/library/alpine:3.19", **kw: object) -> ImageRec
         chain_ids=(d(name + "c1"), d(name + "c2")),
         snapshotter="overlayfs",
         size=1234,
-        unpacked_size=5678,
         created=100.0,
         updated=100.0,
     )
@@ -139,11 +138,22 @@ def test_referenced_snapshots_pair_chain_ids_with_their_snapshotter(db: Metadata
     assert ("overlayfs", image("b:1").chain_ids[0]) not in refs
 
 
-def test_a_version_1_database_loses_its_unused_snapshots_table_and_keeps_its_images(
+def test_a_version_1_database_loses_snapshots_and_unpacked_size_and_keeps_its_images(
     tmp_path: Path,
 ) -> None:
-    # A meta.db as fastdist 1 wrote it: schema version 1, with the snapshots table.
-    path = tmp_path / "meta.db"
+    # The row an image has today, as the v1 table held it (plus its always-0 unpacked_size).
+    current = MetadataDB(tmp_path / "current")
+    current.images.put(image())
+    conn = sqlite3.connect(tmp_path / "current" / "meta.db")
+    row = conn.execute(
+        "SELECT name, target, manifest_digest, config_digest, layer_digests, chain_ids,"
+        " snapshotter, size, created, updated FROM images"
+    ).fetchone()
+    conn.close()
+    current.close()
+    # A meta.db as fastdist 1 wrote it: schema version 1, the snapshots table, unpacked_size.
+    (tmp_path / "old").mkdir(mode=0o700)
+    path = tmp_path / "old" / "meta.db"
     conn = sqlite3.connect(path)
     conn.executescript(
         """
@@ -158,18 +168,22 @@ def test_a_version_1_database_loses_its_unused_snapshots_table_and_keeps_its_ima
         PRAGMA user_version = 1;
         """
     )
+    conn.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,0,?,?)", row)
+    conn.commit()
     conn.close()
-    old = MetadataDB(path)
-    old.images.put(image())  # the v1 images table is the v2 one
-    old.close()
+    migrated = MetadataDB(tmp_path / "old")
+    assert migrated.images.get(image().name) == image()  # the row survived the rebuild
+    migrated.images.put(image())  # and the new table takes writes
+    migrated.close()
     conn = sqlite3.connect(path)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(images)")}
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     conn.close()
     assert "snapshots" not in tables
-    assert {"images", "containers"} <= tables
-    assert version == SCHEMA_VERSION == 3
-    assert MetadataDB(path).images.get(image().name) == image()
+    assert {"images", "containers", "file_index"} <= tables
+    assert "unpacked_size" not in columns
+    assert version == SCHEMA_VERSION == 4
 
 
 def test_container_ids_are_unique(db: MetadataDB) -> None:
