@@ -66,6 +66,11 @@ _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MAX_RERESOLVE = 3
 
 
+def _blob_event(phase: Phase, desc: Descriptor, current: int, message: str = "") -> ProgressEvent:
+    """A progress event about ``desc``'s download, ``current`` bytes in."""
+    return ProgressEvent(phase, desc.digest, desc.media_type, current, desc.size, message)
+
+
 @dataclass(frozen=True)
 class FetchConfig:
     """When and how a blob is fetched over several ranged connections.
@@ -476,15 +481,7 @@ class _Window:
                     sink.write(piece)
                     if sink.offset - last_report >= PROGRESS_EVERY or sink.offset == desc.size:
                         last_report = sink.offset
-                        progress(
-                            ProgressEvent(
-                                Phase.DOWNLOADING,
-                                digest=desc.digest,
-                                media_type=desc.media_type,
-                                current=sink.offset,
-                                total=desc.size,
-                            )
-                        )
+                        progress(_blob_event(Phase.DOWNLOADING, desc, sink.offset))
                 with self.cv:
                     self.buffered -= sum(len(p) for p in pieces)
                     if finished:
@@ -573,13 +570,11 @@ class Fetcher:
 
         def skipped(host: RegistryHost, e: RegistryError) -> None:
             progress(
-                ProgressEvent(
+                _blob_event(
                     Phase.RETRYING,
-                    digest=desc.digest,
-                    media_type=desc.media_type,
-                    current=sink.offset,
-                    total=desc.size,
-                    message=f"mirror {host.url}: {e.message}; trying the next host",
+                    desc,
+                    sink.offset,
+                    f"mirror {host.url}: {e.message}; trying the next host",
                 )
             )
 
@@ -682,16 +677,7 @@ class Fetcher:
             if delay is None:
                 raise err
             log.info("%s: resuming from byte %d in %.2fs", desc.digest, sink.offset, delay)
-            progress(
-                ProgressEvent(
-                    Phase.RETRYING,
-                    digest=desc.digest,
-                    media_type=desc.media_type,
-                    current=sink.offset,
-                    total=desc.size,
-                    message=err.message,
-                )
-            )
+            progress(_blob_event(Phase.RETRYING, desc, sink.offset, err.message))
             self.transport.sleep(delay)
 
     def _stream_once(
@@ -713,16 +699,7 @@ class Fetcher:
         started = time.monotonic()
 
         def on_retry(err: RegistryError, _attempt: int, _delay: float) -> None:
-            progress(
-                ProgressEvent(
-                    Phase.RETRYING,
-                    digest=desc.digest,
-                    media_type=desc.media_type,
-                    current=start,
-                    total=desc.size,
-                    message=err.message,
-                )
-            )
+            progress(_blob_event(Phase.RETRYING, desc, start, err.message))
 
         resp = self.transport.request(
             "GET",
@@ -769,15 +746,7 @@ class Fetcher:
                 received += len(chunk)
                 if received - last_report >= PROGRESS_EVERY or received == desc.size:
                     last_report = received
-                    progress(
-                        ProgressEvent(
-                            Phase.DOWNLOADING,
-                            digest=desc.digest,
-                            media_type=desc.media_type,
-                            current=received,
-                            total=desc.size,
-                        )
-                    )
+                    progress(_blob_event(Phase.DOWNLOADING, desc, received))
                 t0 = time.monotonic()
                 t_sink += t0 - t1
                 if plan is not None:
