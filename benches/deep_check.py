@@ -161,22 +161,22 @@ def fingerprints(args: argparse.Namespace) -> dict[str, Any]:
             text=True,
             check=True,
         ).stdout
-        secs: dict[str, dict[str, list[float]]] = {n: {"on": [], "off": []} for n in tars}
+        keys = ("on", "off", "cpu_on", "cpu_off")
+        secs: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in tars}
         by_path = {str(p): n for n, p in tars.items()}
         for line in out.splitlines():
-            path, onoff, s = line.split("\t")
-            secs[by_path[path]][onoff].append(float(s))
+            path, onoff, wall, cpu = line.split("\t")
+            secs[by_path[path]][onoff].append(float(wall))
+            secs[by_path[path]][f"cpu_{onoff}"].append(float(cpu))
         res = {}
         for name, s in secs.items():
-            r = ratio(s["on"], s["off"])
             res[name] = {
                 "bytes": tars[name].stat().st_size,
                 "files": files[name],
-                "on": dist(s["on"]).to_json(),
-                "off": dist(s["off"]).to_json(),
-                "ratio": r.to_json(),
-                "runs_on": s["on"],
-                "runs_off": s["off"],
+                **{k: dist(s[k]).to_json() for k in keys},
+                "ratio": ratio(s["on"], s["off"]).to_json(),
+                "cpu_ratio": ratio(s["cpu_on"], s["cpu_off"]).to_json(),
+                "runs": s,
             }
         return res
     finally:
@@ -451,18 +451,27 @@ def markdown(res: dict[str, Any]) -> str:
         n = min(v["ratio"]["n"] for v in fp.values())
         out += [
             f"Fingerprints (xxh3-128 in the applier), on and off: `apply_tar` of an uncompressed "
-            f"layer from memory onto tmpfs, medians of {n} interleaved runs:",
+            f"layer from memory onto tmpfs, medians of {n} interleaved runs; cost = on ÷ off - 1 "
+            "[95% bootstrap interval]:",
             "",
-            "| layer | size | files | on (ms) | off (ms) | cost | 95% interval |",
+            "| layer | size | files | CPU on / off (ms) | cost, CPU | wall on / off (ms) "
+            "| cost, wall |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
+
+        def pct(r: dict[str, float]) -> str:
+            return (
+                f"{(r['value'] - 1) * 100:+.1f}% "
+                f"[{(r['lo'] - 1) * 100:+.1f}% to {(r['hi'] - 1) * 100:+.1f}%]"
+            )
+
         for name, v in fp.items():
-            r = v["ratio"]
             out.append(
                 f"| {name} | {v['bytes'] / 1e6:.0f} MB | {v['files']:,} | "
-                f"{v['on']['median'] * 1e3:.0f} | {v['off']['median'] * 1e3:.0f} | "
-                f"{(r['value'] - 1) * 100:+.1f}% | "
-                f"{(r['lo'] - 1) * 100:+.1f}% to {(r['hi'] - 1) * 100:+.1f}% |"
+                f"{v['cpu_on']['median'] * 1e3:.0f} / {v['cpu_off']['median'] * 1e3:.0f} | "
+                f"{pct(v['cpu_ratio'])} | "
+                f"{v['on']['median'] * 1e3:.0f} / {v['off']['median'] * 1e3:.0f} | "
+                f"{pct(v['ratio'])} |"
             )
         out.append("")
     if "deep" in res:
