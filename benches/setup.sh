@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Install what the pull benchmark (benches/pull.py) compares against and needs, from Debian's packages:
-# containerd (ctr), skopeo + umoci, the naive pipeline's curl/pigz/zstd/tar, GNU time (peak RSS)
-# and Debian's registry;
+# containerd (ctr), skopeo + umoci, the naive pipeline's curl/pigz/zstd/tar, GNU time (peak RSS),
+# Debian's registry, podman (benches/archive.py, benches/deep_check.py) and xxhash (xxhsum, a
+# reference in benches/deep_check.py);
 # numpy (the statistics: benches/stats.py), matplotlib (the charts) and py-spy (--profile) from
 # PyPI into the benchmark's Python.
 # Idempotent: installs only what is missing. Usage: benches/setup.sh [PYTHON]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(containerd skopeo umoci pigz zstd curl tar time docker-registry)
+APT_PACKAGES=(containerd skopeo umoci pigz zstd curl tar time docker-registry podman xxhash)
 scripts/apt-ensure.sh "${APT_PACKAGES[@]}"
 # containerd decompresses gzip layers with unpigz when it is on PATH (pigz ships it).
 command -v unpigz >/dev/null || { echo "bench-setup: unpigz missing (package pigz)" >&2; exit 1; }

@@ -71,6 +71,18 @@ const DIR_CACHE: usize = 64;
 /// stays well under the common soft `RLIMIT_NOFILE` of 1024.
 const DIR_CACHE_GLOBAL: usize = 256;
 static DIR_CACHE_OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Whether appliers fingerprint what they write (xxh3-128 into the manifest). Always on but in
+/// the benchmark of what fingerprinting costs (`rust/examples/fingerprint_cost.rs`, through
+/// `bench_set_fingerprints`); the Python bindings never turn it off.
+static FINGERPRINTS: AtomicBool = AtomicBool::new(true);
+
+/// Benchmark only: turn the appliers' xxh3-128 fingerprinting off (`false`) or back on, for
+/// the whole process. Off, regular files' manifest records carry a fingerprint of 0, so the
+/// manifests are wrong: never call this outside `rust/examples/fingerprint_cost.rs`.
+#[doc(hidden)]
+pub fn bench_set_fingerprints(on: bool) {
+    FINGERPRINTS.store(on, Ordering::Relaxed);
+}
 /// Largest device numbers Linux can encode (12-bit major, 20-bit minor).
 const MAX_MAJOR: u64 = (1 << 12) - 1;
 const MAX_MINOR: u64 = (1 << 20) - 1;
@@ -470,6 +482,13 @@ impl<'a> Applier<'a> {
             reader.copy_data(&mut data)?;
             let job = FileJob::new(file, data, meta.clone(), created_perm, slot);
             return self.finisher.submit(job, self.opts.preserve_owner);
+        }
+        if !FINGERPRINTS.load(Ordering::Relaxed) {
+            if meta.size > 0 {
+                reader.copy_data(&mut file)?;
+            }
+            self.manifest.set_xxh3(slot, 0);
+            return finish_file(&file, meta, created_perm, self.opts.preserve_owner);
         }
         let mut hashing = HashingWriter {
             inner: &mut file,
@@ -959,7 +978,11 @@ impl FileJob {
                 .write_all(&self.data)
                 .map_err(|e| io_err("write", &self.meta, e))?;
         }
-        let xxh3 = xxh3_128(&self.data);
+        let xxh3 = if FINGERPRINTS.load(Ordering::Relaxed) {
+            xxh3_128(&self.data)
+        } else {
+            0
+        };
         finish_file(&self.file, &self.meta, self.created_perm, preserve_owner)?;
         Ok((self.slot, xxh3))
     }
