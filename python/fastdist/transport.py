@@ -36,6 +36,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import requests.adapters
 import requests.utils
+import urllib3
+import urllib3.connection
 import urllib3.exceptions
 
 from .auth import (
@@ -489,6 +491,8 @@ class Transport:
         # Hosts that may fall back, probed: True when the server failed a TLS handshake and
         # answered in plain HTTP, False when it speaks TLS (then TLS errors are errors).
         self._speaks_plain: dict[str, bool] = {}
+        # Connections ``preconnect`` is opening per host, not yet back in the pool.
+        self._preconnecting: dict[str, int] = {}
         # Every password and token this transport has used: scrubbed from registry-supplied text.
         self._secrets: set[str] = set()
         self.sleep: Callable[[float], None] = time.sleep
@@ -502,6 +506,73 @@ class Transport:
         ``extra``: an additional ranged request of a blob that already streams, served after
         every waiting first request (a big blob's chunks never starve small layers)."""
         return HostSlot(self.budget, _netloc(url), self.config.max_connections, extra)
+
+    def preconnect(self, url: str, count: int) -> None:
+        """Open connections to ``url``'s host ahead of need, in the background, until the
+        host's pool holds ``count`` of them (never more than the budget): a blob request then
+        finds a kept-alive connection instead of paying a connect (and TLS handshake) round
+        trip. Best effort: a connection that fails to open is left to the request that needs
+        it, which reports the error. Each connection is opened by requests' own code path for
+        ``url`` (the same pool, TLS verification and client certificate a request gets);
+        nothing is pre-opened through a proxy or to a host plain HTTP is not allowed to."""
+        count = min(count, self.config.max_connections)
+        if count < 1:
+            return
+        try:
+            current = self._effective_url(url)
+            self._check_url(current)
+            if self._proxies(current):
+                return
+            netloc = _netloc(current)
+            tls = self._tls(netloc)
+            verify, cert = self._verify(current), tls.cert if tls is not None else None
+            adapter = self.session.get_adapter(current)
+            if not isinstance(adapter, requests.adapters.HTTPAdapter):
+                return
+            prepared = requests.Request("GET", current).prepare()
+            pool = adapter.get_connection_with_tls_context(prepared, verify, None, cert)
+            adapter.cert_verify(pool, current, verify, cert)
+        except (RegistryError, *INPUT_ERRORS, requests.exceptions.RequestException) as e:
+            log.debug("not pre-connecting to %s: %s", redact_url(url), e)
+            return
+        with self._lock:
+            opening = self._preconnecting.get(netloc, 0)
+            start = max(0, count - opening)
+            self._preconnecting[netloc] = opening + start
+        # Take every place first (an idle connection counts as one and goes straight back),
+        # so the ones being opened are not taken twice; then connect the new ones at once.
+        taken = [pool._get_conn(timeout=0) for _ in range(start)]
+        for conn in taken:
+            if conn.is_connected:
+                self._give_back(pool, netloc, conn)
+            else:
+                threading.Thread(
+                    target=self._open_one,
+                    args=(pool, netloc, conn),
+                    daemon=True,
+                    name="fastdist-connect",
+                ).start()
+
+    def _open_one(
+        self, pool: urllib3.HTTPConnectionPool, netloc: str, conn: urllib3.connection.HTTPConnection
+    ) -> None:
+        """Connect one ``preconnect`` connection and give it back to its pool."""
+        try:
+            conn.timeout = self.config.connect_timeout
+            conn.connect()
+            log.debug("pre-opened a connection to %s", netloc)
+        except Exception as e:  # noqa: BLE001: best effort; the request that needs it reports
+            log.debug("pre-connecting to %s failed: %s", netloc, e)
+            conn.close()
+        finally:
+            self._give_back(pool, netloc, conn)
+
+    def _give_back(
+        self, pool: urllib3.HTTPConnectionPool, netloc: str, conn: urllib3.connection.HTTPConnection
+    ) -> None:
+        pool._put_conn(conn)
+        with self._lock:
+            self._preconnecting[netloc] -= 1
 
     def throttle(self, n: int) -> None:
         """Account ``n`` body bytes against ``limit_rate`` (sleeps while over the cap)."""
