@@ -131,7 +131,7 @@ class Client:
         fetch_config: FetchConfig | None = None,
     ) -> None:
         """``max_connections``: blob requests in flight per registry host, shared by every pull
-        of the process (default 8, ``transport.DEFAULT_MAX_CONNECTIONS``). ``limit_rate``: bytes/s
+        of the process (default 32, ``transport.DEFAULT_MAX_CONNECTIONS``). ``limit_rate``: bytes/s
         for all downloads together (an int, or curl's ``500k``/``20M``). ``fetch_config``: when
         blobs are fetched over parallel ranged connections (``fetcher.FetchConfig``).
         ``max_parallel_layers``: layers a pull works on at once (threads); default: as many as
@@ -1091,7 +1091,7 @@ def _with_link_options(
 
     base = config or TransportConfig()
     if max_connections is not None:
-        hint = "e.g. --max-connections 4 (Client(max_connections=4)); the default is 8"
+        hint = "e.g. --max-connections 4 (Client(max_connections=4)); the default is 32"
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise InvalidArgumentError(
                 f"max_connections must be an int, got {max_connections!r}", hint=hint

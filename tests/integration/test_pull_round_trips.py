@@ -129,3 +129,18 @@ def test_a_pull_imports_only_what_a_pull_uses(tmp_path: Path) -> None:
     # A present image runs no program (a credential helper only when one is configured; the
     # native snapshotter's ``cp`` only when it copies a layer).
     assert "subprocess" not in warm
+
+
+def test_one_token_serves_every_request_of_a_many_layer_pull(store_root: Path) -> None:
+    """The token is fetched once per scope, not per layer, even with every layer's request
+    (and the pre-opened connections) going out at once."""
+    with FakeRegistry(auth="token") as reg:
+        img = image(*(small_layer(i) for i in range(12)))
+        ref = serve(reg, "rt/token", img)
+        client = Client(store_root, snapshotter="native", transport_config=_plain(reg))
+        client.pull(ref)
+        assert len(reg.token_requests) == 1
+        blob_gets = [r for r in reg.requests if "/blobs/" in r.path]
+        assert len(blob_gets) == 13  # config + 12 layers, none answered 401 and asked again
+        assert all(r.authorization for r in blob_gets)
+        assert unpacked_tree(client, ref) == expected_tree(img)
