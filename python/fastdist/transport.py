@@ -482,9 +482,12 @@ class Transport:
                 hint="TransportConfig(limit_rate=N) in bytes/s, or None for no cap",
             )
         # Each host's pool keeps as many connections as the budget lets run at once (plus the
-        # resolver's and pusher's few), so a blob request reuses a kept-alive connection.
+        # resolver's and pusher's few), so a blob request reuses a kept-alive connection; and
+        # room for as many again that ``preconnect`` may still be opening while requests run
+        # (a request that finds every place taken opens its own connection, and one given
+        # back to a full pool is closed with a warning).
         adapter = requests.adapters.HTTPAdapter(
-            pool_connections=8, pool_maxsize=config.max_connections + 4, max_retries=0
+            pool_connections=8, pool_maxsize=2 * config.max_connections + 4, max_retries=0
         )
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
@@ -555,7 +558,14 @@ class Transport:
             self._preconnecting[netloc] = opening + start
         # Take every place first (an idle connection counts as one and goes straight back),
         # so the ones being opened are not taken twice; then connect the new ones at once.
-        taken = [pool._get_conn(timeout=0) for _ in range(start)]
+        taken = []
+        try:
+            for _ in range(start):
+                taken.append(pool._get_conn(timeout=0))
+        except urllib3.exceptions.HTTPError as e:  # the pool was closed meanwhile
+            log.debug("not pre-connecting to %s: %s", redact_url(url), e)
+        with self._lock:
+            self._preconnecting[netloc] -= start - len(taken)
         threads = []
         for conn in taken:
             if conn.is_connected:
