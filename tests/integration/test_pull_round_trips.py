@@ -16,7 +16,7 @@ from pullkit import expected_tree, image, serve, small_layer, unpacked_tree
 
 from clikit import cli_env
 from fakeregistry import FakeRegistry, Fault
-from fastdist.client import PRECONNECT_EARLY, Client
+from fastdist.client import PRECONNECT_KNOWN, Client
 from fastdist.transport import TransportConfig
 
 # Never part of a pull: the container, serve, archive, push, check and dedup halves.
@@ -42,7 +42,7 @@ def test_connections_open_while_the_manifest_is_in_flight_and_are_reused(
     store_root: Path,
 ) -> None:
     budget = 4
-    early = min(budget, PRECONNECT_EARLY)
+    early = budget  # a name the store has no image of: the whole budget
     with FakeRegistry() as reg:
         img = image(*(small_layer(i) for i in range(6)))
         ref = serve(reg, "rt/six", img)
@@ -63,6 +63,14 @@ def test_connections_open_while_the_manifest_is_in_flight_and_are_reused(
         assert blob_conns - {manifest_conn}
         assert reg.connections <= budget + 1
         assert unpacked_tree(client, ref) == expected_tree(img)
+        # Pulled again by a new process (a new pool): the name is known, the image here, so
+        # only the manifest's connection is opened.
+        before = reg.connections
+        again = Client(
+            store_root, snapshotter="native", transport_config=_plain(reg), max_connections=budget
+        )
+        again.pull(ref)
+        assert reg.connections - before == 1 + PRECONNECT_KNOWN
 
 
 def test_the_dispatcher_never_holds_a_request_back_below_the_budget(store_root: Path) -> None:
