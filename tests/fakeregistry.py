@@ -51,6 +51,7 @@ class Recorded:
     path: str  # path and query, as sent
     headers: dict[str, str]  # header names lowercased
     body: bytes = b""
+    connection: int = 0  # which TCP connection carried it (1 = the first accepted)
 
     @property
     def authorization(self) -> str | None:
@@ -99,6 +100,17 @@ class Fault:
     range_start: int | None = None
     wrong_content_range: bool = False  # answer a range with a Content-Range one byte off
     no_accept_ranges: bool = False  # leave out Accept-Ranges (a 206 to a range still comes)
+    # Hold the answer until the fake has accepted this many TCP connections (or
+    # ``hold_timeout`` seconds passed: a bound, so a missing connection fails the test rather
+    # than hanging it); ``seen_connections`` is then how many it had.
+    hold_until_connections: int | None = None
+    # Hold the answer until ``hold_count`` requests whose path contains this were received
+    # (or the timeout); ``seen_request`` says whether they were.
+    hold_until_request: str | None = None
+    hold_count: int = 1
+    hold_timeout: float = 10.0
+    seen_connections: int = 0
+    seen_request: bool = False
 
     def matches(self, method: str, path: str, range_start: int | None = None) -> bool:
         return (
@@ -148,6 +160,8 @@ class FakeRegistry:
         self._counter = itertools.count(1)
         self.blob_gets_in_flight = 0
         self.peak_blob_gets = 0  # the most blob GETs served at once
+        self.connections = 0  # TCP connections accepted so far
+        self._changed = threading.Condition(self._lock)  # a connection or request came in
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -305,9 +319,42 @@ class FakeRegistry:
             out.append((int(m[1]), int(m[2]) if m[2] else None))
         return out
 
+    def accepted(self) -> int:
+        """Count a new TCP connection; returns its number."""
+        with self._changed:
+            self.connections += 1
+            self._changed.notify_all()
+            return self.connections
+
+    def hold(self, fault: Fault) -> None:
+        """Wait until what ``fault`` holds its answer for happened (or its timeout)."""
+        deadline = time.monotonic() + fault.hold_timeout
+
+        def seen() -> bool:
+            want = fault.hold_until_request
+            return want is not None and (
+                sum(want in r.path for r in self.requests) >= fault.hold_count
+            )
+
+        def ready() -> bool:
+            conns = fault.hold_until_connections
+            return (conns is None or self.connections >= conns) and (
+                fault.hold_until_request is None or seen()
+            )
+
+        with self._changed:
+            while not ready() and not self.stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(min(left, 0.1))
+            fault.seen_connections = self.connections
+            fault.seen_request = seen()
+
     def record(self, rec: Recorded, token: bool = False) -> None:
-        with self._lock:
+        with self._changed:
             (self.token_requests if token else self.requests).append(rec)
+            self._changed.notify_all()
 
     def count_sent(self, digest: str, n: int) -> None:
         with self._sent_changed:
@@ -355,6 +402,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        self.conn_id = self.fake.accepted()
+
     def handle_one_request(self) -> None:
         # A TLS ClientHello (record type 0x16) sent to this plain-HTTP server is answered with
         # a plain-HTTP 400, as Go's net/http (the real registry) answers it, instead of
@@ -400,7 +451,13 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         body = self._read_body() if method in ("PUT", "POST", "PATCH") else b""
         path = urlsplit(self.path).path
-        rec = Recorded(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        rec = Recorded(
+            method,
+            self.path,
+            {k.lower(): v for k, v in self.headers.items()},
+            body,
+            self.conn_id,
+        )
         if path == "/token":
             fake.record(rec, token=True)
             fault = fake.take_fault(method, path, status=True)
@@ -422,6 +479,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized(method):
             return
         fault = fake.take_fault(method, path, status=False, range_start=range_start)
+        if fault is not None and (
+            fault.hold_until_connections is not None or fault.hold_until_request is not None
+        ):
+            fake.hold(fault)
         if fault is not None and fault.location is not None:
             self._send(fault.redirect_status, headers={"Location": fault.location})
             return

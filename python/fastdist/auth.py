@@ -16,16 +16,18 @@ import json
 import logging
 import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AuthenticationError
 from .store import write_file_atomic
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +256,8 @@ def _helper_process(
     its finished process (a missing helper or a timeout is an AuthenticationError)."""
     if not _HELPER_NAME_RE.fullmatch(name):
         raise AuthenticationError(f"invalid credential helper name {name!r}")
+    import subprocess  # only for a credential helper: not at every pull's start-up
+
     program = f"docker-credential-{name}"
     try:
         proc = subprocess.run(

@@ -102,6 +102,17 @@ class Image:
         return total
 
 
+# Connections opened while a pull's manifest is in flight, before it says how many blobs there
+# are, for a name the store has no image of: the whole budget, so every layer's request finds
+# its connection open when the config has arrived (through the link emulator at 80 ms RTT,
+# the 36-layer many-layers pulled in 0.97 s with 32 opened early against 1.07 s with 4 and
+# 1.13 s with 16, medians of 6 interleaved in-process pulls on a loaded machine). For a name
+# the store has (a re-pull, most often of an image that is still current): none, so a pull of
+# an image already here opens only the manifest's connection; a moved tag opens the rest once
+# its manifest is known.
+PRECONNECT_KNOWN = 0
+
+
 class Client:
     """Pull, list, inspect, unpack and remove images in one fastdist store.
 
@@ -116,7 +127,7 @@ class Client:
         transport_config: TransportConfig | None = None,
         credentials: CredentialStore | None = None,
         limits: _native.Limits | None = None,
-        max_parallel_layers: int = 8,
+        max_parallel_layers: int | None = None,
         runc: str = "runc",
         max_pull_bytes: int = DEFAULT_MAX_PULL_BYTES,
         hosts_dir: str | os.PathLike[str] | None = None,
@@ -125,9 +136,12 @@ class Client:
         fetch_config: FetchConfig | None = None,
     ) -> None:
         """``max_connections``: blob requests in flight per registry host, shared by every pull
-        of the process (default 8, ``transport.DEFAULT_MAX_CONNECTIONS``). ``limit_rate``: bytes/s
+        of the process (default 32, ``transport.DEFAULT_MAX_CONNECTIONS``). ``limit_rate``: bytes/s
         for all downloads together (an int, or curl's ``500k``/``20M``). ``fetch_config``: when
-        blobs are fetched over parallel ranged connections (``fetcher.FetchConfig``)."""
+        blobs are fetched over parallel ranged connections (``fetcher.FetchConfig``).
+        ``max_parallel_layers``: layers a pull works on at once (threads); default: as many as
+        the connection budget, so the dispatcher never holds a layer's request back while a
+        connection is free (a ``load``, which fetches nothing, uses 8)."""
         if max_pull_bytes <= 0:
             raise InvalidArgumentError(f"max_pull_bytes must be positive, got {max_pull_bytes}")
         if root is not None and not os.fspath(root):
@@ -156,7 +170,7 @@ class Client:
         self.limits = limits
         self.max_volumes = (limits or _native.Limits()).max_volumes
         self._runc = runc
-        self._max_parallel = max(1, max_parallel_layers)
+        self._max_parallel = None if max_parallel_layers is None else max(1, max_parallel_layers)
 
     @functools.cached_property
     def transport(self) -> Transport:
@@ -222,6 +236,10 @@ class Client:
                 # Content addressed and already verified: nothing to ask the registry.
                 self._check_platform(reference, plat, pinned.target.media_type, pinned)
                 return Image(pinned.name, pinned.target, pinned, self)
+            # While the manifest is in flight, connections for the blobs it will name.
+            known = self.metadata.images.get(str(reference)) is not None
+            early = PRECONNECT_KNOWN if known else self.transport.config.max_connections
+            self._preconnect(reference, early)
             resolved = self.resolver.resolve(reference, plat, progress, any_platform=any_platform)
             resolve_seconds = time.monotonic() - started
             present = self._already_present(reference, resolved, progress)
@@ -238,6 +256,10 @@ class Client:
                     )
                 )
                 return Image(present.name, present.target, present, self)
+            # While the config is in flight: one connection per layer blob to fetch (within
+            # the budget), so every layer's request goes out on an open connection.
+            missing = sum(not self.content.exists(d.digest) for d in resolved.manifest.layers)
+            self._preconnect(reference, missing)
             self._store_document(resolved.target, resolved.target_bytes)
             if resolved.manifest_descriptor.digest != resolved.target.digest:
                 self._store_document(resolved.manifest_descriptor, resolved.manifest_bytes)
@@ -245,7 +267,8 @@ class Client:
             config = oci.parse_config(config_bytes, max_volumes=self.max_volumes)
             self._check_platform(reference, plat, resolved.target.media_type, config)
             plans = pulling.plan_layers(resolved.manifest.layers, config)
-            job = pulling.PullJob(str(reference), self.max_pull_bytes, self._max_parallel)
+            workers = self._max_parallel or self.transport.config.max_connections
+            job = pulling.PullJob(str(reference), self.max_pull_bytes, workers)
             job.check_size(self.content, self.snapshotter, resolved.manifest.config, plans)
             source = pulling.RegistrySource(self.fetcher, reference)
             pulling.dispatch(self.unpacker, plans, source, progress, job)
@@ -260,6 +283,13 @@ class Client:
             )
         )
         return Image(record.name, record.target, record, self)
+
+    def _preconnect(self, ref: Reference, count: int) -> None:
+        """Open up to ``count`` connections ahead of need to the host ``ref``'s blobs are
+        fetched from first (its first mirror, else the registry): ``Transport.preconnect``."""
+        hosts = self.mirrors.hosts(ref, "pull")
+        if hosts and count > 0:
+            self.transport.preconnect(hosts[0].api_url("/v2/", ns=ref.domain), count)
 
     def _check_platform(
         self,
@@ -807,7 +837,7 @@ class Client:
         # Every blob is stored now: the pull's layer path only unpacks (never fetches),
         # verifying each layer's digest, size and diff_id on the way.
         what = str(Reference.parse(img.names[0]))
-        job = pulling.PullJob(what, self.max_pull_bytes, self._max_parallel)
+        job = pulling.PullJob(what, self.max_pull_bytes, self._max_parallel or 8)
         pulling.dispatch(self.unpacker, plans, StoredSource(), progress, job)
         return plans
 
@@ -1068,7 +1098,7 @@ def _with_link_options(
 
     base = config or TransportConfig()
     if max_connections is not None:
-        hint = "e.g. --max-connections 4 (Client(max_connections=4)); the default is 8"
+        hint = "e.g. --max-connections 4 (Client(max_connections=4)); the default is 32"
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise InvalidArgumentError(
                 f"max_connections must be an int, got {max_connections!r}", hint=hint

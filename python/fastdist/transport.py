@@ -30,12 +30,13 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Union
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 import requests.adapters
 import requests.utils
+import urllib3
 import urllib3.exceptions
 
 from .auth import (
@@ -56,6 +57,9 @@ from .errors import (
 )
 from .termsafe import sanitize
 
+if TYPE_CHECKING:
+    from urllib3._base_connection import BaseHTTPConnection
+
 log = logging.getLogger(__name__)
 # One DEBUG line per HTTP exchange (``fastdist --debug``): method, redacted URL, status, bytes,
 # duration. URLs are redacted (no userinfo, no query) and headers are never logged.
@@ -63,12 +67,17 @@ http_log = logging.getLogger("fastdist.http")
 
 MAX_REDIRECTS = 5
 # Blob requests in flight per registry host, across every pull of the process (HostBudget).
-# 8: at least Client's default of 8 layers at once, so every layer's first request of a pull
-# goes out together; 8 connections x the ~25 MB/s a registry CDN gives one connection (ECR's
-# published per-layer figure) fill a 200 MB/s link; and it is what a browser or Docker Hub's
-# CDN treats as polite for one client. The urllib3 pool of each host holds as many, so they are
-# reused rather than reopened.
-DEFAULT_MAX_CONNECTIONS = 8
+# 32, measured (ARCHITECTURE.md, "Round trips"): an image of many small layers costs
+# one round trip per wave of requests, and real images carry 10-40 layers, so 32 sends nearly
+# every image's layers in one wave (the 36-layer many-layers fixture: 2 waves, against 5 with
+# 8); and 32 connections x 10 MB/s (a slow CDN connection) fill a 300 MB/s link. On loopback
+# the CPU time of a pull did not change (32 vs 8). Ranged chunks of big layers share the same
+# budget, their read-ahead bounded apart (fetcher.READ_AHEAD_LIMIT), so memory does not grow
+# with it. For comparison: docker and containerd's ctr fetch 3 layers at once (one connection
+# each); Go's HTTP client, which registries and CDNs serve every day, sets no per-host cap.
+# The urllib3 pool of each host holds as many, so they are reused rather than reopened, and
+# ``Transport.preconnect`` opens them ahead of need.
+DEFAULT_MAX_CONNECTIONS = 32
 MAX_ERROR_BODY = 64 << 10
 MAX_TOKEN_BODY = 1 << 20
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -464,7 +473,8 @@ class Transport:
         if config.max_connections < 1:
             raise InvalidArgumentError(
                 f"max_connections must be at least 1, got {config.max_connections}",
-                hint="TransportConfig(max_connections=N) with N >= 1; the default is 8",
+                hint=f"TransportConfig(max_connections=N) with N >= 1; the default is "
+                f"{DEFAULT_MAX_CONNECTIONS}",
             )
         if config.limit_rate is not None and config.limit_rate < 1:
             raise InvalidArgumentError(
@@ -472,9 +482,12 @@ class Transport:
                 hint="TransportConfig(limit_rate=N) in bytes/s, or None for no cap",
             )
         # Each host's pool keeps as many connections as the budget lets run at once (plus the
-        # resolver's and pusher's few), so a blob request reuses a kept-alive connection.
+        # resolver's and pusher's few), so a blob request reuses a kept-alive connection; and
+        # room for as many again that ``preconnect`` may still be opening while requests run
+        # (a request that finds every place taken opens its own connection, and one given
+        # back to a full pool is closed with a warning).
         adapter = requests.adapters.HTTPAdapter(
-            pool_connections=8, pool_maxsize=config.max_connections + 4, max_retries=0
+            pool_connections=8, pool_maxsize=2 * config.max_connections + 4, max_retries=0
         )
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
@@ -489,6 +502,8 @@ class Transport:
         # Hosts that may fall back, probed: True when the server failed a TLS handshake and
         # answered in plain HTTP, False when it speaks TLS (then TLS errors are errors).
         self._speaks_plain: dict[str, bool] = {}
+        # Connections ``preconnect`` is opening per host, not yet back in the pool.
+        self._preconnecting: dict[str, int] = {}
         # Every password and token this transport has used: scrubbed from registry-supplied text.
         self._secrets: set[str] = set()
         self.sleep: Callable[[float], None] = time.sleep
@@ -502,6 +517,92 @@ class Transport:
         ``extra``: an additional ranged request of a blob that already streams, served after
         every waiting first request (a big blob's chunks never starve small layers)."""
         return HostSlot(self.budget, _netloc(url), self.config.max_connections, extra)
+
+    def preconnect(self, url: str, count: int) -> list[threading.Thread]:
+        """Open connections to ``url``'s host ahead of need, in the background, until the
+        host's pool holds ``count`` of them (never more than the budget): a blob request then
+        finds a kept-alive connection instead of paying a connect (and TLS handshake) round
+        trip. Best effort: a connection that fails to open is left to the request that needs
+        it, which reports the error. Each connection is opened by requests' own code path for
+        ``url`` (the same pool, TLS verification and client certificate a request gets);
+        nothing is pre-opened through a proxy or to a host plain HTTP is not allowed to.
+        Returns the threads opening them (tests join them; a pull never waits)."""
+        count = min(count, self.config.max_connections)
+        if count < 1:
+            return []
+        try:
+            current = self._effective_url(url)
+            self._check_url(current)
+            if self._proxies(current):
+                return []
+            netloc = _netloc(current)
+            tls = self._tls(netloc)
+            verify, cert = self._verify(current), tls.cert if tls is not None else None
+            adapter = self.session.get_adapter(current)
+            if not isinstance(adapter, requests.adapters.HTTPAdapter):
+                return []
+            prepared = requests.Request("GET", current).prepare()
+            pool = adapter.get_connection_with_tls_context(prepared, verify, None, cert)
+            if not isinstance(pool, urllib3.HTTPConnectionPool):
+                return []
+            adapter.cert_verify(pool, current, verify, cert)  # type: ignore[no-untyped-call]
+        except (RegistryError, requests.exceptions.RequestException) as e:
+            log.debug("not pre-connecting to %s: %s", redact_url(url), e)
+            return []
+        except INPUT_ERRORS as e:
+            log.debug("not pre-connecting to %s: %s", redact_url(url), e)
+            return []
+        with self._lock:
+            opening = self._preconnecting.get(netloc, 0)
+            start = max(0, count - opening)
+            self._preconnecting[netloc] = opening + start
+        # Take every place first (an idle connection counts as one and goes straight back),
+        # so the ones being opened are not taken twice; then connect the new ones at once.
+        taken = []
+        try:
+            for _ in range(start):
+                taken.append(pool._get_conn(timeout=0))
+        except urllib3.exceptions.HTTPError as e:  # the pool was closed meanwhile
+            log.debug("not pre-connecting to %s: %s", redact_url(url), e)
+        with self._lock:
+            self._preconnecting[netloc] -= start - len(taken)
+        threads = []
+        for conn in taken:
+            if conn.is_connected:
+                self._give_back(pool, netloc, conn)
+                continue
+            th = threading.Thread(
+                target=self._open_one,
+                args=(pool, netloc, conn),
+                daemon=True,
+                name="fastdist-connect",
+            )
+            th.start()
+            threads.append(th)
+        return threads
+
+    def _open_one(
+        self, pool: urllib3.HTTPConnectionPool, netloc: str, conn: BaseHTTPConnection
+    ) -> None:
+        """Connect one ``preconnect`` connection and give it back to its pool."""
+        try:
+            conn.timeout = self.config.connect_timeout
+            conn.connect()
+            log.debug("pre-opened a connection to %s", netloc)
+        except (OSError, ValueError, urllib3.exceptions.HTTPError) as e:
+            # Best effort (refused, timed out, TLS not trusted): the request that needs the
+            # connection opens its own and reports what fails.
+            log.debug("pre-connecting to %s failed: %s", netloc, e)
+            conn.close()
+        finally:
+            self._give_back(pool, netloc, conn)
+
+    def _give_back(
+        self, pool: urllib3.HTTPConnectionPool, netloc: str, conn: BaseHTTPConnection
+    ) -> None:
+        pool._put_conn(conn)
+        with self._lock:
+            self._preconnecting[netloc] -= 1
 
     def throttle(self, n: int) -> None:
         """Account ``n`` body bytes against ``limit_rate`` (sleeps while over the cap)."""

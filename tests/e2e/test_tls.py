@@ -149,3 +149,30 @@ def test_plain_http_loopback_registry_is_found_without_flags(
     assert client.transport.base_url(registry.host).startswith("https://")
     client.pull(busybox.ref)
     assert client.transport.base_url(registry.host) == f"http://{registry.host}"
+
+
+def test_pre_opened_connections_are_verified_as_a_request_s_are(
+    tls_registry: TLSRegistry,
+) -> None:
+    """``Transport.preconnect`` opens connections a later request reuses without a handshake
+    of its own: each is verified when opened, so an untrusted certificate still fails the
+    request, and a trusted one serves it."""
+    url = f"https://{tls_registry.host}/v2/"
+    for cfg, trusted in (
+        (TransportConfig(max_retries=0), False),
+        (TransportConfig(max_retries=0, ca_file=str(tls_registry.other_ca)), False),
+        (TransportConfig(max_retries=0, ca_file=str(tls_registry.ca)), True),
+    ):
+        t = Transport(cfg)
+        opening = t.preconnect(url, 3)
+        assert len(opening) == 3
+        for th in opening:
+            th.join()
+        if trusted:
+            resp = t.request("GET", url, registry=tls_registry.host, accept_status=(401,))
+            resp.close()
+            assert resp.status_code in (200, 401)
+        else:
+            with pytest.raises(RegistryError, match="TLS certificate not trusted"):
+                t.request("GET", url, registry=tls_registry.host)
+        assert t.base_url(tls_registry.host).startswith("https://")

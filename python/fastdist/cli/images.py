@@ -403,7 +403,7 @@ def add_commands(sub: Any) -> None:
         "--max-connections",
         metavar="N",
         help="blob requests in flight per registry host, for all layers together; a big "
-        "layer over a slow link is fetched as parallel ranges within it (default: 8)",
+        "layer over a slow link is fetched as parallel ranges within it (default: 32)",
     )
     sp.add_argument(
         "--limit-rate",
