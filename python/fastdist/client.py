@@ -201,6 +201,8 @@ class Client:
         ref: str,
         platform: str | Platform | None = None,
         progress: Progress = no_progress,
+        *,
+        dedup: bool | None = None,
     ) -> Image:
         """Resolve ``ref``, fetch and verify every blob, unpack every layer, record the image.
 
@@ -211,6 +213,9 @@ class Client:
         for explicitly, a single-platform image built for another one is refused
         (PlatformNotFoundError); ``"any"`` takes it whatever its platform, and an index's first
         entry when it has none for this host.
+
+        ``dedup``: share the new snapshots' files with the store's equal ones once the image is
+        recorded (``dedup.after_pull``); None: ``dedup.AFTER_PULL_DEFAULT`` of the snapshotter.
         """
         reference = Reference.parse(ref)
         plat, any_platform = oci.wanted_platform(platform)
@@ -252,6 +257,7 @@ class Client:
             if CRASH_AT is not None:
                 crash_point("committed")
             record = self._record_image(reference, resolved, plans)
+        self._dedup_after_pull(dedup)
         progress(
             ProgressEvent(
                 Phase.DONE,
@@ -884,6 +890,8 @@ class Client:
                     first.snapshotters,
                     check.container_snapshots(first.snapshotters),
                 )
+                for name, chain in removed:
+                    self.metadata.files.drop_layer(name, chain)  # dedup's index too
                 done += check.removed_findings(removed)
                 deep_report = dataclasses.replace(deep_report, removed=removed)
             after = checker(False, False).run()
@@ -913,6 +921,15 @@ class Client:
         with self._gc_lock(shared=False):
             snaps = gc.present_snapshotters(self.root, self.snapshotter)
             return dedup(snaps, self.metadata.files, in_use=container_snapshots(snaps))
+
+    def _dedup_after_pull(self, dedup: bool | None) -> None:
+        from . import dedup as dedup_mod
+
+        if dedup is None:
+            dedup = dedup_mod.AFTER_PULL_DEFAULT.get(self.snapshotter.name, False)
+        if dedup:
+            snaps = gc.present_snapshotters(self.root, self.snapshotter)
+            dedup_mod.after_pull(self.root, snaps, self.metadata.files)
 
     def unpack(
         self,

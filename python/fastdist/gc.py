@@ -45,6 +45,19 @@ def gc_lock(root: Path, shared: bool) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def gc_lock_if_free(root: Path) -> Iterator[bool]:
+    """Hold ``root``'s GC lock exclusively if no one holds it now (yields True), else yield
+    False at once (the after-pull dedup never waits for another pull)."""
+    lock = FileLock(root / "gc.lock")
+    got = lock.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            lock.release()
+
+
 def present_snapshotters(root: Path, current: Snapshotter) -> dict[str, Snapshotter]:
     """Every snapshotter that has a directory on ``root``, by name (``current`` always)."""
     snaps: dict[str, Snapshotter] = {current.name: current}
@@ -114,6 +127,7 @@ def prune(client: Client, partial_older_than: float = PARTIAL_KEEP_SECONDS) -> P
             for chain in sorted(snap.list(), key=lambda c: -depth(snap, c)):
                 if (snap.name, chain) not in snaps_kept:
                     snap.remove(chain)
+                    client.metadata.files.drop_layer(snap.name, chain)  # dedup's index too
                     removed_snaps += 1
             swept += snap.sweep_staging()
         ingests = content.prune_ingests(older_than=partial_older_than)

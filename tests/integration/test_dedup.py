@@ -237,3 +237,167 @@ def test_cli_dedup_and_system_df_as_table_and_json(
     ]
     assert a.name in table
     assert "shared by images" in table
+
+
+# --- after a pull ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_a_pull_with_dedup_shares_its_new_files_and_keeps_the_indexed_ones(
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
+) -> None:
+    a_ref = _push(registry, pusher, f"after-a-{snapshotter}", APP)
+    b_ref = _push(registry, pusher, f"after-b-{snapshotter}", APP, [File("usr/lib/new", "r\n")])
+    client = Client(store_root, snapshotter=snapshotter)
+    a = client.pull(a_ref, dedup=False)
+    assert client.dedup().linked == 0  # a alone: indexed, nothing to share
+    fa = _fs(store_root, a)
+    kept = {n: _ino(fa / "usr/lib" / n) for n in ("libbig.so", "dup1", "dup2")}
+    b = client.pull(b_ref, dedup=True)
+    fb = _fs(store_root, b)
+    # b's files became a's (a is the indexed side, never replaced); b's own second path of
+    # dup1's content stays apart, as in the whole-store pass.
+    assert {n: _ino(fa / "usr/lib" / n) for n in kept} == kept
+    assert _ino(fb / "usr/lib/libbig.so") == kept["libbig.so"]
+    assert _ino(fb / "usr/lib/dup1") in (kept["dup1"], kept["dup2"])
+    assert _ino(fb / "usr/lib/dup2") != _ino(fb / "usr/lib/dup1")
+    assert (fb / "usr/lib/libbig.so").read_bytes() == BIG
+    assert client.metadata.files.layers() == {
+        (snapshotter, c) for c in (*a.record.chain_ids, *b.record.chain_ids)
+    }
+    assert client.dedup().linked == 0  # the pass left nothing for the whole-store one
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_a_pull_without_dedup_shares_nothing_and_leaves_its_snapshots_to_the_next_pass(
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
+) -> None:
+    client, a, b = _two(registry, pusher, store_root, snapshotter, "nodedup")
+    assert client.disk_usage().shared == 0
+    assert client.metadata.files.layers() == set()
+    c_ref = _push(registry, pusher, f"nodedup-c-{snapshotter}", APP, [File("c", "c\n")])
+    client.pull(c_ref, dedup=True)  # takes every snapshot no pass has seen: a's and b's too
+    assert _ino(_fs(store_root, a) / "usr/lib/libbig.so") == _ino(
+        _fs(store_root, b) / "usr/lib/libbig.so"
+    )
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_the_after_pull_pass_waits_for_no_one_and_a_later_pass_catches_up(
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
+) -> None:
+    from fastdist import gc
+
+    a_ref = _push(registry, pusher, f"busy-a-{snapshotter}", APP)
+    b_ref = _push(registry, pusher, f"busy-b-{snapshotter}", APP, [File("usr/lib/new", "r\n")])
+    client = Client(store_root, snapshotter=snapshotter)
+    a = client.pull(a_ref, dedup=True)
+    with gc.gc_lock(store_root, shared=True):  # another pull (or a check) holds the store
+        b = client.pull(b_ref, dedup=True)
+    fa, fb = _fs(store_root, a), _fs(store_root, b)
+    assert _ino(fa / "usr/lib/libbig.so") != _ino(fb / "usr/lib/libbig.so")
+    assert (snapshotter, b.record.chain_ids[-1]) not in client.metadata.files.layers()
+    assert client.dedup().linked == 2  # b's snapshot was left unindexed: this pass takes it
+    assert _ino(fa / "usr/lib/libbig.so") == _ino(fb / "usr/lib/libbig.so")
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_the_after_pull_pass_never_replaces_a_file_of_a_layer_a_container_stands_on(
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
+) -> None:
+    a_ref = _push(registry, pusher, f"ctr-a-{snapshotter}", APP)
+    b_ref = _push(registry, pusher, f"ctr-b-{snapshotter}", APP, [File("usr/lib/new", "r\n")])
+    client = Client(store_root, snapshotter=snapshotter)
+    a = client.pull(a_ref, dedup=False)
+    fa = _fs(store_root, a)
+    before = {p.name: _ino(p) for p in (fa / "usr/lib").iterdir()}
+    client.snapshotter.prepare_active("ctr", a.record.chain_ids[-1])
+    b = client.pull(b_ref, dedup=True)
+    assert {p.name: _ino(p) for p in (fa / "usr/lib").iterdir()} == before
+    # b's files may point at a's (a is read, never written); a's own files are never replaced.
+    assert (_fs(store_root, b) / "usr/lib/libbig.so").read_bytes() == BIG
+    client.snapshotter.remove_active("ctr")
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_a_crash_mid_after_pull_dedup_leaves_the_image_pulled_and_every_tree_correct(
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
+) -> None:
+    a_ref = _push(registry, pusher, f"crashpull-a-{snapshotter}", APP)
+    b_ref = _push(registry, pusher, f"crashpull-b-{snapshotter}", APP, [File("x", "x\n")])
+    client = Client(store_root, snapshotter=snapshotter)
+    a = client.pull(a_ref, dedup=False)
+    env = {**os.environ, "FASTDIST_TEST_CRASH_AT": "dedup-linked"}
+    argv = [sys.executable, "-m", "fastdist", "--root", str(store_root), "pull", "-q"]
+    argv += ["--snapshotter", snapshotter, "--dedup", b_ref]
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == -9, r.stderr  # killed mid-dedup, after the image was recorded
+    b = client.get(b_ref)
+    for img in (a, b):
+        assert (_fs(store_root, img) / "usr/lib/libbig.so").read_bytes() == BIG
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+    assert client.dedup().linked > 0
+    client.prune()
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+    assert not check.leftovers
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_cli_pull_dedup_and_no_dedup(
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
+) -> None:
+    base = [sys.executable, "-m", "fastdist", "--root", str(store_root), "pull", "-q"]
+    base += ["--snapshotter", snapshotter]
+    refs = [
+        _push(registry, pusher, f"clipull-{k}-{snapshotter}", APP, [File(k, k)])
+        for k in ("a", "b", "c")
+    ]
+
+    def pull(*argv: str) -> None:
+        r = subprocess.run([*base, *argv], capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr
+
+    pull("--no-dedup", refs[0])
+    pull("--no-dedup", refs[1])
+    client = Client(store_root, snapshotter=snapshotter)
+    assert client.disk_usage().shared == 0
+    pull("--dedup", refs[2])
+    assert client.disk_usage().shared > 0
+    r = subprocess.run([*base, "--help"], capture_output=True, text=True, check=True)
+    assert "--dedup" in r.stdout
+    assert "--no-dedup" in r.stdout
+
+
+# --- the index follows the snapshots -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_the_file_index_forgets_a_snapshot_when_prune_or_repair_removes_it(
+    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
+) -> None:
+    client, a, b = _two(registry, pusher, store_root, snapshotter, "hygiene")
+    client.dedup()
+    index = client.metadata.files
+
+    def indexed() -> tuple[set[object], set[object]]:
+        rows = index.db._read("SELECT DISTINCT snapshotter, chain_id FROM file_index")
+        return {c for _, c in index.layers()}, {r["chain_id"] for r in rows}
+
+    both = set(a.record.chain_ids) | set(b.record.chain_ids)
+    assert indexed() == (both, both)
+    client.remove(a.name)
+    client.prune()
+    only_b = set(b.record.chain_ids)
+    assert indexed() == (only_b, only_b)  # at the prune, not at the next dedup
+    with open(_fs(store_root, b) / "usr/lib/new", "r+b") as f:
+        f.write(b"X")  # b's own file (not shared): damage for check --deep --repair
+    report = client.check(deep=True, repair=True)
+    assert {r.kind for r in report.repaired} == {"snapshot-removed"}
+    assert indexed() == (set(), set())
+    assert list(index.groups()) == []
