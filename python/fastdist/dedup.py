@@ -4,12 +4,14 @@
 (the sizes of the files each image's layers hold, every path counted) against physical bytes
 (``st_blocks`` of the distinct inodes: hardlinks once), per image, and how much of it other
 images share. What an image alone uses is what removing it (``rmi`` then ``prune``) frees from
-the snapshots. Reflinked extents are invisible to ``st_blocks``: on btrfs/xfs physical bytes
-are an upper bound.
+the snapshots. On a filesystem that shares extents (XFS, btrfs: reflinks), ``st_blocks``
+counts every copy, so a file one of whose extents is shared is counted by its physical extents
+(FIEMAP) instead, each piece of the device once however many files map it.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
@@ -71,12 +73,16 @@ class DiskUsage:
 class _Walked:
     logical: int
     inodes: dict[_Inode, int]  # inode -> its bytes on disk (st_blocks)
+    # Files whose extents another file shares (reflinks): inode -> physical extents. Their
+    # bytes are counted by extent (``_segments``), not by st_blocks, which counts each copy.
+    extents: dict[_Inode, list[tuple[int, int]]]
 
 
-def _walk(root: str) -> _Walked:
+def _walk(root: str, reflinks: dict[int, bool]) -> _Walked:
     """Logical bytes (regular files and symlinks, every path) and the inodes under ``root``."""
     logical = 0
     inodes: dict[_Inode, int] = {}
+    shared: dict[_Inode, list[tuple[int, int]]] = {}
     stack = [root]
     while stack:
         d = stack.pop()
@@ -90,12 +96,77 @@ def _walk(root: str) -> _Walked:
                     st = e.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                inodes[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+                key = (st.st_dev, st.st_ino)
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(e.path)
                 elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                     logical += st.st_size
-    return _Walked(logical, inodes)
+                if stat.S_ISREG(st.st_mode) and st.st_blocks and _can_share(e.path, st, reflinks):
+                    got = _shared_extents(e.path)
+                    if got is not None:
+                        shared[key] = got
+                        continue
+                inodes[key] = st.st_blocks * 512
+    return _Walked(logical, inodes, shared)
+
+
+_REFLINK_FS = (0x58465342, 0x9123683E)  # XFS, btrfs (statfs f_type)
+
+
+def _can_share(path: str, st: os.stat_result, known: dict[int, bool]) -> bool:
+    """Whether ``st``'s filesystem can share extents between files (statfs, once a device)."""
+    got = known.get(st.st_dev)
+    if got is None:
+        import ctypes
+
+        buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field
+        ok = libc().statfs(os.fsencode(path), buf) == 0
+        known[st.st_dev] = got = ok and ctypes.c_long.from_buffer(buf).value in _REFLINK_FS
+    return got
+
+
+def _shared_extents(path: str) -> list[tuple[int, int]] | None:
+    """The physical extents ``(start, end)`` of a file when one of them is shared, else None."""
+    try:
+        fd = _open(path)
+    except OSError:
+        return None
+    try:
+        got = extents(fd)
+    finally:
+        os.close(fd)
+    if not got or not any(flags & EXTENT_SHARED for _, _, flags in got):
+        return None
+    return [(start, start + length) for start, length, _ in got]
+
+
+def _segments(walked: Iterable[_Walked]) -> dict[_Inode, dict[_Inode, int]]:
+    """For each file counted by extent: the disjoint pieces of the device its extents cover,
+    as ``(dev, -1 - start) -> bytes`` units. Every extent boundary of every such file cuts the
+    device, so a piece is either wholly in an extent or not: copies that share an extent share
+    its pieces, and one rewritten in part (copy on write) shares exactly the untouched ones."""
+    cuts: dict[int, set[int]] = {}
+    for w in walked:
+        for (dev, _ino), spans in w.extents.items():
+            at = cuts.setdefault(dev, set())
+            for a, b in spans:
+                at.update((a, b))
+    sorted_cuts = {dev: sorted(at) for dev, at in cuts.items()}
+    out: dict[_Inode, dict[_Inode, int]] = {}
+    for w in walked:
+        for key, spans in w.extents.items():
+            if key in out:
+                continue
+            dev = key[0]
+            points = sorted_cuts[dev]
+            units: dict[_Inode, int] = {}
+            for a, b in spans:
+                i = bisect.bisect_left(points, a)
+                while i + 1 < len(points) and points[i] < b:
+                    units[(dev, -1 - points[i])] = points[i + 1] - points[i]
+                    i += 1
+            out[key] = units
+    return out
 
 
 def disk_usage(
@@ -106,11 +177,15 @@ def disk_usage(
     """Measure the committed snapshots of ``snapshotters`` for ``images`` (see the module)."""
     walked: dict[tuple[str, Digest], _Walked] = {}
     blocks: dict[_Inode, int] = {}
+    reflinks: dict[int, bool] = {}
     for name, snap in snapshotters.items():
         for chain in snap.list():
-            w = _walk(os.fspath(snap.fs_path(chain)))
-            walked[(name, chain)] = w
-            blocks.update(w.inodes)
+            walked[(name, chain)] = _walk(os.fspath(snap.fs_path(chain)), reflinks)
+    pieces = _segments(walked.values())
+    for w in walked.values():
+        for key in w.extents:
+            w.inodes.update(pieces[key])  # a shared file counts as its pieces of the device
+        blocks.update(w.inodes)
     users: dict[_Inode, int] = {}
     per_image: list[tuple[ImageRecord, set[_Inode], int, int]] = []
     for rec in images:
@@ -565,6 +640,7 @@ _FS_IOC_FIEMAP = 0xC020660B  # _IOWR('f', 11, struct fiemap)
 _FIEMAP_HEADER = struct.Struct("=QQIIII")
 _FIEMAP_EXTENT = struct.Struct("=QQQQQIIII")
 _FIEMAP_BATCH = 64
+_FIEMAP_SYNC = 0x1  # write dirty data first: its extents are then where it lies
 _EXTENT_LAST = 0x1
 # Extents whose physical address says nothing: not yet allocated, inline, encoded, unknown.
 _EXTENT_VAGUE = 0x2 | 0x4 | 0x8 | 0x200
@@ -580,7 +656,7 @@ def extents(fd: int) -> list[Extent] | None:
     start = 0
     while True:
         buf = bytearray(
-            _FIEMAP_HEADER.pack(start, (1 << 64) - 1 - start, 0, 0, _FIEMAP_BATCH, 0)
+            _FIEMAP_HEADER.pack(start, (1 << 64) - 1 - start, _FIEMAP_SYNC, 0, _FIEMAP_BATCH, 0)
             + bytes(_FIEMAP_EXTENT.size * _FIEMAP_BATCH)
         )
         try:
