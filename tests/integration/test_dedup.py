@@ -124,6 +124,7 @@ def _forced(rec: ManifestRecord) -> tuple[str, int]:
     return ("0" * 32, rec.size)  # every file of a size "collides"
 
 
+@pytest.mark.parametrize("how", ["command", "after-pull"])
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_dedup_never_links_files_differing_in_a_byte_mode_owner_mtime_or_xattrs(
     registry: LocalRegistry,
@@ -131,6 +132,7 @@ def test_dedup_never_links_files_differing_in_a_byte_mode_owner_mtime_or_xattrs(
     store_root: Path,
     snapshotter: str,
     monkeypatch: pytest.MonkeyPatch,
+    how: str,
 ) -> None:
     monkeypatch.setattr(dedup_mod, "INDEX_KEY", _forced)
     data = b"x" * 5000
@@ -146,12 +148,16 @@ def test_dedup_never_links_files_differing_in_a_byte_mode_owner_mtime_or_xattrs(
     if os.geteuid() != 0:
         del variants["owner"]
     client = Client(store_root, snapshotter=snapshotter)
+    after = how == "after-pull"  # each pull's pass against the images pulled before it
     imgs = {
-        k: client.pull(_push(registry, pusher, f"v-{k}-{snapshotter}", [Dir(f"d-{k}"), e]))
+        k: client.pull(
+            _push(registry, pusher, f"v-{k}-{how}-{snapshotter}", [Dir(f"d-{k}"), e]),
+            dedup=after,
+        )
         for k, e in variants.items()
     }
     rep = client.dedup()
-    assert rep.linked == 1
+    assert rep.linked == (0 if after else 1)
     assert rep.refused == len(variants) - 2
     inos = {k: _ino(_fs(store_root, img) / "f") for k, img in imgs.items()}
     assert inos["orig"] == inos["same"]
