@@ -494,3 +494,27 @@ def test_on_xfs_dedup_reflinks_independent_inodes_and_df_counts_each_extent_once
     client.remove(b.name)
     client.prune()
     assert (fa / "large").read_bytes() == LARGE
+
+
+@pytest.mark.parametrize("point", ["dedup-linked", "dedup-renamed"])
+def test_on_xfs_a_crash_mid_reflink_dedup_leaves_every_tree_correct(
+    registry: LocalRegistry, pusher: Pusher, xfs_root: Path, point: str
+) -> None:
+    entries = [*APP, File("usr/lib/large", LARGE, mode=0o640, xattrs={"user.k": "v"})]
+    a_ref = _push(registry, pusher, f"xfscrash-a-{point}", entries)
+    b_ref = _push(registry, pusher, f"xfscrash-b-{point}", entries, [File("new", "r\n")])
+    client = Client(xfs_root, snapshotter="native")  # reflinks do not depend on the snapshotter
+    a, b = client.pull(a_ref, dedup=False), client.pull(b_ref, dedup=False)
+    env = {**os.environ, "FASTDIST_TEST_CRASH_AT": point}
+    argv = [sys.executable, "-m", "fastdist", "--root", str(xfs_root), "dedup"]
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == -9, r.stderr  # killed at the crash point, a clone made
+    for img in (a, b):
+        assert (_fs(xfs_root, img) / "usr/lib/large").read_bytes() == LARGE
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+    assert client.dedup().linked > 0  # the next run completes
+    client.prune()
+    check = client.check(deep=True)
+    assert check.ok, check.problems
+    assert not check.leftovers
