@@ -1,8 +1,8 @@
 """Garbage collection: the GC lock and ``prune`` (what no image or container uses goes).
 
-Pulls, loads and ``check`` hold the root's GC lock shared; prune (and ``check --repair``) hold it
-exclusively, so prune never removes a blob or snapshot a running pull has committed but not yet
-recorded. The lock is the store's one ``FileLock`` implementation (store.py), taken shared.
+Pulls, loads and ``check`` hold the root's GC lock shared; prune (and ``check --repair``,
+``fastdist dedup``, and the after-pull dedup when the lock is free) hold it exclusively, so prune
+never removes a blob or snapshot a running pull has committed but not yet recorded. The lock is the store's one ``FileLock`` implementation (store.py), taken shared.
 """
 
 from __future__ import annotations
