@@ -2,7 +2,8 @@
 
 Pulls, loads and ``check`` hold the root's GC lock shared; prune (and ``check --repair``,
 ``fastdist dedup``, and the after-pull dedup when the lock is free) hold it exclusively, so prune
-never removes a blob or snapshot a running pull has committed but not yet recorded. The lock is the store's one ``FileLock`` implementation (store.py), taken shared.
+never removes a blob or snapshot a running pull has committed but not yet recorded. The lock is
+the store's one ``FileLock`` implementation (store.py), taken shared.
 """
 
 from __future__ import annotations
