@@ -709,18 +709,25 @@ def _shares_extents(a: str, b: str) -> bool:
 AFTER_PULL_DEFAULT: dict[str, bool] = {"overlayfs": False, "native": False}
 
 
-def after_pull(root: Path, snapshotters: Mapping[str, Snapshotter], index: FileIndex) -> None:
+def after_pull(
+    root: Path, snapshotters: Mapping[str, Snapshotter], index: FileIndex, *, asked: bool = False
+) -> None:
     """The pass a pull runs once its image is recorded: ``dedup(new_only=True)`` under the GC
     lock taken exclusively, as ``fastdist dedup``, but without waiting: when another process
     holds the lock (a pull, a check), the pass is left out and the snapshots stay unindexed, so
     the next pass (after a pull, or ``fastdist dedup``) takes them. Its failures are logged,
-    never the pull's: the image is recorded and whole."""
+    never the pull's: the image is recorded and whole. ``asked``: the caller asked for the pass
+    (``pull --dedup``), so leaving it out is a warning, not a note."""
     from .check import container_snapshots
     from .gc import gc_lock_if_free
 
     with gc_lock_if_free(root) as free:
         if not free:
-            log.info("dedup after pull: the store is busy; left to the next pass")
+            log.log(
+                logging.WARNING if asked else logging.INFO,
+                "dedup after pull: the store is busy (another pull, check or prune); "
+                "left to the next pass or `fastdist dedup`",
+            )
             return
         try:
             busy = container_snapshots(snapshotters)

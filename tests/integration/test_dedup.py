@@ -295,7 +295,11 @@ def test_a_pull_without_dedup_shares_nothing_and_leaves_its_snapshots_to_the_nex
 
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_the_after_pull_pass_waits_for_no_one_and_a_later_pass_catches_up(
-    registry: LocalRegistry, pusher: Pusher, store_root: Path, snapshotter: str
+    registry: LocalRegistry,
+    pusher: Pusher,
+    store_root: Path,
+    snapshotter: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from fastdist import gc
 
@@ -305,6 +309,9 @@ def test_the_after_pull_pass_waits_for_no_one_and_a_later_pass_catches_up(
     a = client.pull(a_ref, dedup=True)
     with gc.gc_lock(store_root, shared=True):  # another pull (or a check) holds the store
         b = client.pull(b_ref, dedup=True)
+    assert any(
+        r.levelname == "WARNING" and "the store is busy" in r.getMessage() for r in caplog.records
+    )  # asked for, so said
     fa, fb = _fs(store_root, a), _fs(store_root, b)
     assert _ino(fa / "usr/lib/libbig.so") != _ino(fb / "usr/lib/libbig.so")
     assert (snapshotter, b.record.chain_ids[-1]) not in client.metadata.files.layers()
