@@ -925,11 +925,8 @@ class Client:
     def _dedup_after_pull(self, dedup: bool | None) -> None:
         from . import dedup as dedup_mod
 
-        if (
-            dedup_mod.AFTER_PULL_DEFAULT.get(self.snapshotter.name, False)
-            if dedup is None
-            else dedup
-        ):
+        default = dedup_mod.AFTER_PULL_DEFAULT.get(self.snapshotter.name, False)
+        if dedup or (dedup is None and default):
             snaps = gc.present_snapshotters(self.root, self.snapshotter)
             dedup_mod.after_pull(self.root, snaps, self.metadata.files, asked=dedup is True)
 
