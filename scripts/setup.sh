@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(runc docker-registry umoci skopeo containerd podman busybox-static redis-server redis-tools pigz zstd gzip
-              apache2-utils
+              apache2-utils xfsprogs
               tar openssl ca-certificates iproute2 python3-venv
               nasm autoconf automake libtool make)  # last line: build of the bundled ISA-L (igzip)
 scripts/apt-ensure.sh "${APT_PACKAGES[@]}"

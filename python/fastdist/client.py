@@ -215,6 +215,8 @@ class Client:
         ref: str,
         platform: str | Platform | None = None,
         progress: Progress = no_progress,
+        *,
+        dedup: bool | None = None,
     ) -> Image:
         """Resolve ``ref``, fetch and verify every blob, unpack every layer, record the image.
 
@@ -225,6 +227,9 @@ class Client:
         for explicitly, a single-platform image built for another one is refused
         (PlatformNotFoundError); ``"any"`` takes it whatever its platform, and an index's first
         entry when it has none for this host.
+
+        ``dedup``: share the new snapshots' files with the store's equal ones once the image is
+        recorded (``dedup.after_pull``); None: ``dedup.AFTER_PULL_DEFAULT`` of the snapshotter.
         """
         reference = Reference.parse(ref)
         plat, any_platform = oci.wanted_platform(platform)
@@ -275,6 +280,7 @@ class Client:
             if CRASH_AT is not None:
                 crash_point("committed")
             record = self._record_image(reference, resolved, plans)
+        self._dedup_after_pull(dedup)
         progress(
             ProgressEvent(
                 Phase.DONE,
@@ -914,6 +920,8 @@ class Client:
                     first.snapshotters,
                     check.container_snapshots(first.snapshotters),
                 )
+                for name, chain in removed:
+                    self.metadata.files.drop_layer(name, chain)  # dedup's index too
                 done += check.removed_findings(removed)
                 deep_report = dataclasses.replace(deep_report, removed=removed)
             after = checker(False, False).run()
@@ -943,6 +951,14 @@ class Client:
         with self._gc_lock(shared=False):
             snaps = gc.present_snapshotters(self.root, self.snapshotter)
             return dedup(snaps, self.metadata.files, in_use=container_snapshots(snaps))
+
+    def _dedup_after_pull(self, dedup: bool | None) -> None:
+        from . import dedup as dedup_mod
+
+        default = dedup_mod.AFTER_PULL_DEFAULT.get(self.snapshotter.name, False)
+        if dedup or (dedup is None and default):
+            snaps = gc.present_snapshotters(self.root, self.snapshotter)
+            dedup_mod.after_pull(self.root, snaps, self.metadata.files, asked=dedup is True)
 
     def unpack(
         self,

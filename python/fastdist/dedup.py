@@ -4,18 +4,24 @@
 (the sizes of the files each image's layers hold, every path counted) against physical bytes
 (``st_blocks`` of the distinct inodes: hardlinks once), per image, and how much of it other
 images share. What an image alone uses is what removing it (``rmi`` then ``prune``) frees from
-the snapshots. Reflinked extents are invisible to ``st_blocks``: on btrfs/xfs physical bytes
-are an upper bound.
+the snapshots. On a filesystem that shares extents (XFS, btrfs: reflinks), ``st_blocks``
+counts every copy, so a file one of whose extents is shared is counted by its physical extents
+(FIEMAP) instead, each piece of the device once however many files map it.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import stat
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .content import ContentStore
 from .errors import FastdistError
@@ -23,7 +29,7 @@ from .fingerprint import ExpectedTree, ManifestRecord, expected_tree
 from .metadata import FileIndex, ImageRecord, IndexedFile
 from .oci import Digest
 from .snapshots import Snapshotter
-from .store import crash_point
+from .store import crash_point, libc, rmtree
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +73,16 @@ class DiskUsage:
 class _Walked:
     logical: int
     inodes: dict[_Inode, int]  # inode -> its bytes on disk (st_blocks)
+    # Files whose extents another file shares (reflinks): inode -> physical extents. Their
+    # bytes are counted by extent (``_segments``), not by st_blocks, which counts each copy.
+    extents: dict[_Inode, list[tuple[int, int]]]
 
 
-def _walk(root: str) -> _Walked:
+def _walk(root: str, reflinks: dict[int, bool]) -> _Walked:
     """Logical bytes (regular files and symlinks, every path) and the inodes under ``root``."""
     logical = 0
     inodes: dict[_Inode, int] = {}
+    shared: dict[_Inode, list[tuple[int, int]]] = {}
     stack = [root]
     while stack:
         d = stack.pop()
@@ -86,12 +96,77 @@ def _walk(root: str) -> _Walked:
                     st = e.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                inodes[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+                key = (st.st_dev, st.st_ino)
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(e.path)
                 elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                     logical += st.st_size
-    return _Walked(logical, inodes)
+                if stat.S_ISREG(st.st_mode) and st.st_blocks and _can_share(e.path, st, reflinks):
+                    got = _shared_extents(e.path)
+                    if got is not None:
+                        shared[key] = got
+                        continue
+                inodes[key] = st.st_blocks * 512
+    return _Walked(logical, inodes, shared)
+
+
+_REFLINK_FS = (0x58465342, 0x9123683E)  # XFS, btrfs (statfs f_type)
+
+
+def _can_share(path: str, st: os.stat_result, known: dict[int, bool]) -> bool:
+    """Whether ``st``'s filesystem can share extents between files (statfs, once a device)."""
+    got = known.get(st.st_dev)
+    if got is None:
+        import ctypes
+
+        buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field
+        ok = libc().statfs(os.fsencode(path), buf) == 0
+        known[st.st_dev] = got = ok and ctypes.c_long.from_buffer(buf).value in _REFLINK_FS
+    return got
+
+
+def _shared_extents(path: str) -> list[tuple[int, int]] | None:
+    """The physical extents ``(start, end)`` of a file when one of them is shared, else None."""
+    try:
+        fd = _open(path)
+    except OSError:
+        return None
+    try:
+        got = extents(fd)
+    finally:
+        os.close(fd)
+    if not got or not any(flags & EXTENT_SHARED for _, _, flags in got):
+        return None
+    return [(start, start + length) for start, length, _ in got]
+
+
+def _segments(walked: Iterable[_Walked]) -> dict[_Inode, dict[_Inode, int]]:
+    """For each file counted by extent: the disjoint pieces of the device its extents cover,
+    as ``(dev, -1 - start) -> bytes`` units. Every extent boundary of every such file cuts the
+    device, so a piece is either wholly in an extent or not: copies that share an extent share
+    its pieces, and one rewritten in part (copy on write) shares exactly the untouched ones."""
+    cuts: dict[int, set[int]] = {}
+    for w in walked:
+        for (dev, _ino), spans in w.extents.items():
+            at = cuts.setdefault(dev, set())
+            for a, b in spans:
+                at.update((a, b))
+    sorted_cuts = {dev: sorted(at) for dev, at in cuts.items()}
+    out: dict[_Inode, dict[_Inode, int]] = {}
+    for w in walked:
+        for key, spans in w.extents.items():
+            if key in out:
+                continue
+            dev = key[0]
+            points = sorted_cuts[dev]
+            units: dict[_Inode, int] = {}
+            for a, b in spans:
+                i = bisect.bisect_left(points, a)
+                while i + 1 < len(points) and points[i] < b:
+                    units[(dev, -1 - points[i])] = points[i + 1] - points[i]
+                    i += 1
+            out[key] = units
+    return out
 
 
 def disk_usage(
@@ -102,11 +177,15 @@ def disk_usage(
     """Measure the committed snapshots of ``snapshotters`` for ``images`` (see the module)."""
     walked: dict[tuple[str, Digest], _Walked] = {}
     blocks: dict[_Inode, int] = {}
+    reflinks: dict[int, bool] = {}
     for name, snap in snapshotters.items():
         for chain in snap.list():
-            w = _walk(os.fspath(snap.fs_path(chain)))
-            walked[(name, chain)] = w
-            blocks.update(w.inodes)
+            walked[(name, chain)] = _walk(os.fspath(snap.fs_path(chain)), reflinks)
+    pieces = _segments(walked.values())
+    for w in walked.values():
+        for key in w.extents:
+            w.inodes.update(pieces[key])  # a shared file counts as its pieces of the device
+        blocks.update(w.inodes)
     users: dict[_Inode, int] = {}
     per_image: list[tuple[ImageRecord, set[_Inode], int, int]] = []
     for rec in images:
@@ -208,12 +287,14 @@ def snap_depth(snap: Snapshotter) -> Callable[[Digest], int]:
     return depth
 
 
-def index_snapshots(snapshotters: Mapping[str, Snapshotter], index: FileIndex) -> int:
+def index_snapshots(
+    snapshotters: Mapping[str, Snapshotter], index: FileIndex
+) -> set[tuple[str, Digest]]:
     """Index every committed snapshot not indexed yet (and forget the removed ones); returns
-    how many were indexed."""
+    the ``(snapshotter, chain_id)`` indexed now: the snapshots no dedup pass has seen."""
     have = index.layers()
     present: set[tuple[str, Digest]] = set()
-    n = 0
+    fresh: set[tuple[str, Digest]] = set()
     for name, snap in snapshotters.items():
         cache: dict[Digest, ExpectedTree | None] = {}
         # Parents first: each fold starts from its parent's (cached).
@@ -229,10 +310,10 @@ def index_snapshots(snapshotters: Mapping[str, Snapshotter], index: FileIndex) -
             if files is None:
                 continue
             index.add_layer(name, chain, [(p, *INDEX_KEY(r)) for p, r in files])
-            n += 1
+            fresh.add((name, chain))
     for name, chain in have - present:
         index.drop_layer(name, chain)
-    return n
+    return fresh
 
 
 def _views(snapshotters: Mapping[str, Snapshotter]) -> dict[tuple[str, Digest], set[Digest]]:
@@ -283,74 +364,113 @@ def dedup(
     index: FileIndex,
     *,
     in_use: Iterable[tuple[str, Digest]] = (),
+    new_only: bool = False,
 ) -> DedupReport:
-    """Share equal regular files between committed snapshots by hardlinks (the caller holds
-    the GC lock exclusively: nothing commits or removes snapshots meanwhile).
+    """Share equal regular files between committed snapshots (the caller holds the GC lock
+    exclusively: nothing commits or removes snapshots meanwhile): by a reflink (``FICLONE``:
+    a new inode sharing the head's extents, so every file keeps its own inode, link count and
+    metadata) where the store's filesystem can, by a hardlink otherwise.
 
     Candidates are index groups of equal ``(xxh3, size)``; a file is shared only when its bytes
     equal the group's first file's and its type, mode, owner, mtime and xattrs are the same.
-    Each replacement is a new link made in the snapshotter's staging directory and renamed over
-    the file, so a crash leaves either the old file or the shared one, never neither (the
-    leftover link is a staging leftover ``prune`` removes). Never touched: snapshots in
-    ``in_use`` (a container's lower layers), files with other hardlinks (the image's own), and
-    a second path of one root filesystem onto the same inode (a container would see two paths
-    as one file, and the native snapshotter's copy would keep them linked).
+    Each replacement is made in a trash directory of the snapshotter's staging directory and
+    exchanged with the file (``renameat2(RENAME_EXCHANGE)``; a plain rename over it where the
+    filesystem has no exchange), so a crash leaves either the old file or the shared one, never
+    neither; the old inodes are freed together at the end (the trash is a staging leftover
+    ``prune`` removes if a crash comes first). Never touched: snapshots in ``in_use`` (a
+    container's lower layers), files with other hardlinks (the image's own), and, for
+    hardlinks, a second path of one root filesystem onto the same inode (a container would see
+    two paths as one file, and the native snapshotter's copy would keep them linked).
+
+    ``new_only`` (the pass after a pull): only the files of the snapshots no pass has indexed
+    yet are replaced, and only the groups they are in are read; the files already indexed are
+    the ones kept.
     """
-    indexed = index_snapshots(snapshotters, index)
+    fresh = index_snapshots(snapshotters, index)
     busy = set(in_use)
     views = _views(snapshotters)
+    sharer = _Sharer()
     candidates = linked = saved = refused = skipped = 0
-    for group in index.groups():
-        members: list[_Member] = []
-        for f in group:
-            snap = snapshotters.get(f.snapshotter)
-            if snap is None or (f.snapshotter, f.chain_id) not in views:
+    fs_paths: dict[tuple[str, Digest], str | None] = {}
+    real_dirs: dict[str, bool] = {}
+    groups = index.groups(layers=fresh) if new_only else index.groups()
+    try:
+        for group in groups:
+            members: list[_Member] = []
+            for f in group:
+                key = (f.snapshotter, f.chain_id)
+                snap = snapshotters.get(f.snapshotter)
+                if snap is None or key not in views:
+                    continue
+                if key not in fs_paths:
+                    try:
+                        fs_paths[key] = os.fspath(snap.trusted_fs_path(f.chain_id))
+                    except (FastdistError, OSError):
+                        fs_paths[key] = None
+                top = fs_paths[key]
+                if top is None:
+                    continue
+                path = os.path.join(top, os.fsdecode(f.path))
+                parent = os.path.dirname(path)
+                try:
+                    st = os.lstat(path)
+                    real = real_dirs.get(parent)
+                    if real is None:
+                        # No symlink on the way (the manifest's real path): never write elsewhere.
+                        real = real_dirs[parent] = os.path.realpath(parent) == parent
+                except OSError:
+                    continue  # check --deep reports it
+                if real and stat.S_ISREG(st.st_mode):
+                    members.append(_Member(f, path, st))
+            if len(members) < 2:
                 continue
-            path = os.path.join(os.fspath(snap.trusted_fs_path(f.chain_id)), os.fsdecode(f.path))
-            try:
-                st = os.lstat(path)
-                # No symlink on the way (the manifest's real path): never write elsewhere.
-                real = os.path.realpath(os.path.dirname(path)) == os.path.dirname(path)
-            except OSError:
-                continue  # check --deep reports it
-            if not real:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                members.append(_Member(f, path, st))
-        if len(members) < 2:
-            continue
-        candidates += len(members)
-        # The most linked inode first: a file shared by an earlier run stays the one kept.
-        members.sort(key=lambda m: -m.st.st_nlink)
-        classes: list[_Class] = []  # files proven equal to each other, by their kept inode
-        for m in members:
-            ino = (m.st.st_dev, m.st.st_ino)
-            where = views[(m.file.snapshotter, m.file.chain_id)]
-            same = next((c for c in classes if c.ino == ino), None)
-            if same is not None:
-                same.shown |= where
-                continue
-            match = next((c for c in classes if _equal(c, m)), None)
-            if match is None:
-                if classes:
-                    refused += 1  # an equal key, other bytes or metadata: kept apart
-                classes.append(_Class(m, ino, _xattrs_of(m.path), set(where)))
-                continue
-            busy_here = (m.file.snapshotter, m.file.chain_id) in busy
-            if busy_here or m.st.st_nlink > 1 or (where & match.shown):
-                skipped += 1
-                continue
-            if _replace_by_link(snapshotters[m.file.snapshotter], match.head.path, m):
-                linked += 1
-                saved += m.st.st_blocks * 512
-                match.shown |= where
-    log.info("dedup: %d file(s) linked, %d bytes saved, %d refused", linked, saved, refused)
-    return DedupReport(indexed, candidates, linked, saved, refused, skipped)
+            candidates += len(members)
+            # The files already indexed first (kept), then the most linked inode: a file shared
+            # by an earlier run stays the one kept.
+            members.sort(
+                key=lambda m: ((m.file.snapshotter, m.file.chain_id) in fresh, -m.st.st_nlink)
+            )
+            classes: list[_Class] = []  # files proven equal to each other, by their kept inode
+            for m in members:
+                ino = (m.st.st_dev, m.st.st_ino)
+                mkey = (m.file.snapshotter, m.file.chain_id)
+                where = views[mkey]
+                same = next((c for c in classes if c.ino == ino), None)
+                if same is not None:
+                    same.shown |= where
+                    continue
+                if new_only and mkey not in fresh:
+                    # Kept as it is: an already indexed file is only ever a head here.
+                    if not any(_equal(c, m) for c in classes):
+                        classes.append(_Class(m, ino, _xattrs_of(m.path), set(where)))
+                    continue
+                snap = snapshotters[m.file.snapshotter]
+                reflink = sharer.can_reflink(snap, m.st.st_dev)
+                match = next((c for c in classes if _equal(c, m)), None)
+                if match is None:
+                    if classes:
+                        refused += 1  # an equal key, other bytes or metadata: kept apart
+                    classes.append(_Class(m, ino, _xattrs_of(m.path), set(where)))
+                    continue
+                if reflink and _shares_extents(match.head.path, m.path):
+                    continue  # reflinked by an earlier run
+                busy_here = mkey in busy
+                if busy_here or m.st.st_nlink > 1 or (not reflink and where & match.shown):
+                    skipped += 1
+                    continue
+                if sharer.share(snap, match, m, reflink):
+                    linked += 1
+                    saved += m.st.st_blocks * 512
+                    match.shown |= where
+    finally:
+        sharer.finish()
+    log.info("dedup: %d file(s) shared, %d bytes saved, %d refused", linked, saved, refused)
+    return DedupReport(len(fresh), candidates, linked, saved, refused, skipped)
 
 
 @dataclass
 class _Class:
-    head: _Member  # the file the others become links of
+    head: _Member  # the file the others become links (or reflinks) of
     ino: _Inode
     xattrs: dict[str, bytes]
     shown: set[Digest]  # the views (root filesystems) that already show ``ino``
@@ -388,26 +508,231 @@ def _equal(c: _Class, m: _Member) -> bool:
         os.close(mfd)
 
 
-def _replace_by_link(snap: Snapshotter, head: str, m: _Member) -> bool:
-    """Replace ``m`` by a hardlink to ``head``: link in staging, rename over, restore the
-    directory's times (a rename moves its mtime; the image's tree keeps its own)."""
-    tmp = os.path.join(os.fspath(snap.staging_dir), f".rm-dedup-{os.urandom(8).hex()}")
-    parent = os.path.dirname(m.path)
-    try:
-        pst = os.lstat(parent)
-        os.link(head, tmp, follow_symlinks=False)
-    except OSError as e:
-        log.debug("dedup: cannot link %s: %s", head, e)  # EXDEV: another filesystem
+# --- the replacement: reflink or hardlink, exchanged with the file --------------------------------
+
+FICLONE = 0x40049409  # _IOW(0x94, 9, int)
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the names ``a`` and ``b`` atomically; False where the kernel or filesystem has no
+    ``RENAME_EXCHANGE`` (the caller renames over instead)."""
+    import ctypes
+
+    fn = getattr(libc(), "renameat2", None)
+    if fn is None:
         return False
-    crash_point("dedup-linked")
-    try:
-        os.rename(tmp, m.path)
-    except OSError as e:
-        log.warning("dedup: cannot replace %s: %s", m.path, e)
+    ctypes.set_errno(0)
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+class _Sharer:
+    """One pass's replacements: a trash directory per snapshotter (the replaced inodes, freed
+    together at the end) and whether each store filesystem can reflink (probed once)."""
+
+    def __init__(self) -> None:
+        self.trash: dict[str, str] = {}
+        self.reflinks: dict[int, bool] = {}
+        self.n = 0
+
+    def _trash(self, snap: Snapshotter) -> str:
+        t = self.trash.get(snap.name)
+        if t is None:
+            t = os.path.join(os.fspath(snap.staging_dir), f".rm-dedup-{os.urandom(8).hex()}")
+            os.mkdir(t, 0o700)
+            self.trash[snap.name] = t
+        return t
+
+    def _tmp(self, snap: Snapshotter) -> str:
+        self.n += 1
+        return os.path.join(self._trash(snap), str(self.n))
+
+    def can_reflink(self, snap: Snapshotter, dev: int) -> bool:
+        """Whether ``FICLONE`` works on the filesystem ``dev`` of ``snap`` (one probe: a
+        one-byte file cloned in the trash)."""
+        got = self.reflinks.get(dev)
+        if got is None:
+            got = False
+            try:
+                if os.stat(snap.staging_dir).st_dev == dev:
+                    a, b = self._tmp(snap), self._tmp(snap)
+                    with open(a, "wb") as fa:
+                        fa.write(b"\0")
+                    with open(a, "rb") as fa, open(b, "wb") as fb:
+                        fcntl.ioctl(fb.fileno(), FICLONE, fa.fileno())
+                    got = True
+            except OSError as e:
+                log.debug("dedup: no reflink on this filesystem (%s): hardlinks", e)
+            self.reflinks[dev] = got
+            log.debug("dedup: reflink on device %d: %s", dev, got)
+        return got
+
+    def share(self, snap: Snapshotter, c: _Class, m: _Member, reflink: bool) -> bool:
+        """Replace ``m`` by a reflink or hardlink of ``c.head``: made in the trash, exchanged
+        with ``m``, the directory's times restored (the exchange moves its mtime; the image's
+        tree keeps its own)."""
+        tmp = self._tmp(snap)
+        parent = os.path.dirname(m.path)
+        try:
+            pst = os.lstat(parent)
+            if reflink:
+                _clone(c, tmp)
+            else:
+                os.link(c.head.path, tmp, follow_symlinks=False)
+        except OSError as e:
+            log.debug("dedup: cannot share %s: %s", c.head.path, e)  # EXDEV: another filesystem
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False
+        crash_point("dedup-linked")
+        try:
+            if not _exchange(tmp, m.path):
+                os.rename(tmp, m.path)
+        except OSError as e:
+            log.warning("dedup: cannot replace %s: %s", m.path, e)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False
+        crash_point("dedup-renamed")
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.utime(parent, ns=(pst.st_atime_ns, pst.st_mtime_ns), follow_symlinks=False)
+        return True
+
+    def finish(self) -> None:
+        """Free the replaced inodes (their blocks, once nothing else holds them)."""
+        for t in self.trash.values():
+            rmtree(Path(t))
+        self.trash.clear()
+
+
+def _clone(c: _Class, tmp: str) -> None:
+    """``tmp``: a new file sharing ``c.head``'s extents, with its owner, xattrs, mode and
+    times (owner first: a chown clears setuid bits and file capabilities)."""
+    st = c.head.st
+    src = _open(c.head.path)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        dst = os.open(tmp, flags, 0o600)
+        try:
+            if (os.fstat(src).st_dev, os.fstat(src).st_ino) != c.ino:
+                raise OSError(errno.ESTALE, "replaced meanwhile", c.head.path)
+            fcntl.ioctl(dst, FICLONE, src)
+            os.fchown(dst, st.st_uid, st.st_gid)
+            for key, value in c.xattrs.items():
+                os.setxattr(dst, key, value)
+            os.fchmod(dst, stat.S_IMODE(st.st_mode))
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+# --- physical extents (FIEMAP): what reflinked files share ----------------------------------------
+
+_FS_IOC_FIEMAP = 0xC020660B  # _IOWR('f', 11, struct fiemap)
+_FIEMAP_HEADER = struct.Struct("=QQIIII")
+_FIEMAP_EXTENT = struct.Struct("=QQQQQIIII")
+_FIEMAP_BATCH = 64
+_FIEMAP_SYNC = 0x1  # write dirty data first: its extents are then where it lies
+_EXTENT_LAST = 0x1
+# Extents whose physical address says nothing: not yet allocated, inline, encoded, unknown.
+_EXTENT_VAGUE = 0x2 | 0x4 | 0x8 | 0x200
+EXTENT_SHARED = 0x2000
+
+Extent = tuple[int, int, int]  # physical start, length, flags
+
+
+def extents(fd: int) -> list[Extent] | None:
+    """The physical extents of an open file (FIEMAP), or None where the filesystem cannot say
+    or an extent has no fixed place (delayed allocation, inline data)."""
+    out: list[Extent] = []
+    start = 0
+    while True:
+        buf = bytearray(
+            _FIEMAP_HEADER.pack(start, (1 << 64) - 1 - start, _FIEMAP_SYNC, 0, _FIEMAP_BATCH, 0)
+            + bytes(_FIEMAP_EXTENT.size * _FIEMAP_BATCH)
+        )
+        try:
+            fcntl.ioctl(fd, _FS_IOC_FIEMAP, buf)
+        except OSError:
+            return None
+        mapped = _FIEMAP_HEADER.unpack_from(buf)[3]
+        last = 0
+        for i in range(mapped):
+            logical, physical, length, _r1, _r2, flags, *_ = _FIEMAP_EXTENT.unpack_from(
+                buf, _FIEMAP_HEADER.size + i * _FIEMAP_EXTENT.size
+            )
+            if flags & _EXTENT_VAGUE:
+                return None
+            out.append((physical, length, flags))
+            last = flags
+            start = logical + length
+        if mapped < _FIEMAP_BATCH or last & _EXTENT_LAST:
+            return out
+
+
+def _shares_extents(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` hold the same physical extents (a reflink made before)."""
+    try:
+        fa = _open(a)
+    except OSError:
         return False
-    crash_point("dedup-renamed")
-    with contextlib.suppress(OSError):
-        os.utime(parent, ns=(pst.st_atime_ns, pst.st_mtime_ns), follow_symlinks=False)
-    return True
+    try:
+        fb = _open(b)
+    except OSError:
+        os.close(fa)
+        return False
+    try:
+        ea, eb = extents(fa), extents(fb)
+        return (
+            bool(ea)
+            and ea is not None
+            and eb is not None
+            and ([e[:2] for e in ea] == [e[:2] for e in eb])
+        )
+    finally:
+        os.close(fa)
+        os.close(fb)
+
+
+# --- after a pull ---------------------------------------------------------------------------------
+
+#: Whether a pull runs the incremental pass when not told (``pull --dedup/--no-dedup``,
+#: ``Client.pull(dedup=)``), by snapshotter: see ARCHITECTURE.md for the measurement.
+AFTER_PULL_DEFAULT: dict[str, bool] = {"overlayfs": False, "native": False}
+
+
+def after_pull(
+    root: Path, snapshotters: Mapping[str, Snapshotter], index: FileIndex, *, asked: bool = False
+) -> None:
+    """The pass a pull runs once its image is recorded: ``dedup(new_only=True)`` under the GC
+    lock taken exclusively, as ``fastdist dedup``, but without waiting: when another process
+    holds the lock (a pull, a check), the pass is left out and the snapshots stay unindexed, so
+    the next pass (after a pull, or ``fastdist dedup``) takes them. Its failures are logged,
+    never the pull's: the image is recorded and whole. ``asked``: the caller asked for the pass
+    (``pull --dedup``), so leaving it out is a warning, not a note."""
+    from .check import container_snapshots
+    from .gc import gc_lock_if_free
+
+    with gc_lock_if_free(root) as free:
+        if not free:
+            log.log(
+                logging.WARNING if asked else logging.INFO,
+                "dedup after pull: the store is busy (another pull, check or prune); "
+                "left to the next pass or `fastdist dedup`",
+            )
+            return
+        try:
+            busy = container_snapshots(snapshotters)
+            rep = dedup(snapshotters, index, in_use=busy, new_only=True)
+        except (FastdistError, OSError) as e:
+            log.warning("dedup after pull: %s (the image is pulled; `fastdist dedup` retries)", e)
+            return
+    log.info("dedup after pull: %d file(s) shared, %d bytes saved", rep.linked, rep.bytes_saved)

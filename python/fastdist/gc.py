@@ -1,8 +1,9 @@
 """Garbage collection: the GC lock and ``prune`` (what no image or container uses goes).
 
-Pulls, loads and ``check`` hold the root's GC lock shared; prune (and ``check --repair``) hold it
-exclusively, so prune never removes a blob or snapshot a running pull has committed but not yet
-recorded. The lock is the store's one ``FileLock`` implementation (store.py), taken shared.
+Pulls, loads and ``check`` hold the root's GC lock shared; prune (and ``check --repair``,
+``fastdist dedup``, and the after-pull dedup when the lock is free) hold it exclusively, so prune
+never removes a blob or snapshot a running pull has committed but not yet recorded. The lock is
+the store's one ``FileLock`` implementation (store.py), taken shared.
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ def gc_lock(root: Path, shared: bool) -> Iterator[None]:
     """Hold ``root``'s GC lock: shared (pull, load, check) or exclusive (prune, repair)."""
     with FileLock(root / "gc.lock", shared=shared):
         yield
+
+
+@contextlib.contextmanager
+def gc_lock_if_free(root: Path) -> Iterator[bool]:
+    """Hold ``root``'s GC lock exclusively if no one holds it now (yields True), else yield
+    False at once (the after-pull dedup never waits for another pull)."""
+    lock = FileLock(root / "gc.lock")
+    got = lock.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            lock.release()
 
 
 def present_snapshotters(root: Path, current: Snapshotter) -> dict[str, Snapshotter]:
@@ -114,6 +128,7 @@ def prune(client: Client, partial_older_than: float = PARTIAL_KEEP_SECONDS) -> P
             for chain in sorted(snap.list(), key=lambda c: -depth(snap, c)):
                 if (snap.name, chain) not in snaps_kept:
                     snap.remove(chain)
+                    client.metadata.files.drop_layer(snap.name, chain)  # dedup's index too
                     removed_snaps += 1
             swept += snap.sweep_staging()
         ingests = content.prune_ingests(older_than=partial_older_than)

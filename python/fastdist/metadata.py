@@ -524,15 +524,30 @@ class FileIndex:
 
         self.db._write(drop)
 
-    def groups(self, min_size: int = 1) -> Iterator[tuple[IndexedFile, ...]]:
-        """Files sharing an ``(xxh3, size)`` key, by key, at least two per group."""
+    def groups(
+        self, min_size: int = 1, *, layers: Iterable[tuple[str, Digest]] | None = None
+    ) -> Iterator[tuple[IndexedFile, ...]]:
+        """Files sharing an ``(xxh3, size)`` key, by key, at least two per group; with
+        ``layers``, only the groups holding a file of one of those snapshots (one query: the
+        keys of those snapshots' files, by the primary key, then their groups by content; a
+        group may then be one file)."""
+        if layers is None:
+            keys = (
+                "SELECT xxh3, size FROM file_index WHERE size >= ?"
+                " GROUP BY xxh3, size HAVING COUNT(*) > 1"
+            )
+            args: tuple[Any, ...] = (min_size,)
+        else:
+            keys = (
+                "SELECT DISTINCT k.xxh3, k.size FROM json_each(?) j JOIN file_index k"
+                " ON k.snapshotter = json_extract(j.value, '$[0]')"
+                " AND k.chain_id = json_extract(j.value, '$[1]') WHERE k.size >= ?"
+            )
+            args = (json.dumps(sorted([s, c] for s, c in layers)), min_size)
         rows = self.db._read(
-            "SELECT f.* FROM file_index f JOIN ("
-            " SELECT xxh3, size FROM file_index WHERE size >= ?"
-            " GROUP BY xxh3, size HAVING COUNT(*) > 1"
-            ") g ON f.xxh3 = g.xxh3 AND f.size = g.size"
+            f"SELECT f.* FROM file_index f JOIN ({keys}) g ON f.xxh3 = g.xxh3 AND f.size = g.size"
             " ORDER BY f.xxh3, f.size, f.snapshotter, f.chain_id, f.path",
-            (min_size,),
+            args,
         )
         group: list[IndexedFile] = []
         for r in rows:

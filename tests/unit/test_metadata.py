@@ -288,3 +288,21 @@ def test_a_version_1_database_gains_the_file_index_and_keeps_its_rows(tmp_path: 
     ]
     again.files.drop_layer("overlayfs", d("c1"))
     assert list(again.files.groups()) == []
+
+
+def test_file_index_groups_of_some_layers_are_the_groups_their_files_are_in(
+    tmp_path: Path,
+) -> None:
+    db = MetadataDB(tmp_path)
+    x, y = "1" * 32, "2" * 32
+    db.files.add_layer("overlayfs", d("old"), [(b"a", x, 10), (b"b", y, 10)])
+    db.files.add_layer("overlayfs", d("old2"), [(b"b", y, 10)])
+    db.files.add_layer("native", d("new"), [(b"a", x, 10), (b"c", "3" * 32, 10)])
+    got = list(db.files.groups(layers={("native", d("new"))}))
+    # x's group whole (the old file with it); y's group is no new file's; c's is one file.
+    assert [sorted((f.snapshotter, f.path) for f in g) for g in got] == [
+        [("native", b"a"), ("overlayfs", b"a")],
+        [("native", b"c")],
+    ]
+    assert list(db.files.groups(layers=set())) == []
+    assert len(list(db.files.groups())) == 2  # x and y: the whole-store pass

@@ -33,10 +33,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
     link = _link_options(args)
     with sigterm_interrupts():
         if args.quiet:
-            img = _client(args, **link).pull(args.ref, platform=args.platform)
+            img = _client(args, **link).pull(args.ref, platform=args.platform, dedup=args.dedup)
         else:
             with display:  # --json: a failure from here on is an event too
-                img = _client(args, **link).pull(args.ref, platform=args.platform, progress=display)
+                img = _client(args, **link).pull(
+                    args.ref, platform=args.platform, progress=display, dedup=args.dedup
+                )
     if not args.json:
         print(sanitize(f"{img.name}: {img.target.digest}" if not args.quiet else img.target.digest))
     return 0
@@ -396,6 +398,13 @@ def add_commands(sub: Any) -> None:
         "--platform",
         help="os/arch[/variant] (default: this host's); a single-platform image built for "
         "another platform is refused; 'any' accepts it whatever its platform",
+    )
+    sp.add_argument(
+        "--dedup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="share the new layers' files with equal files already in the store once the "
+        "image is recorded (bytes compared first; see `fastdist dedup`); default: off",
     )
     add_registry_options(sp)
     sp.add_argument("--snapshotter", choices=("overlayfs", "native"), help=SNAPSHOTTER_HELP)

@@ -81,13 +81,15 @@ def add_commands(sub: Any) -> None:
     sp = sub.add_parser(
         "dedup",
         help="share equal files between the unpacked layers",
-        description="Hardlink files equal in content and metadata (mode, owner, mtime, xattrs) "
-        "across the committed layer snapshots. Candidates come from the xxh3 index of the layer "
-        "manifests; the bytes are compared before anything is shared. Layers a container uses, "
-        "files the image itself hardlinks, and a second path of one image onto the same file "
-        "are left alone; a container writing to a shared file gets its own copy (overlayfs "
-        "copy-up; the native snapshotter copies the tree). Runs under the store's exclusive "
-        "lock, as prune.",
+        description="Share files equal in content and metadata (mode, owner, mtime, xattrs) "
+        "across the committed layer snapshots: a reflink (a separate file sharing the blocks) "
+        "where the filesystem has them (XFS, btrfs), a hardlink otherwise. Candidates come from "
+        "the xxh3 index of the layer manifests; the bytes are compared before anything is "
+        "shared. Layers a container uses, files the image itself hardlinks, and (for hardlinks) "
+        "a second path of one image onto the same file are left alone; a container writing to a "
+        "shared file gets its own copy (overlayfs copy-up; the native snapshotter copies the "
+        "tree). Runs under the store's exclusive lock, as prune. `pull --dedup` runs the same "
+        "pass for the pulled layers only.",
     )
     sp.set_defaults(func=cmd_dedup)
 
