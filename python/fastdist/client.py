@@ -229,7 +229,7 @@ class Client:
         entry when it has none for this host.
 
         ``dedup``: share the new snapshots' files with the store's equal ones once the image is
-        recorded (``dedup.after_pull``); None: ``dedup.AFTER_PULL_DEFAULT`` of the snapshotter.
+        recorded (``dedup.after_pull``); None: the snapshotter's ``dedup_after_pull``.
         """
         reference = Reference.parse(ref)
         plat, any_platform = oci.wanted_platform(platform)
@@ -953,10 +953,9 @@ class Client:
             return dedup(snaps, self.metadata.files, in_use=container_snapshots(snaps))
 
     def _dedup_after_pull(self, dedup: bool | None) -> None:
-        from . import dedup as dedup_mod
+        if dedup or (dedup is None and self.snapshotter.dedup_after_pull):
+            from . import dedup as dedup_mod
 
-        default = dedup_mod.AFTER_PULL_DEFAULT.get(self.snapshotter.name, False)
-        if dedup or (dedup is None and default):
             snaps = gc.present_snapshotters(self.root, self.snapshotter)
             dedup_mod.after_pull(self.root, snaps, self.metadata.files, asked=dedup is True)
 

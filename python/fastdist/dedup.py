@@ -704,11 +704,6 @@ def _shares_extents(a: str, b: str) -> bool:
 
 # --- after a pull ---------------------------------------------------------------------------------
 
-#: Whether a pull runs the incremental pass when not told (``pull --dedup/--no-dedup``,
-#: ``Client.pull(dedup=)``), by snapshotter: see ARCHITECTURE.md for the measurement.
-AFTER_PULL_DEFAULT: dict[str, bool] = {"overlayfs": False, "native": False}
-
-
 def after_pull(
     root: Path, snapshotters: Mapping[str, Snapshotter], index: FileIndex, *, asked: bool = False
 ) -> None:

@@ -105,6 +105,10 @@ class Snapshotter(ABC):
 
     name: ClassVar[str]
     apply_mode: ClassVar[ApplyMode]
+    #: Whether a pull runs the incremental dedup pass when not told (``pull --dedup/--no-dedup``,
+    #: ``Client.pull(dedup=)``): off for every snapshotter, see ARCHITECTURE.md for the
+    #: measurement. A class attribute so that a pull that does not dedup never imports dedup.py.
+    dedup_after_pull: ClassVar[bool] = False
 
     def __init__(self, root: Path, *, sync: bool = True) -> None:
         """``sync=False`` skips the ``syncfs`` before each commit (tests, throwaway stores)."""
