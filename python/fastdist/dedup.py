@@ -704,6 +704,7 @@ def _shares_extents(a: str, b: str) -> bool:
 
 # --- after a pull ---------------------------------------------------------------------------------
 
+
 def after_pull(
     root: Path, snapshotters: Mapping[str, Snapshotter], index: FileIndex, *, asked: bool = False
 ) -> None:
