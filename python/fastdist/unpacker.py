@@ -76,13 +76,38 @@ class LayerSink:
         return self._writer.offset if self._writer is not None else self.desc.size
 
     def write(self, data: bytes) -> None:
-        if self._state != "open" or self._writer is None:
-            raise RuntimeError(f"layer sink for {self.desc.digest} is {self._state}")
         try:
-            self._writer.write(data)
+            self._open_writer().write(data)
         except _BAD_BYTES:
             self._bad = True
             raise
+
+    def prepare_ahead(self) -> None:
+        """Ranged chunks land in the ingest past the prefix from now on: the ingest records
+        its prefix (``Ingest.prepare_ahead``), so a crash keeps only that."""
+        assert self.ingest is not None
+        self.ingest.prepare_ahead(held=self.offset)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        try:
+            self._open_writer().write_at(offset, data)
+        except _BAD_BYTES:
+            self._bad = True
+            raise
+
+    def advance(self, end: int) -> None:
+        try:
+            self._open_writer().advance(end)
+        except _BAD_BYTES:
+            self._bad = True
+            raise
+        assert self.ingest is not None
+        self.ingest.record_prefix(end)
+
+    def _open_writer(self) -> _native.LayerWriter:
+        if self._state != "open" or self._writer is None:
+            raise RuntimeError(f"layer sink for {self.desc.digest} is {self._state}")
+        return self._writer
 
     def finish(self, *, durable: bool = True) -> _native.LayerResult:
         """Verify digest, size and diff_id, seal the staged snapshot (``Snapshotter.seal``:
@@ -454,7 +479,22 @@ class _AbortableSink:
     def offset(self) -> int:
         return self._sink.offset
 
-    def write(self, data: bytes) -> None:
+    def _check(self) -> None:
         if self._aborted.is_set():
             raise PullAbortedError("pull aborted")
+
+    def write(self, data: bytes) -> None:
+        self._check()
         self._sink.write(data)
+
+    def prepare_ahead(self) -> None:
+        self._check()
+        self._sink.prepare_ahead()
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        self._check()
+        self._sink.write_at(offset, data)
+
+    def advance(self, end: int) -> None:
+        self._check()
+        self._sink.advance(end)
