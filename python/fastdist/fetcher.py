@@ -13,9 +13,15 @@ stream (the "head"). When that stream shows the link, not the consumer, is the l
 on the socket longer than the sink works, and is slower than ``fast_rate``), and the server
 said ``Accept-Ranges: bytes``, the head is cut off ``chunk_size`` further on and workers fetch
 the rest as ``Range: bytes=a-b`` requests to the URL the head was redirected to (a signed
-storage URL is followed once; when it expires, 400/403, the registry URL is asked again). Chunks
-that arrive ahead of the consumer wait in a window of at most ``window`` bytes: a worker claims
-a chunk only inside it, so a stalled chunk makes the others wait, never memory grow. Every
+storage URL is followed once; when it expires, 400/403, the registry URL is asked again). Each
+piece a worker reads goes straight into the sink at its offset (``BlobSink.write_at``: the
+ingest file, written by the native side with the GIL released); the worker of the chunk the
+prefix ends in ``advance``s it, and the sink consumes the contiguous prefix as it grows (the
+native pipeline reads it back in 1 MiB spans, so small network pieces cost nothing
+downstream). A worker claims a chunk only within ``window`` bytes of the prefix, so a stalled
+chunk makes the others wait, never the bytes held past the prefix grow; none are held in
+memory. The sink records its prefix while bytes lie past it, so after a crash only the
+contiguous prefix is resumed from (``content.Ingest``). Every
 request of a blob runs inside the host's connection budget (``transport.HostBudget``); extra
 ranged requests yield to any blob's first request. A 200 to a ranged request, a wrong
 ``Content-Range`` or a missing ``Accept-Ranges`` ends in one stream from the sink's offset:
@@ -80,11 +86,11 @@ class FetchConfig:
     time. On the far-link grid (per-connection 10/30/100 MB/s, RTT up to 80 ms) that is, for
     80 ms: at 10 MB/s 4 MiB 84 %, 8 MiB 91 %; at 30 MB/s 4 MiB 64 %, 8 MiB 78 %, 16 MiB 88 %;
     at 100 MB/s 8 MiB 51 %, 16 MiB 68 %. The idle round trips are covered by the budget's other
-    connections; what a bigger chunk costs is memory: the window holds whole chunks, and with
-    8 MiB a 64 MiB window is 8 chunks deep (one per connection of the default budget), and
-    the process-wide ``READ_AHEAD_LIMIT`` holds several layers together: the 1 GiB big-files
-    pull peaked at 100 MB RSS through the emulator (30 MB/s, 20 ms; 5.4 s against 10.8 s with
-    one stream per layer) and 105 MB on loopback. 16 MiB would halve the depth.
+    connections; what a bigger chunk costs is depth: the window holds whole chunks, and with
+    8 MiB a 64 MiB window is 8 chunks deep (one per connection of the default budget); 16 MiB
+    would halve it. The window's bytes wait in the ingest file, not in memory: the 469 MB
+    big-files pull peaked at 66-72 MB RSS through the emulator (30 and 100 MB/s, 20 ms; 120
+    and 96 MB when chunks waited in memory).
     ``range_threshold`` 16 MiB: smaller blobs are one request (two chunks or fewer gain less
     than the round trip they cost). ``adaptive``: start with one stream and split only when
     measured (every ``probe_bytes`` of the stream) to wait on the network; False splits at once

@@ -2,9 +2,10 @@
 
 Two paths (design.md §6):
 
-* ``layer_sink``: while the blob downloads, a ``_native.LayerWriter`` tees the bytes into the
-  content ingest, hashes them (digest), decompresses, hashes the tar (diff_id) and applies it into
-  a staging directory. ``finish`` proves digest, size and diff_id, then commits the blob; the
+* ``layer_sink``: while the blob downloads, a ``_native.LayerWriter`` writes the bytes into the
+  content ingest (appended, or ranged chunks at their offsets), reads its contiguous prefix back
+  as it grows, hashes it (digest), decompresses, hashes the tar (diff_id) and applies it into a
+  staging directory. ``finish`` proves digest, size and diff_id, then commits the blob; the
   client commits the snapshot (``LayerSink.commit``) in layer order.
 * ``stage_blob``: the blob is already in the content store but its snapshot is missing.
 
