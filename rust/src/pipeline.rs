@@ -1072,6 +1072,51 @@ mod tests {
     }
 
     #[test]
+    fn ranged_chunks_out_of_order_are_hashed_and_applied_in_order() {
+        let tar = payload();
+        let blob = gz(&tar);
+        let dir = tempfile::tempdir().unwrap();
+        let tee = dir.path().join("ingest");
+        let mut s = spec();
+        s.expected_digest = Some(sha(&blob));
+        s.expected_size = Some(blob.len() as u64);
+        s.expected_diff_id = Some(sha(&tar));
+        let mut w = LayerWriter::new(s, Some(&tee), drain_sink).unwrap();
+        w.write(&blob[..100]).unwrap();
+        let r = w.ranged().unwrap();
+        let chunk = 100_000;
+        let starts: Vec<usize> = (100..blob.len()).step_by(chunk).collect();
+        for &b in starts.iter().rev() {
+            let e = (b + chunk).min(blob.len());
+            r.write_at(b as u64, &blob[b..e]).unwrap();
+        }
+        assert_eq!(w.offset(), 100);
+        r.advance(blob.len() as u64).unwrap();
+        let out = w.finish().unwrap();
+        assert_eq!((out.digest, out.diff_id), (sha(&blob), sha(&tar)));
+        assert!(std::fs::read(&tee).unwrap() == blob);
+    }
+
+    #[test]
+    fn a_failed_pipeline_stops_ranged_writers_with_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let tee = dir.path().join("ingest");
+        let mut w = LayerWriter::new(spec(), Some(&tee), drain_sink).unwrap();
+        let r = w.ranged().unwrap();
+        let junk = vec![0x5a_u8; 3 << 20]; // not gzip: the decoder fails on its magic
+        r.write_at(0, &junk).unwrap();
+        r.advance(junk.len() as u64).unwrap();
+        let fin = w.finish();
+        assert!(matches!(fin, Err(Error::Corrupt { .. })), "{fin:?}");
+        // Joined: the worker recorded its failure; a ranged writer still running reports that
+        // error (not "closed"), so the fetch stops with the real cause.
+        let err = r.write_at(junk.len() as u64, b"x").unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        let err = r.advance(junk.len() as u64 + 1).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
     fn corrupt_stream_fails_write_promptly_and_finish() {
         let mut blob = gz(&payload());
         let mid = blob.len() / 2;
