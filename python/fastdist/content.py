@@ -560,6 +560,8 @@ class Ingest:
         """Release the lock, keeping partial data for a later resume (cut to the recorded
         prefix by the next ``Ingest`` of the digest)."""
         try:
+            if self._fd is not None:
+                self.record_prefix(self._offset, force=True)  # all of what this one hashed
             self._close_files()
         finally:
             self._lock.release()

@@ -498,7 +498,7 @@ class _Window:
                     self.fetched += len(piece)
                     if self.observe is not None:
                         self.observe(self.fetched - (self.frontier - self.begin))
-                    if self.chunks[self.head] is chunk:
+                    if self.head < len(self.chunks) and self.chunks[self.head] is chunk:
                         self._advance()
             if chunk.pos < chunk.end:
                 raise _Truncated(f"connection closed at byte {chunk.pos}")

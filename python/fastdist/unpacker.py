@@ -15,6 +15,7 @@ choice of path, waiting for the parent, the commit); the dispatcher (pulling.py)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -167,6 +168,10 @@ class LayerSink:
                 if self.ingest is not None:
                     if (self._bad or discard) and not self.ingest.committed:
                         self.ingest.discard()
+                    elif self._writer is not None:
+                        # Ranged bytes may lie past the prefix: record all of it for a resume.
+                        with contextlib.suppress(StoreError):
+                            self.ingest.record_prefix(self._writer.offset, force=True)
                     self.ingest.close()
 
     def __enter__(self) -> LayerSink:
