@@ -27,6 +27,8 @@ use crate::safepath;
 const WRITE_CHUNK: usize = 1 << 20;
 /// Chunks queued between the writer and the worker (≤ 4 MiB).
 const WRITE_QUEUE: usize = 4;
+/// Spans (`prefix::SPAN`) queued between the feeder and the worker.
+const FEED_QUEUE: usize = 2;
 /// Decompressed buffer size and count queued between the worker and the apply thread.
 const TAR_CHUNK: usize = 256 << 10;
 const TAR_QUEUE: usize = 8;
@@ -665,8 +667,13 @@ impl LayerWriter {
     fn start(spec: LayerSpec, prefix: Option<Prefix>, sink: impl TarSink) -> Result<Self> {
         let prefix = prefix.map(Arc::new);
         let shared = Arc::<Shared>::default();
-        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
-        let (recycle_tx, recycled) = mpsc::sync_channel(WRITE_QUEUE + 2);
+        let depth = if prefix.is_some() {
+            FEED_QUEUE
+        } else {
+            WRITE_QUEUE
+        };
+        let (tx, rx) = mpsc::sync_channel(depth);
+        let (recycle_tx, recycled) = mpsc::sync_channel(depth + 2);
         let source = Source::new(rx, recycle_tx, Arc::clone(&shared));
         let worker_spec = spec.clone();
         let worker_prefix = prefix.clone();

@@ -19,8 +19,11 @@ use crate::error::{Error, Result};
 /// Smallest span the reader takes while more is still to come (and the largest it takes).
 pub const SPAN: usize = 1 << 20;
 /// Bytes `append` may run ahead of the reader before it waits (the single stream's
-/// backpressure: the network read pauses while the pipeline is the limit).
-pub const APPEND_AHEAD: u64 = 8 << 20;
+/// backpressure: the network read pauses while the pipeline is the limit). One span (never
+/// less, or the reader could wait for a span the waiting writer never completes): with the
+/// feeder's queue this keeps the slack of the old in-memory queue (~4 MiB), which the
+/// fetcher's adaptive split relies on (a stream whose writes never wait looks link-bound).
+pub const APPEND_AHEAD: u64 = SPAN as u64;
 
 #[derive(Default)]
 struct State {
@@ -277,11 +280,16 @@ mod tests {
         let held = SPAN + 17;
         let (_dir, p) = prefix(None, &blob[..held]);
         assert_eq!(p.frontier(), held as u64);
+        // Appends wait for the reader (more than `APPEND_AHEAD` is held already).
+        let reader = {
+            let p = Arc::clone(&p);
+            thread::spawn(move || read_all(&p))
+        };
         for piece in blob[held..].chunks(4096) {
             p.append(piece).unwrap();
         }
         p.close();
-        assert!(read_all(&p).0 == blob);
+        assert!(reader.join().unwrap().0 == blob);
     }
 
     #[test]
