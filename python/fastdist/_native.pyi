@@ -85,19 +85,22 @@ class LayerResult:
 class LayerWriter:
     """The single streaming pass of one layer (design.md §6).
 
-    Python ``write``s compressed chunks as they arrive from the network. On its own threads, with
-    the GIL released, the writer tees them to ``tee_path`` (appending), hashes them (digest),
-    decompresses by ``media_type`` (magic bytes double-checked), hashes the tar (diff_id) and
-    applies it under ``dest`` in ``mode``:
+    Python ``write``s compressed chunks as they arrive from the network (or, ranged, ``write_at``s
+    them at their offsets and ``advance``s the contiguous prefix). With a ``tee_path`` (the
+    ingest file, which becomes the blob) the bytes go into it first and a feeder thread reads the
+    prefix back in spans of 1 MiB as it grows. On its own threads, with the GIL released, the
+    writer hashes them in order (digest), decompresses by ``media_type`` (magic bytes
+    double-checked), hashes the tar (diff_id) and applies it under ``dest`` in ``mode``:
 
     * ``"layer"``: ``dest`` is an empty overlay layer directory; ``.wh.NAME`` becomes a 0/0 char
       device and ``.wh..wh..opq`` sets ``trusted.overlay.opaque=y`` on its directory.
     * ``"flatten"``: ``dest`` is a full tree; whiteouts delete inside it, an opaque marker removes
       the lower contents of its directory but keeps this layer's entries.
 
-    If ``tee_path`` already holds bytes (a partial download), the constructor first feeds them
-    through the pipeline without writing them again, and ``offset`` starts at their length: the
-    caller continues the download from there with a Range request.
+    If ``tee_path`` already holds bytes (a partial download; the caller made sure they are the
+    blob's contiguous prefix, see ``content.Ingest``), they are fed through the pipeline first
+    without being written again, and ``offset`` starts at their length: the caller continues the
+    download from there with a Range request.
 
     ``write`` raises as soon as the pipeline has failed. ``finish`` waits for the worker, checks
     the expected digest/size/diff_id and returns the result; on any error the caller throws
@@ -118,10 +121,18 @@ class LayerWriter:
         limits: Limits | None = None,
         preserve_owner: bool | None = None,
     ) -> Self: ...
-    def write(self, data: Buffer) -> None: ...
+    def write(self, data: Buffer) -> None:
+        """Append ``data`` (with a tee: written to it, read back by the pipeline in big spans;
+        blocks while the pipeline is 8 MiB behind)."""
+    def write_at(self, offset: int, data: Buffer) -> None:
+        """Write ``data`` into the tee at ``offset``, at or past ``offset`` (the contiguous
+        prefix; below it is refused, as is past ``expected_size``). Any thread, no lock on
+        the writer, the GIL released; the pipeline reads it once ``advance`` passes it."""
+    def advance(self, to: int) -> None:
+        """Declare ``[0, to)`` of the tee written: the pipeline consumes up to there."""
     @property
     def offset(self) -> int:
-        """Compressed bytes accepted so far (including a resumed tee prefix)."""
+        """Compressed bytes accepted in order so far (including a resumed tee prefix)."""
     def finish(self) -> LayerResult: ...
     def abort(self) -> None:
         """Stop the worker and release files; idempotent. ``finish`` after abort raises."""

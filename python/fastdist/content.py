@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,33 +276,84 @@ class ContentStore:
 class Ingest:
     """A partial blob at ``content/ingest/<hex>/data``, held under the digest's lock.
 
-    It is a fetcher ``BlobSink``: ``offset`` says where a resumed download continues and
-    ``write`` appends and hashes. A ``LayerWriter`` may instead tee into ``path`` itself and
-    ``commit(verified=True)`` once it proved digest and size.
+    It is a fetcher ``BlobSink``: ``offset`` says where a resumed download continues, ``write``
+    appends and hashes, ``write_at`` puts ranged chunks at their offsets and ``advance`` hashes
+    the contiguous prefix as it grows. A ``LayerWriter`` may instead write into ``path`` itself
+    (``tee_path``) and ``commit(verified=True)`` once it proved digest and size.
+
+    Holes: once chunks land past the prefix (``prepare_ahead``), the file's size no longer
+    says what is held. The prefix is then recorded in ``content/ingest/<hex>/prefix``
+    (``record_prefix``, only ever growing, written after the bytes it covers), and whoever
+    opens the ingest next (after a crash, or a failed pull) truncates ``data`` to it before
+    anything reads it, so a file with holes is never taken as a resumed prefix.
     """
+
+    PREFIX_EVERY = 4 << 20  # how often (bytes) the recorded prefix moves on
 
     def __init__(self, store: ContentStore, desc: Descriptor) -> None:
         self.store = store
         self.desc = desc
         self.dir = store.ingest_dir / _hex(desc.digest)
         self.path = self.dir / "data"
+        self.prefix_path = self.dir / "prefix"
         self._lock = FileLock(self.dir / "lock")
         self._lock.acquire()
-        self._file: io.FileIO | None = None
+        self._fd: int | None = None
         self._hasher: _native.Sha256 | None = None
+        self._prefix_fd: int | None = None
+        self._recorded = 0
+        self._write_lock = threading.Lock()
         self._done = False
         try:
             ensure_dir(self.dir)
+            self._trim_to_recorded_prefix()
             self._offset = self.path.stat().st_size if self.path.exists() else 0
         except BaseException:
             self._lock.release()
             raise
 
+    def _trim_to_recorded_prefix(self) -> None:
+        """A recorded prefix (ranged writes were under way): cut ``data`` to it, drop the
+        record. Symlinks are never followed (a planted one counts as no bytes held)."""
+        try:
+            fd = os.open(self.prefix_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise StoreError(f"cannot read {self.prefix_path}: {e.strerror}") from e
+            held = 0
+        else:
+            try:
+                text = os.read(fd, 64)
+            finally:
+                os.close(fd)
+            held = int(text) if text.strip().isdigit() else 0
+        try:
+            data = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                if os.fstat(data).st_size > held:
+                    os.ftruncate(data, held)
+                    log.info(
+                        "ingest of %s: kept its recorded prefix (%d bytes)", self.desc.digest, held
+                    )
+            finally:
+                os.close(data)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StoreError(
+                f"cannot cut the ingest of {self.desc.digest} to its prefix: {e.strerror}",
+                hint=f"remove {self.dir} and pull again",
+            ) from e
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.prefix_path)
+
     # --- state --------------------------------------------------------------------------------
     @property
     def offset(self) -> int:
-        """Bytes of the blob already present (where a Range request resumes)."""
-        if self._file is None:
+        """Bytes of the blob already present in order (where a Range request resumes)."""
+        if self._fd is None:
             try:
                 self._offset = self.path.stat().st_size
             except FileNotFoundError:
@@ -317,39 +368,123 @@ class Ingest:
     # --- writing ------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         """Append ``data`` and hash it; refuses to grow past the descriptor's size."""
-        self._check_open()
-        if self._file is None:
-            self._open_for_append()
-        assert self._file is not None
-        assert self._hasher is not None
-        if self._offset + len(data) > self.desc.size:
-            size = self._offset + len(data)
+        with self._write_lock:
+            fd, hasher = self._open()
+            self._check_end(self._offset + len(data))
+            self._pwrite(fd, data, self._offset)
+            hasher.update(data)
+            self._offset += len(data)
+
+    def prepare_ahead(self, held: int | None = None) -> None:
+        """Record the prefix (``held`` bytes: a ``LayerWriter``'s offset; by default this
+        ingest's) before any byte lands past it (see the class docstring)."""
+        with self._write_lock:
+            if self._prefix_fd is not None:
+                return
+            try:
+                self._prefix_fd = os.open(
+                    self.prefix_path,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                )
+            except OSError as e:
+                raise StoreError(
+                    f"cannot record the prefix of the ingest of {self.desc.digest}: {e.strerror}",
+                    hint=f"remove {self.dir} and pull again",
+                ) from e
+            self._recorded = -1
+        self.record_prefix(self.offset if held is None else held, force=True)
+
+    def record_prefix(self, end: int, *, force: bool = False) -> None:
+        """Record that ``[0, end)`` is held (every ``PREFIX_EVERY`` bytes, and at the end)."""
+        fd = self._prefix_fd
+        if fd is None or end <= self._recorded:
+            return
+        if not force and end - self._recorded < self.PREFIX_EVERY and end != self.desc.size:
+            return
+        try:
+            # One write of a fixed width: a later value only ever replaces a smaller one.
+            os.pwrite(fd, b"%020d" % end, 0)
+        except OSError as e:
+            raise StoreError(f"cannot record the prefix of {self.desc.digest}: {e.strerror}") from e
+        self._recorded = end
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Put a ranged chunk's ``data`` at ``offset`` (at or past the prefix), unhashed."""
+        with self._write_lock:
+            fd, _ = self._open()
+            if offset < self._offset:
+                raise StoreError(
+                    f"ingest of {self.desc.digest}: write at {offset}, below its prefix "
+                    f"({self._offset})"
+                )
+            self._check_end(offset + len(data))
+            self._pwrite(fd, data, offset)
+
+    def advance(self, end: int) -> None:
+        """``[0, end)`` is written: hash the new part of the prefix (read back from the file)."""
+        with self._write_lock:
+            fd, hasher = self._open()
+            self._check_end(end)
+            while self._offset < end:
+                n = min(end - self._offset, 1 << 20)
+                try:
+                    got = os.pread(fd, n, self._offset)
+                except OSError as e:
+                    raise StoreError(
+                        f"cannot read ingest of {self.desc.digest}: {e.strerror}"
+                    ) from e
+                if not got:
+                    raise StoreError(f"ingest of {self.desc.digest}: short at {self._offset}")
+                hasher.update(got)
+                self._offset += len(got)
+        self.record_prefix(end)
+
+    def _check_end(self, end: int) -> None:
+        if end > self.desc.size:
             self.discard()
             raise SizeMismatchError(
-                f"blob {self.desc.digest}: got at least {size} bytes, expected {self.desc.size}"
+                f"blob {self.desc.digest}: got at least {end} bytes, expected {self.desc.size}"
             )
+
+    def _pwrite(self, fd: int, data: bytes, offset: int) -> None:
         try:
-            self._file.write(data)
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, offset)
+                view, offset = view[n:], offset + n
         except OSError as e:
             raise StoreError(f"cannot write ingest of {self.desc.digest}: {e.strerror}") from e
-        self._hasher.update(data)
-        self._offset += len(data)
 
-    def _open_for_append(self) -> None:
+    def _open(self) -> tuple[int, _native.Sha256]:
+        self._check_open()
+        if self._fd is None or self._hasher is None:
+            self._open_file()
+        assert self._fd is not None
+        assert self._hasher is not None
+        return self._fd, self._hasher
+
+    def _open_file(self) -> None:
         hasher = _native.Sha256()
         try:
-            fd = os.open(
-                self.path,
-                os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
-                0o600,
-            )
-            f = os.fdopen(fd, "r+b", buffering=0)
-            # A resumed ingest: hash the prefix once so the digest covers the whole blob.
-            while chunk := f.read(1 << 20):
-                hasher.update(chunk)
+            # Written at offsets (no O_APPEND: Linux applies it to pwrite too).
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as e:
             raise StoreError(f"cannot open ingest of {self.desc.digest}: {e.strerror}") from e
-        self._file = f
+        try:
+            # A resumed ingest: hash the prefix once so the digest covers the whole blob.
+            held = os.fstat(fd).st_size
+            pos = 0
+            while pos < held:
+                got = os.pread(fd, min(held - pos, 1 << 20), pos)
+                if not got:
+                    break
+                hasher.update(got)
+                pos += len(got)
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"cannot open ingest of {self.desc.digest}: {e.strerror}") from e
+        self._fd = fd
         self._hasher = hasher
         self._offset = hasher.size
 
@@ -373,13 +508,11 @@ class Ingest:
             self._finish()
             return
         try:
-            if self._file is not None:
-                self._file.flush()
+            if self._fd is not None:
                 if not data_synced:
-                    os.fsync(self._file.fileno())
+                    os.fsync(self._fd)
                     data_synced = True  # once: not again below
-                self._file.close()
-                self._file = None
+                self._close_files()
             size = self.path.stat().st_size if self.path.exists() else 0
             if size != self.desc.size:
                 if size > self.desc.size:
@@ -415,32 +548,38 @@ class Ingest:
 
     def discard(self) -> None:
         """Throw the partial data away (its bytes are wrong); the lock is kept until close."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._close_files()
         self._hasher = None
         self._offset = 0
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.prefix_path)
 
     def close(self) -> None:
-        """Release the lock, keeping partial data for a later resume."""
-        if self._file is not None:
-            try:
-                self._file.flush()
-            finally:
-                self._file.close()
-                self._file = None
-        self._lock.release()
+        """Release the lock, keeping partial data for a later resume (cut to the recorded
+        prefix by the next ``Ingest`` of the digest)."""
+        try:
+            if self._fd is not None:
+                self.record_prefix(self._offset, force=True)  # all of what this one hashed
+            self._close_files()
+        finally:
+            self._lock.release()
+
+    def _close_files(self) -> None:
+        for name in ("_fd", "_prefix_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                os.close(fd)
 
     def _finish(self) -> None:
         # Committed (by us or by someone else): remove the ingest dir under the lock.
         self._done = True
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        self._close_files()
+        for path in (self.path, self.prefix_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         self._lock.release(unlink=True)
         with contextlib.suppress(OSError):
             self.dir.rmdir()  # fails if a waiter already recreated its lock file here

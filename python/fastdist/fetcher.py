@@ -13,9 +13,15 @@ stream (the "head"). When that stream shows the link, not the consumer, is the l
 on the socket longer than the sink works, and is slower than ``fast_rate``), and the server
 said ``Accept-Ranges: bytes``, the head is cut off ``chunk_size`` further on and workers fetch
 the rest as ``Range: bytes=a-b`` requests to the URL the head was redirected to (a signed
-storage URL is followed once; when it expires, 400/403, the registry URL is asked again). Chunks
-that arrive ahead of the consumer wait in a window of at most ``window`` bytes: a worker claims
-a chunk only inside it, so a stalled chunk makes the others wait, never memory grow. Every
+storage URL is followed once; when it expires, 400/403, the registry URL is asked again). Each
+piece a worker reads goes straight into the sink at its offset (``BlobSink.write_at``: the
+ingest file, written by the native side with the GIL released); the worker of the chunk the
+prefix ends in ``advance``s it, and the sink consumes the contiguous prefix as it grows (the
+native pipeline reads it back in 1 MiB spans, so small network pieces cost nothing
+downstream). A worker claims a chunk only within ``window`` bytes of the prefix, so a stalled
+chunk makes the others wait, never the bytes held past the prefix grow; none are held in
+memory. The sink records its prefix while bytes lie past it, so after a crash only the
+contiguous prefix is resumed from (``content.Ingest``). Every
 request of a blob runs inside the host's connection budget (``transport.HostBudget``); extra
 ranged requests yield to any blob's first request. A 200 to a ranged request, a wrong
 ``Content-Range`` or a missing ``Accept-Ranges`` ends in one stream from the sink's offset:
@@ -80,11 +86,11 @@ class FetchConfig:
     time. On the far-link grid (per-connection 10/30/100 MB/s, RTT up to 80 ms) that is, for
     80 ms: at 10 MB/s 4 MiB 84 %, 8 MiB 91 %; at 30 MB/s 4 MiB 64 %, 8 MiB 78 %, 16 MiB 88 %;
     at 100 MB/s 8 MiB 51 %, 16 MiB 68 %. The idle round trips are covered by the budget's other
-    connections; what a bigger chunk costs is memory: the window holds whole chunks, and with
-    8 MiB a 64 MiB window is 8 chunks deep (one per connection of the default budget), and
-    the process-wide ``READ_AHEAD_LIMIT`` holds several layers together: the 1 GiB big-files
-    pull peaked at 100 MB RSS through the emulator (30 MB/s, 20 ms; 5.4 s against 10.8 s with
-    one stream per layer) and 105 MB on loopback. 16 MiB would halve the depth.
+    connections; what a bigger chunk costs is depth: the window holds whole chunks, and with
+    8 MiB a 64 MiB window is 8 chunks deep (one per connection of the default budget); 16 MiB
+    would halve it. The window's bytes wait in the ingest file, not in memory: the 469 MB
+    big-files pull peaked at 66-72 MB RSS through the emulator (30 and 100 MB/s, 20 ms; 120
+    and 96 MB when chunks waited in memory).
     ``range_threshold`` 16 MiB: smaller blobs are one request (two chunks or fewer gain less
     than the round trip they cost). ``adaptive``: start with one stream and split only when
     measured (every ``probe_bytes`` of the stream) to wait on the network; False splits at once
@@ -120,15 +126,33 @@ class FetchConfig:
 
 
 class BlobSink(Protocol):
-    """Where fetched bytes go (a content-store ingest, the native unpack pipeline…)."""
+    """Where fetched bytes go (a content-store ingest, the native unpack pipeline…).
+
+    ``write`` appends in order (one stream); a ranged fetch ``write_at``s chunks at their
+    offsets, from several threads, and ``advance``s the contiguous prefix as it grows (the
+    sink consumes bytes below it, exactly once and in order). ``prepare_ahead`` is called once
+    before the first ``write_at``: from then on the sink's storage may hold bytes past
+    ``offset`` that are not part of the prefix (a crash must not take them for it)."""
 
     @property
     def offset(self) -> int:
-        """Bytes already held: where a (resumed) fetch starts."""
+        """Bytes already held in order: where a (resumed) fetch starts."""
         ...
 
     def write(self, data: bytes) -> None:
         """Take the next bytes; may raise (the consumer failed), which stops the fetch."""
+        ...
+
+    def prepare_ahead(self) -> None:
+        """Ranged writes past ``offset`` are about to start."""
+        ...
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Hold ``data`` at ``offset`` (at or past ``offset``; thread-safe)."""
+        ...
+
+    def advance(self, end: int) -> None:
+        """``[0, end)`` is written: consume up to there (called by one thread at a time)."""
         ...
 
 
@@ -137,16 +161,39 @@ class BytesSink:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._end = 0  # the prefix; _buf may hold ranged bytes past it
+        self._lock = threading.Lock()
 
     @property
     def offset(self) -> int:
-        return len(self._buf)
+        return self._end
 
     def write(self, data: bytes) -> None:
-        self._buf += data
+        with self._lock:
+            self._put(self._end, data)
+            self._end += len(data)
+
+    def prepare_ahead(self) -> None:
+        pass
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            if offset < self._end:
+                raise ValueError(f"write at {offset}, below the prefix ({self._end})")
+            self._put(offset, data)
+
+    def _put(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        if end > len(self._buf):
+            self._buf.extend(bytes(end - len(self._buf)))
+        self._buf[offset:end] = data
+
+    def advance(self, end: int) -> None:
+        with self._lock:
+            self._end = max(self._end, min(end, len(self._buf)))
 
     def getvalue(self) -> bytes:
-        return bytes(self._buf)
+        return bytes(self._buf[: self._end])
 
 
 class _Truncated(Exception):
@@ -233,44 +280,27 @@ class _Plan:
 
 
 class _Chunk:
-    __slots__ = ("begin", "done", "end", "pieces", "pos")
+    __slots__ = ("begin", "done", "end", "pos")
 
     def __init__(self, begin: int, end: int) -> None:
         self.begin = begin
         self.end = end
-        self.pos = begin  # next byte to fetch
-        self.pieces: list[bytes] = []
+        self.pos = begin  # next byte to fetch (the sink holds [begin, pos))
         self.done = False
 
 
-#: Bytes that ranged workers of the whole process may hold ahead of their consumers (besides the
-#: chunk each consumer waits for, which is always allowed, so every fetch progresses): several
-#: big layers fetched at once share it, so a pull's memory does not grow with its layer count.
-#: 32 MiB: four 8 MiB chunks, plus the chunk each big layer's consumer waits for and the head
-#: streams, keep the default budget's 8 connections busy. Measured through the link emulator
-#: (30 MB/s per connection, 20 ms RTT) on the 1 GiB two-layer big-files image: peak RSS 148 MB
-#: with 48 MiB here, too near the 150 MB target (malloc keeps freed pieces in per-thread arenas).
-READ_AHEAD_LIMIT = 32 << 20
-
-
-class _ReadAhead:
-    """The process-wide read-ahead account. Its lock guards every window; ``claims`` is where
-    workers wait for room (each window's consumer waits on a condition of its own)."""
-
-    def __init__(self, limit: int) -> None:
-        self.lock = threading.Lock()
-        self.claims = threading.Condition(self.lock)
-        self.limit = limit
-        self.used = 0
-
-
-_READ_AHEAD = _ReadAhead(READ_AHEAD_LIMIT)
+#: How far the prefix grows between the consumer's wake-ups (its progress events).
+_WAKE_EVERY = 1 << 20
 
 
 class _Window:
-    """The chunks of ``[begin, size)`` fetched by worker threads, handed to the consumer in
-    order. A chunk is claimed only while it lies within ``ahead`` chunks of the one the consumer
-    reads, so at most ``ahead * chunk_size`` bytes wait here, whatever stalls."""
+    """The chunks of ``[begin, size)`` fetched by worker threads straight into the sink at
+    their offsets (``BlobSink.write_at``); the worker of the chunk the prefix ends in
+    ``advance``s it as its pieces land, so the sink consumes the prefix as it grows, in big
+    spans, and no piece waits in memory. A chunk is claimed only while it lies within
+    ``ahead`` chunks of the one the prefix ends in (``head``), so at most ``ahead *
+    chunk_size`` bytes are held past the prefix, whatever stalls. The calling thread waits in
+    ``consume`` for the prefix to reach the end (and reports progress)."""
 
     def __init__(
         self,
@@ -278,32 +308,40 @@ class _Window:
         job: _Job,
         url: str,
         begin: int,
+        sink: BlobSink,
         observe: Callable[[int], None] | None,
     ) -> None:
         cfg = fetcher.config
         self.fetcher = fetcher
         self.job = job
+        self.sink = sink
         self.origin = job.url
         self.url = url  # where the head was redirected to (a signed storage URL), or origin
         size = job.desc.size
+        self.begin = begin
         self.chunks = [
             _Chunk(b, min(b + cfg.chunk_size, size)) for b in range(begin, size, cfg.chunk_size)
         ]
         self.ahead = cfg.ahead
-        self.head = 0  # the chunk the consumer reads
+        self.head = 0  # the chunk the prefix ends in
         self.claimed = 0  # chunks handed to workers
-        self.cv = _READ_AHEAD.claims  # workers wait here for a chunk to claim
-        self.ready = threading.Condition(_READ_AHEAD.lock)  # the consumer waits here
-        self.reserved = 0  # of _READ_AHEAD.used: chunks claimed and not yet consumed
+        self.lock = threading.Lock()
+        self.cv = threading.Condition(self.lock)  # workers wait here for a chunk to claim
+        self.ready = threading.Condition(self.lock)  # the consumer waits here
+        # False while the head stream still writes [.., begin): the prefix cannot pass begin.
+        self.consuming = False
+        self.frontier = begin  # the prefix end last given to the sink (once consuming)
+        self.woken = begin
+        self.fetched = 0  # bytes the workers wrote
         self.closed = False
         self.error: BaseException | None = None
         self.refused: str | None = None
-        self.buffered = 0
         self.observe = observe
         self.resolves = 0
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        self.sink.prepare_ahead()
         n = min(self.ahead, len(self.chunks), self.fetcher.transport.config.max_connections)
         for i in range(n):
             t = threading.Thread(target=self._work, name=f"fastdist-range-{i}", daemon=True)
@@ -311,32 +349,52 @@ class _Window:
             t.start()
 
     def close(self) -> None:
-        with self.cv:
+        with self.lock:
             self.closed = True
-            _READ_AHEAD.used -= self.reserved
-            self.reserved = 0
             self.cv.notify_all()
             self.ready.notify_all()
 
     def stopped(self) -> bool:
-        with self.cv:
+        with self.lock:
             return self.closed
+
+    def _advance(self) -> None:
+        """Move ``head`` past done chunks and give the sink the new prefix end (lock held;
+        never once closed: a fallback stream owns the sink's prefix then)."""
+        if self.closed or not self.consuming:
+            return
+        moved = False
+        while self.head < len(self.chunks) and self.chunks[self.head].done:
+            self.head += 1
+            moved = True
+        end = self.chunks[self.head].pos if self.head < len(self.chunks) else self.job.desc.size
+        if end > self.frontier:
+            self.sink.advance(end)
+            self.frontier = end
+        if moved:
+            self.cv.notify_all()
+        if moved or self.frontier - self.woken >= _WAKE_EVERY:
+            self.woken = self.frontier
+            self.ready.notify()
 
     # --- workers ---------------------------------------------------------------------------
     def _claim(self) -> _Chunk | None:
         with self.cv:
             while not self.closed and self.claimed < len(self.chunks):
                 k = self.claimed
-                chunk = self.chunks[k]
-                n = chunk.end - chunk.begin
-                room = k == self.head or _READ_AHEAD.used + n <= _READ_AHEAD.limit
-                if k < self.head + self.ahead and room:
+                if k < self.head + self.ahead:
                     self.claimed += 1
-                    self.reserved += n
-                    _READ_AHEAD.used += n
-                    return chunk
+                    return self.chunks[k]
                 self.cv.wait()
             return None
+
+    def _fail(self, refused: str | None, error: BaseException | None) -> None:
+        with self.lock:
+            self.refused = self.refused or refused
+            self.error = self.error or error
+            self.closed = True
+            self.cv.notify_all()
+            self.ready.notify_all()
 
     def _work(self) -> None:
         while True:
@@ -346,18 +404,10 @@ class _Window:
             try:
                 self._fetch_chunk(chunk)
             except _RangesRefused as e:
-                with self.cv:
-                    self.refused = self.refused or str(e)
-                    self.closed = True
-                    self.cv.notify_all()
-                    self.ready.notify_all()
+                self._fail(str(e), None)
                 return
             except Exception as e:  # noqa: BLE001 — handed to the consumer, which raises it
-                with self.cv:
-                    self.error = self.error or e
-                    self.closed = True
-                    self.cv.notify_all()
-                    self.ready.notify_all()
+                self._fail(None, e)
                 return
 
     def _fetch_chunk(self, chunk: _Chunk) -> None:
@@ -365,7 +415,7 @@ class _Window:
         transport = self.fetcher.transport
         attempt = 0
         while chunk.pos < chunk.end:
-            with self.cv:
+            with self.lock:
                 if self.closed:
                     return
                 url = self.url
@@ -385,7 +435,7 @@ class _Window:
             except RegistryError as e:
                 if e.status in (400, 403) and url != self.origin:
                     # An expired signed URL: ask the registry again for a fresh redirect.
-                    with self.cv:
+                    with self.lock:
                         self.resolves += 1
                         again = self.resolves <= MAX_RERESOLVE
                         if again and self.url == url:
@@ -417,7 +467,7 @@ class _Window:
         )
         with resp:
             if url == self.origin and resp.url and resp.url != url:
-                with self.cv:
+                with self.lock:
                     self.url = resp.url  # follow the (new) redirect once, not per chunk
             set_read_timeout(resp, transport.config.stall_timeout)
             got = _content_range(resp)
@@ -438,61 +488,54 @@ class _Window:
                     f"Content-Length {declared} for a range of {chunk.end - chunk.pos} bytes"
                 )
             for piece in _read_chunks(resp, chunk.end - chunk.pos, transport.throttle):
-                with self.cv:
+                # Straight to its offset (native sinks: the GIL released); a late write of a
+                # closed window lands past the prefix, where the fallback stream overwrites it.
+                self.sink.write_at(chunk.pos, piece)
+                with self.lock:
                     if self.closed:
                         return
-                    chunk.pieces.append(piece)
                     chunk.pos += len(piece)
-                    self.buffered += len(piece)
+                    self.fetched += len(piece)
                     if self.observe is not None:
-                        self.observe(self.buffered)
-                    if self._is_next(chunk):
-                        self.ready.notify()
+                        self.observe(self.fetched - (self.frontier - self.begin))
+                    if self.head < len(self.chunks) and self.chunks[self.head] is chunk:
+                        self._advance()
             if chunk.pos < chunk.end:
                 raise _Truncated(f"connection closed at byte {chunk.pos}")
-            with self.cv:
+            with self.lock:
                 chunk.done = True
-                if self._is_next(chunk):
-                    self.ready.notify()
+                self._advance()
 
     # --- the consumer --------------------------------------------------------------------------
-    def _is_next(self, chunk: _Chunk) -> bool:
-        """Whether the consumer waits for ``chunk`` (called with the lock held)."""
-        return self.head < len(self.chunks) and self.chunks[self.head] is chunk
-
-    def consume(self, sink: BlobSink, progress: Progress) -> None:
-        """Hand every chunk's bytes to ``sink`` in order (on the calling thread)."""
+    def consume(self, progress: Progress) -> None:
+        """Wait (on the calling thread) until the sink's prefix reaches the blob's end, once
+        the head stream has written up to ``begin``; raises what stopped the workers."""
         desc = self.job.desc
-        last_report = sink.offset
-        for index, chunk in enumerate(self.chunks):
-            while True:
-                with self.cv:
-                    while not chunk.pieces and not chunk.done and not self.closed:
-                        self.ready.wait()
-                    if self.error is not None:
-                        raise self.error
-                    if self.refused is not None:
-                        raise _RangesRefused(self.refused)
-                    pieces, chunk.pieces = chunk.pieces, []
-                    finished = chunk.done
-                    if not pieces and not finished:
-                        raise _Truncated("the ranged fetch stopped")
-                for piece in pieces:
-                    sink.write(piece)
-                    if sink.offset - last_report >= PROGRESS_EVERY or sink.offset == desc.size:
-                        last_report = sink.offset
-                        progress(_blob_event(Phase.DOWNLOADING, desc, sink.offset))
-                with self.cv:
-                    self.buffered -= sum(len(p) for p in pieces)
-                    if finished:
-                        self.head = index + 1
-                        if not self.closed:
-                            n = chunk.end - chunk.begin
-                            self.reserved -= n
-                            _READ_AHEAD.used -= n
-                        self.cv.notify_all()
-                if finished:
-                    break
+        last_report = self.begin
+        with self.lock:
+            self.consuming = True
+            self._advance()
+        while True:
+            with self.lock:
+                while (
+                    self.head < len(self.chunks)
+                    and self.frontier - last_report < PROGRESS_EVERY
+                    and not self.closed
+                ):
+                    self.ready.wait()
+                if self.error is not None:
+                    raise self.error
+                if self.refused is not None:
+                    raise _RangesRefused(self.refused)
+                finished = self.head >= len(self.chunks)
+                if self.closed and not finished:
+                    raise _Truncated("the ranged fetch stopped")
+                frontier = self.frontier
+            if frontier > last_report:
+                last_report = frontier
+                progress(_blob_event(Phase.DOWNLOADING, desc, frontier))
+            if finished:
+                return
 
 
 @dataclass(frozen=True)
@@ -624,7 +667,7 @@ class Fetcher:
             window = plan.window if plan is not None else None
             if window is not None:
                 try:
-                    window.consume(sink, progress)
+                    window.consume(progress)
                 except _RangesRefused as e:
                     log.info(
                         "%s: ranged requests refused (%s); one stream from byte %d",
@@ -755,7 +798,7 @@ class Fetcher:
                     plan.bytes += len(chunk)
                     t_net = t_sink = 0.0
                     if plan.ranged and plan.window is None:
-                        self._maybe_split(job, plan, resp, received)
+                        self._maybe_split(job, plan, resp, received, sink)
                     if received >= plan.end:
                         break  # closing the response drops this connection's unread rest
             if http_log.isEnabledFor(logging.DEBUG):
@@ -770,7 +813,9 @@ class Fetcher:
             if received < desc.size:
                 raise _Truncated(f"connection closed after {received} of {desc.size} bytes")
 
-    def _maybe_split(self, job: _Job, plan: _Plan, resp: requests.Response, received: int) -> None:
+    def _maybe_split(
+        self, job: _Job, plan: _Plan, resp: requests.Response, received: int, sink: BlobSink
+    ) -> None:
         """Start the ranged workers for the rest of the blob when this stream is the limit
         (or at once, not ``adaptive``); the head then stops one chunk further on.
 
@@ -805,7 +850,7 @@ class Fetcher:
             cfg.chunk_size,
         )
         plan.end = begin
-        plan.window = _Window(self, job, resp.url or job.url, begin, self.observe_window)
+        plan.window = _Window(self, job, resp.url or job.url, begin, sink, self.observe_window)
         plan.window.start()
 
     @staticmethod

@@ -2,9 +2,10 @@
 
 Two paths (design.md §6):
 
-* ``layer_sink``: while the blob downloads, a ``_native.LayerWriter`` tees the bytes into the
-  content ingest, hashes them (digest), decompresses, hashes the tar (diff_id) and applies it into
-  a staging directory. ``finish`` proves digest, size and diff_id, then commits the blob; the
+* ``layer_sink``: while the blob downloads, a ``_native.LayerWriter`` writes the bytes into the
+  content ingest (appended, or ranged chunks at their offsets), reads its contiguous prefix back
+  as it grows, hashes it (digest), decompresses, hashes the tar (diff_id) and applies it into a
+  staging directory. ``finish`` proves digest, size and diff_id, then commits the blob; the
   client commits the snapshot (``LayerSink.commit``) in layer order.
 * ``stage_blob``: the blob is already in the content store but its snapshot is missing.
 
@@ -14,6 +15,7 @@ choice of path, waiting for the parent, the commit); the dispatcher (pulling.py)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -76,13 +78,38 @@ class LayerSink:
         return self._writer.offset if self._writer is not None else self.desc.size
 
     def write(self, data: bytes) -> None:
-        if self._state != "open" or self._writer is None:
-            raise RuntimeError(f"layer sink for {self.desc.digest} is {self._state}")
         try:
-            self._writer.write(data)
+            self._open_writer().write(data)
         except _BAD_BYTES:
             self._bad = True
             raise
+
+    def prepare_ahead(self) -> None:
+        """Ranged chunks land in the ingest past the prefix from now on: the ingest records
+        its prefix (``Ingest.prepare_ahead``), so a crash keeps only that."""
+        assert self.ingest is not None
+        self.ingest.prepare_ahead(held=self.offset)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        try:
+            self._open_writer().write_at(offset, data)
+        except _BAD_BYTES:
+            self._bad = True
+            raise
+
+    def advance(self, end: int) -> None:
+        try:
+            self._open_writer().advance(end)
+        except _BAD_BYTES:
+            self._bad = True
+            raise
+        assert self.ingest is not None
+        self.ingest.record_prefix(end)
+
+    def _open_writer(self) -> _native.LayerWriter:
+        if self._state != "open" or self._writer is None:
+            raise RuntimeError(f"layer sink for {self.desc.digest} is {self._state}")
+        return self._writer
 
     def finish(self, *, durable: bool = True) -> _native.LayerResult:
         """Verify digest, size and diff_id, seal the staged snapshot (``Snapshotter.seal``:
@@ -141,6 +168,10 @@ class LayerSink:
                 if self.ingest is not None:
                     if (self._bad or discard) and not self.ingest.committed:
                         self.ingest.discard()
+                    elif self._writer is not None:
+                        # Ranged bytes may lie past the prefix: record all of it for a resume.
+                        with contextlib.suppress(StoreError):
+                            self.ingest.record_prefix(self._writer.offset, force=True)
                     self.ingest.close()
 
     def __enter__(self) -> LayerSink:
@@ -454,7 +485,22 @@ class _AbortableSink:
     def offset(self) -> int:
         return self._sink.offset
 
-    def write(self, data: bytes) -> None:
+    def _check(self) -> None:
         if self._aborted.is_set():
             raise PullAbortedError("pull aborted")
+
+    def write(self, data: bytes) -> None:
+        self._check()
         self._sink.write(data)
+
+    def prepare_ahead(self) -> None:
+        self._check()
+        self._sink.prepare_ahead()
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        self._check()
+        self._sink.write_at(offset, data)
+
+    def advance(self, end: int) -> None:
+        self._check()
+        self._sink.advance(end)

@@ -11,5 +11,6 @@ mod igzip;
 pub mod limits;
 pub mod manifest;
 pub mod pipeline;
+pub mod prefix;
 pub mod safepath;
 pub mod tar;

@@ -9,7 +9,7 @@
 //! buffers are recycled, so the steady state neither allocates nor grows. No Python here.
 
 use std::fs::File;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
@@ -20,12 +20,15 @@ use crate::decompress::Decoder;
 use crate::digest::{self, Sha256};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
+use crate::prefix::Prefix;
 use crate::safepath;
 
 /// Largest chunk the writer queues; bigger writes are split so the queue stays bounded.
 const WRITE_CHUNK: usize = 1 << 20;
 /// Chunks queued between the writer and the worker (≤ 4 MiB).
 const WRITE_QUEUE: usize = 4;
+/// Spans (`prefix::SPAN`) queued between the feeder and the worker.
+const FEED_QUEUE: usize = 2;
 /// Decompressed buffer size and count queued between the worker and the apply thread.
 const TAR_CHUNK: usize = 256 << 10;
 const TAR_QUEUE: usize = 8;
@@ -79,6 +82,8 @@ struct Shared {
     /// A failure of the source itself (tee write, read of the blob): it outranks the
     /// decoder's view of it, which only sees an I/O error.
     source_error: Mutex<Option<Error>>,
+    /// The worker's own failure, for ranged writers (who cannot join it).
+    failure: Mutex<Option<Error>>,
 }
 
 impl Shared {
@@ -93,6 +98,22 @@ impl Shared {
 
     fn take_source_error(&self) -> Option<Error> {
         self.source_error.lock().ok().and_then(|mut s| s.take())
+    }
+
+    #[cold]
+    fn set_failure(&self, e: &Error) {
+        if let Ok(mut slot) = self.failure.lock() {
+            slot.get_or_insert_with(|| e.duplicate());
+        }
+    }
+
+    /// The worker's failure if it failed (what a ranged writer reports), else `e`.
+    #[cold]
+    fn failure_or(&self, e: Error) -> Error {
+        match self.failure.lock() {
+            Ok(slot) => slot.as_ref().map_or(e, Error::duplicate),
+            Err(_) => e,
+        }
     }
 }
 
@@ -547,66 +568,125 @@ pub fn hash_blob(blob: &Path, spec: &LayerSpec) -> Result<LayerOutcome> {
 
 /// The streaming form: `write` compressed chunks as they arrive, then `finish`.
 ///
-/// The caller's thread tees and hashes each chunk (the digest) before queueing it, so the
-/// worker only decompresses.
+/// With a tee file (the ingest, which becomes the blob), `write` appends to it and ranged
+/// fetchers `write_at` chunks at their offsets and `advance` the contiguous prefix (through
+/// `RangedWriter` handles, from several threads); a *feeder* thread reads the prefix back in
+/// big spans as it grows (`prefix::Prefix`), hashes it (the digest) and queues it, so the
+/// size of the network's pieces costs nothing downstream. Without a tee, the caller's thread
+/// hashes and queues each chunk.
 pub struct LayerWriter {
     tx: Option<SyncSender<Vec<u8>>>,
     recycled: Receiver<Vec<u8>>,
     worker: Option<JoinHandle<Result<Decoded>>>,
     shared: Arc<Shared>,
     spec: LayerSpec,
-    /// The digest of everything accepted so far (its size is `offset()`).
+    /// Without a tee: the digest of everything accepted so far (its size is `offset()`).
     sha: Sha256,
-    tee: Option<(File, String)>,
+    /// With a tee: the file, its prefix and the thread that reads it in order.
+    prefix: Option<Arc<Prefix>>,
+    feeder: Option<JoinHandle<Option<(String, u64)>>>,
     failed: Option<Error>,
     done: bool,
 }
 
+/// A handle for ranged writers of a tee'd `LayerWriter` (any thread, no lock on the writer).
+#[derive(Clone)]
+pub struct RangedWriter {
+    prefix: Arc<Prefix>,
+    shared: Arc<Shared>,
+}
+
+impl RangedWriter {
+    /// Write a chunk's bytes at their offset (at or past the contiguous prefix).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.prefix
+            .write_at(offset, data)
+            .map_err(|e| self.shared.failure_or(e))
+    }
+
+    /// Declare `[0, to)` written.
+    pub fn advance(&self, to: u64) -> Result<()> {
+        self.prefix
+            .advance(to)
+            .map_err(|e| self.shared.failure_or(e))
+    }
+}
+
+/// The feeder: the prefix in order, hashed, queued for the worker. `None` if it failed (the
+/// error is in `shared`) or the worker stopped taking chunks.
+fn feed(
+    prefix: &Prefix,
+    tx: &SyncSender<Vec<u8>>,
+    recycled: &Receiver<Vec<u8>>,
+    shared: &Shared,
+) -> Option<(String, u64)> {
+    let mut sha = Sha256::new();
+    loop {
+        let mut buf = recycled.try_recv().unwrap_or_default();
+        match prefix.next_span(&mut buf) {
+            Ok(true) => {}
+            Ok(false) => return Some((sha.digest(), sha.size())),
+            Err(e) => {
+                if !shared.aborted.load(Ordering::Relaxed) {
+                    shared.set_source_error(e);
+                    shared.aborted.store(true, Ordering::Relaxed);
+                }
+                return None;
+            }
+        }
+        sha.update(&buf);
+        if tx.send(buf).is_err() {
+            return None;
+        }
+    }
+}
+
 impl LayerWriter {
-    /// Start the worker. If `tee_path` already holds bytes, they are fed through first (read,
-    /// not re-written) and `offset()` starts at their length.
+    /// Start the worker. If `tee_path` already holds bytes (a resumed download: the caller
+    /// made sure they are the blob's contiguous prefix), they are read through first (not
+    /// re-written) and `offset()` starts at their length.
     pub fn new(spec: LayerSpec, tee_path: Option<&Path>, sink: impl TarSink) -> Result<Self> {
         spec.check()?;
         let mut prefix = None;
-        let mut tee = None;
         if let Some(path) = tee_path {
             let shown = path.display().to_string();
             // No-follow, relative to its directory, and a regular file: a planted
             // `ingest/<hex>/data -> /host/file` is refused, never read as the resumed prefix
-            // nor appended to (as the Python ingest path opens it).
-            let file = safepath::open_append(path)
-                .map_err(|e| Error::io("open ingest", shown.clone(), e))?;
-            let len = file
+            // nor written to (as the Python ingest path opens it).
+            let file =
+                safepath::open_rw(path).map_err(|e| Error::io("open ingest", shown.clone(), e))?;
+            let held = file
                 .metadata()
                 .map_err(|e| Error::io("stat", shown.clone(), e))?
                 .len();
-            if let Some(expected) = spec.expected_size {
-                if len > expected {
-                    return Err(digest::size_mismatch(expected, len));
-                }
-            }
-            if len > 0 {
-                // The same open file (not the path again), read from its start: appends go
-                // to the end whatever the offset.
-                let reader = file
-                    .try_clone()
-                    .map_err(|e| Error::io("open ingest", shown.clone(), e))?;
-                prefix = Some((reader.take(len), shown.clone()));
-            }
-            tee = Some((file, shown));
+            prefix = Some(Prefix::new(file, shown, spec.expected_size, held)?);
         }
+        Self::start(spec, prefix, sink)
+    }
+
+    fn start(spec: LayerSpec, prefix: Option<Prefix>, sink: impl TarSink) -> Result<Self> {
+        let prefix = prefix.map(Arc::new);
         let shared = Arc::<Shared>::default();
-        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
-        let (recycle_tx, recycled) = mpsc::sync_channel(WRITE_QUEUE + 2);
+        let depth = if prefix.is_some() {
+            FEED_QUEUE
+        } else {
+            WRITE_QUEUE
+        };
+        let (tx, rx) = mpsc::sync_channel(depth);
+        let (recycle_tx, recycled) = mpsc::sync_channel(depth + 2);
         let source = Source::new(rx, recycle_tx, Arc::clone(&shared));
         let worker_spec = spec.clone();
+        let worker_prefix = prefix.clone();
         let worker = thread::Builder::new()
             .name("fastdist-layer".into())
             .spawn(move || {
                 let shared = Arc::clone(&source.shared);
                 let res = run(source, &worker_spec, sink);
-                if res.is_err() {
-                    shared.failed.store(true, Ordering::Relaxed);
+                if let Err(e) = &res {
+                    shared.set_failure(e);
+                    if let Some(p) = &worker_prefix {
+                        p.abort(); // ranged writers and the feeder stop with this error
+                    }
                 }
                 res
             })
@@ -618,41 +698,45 @@ impl LayerWriter {
             shared,
             spec,
             sha: Sha256::new(),
-            tee: None,
+            prefix: None,
+            feeder: None,
             failed: None,
             done: false,
         };
-        if let Some((file, shown)) = prefix {
-            // Dropping `writer` on error stops the worker.
-            writer.feed_prefix(file, &shown)?;
+        if let Some(p) = prefix {
+            // The feeder owns the queue's sending end; emptied buffers come back to it.
+            let Some(tx) = writer.tx.take() else {
+                return Err(Error::State("layer writer is closed".into()));
+            };
+            let (feed_recycled, shared) = (
+                std::mem::replace(&mut writer.recycled, mpsc::sync_channel(1).1),
+                Arc::clone(&writer.shared),
+            );
+            let fp = Arc::clone(&p);
+            let feeder = thread::Builder::new()
+                .name("fastdist-feed".into())
+                .spawn(move || feed(&fp, &tx, &feed_recycled, &shared))
+                .map_err(|e| Error::io("spawn", "layer feeder", e))?;
+            writer.prefix = Some(p);
+            writer.feeder = Some(feeder);
         }
-        writer.tee = tee;
         Ok(writer)
     }
 
-    /// Queue a resumed tee file's bytes (hashed, not re-written).
-    fn feed_prefix(&mut self, mut file: io::Take<File>, shown: &str) -> Result<()> {
-        loop {
-            let mut buf = self.recycled.try_recv().unwrap_or_default();
-            buf.resize(FILE_CHUNK, 0);
-            let n = loop {
-                match file.read(&mut buf) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::io("read", shown.to_owned(), e)),
-                    Ok(n) => break n,
-                }
-            };
-            if n == 0 {
-                return Ok(());
-            }
-            buf.truncate(n);
-            self.send(vec![buf])?;
-        }
+    /// A handle for ranged writes, if the writer has a tee.
+    pub fn ranged(&self) -> Option<RangedWriter> {
+        self.prefix.as_ref().map(|p| RangedWriter {
+            prefix: Arc::clone(p),
+            shared: Arc::clone(&self.shared),
+        })
     }
 
-    /// Compressed bytes accepted so far (including a resumed tee prefix).
+    /// Compressed bytes accepted so far, in order (including a resumed tee prefix).
     pub fn offset(&self) -> u64 {
-        self.sha.size()
+        match &self.prefix {
+            Some(p) => p.frontier(),
+            None => self.sha.size(),
+        }
     }
 
     /// Copy `data` into owned chunks ready for `send` (reusing returned buffers).
@@ -667,13 +751,9 @@ impl LayerWriter {
             .collect()
     }
 
-    /// Tee, hash and queue chunks for the worker; blocks while the queue is full. Fails as
-    /// soon as the pipeline has failed, with the pipeline's error.
-    pub fn send(&mut self, chunks: Vec<Vec<u8>>) -> Result<()> {
-        self.check_usable()?;
-        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    fn check_size(&mut self, len: u64) -> Result<()> {
         if let Some(expected) = self.spec.expected_size {
-            let total = self.offset() + len;
+            let total = self.offset().saturating_add(len);
             if total > expected {
                 let err = digest::size_mismatch(expected, total);
                 self.stop_worker();
@@ -683,14 +763,18 @@ impl LayerWriter {
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(self.collect_failure());
         }
+        Ok(())
+    }
+
+    /// Without a tee: hash and queue chunks for the worker; blocks while the queue is full.
+    /// Fails as soon as the pipeline has failed, with the pipeline's error.
+    pub fn send(&mut self, chunks: Vec<Vec<u8>>) -> Result<()> {
+        self.check_usable()?;
+        if self.prefix.is_some() {
+            return Err(Error::State("a tee'd layer writer takes `write`".into()));
+        }
+        self.check_size(chunks.iter().map(|c| c.len() as u64).sum())?;
         for chunk in chunks {
-            if let Some((tee, path)) = &mut self.tee {
-                if let Err(e) = tee.write_all(&chunk) {
-                    let err = Error::io("write", path.clone(), e);
-                    self.stop_worker();
-                    return Err(self.fail(err));
-                }
-            }
             self.sha.update(&chunk);
             let Some(tx) = &self.tx else {
                 return Err(Error::State("layer writer is closed".into()));
@@ -702,10 +786,23 @@ impl LayerWriter {
         Ok(())
     }
 
-    /// `copy_chunks` + `send`.
+    /// Append `data`: to the tee (read back by the feeder in big spans; blocks while the
+    /// pipeline is `prefix::APPEND_AHEAD` behind), or `copy_chunks` + `send` without one.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        let chunks = self.copy_chunks(data);
-        self.send(chunks)
+        let Some(prefix) = self.prefix.clone() else {
+            let chunks = self.copy_chunks(data);
+            return self.send(chunks);
+        };
+        self.check_usable()?;
+        self.check_size(data.len() as u64)?;
+        if let Err(e) = prefix.append(data) {
+            if self.shared.failed.load(Ordering::Relaxed) {
+                return Err(self.collect_failure());
+            }
+            self.stop_worker();
+            return Err(self.fail(e));
+        }
+        Ok(())
     }
 
     /// Close the stream, wait for the worker, verify and return the outcome.
@@ -717,9 +814,22 @@ impl LayerWriter {
         self.check_usable()?;
         self.done = true;
         self.tx = None;
-        self.tee = None;
+        if let Some(p) = &self.prefix {
+            p.close();
+        }
+        let fed = self.feeder.take().map(|f| f.join().ok().flatten());
         let decoded = self.join()?;
-        outcome(&self.spec, self.sha.digest(), self.sha.size(), decoded)
+        let (digest, size) = match fed {
+            None => (self.sha.digest(), self.sha.size()),
+            Some(Some(d)) => d,
+            Some(None) => {
+                return Err(self
+                    .shared
+                    .take_source_error()
+                    .unwrap_or_else(|| Error::State("layer feeder stopped early".into())))
+            }
+        };
+        outcome(&self.spec, digest, size, decoded)
     }
 
     /// Stop the worker and release files; idempotent.
@@ -755,14 +865,24 @@ impl LayerWriter {
     fn stop_worker(&mut self) {
         self.shared.aborted.store(true, Ordering::Relaxed);
         self.tx = None;
-        self.tee = None;
+        if let Some(p) = &self.prefix {
+            p.abort();
+        }
+        if let Some(f) = self.feeder.take() {
+            let _ = f.join();
+        }
         let _ = self.join();
     }
 
     #[cold]
     fn collect_failure(&mut self) -> Error {
         self.tx = None;
-        self.tee = None;
+        if let Some(p) = &self.prefix {
+            p.abort();
+        }
+        if let Some(f) = self.feeder.take() {
+            let _ = f.join();
+        }
         let err = match self.join() {
             Err(e) => e,
             Ok(_) => Error::State("layer worker ended early".into()),
@@ -789,6 +909,7 @@ impl Drop for LayerWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     const TGZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -930,9 +1051,9 @@ mod tests {
         // A device is refused as a tee (not a regular file); so put it in by hand.
         let refused = LayerWriter::new(spec(), Some(full), drain_sink).err();
         assert!(matches!(refused, Some(Error::Io { .. })), "{refused:?}");
-        let mut w = LayerWriter::new(spec(), None, drain_sink).unwrap();
         let dev = std::fs::OpenOptions::new().write(true).open(full).unwrap();
-        w.tee = Some((dev, "/dev/full".into()));
+        let tee = Prefix::new(dev, "/dev/full".into(), None, 0).unwrap();
+        let mut w = LayerWriter::start(spec(), Some(tee), drain_sink).unwrap();
         let err = w.write(&gz(b"abc")).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert!(matches!(w.finish(), Err(Error::Io { .. })));
@@ -955,6 +1076,51 @@ mod tests {
         let mut w = LayerWriter::new(s, None, drain_sink).unwrap();
         w.write(&blob).unwrap();
         assert!(matches!(w.finish(), Err(Error::SizeMismatch { .. })));
+    }
+
+    #[test]
+    fn ranged_chunks_out_of_order_are_hashed_and_applied_in_order() {
+        let tar = payload();
+        let blob = gz(&tar);
+        let dir = tempfile::tempdir().unwrap();
+        let tee = dir.path().join("ingest");
+        let mut s = spec();
+        s.expected_digest = Some(sha(&blob));
+        s.expected_size = Some(blob.len() as u64);
+        s.expected_diff_id = Some(sha(&tar));
+        let mut w = LayerWriter::new(s, Some(&tee), drain_sink).unwrap();
+        w.write(&blob[..100]).unwrap();
+        let r = w.ranged().unwrap();
+        let chunk = 100_000;
+        let starts: Vec<usize> = (100..blob.len()).step_by(chunk).collect();
+        for &b in starts.iter().rev() {
+            let e = (b + chunk).min(blob.len());
+            r.write_at(b as u64, &blob[b..e]).unwrap();
+        }
+        assert_eq!(w.offset(), 100);
+        r.advance(blob.len() as u64).unwrap();
+        let out = w.finish().unwrap();
+        assert_eq!((out.digest, out.diff_id), (sha(&blob), sha(&tar)));
+        assert!(std::fs::read(&tee).unwrap() == blob);
+    }
+
+    #[test]
+    fn a_failed_pipeline_stops_ranged_writers_with_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let tee = dir.path().join("ingest");
+        let mut w = LayerWriter::new(spec(), Some(&tee), drain_sink).unwrap();
+        let r = w.ranged().unwrap();
+        let junk = vec![0x5a_u8; 3 << 20]; // not gzip: the decoder fails on its magic
+        r.write_at(0, &junk).unwrap();
+        r.advance(junk.len() as u64).unwrap();
+        let fin = w.finish();
+        assert!(matches!(fin, Err(Error::Corrupt { .. })), "{fin:?}");
+        // Joined: the worker recorded its failure; a ranged writer still running reports that
+        // error (not "closed"), so the fetch stops with the real cause.
+        let err = r.write_at(junk.len() as u64, b"x").unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        let err = r.advance(junk.len() as u64 + 1).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 
     #[test]

@@ -490,15 +490,10 @@ fn not_followed(e: Errno, what: &str) -> io::Error {
 }
 
 /// The tee may only be what it was created as: a regular file with one link (a hard link
-/// would make the appends land in another file too), or a fifo, which can only be read by
-/// whoever holds its other end (the tests observe backpressure through one).
+/// would make the writes land in another file too); it is written at offsets and read back.
 fn tee_file(fd: OwnedFd) -> io::Result<File> {
     let st = rustix::fs::fstat(&fd)?;
-    let ok = match FileType::from_raw_mode(st.st_mode) {
-        FileType::RegularFile => st.st_nlink == 1,
-        FileType::Fifo => true,
-        _ => false,
-    };
+    let ok = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink == 1;
     if !ok {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -518,12 +513,14 @@ pub fn open_read(path: &Path) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-/// Open the file at `path` for reading and appending, creating it (0600) if missing, following
-/// no symlink at its last two components: a planted `data -> /host/file` (or a hard link to
-/// one) is refused, so the host file is neither read as a resumed prefix nor appended to.
-pub fn open_append(path: &Path) -> io::Result<File> {
+/// Open the file at `path` for reading and writing at offsets (`pwrite`; no `O_APPEND`, which
+/// Linux applies to `pwrite` too), creating it (0600) if missing, following no symlink at its
+/// last two components: a planted `data -> /host/file` (or a hard link to one, or anything but
+/// a regular file) is refused, so the host file is neither read as a resumed prefix nor
+/// written to.
+pub fn open_rw(path: &Path) -> io::Result<File> {
     let (dfd, name) = open_parent(path)?;
-    let flags = OFlags::RDWR | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&dfd, name, flags, Mode::from_raw_mode(0o600))
         .map_err(|e| not_followed(e, "the file"))?;
     tee_file(fd)

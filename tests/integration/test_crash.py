@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,63 @@ def test_kill_during_download_resumes_by_range(
         client.pull(ref)
         assert len(full_blob_gets(reg, big.digest)) == 1  # the killed process's only
         assert range_gets(reg, big.digest) == [f"bytes={have}-"]
+    _finish_and_prune(client, ref, img, root)
+
+
+_RANGED_PULL = """
+import sys
+from pathlib import Path
+from fastdist.client import Client
+from fastdist.fetcher import FetchConfig
+ch = 64 << 10
+cfg = FetchConfig(range_threshold=2 * ch, chunk_size=ch, window=4 * ch, adaptive=False)
+root, snapshotter, ref = sys.argv[1:]
+Client(Path(root), snapshotter=snapshotter, hosts_dir=Path(root).parent / "no-mirrors",
+       fetch_config=cfg).pull(ref)
+"""
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_kill_during_a_ranged_download_keeps_only_the_contiguous_prefix(
+    tmp_path: Path, img: BuiltImage, snapshotter: str
+) -> None:
+    # The head chunk stalls while the range workers write the next chunks at their offsets:
+    # the ingest file has a hole. After the SIGKILL the next pull must resume from the
+    # recorded prefix (the bytes before the hole), never from the file's size.
+    ch = 64 << 10
+    root = tmp_path / "store"
+    big = img.layers[1].descriptor
+    partial = root / "content" / "ingest" / big.digest.removeprefix("sha256:") / "data"
+    with FakeRegistry() as reg:
+        ref = serve(reg, "crash/ranged", img)
+        reg.add_fault(Fault(path_contains=big.digest, stall_after=20_000, range_start=0))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _RANGED_PULL, str(root), snapshotter, ref],
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            # (the stalled head's bytes are not counted as sent)
+            assert reg.wait_sent(big.digest, 4 * ch), "the chunks never came"
+            # The bytes were sent; wait (a condition, bounded) until they are in the file.
+            deadline = time.monotonic() + 60
+            while (partial.stat().st_size if partial.exists() else 0) < 5 * ch:
+                assert time.monotonic() < deadline, "the chunks never reached the ingest"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        recorded = int((partial.parent / "prefix").read_text())
+        assert 0 < recorded <= 20_000 < partial.stat().st_size  # a hole after the prefix
+
+        client = _client(root, snapshotter)
+        _assert_nothing_listed_and_consistent(client, img)
+        before = len(range_gets(reg, big.digest))
+        client.pull(ref)
+        assert range_gets(reg, big.digest)[before:] == [f"bytes={recorded}-"]
+        assert not (partial.parent / "prefix").exists()
     _finish_and_prune(client, ref, img, root)
 
 

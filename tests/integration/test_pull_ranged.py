@@ -13,7 +13,7 @@ from pullkit import SNAPSHOTTERS, expected_tree, serve, unpacked_tree
 
 from fakeregistry import FakeRegistry, Fault
 from fastdist.client import Client
-from fastdist.errors import InvalidArgumentError
+from fastdist.errors import InvalidArgumentError, RegistryError
 from fastdist.fetcher import FetchConfig
 from fastdist.testing.images import (
     BuiltImage,
@@ -70,6 +70,67 @@ def test_ranged_pull_stores_identical_blobs_and_unpacks_identical_trees(
     for digest, blob in img.blobs().items():
         assert client.content.read_bytes(digest, len(blob)) == blob  # type: ignore[arg-type]
     assert unpacked_tree(client, ref) == expected_tree(img)
+
+
+def _covered_once(ranges: list[tuple[int, int | None]], size: int) -> bool:
+    spans = sorted((a, size - 1 if b is None else b) for a, b in ranges)
+    pos = 0
+    for a, b in spans:
+        if a != pos:
+            return False
+        pos = b + 1
+    return pos == size
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_chunks_landing_out_of_order_make_identical_blobs_and_trees_each_range_fetched_once(
+    store_root: Path, snapshotter: str
+) -> None:
+    # The head chunk drips, so the next chunks land first, past the prefix, at their offsets.
+    img = _image("gzip", seed=3)
+    big = img.layers[0].descriptor
+    with FakeRegistry() as reg:
+        ref = serve(reg, "app", img)
+        reg.add_fault(Fault(path_contains=big.digest, drip=0.01, drip_chunk=4096, range_start=0))
+        client = Client(store_root, snapshotter=snapshotter, fetch_config=RANGED)
+        ahead: list[int] = []
+        client.fetcher.observe_window = ahead.append
+        client.pull(ref)
+        assert max(ahead) > 0  # bytes were held past the contiguous prefix
+        assert max(ahead) <= RANGED.window
+        assert _covered_once(reg.ranges_served(big.digest), big.size)
+        for digest, blob in img.blobs().items():
+            assert client.content.read_bytes(digest, len(blob)) == blob  # type: ignore[arg-type]
+        assert unpacked_tree(client, ref) == expected_tree(img)
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+def test_a_failed_ranged_pull_records_its_whole_prefix_and_the_next_asks_only_for_the_rest(
+    store_root: Path, snapshotter: str
+) -> None:
+    img = _image("gzip", seed=4)
+    big = img.layers[0].descriptor
+    with FakeRegistry() as reg:
+        ref = serve(reg, "app", img)
+        fail = reg.add_fault(
+            Fault(path_contains=big.digest, status=404, code="BLOB_UNKNOWN", range_start=5 * CH)
+        )
+        cfg = TransportConfig(backoff_base=0.001, backoff_max=0.01)
+        client = Client(
+            store_root, snapshotter=snapshotter, transport_config=cfg, fetch_config=RANGED
+        )
+        with pytest.raises(RegistryError):
+            client.pull(ref)
+        ingest = client.content.ingest_dir / big.digest.removeprefix("sha256:")
+        recorded = int((ingest / "prefix").read_text())
+        # At least the head chunk, streamed before the window was consumed: recorded when the
+        # pull failed, not only every few MiB.
+        assert CH <= recorded < big.size
+        fail.times = 0
+        before = len(reg.ranges_served(big.digest))
+        client.pull(ref)
+        assert reg.ranges_served(big.digest)[before] == (recorded, recorded + CH - 1)
+        assert unpacked_tree(client, ref) == expected_tree(img)
 
 
 @pytest.mark.parametrize(

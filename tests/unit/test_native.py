@@ -509,32 +509,69 @@ def test_apply_layer_releases_the_gil(tmp_path: Path) -> None:
     feeder.join()
 
 
-@pytest.mark.timeout(120, method="thread")
-def test_layer_writer_releases_the_gil_while_blocked(tmp_path: Path) -> None:
-    # The tee is a FIFO drained by a Python thread: the worker blocks on it, the queue fills,
-    # and `write` blocks on backpressure. Only a released GIL lets the drain thread run.
-    lay = layer(TZST, {"etc/noise": os.urandom(12 << 20)})
+def test_a_fifo_tee_is_refused(tmp_path: Path) -> None:
+    # The tee is written at offsets and read back by the pipeline: only a regular file will do.
     fifo = tmp_path / "tee"
     os.mkfifo(fifo)
-    teed = bytearray()
+    with pytest.raises(errors.StoreError, match="regular file"):
+        LayerWriter(TZST, str(tmp_path), tee_path=str(fifo), preserve_owner=False)
 
-    def drain() -> None:
-        with open(fifo, "rb") as f:
-            while chunk := f.read(1 << 16):
-                teed.extend(chunk)
 
-    t = threading.Thread(target=drain, daemon=True)
-    t.start()
+@pytest.mark.parametrize("media_type", [TGZ, TZST])
+def test_chunks_written_out_of_order_from_threads_make_the_same_blob_and_tree(
+    tmp_path: Path, media_type: str
+) -> None:
+    # Ranged writers: chunks at their offsets, last first, from several threads at once (no
+    # lock on the writer: `write` would refuse a second thread); the prefix moves in order.
+    lay = layer(media_type, {**FILES, "etc/noise": os.urandom(3 << 20)})
+    tee = tmp_path / "ingest"
     dest = tmp_path / "dest"
     dest.mkdir()
-    w = LayerWriter(TZST, str(dest), tee_path=str(fifo), preserve_owner=False)
-    for i in range(0, len(lay.blob), 1 << 20):
-        w.write(lay.blob[i : i + (1 << 20)])
-    res = w.finish()
-    del w  # closes the tee, ending the drain
-    t.join()
-    assert bytes(teed) == lay.blob
-    assert res.diff_id == sha256(lay.tar)
+    w = LayerWriter(
+        media_type,
+        str(dest),
+        tee_path=str(tee),
+        expected_digest=sha256(lay.blob),
+        expected_size=len(lay.blob),
+        expected_diff_id=sha256(lay.tar),
+        preserve_owner=False,
+    )
+    head = 1000
+    w.write(lay.blob[:head])  # the head stream
+    chunk = 256 << 10
+    starts = list(range(head, len(lay.blob), chunk))[::-1]
+
+    def put(begins: list[int]) -> None:
+        for b in begins:
+            e = min(b + chunk, len(lay.blob))
+            for p in range(b, e, 10_000):
+                w.write_at(p, lay.blob[p : min(p + 10_000, e)])
+
+    threads = [threading.Thread(target=put, args=(starts[i::3],)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with pytest.raises(errors.FastdistError, match="below the contiguous prefix"):
+        w.write_at(head - 1, b"x")  # what the pipeline may already have hashed stays
+    assert w.offset == head
+    w.advance(len(lay.blob))
+    assert w.offset == len(lay.blob)
+    assert_applied(w.finish(), lay, dest)
+    assert tee.read_bytes() == lay.blob  # the ingest file is the blob
+
+
+def test_write_at_outside_the_blob_is_refused(tmp_path: Path) -> None:
+    w = LayerWriter(TGZ, str(tmp_path), tee_path=str(tmp_path / "ingest"), expected_size=100)
+    with pytest.raises(errors.SizeMismatchError):
+        w.write_at(90, b"x" * 11)
+    with pytest.raises(OverflowError):
+        w.write_at(-1, b"x")
+    w.abort()
+    no_tee = LayerWriter(TGZ, str(tmp_path))
+    with pytest.raises(RuntimeError, match="tee_path"):
+        no_tee.write_at(0, b"x")
+    no_tee.abort()
 
 
 # --- structured errors: the Rust error's fields reach Python as attributes -----------------

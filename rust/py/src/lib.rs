@@ -388,6 +388,8 @@ fn applier(dest: PathBuf, opts: ApplyOptions, slot: ManifestSlot) -> impl pipeli
 #[pyclass(module = "fastdist._native", name = "LayerWriter", frozen)]
 struct PyLayerWriter {
     inner: Mutex<pipeline::LayerWriter>,
+    /// Ranged writes go here, from any thread, without the writer's lock.
+    ranged: Option<pipeline::RangedWriter>,
     manifest: ManifestSlot,
 }
 
@@ -436,6 +438,7 @@ impl PyLayerWriter {
             .detach(move || pipeline::LayerWriter::new(spec, tee_path.as_deref(), sink))
             .or_raise()?;
         Ok(Self {
+            ranged: writer.ranged(),
             inner: Mutex::new(writer),
             manifest,
         })
@@ -444,8 +447,22 @@ impl PyLayerWriter {
     fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut w = lock(&self.inner, "LayerWriter")?;
         let w: &mut pipeline::LayerWriter = &mut w;
+        if self.ranged.is_some() {
+            // Appended to the tee straight from the caller's buffer, the GIL released.
+            return with_bytes(data, |bytes| py.detach(|| w.write(bytes)))?.or_raise();
+        }
         let chunks = with_bytes(data, |bytes| w.copy_chunks(bytes))?;
         py.detach(|| w.send(chunks)).or_raise()
+    }
+
+    fn write_at(&self, py: Python<'_>, offset: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let r = self.ranged_writer()?;
+        with_bytes(data, |bytes| py.detach(|| r.write_at(offset, bytes)))?.or_raise()
+    }
+
+    fn advance(&self, py: Python<'_>, to: u64) -> PyResult<()> {
+        let r = self.ranged_writer()?;
+        py.detach(|| r.advance(to)).or_raise()
     }
 
     #[getter]
@@ -465,6 +482,14 @@ impl PyLayerWriter {
         let w: &mut pipeline::LayerWriter = &mut w;
         py.detach(|| w.abort());
         Ok(())
+    }
+}
+
+impl PyLayerWriter {
+    fn ranged_writer(&self) -> PyResult<&pipeline::RangedWriter> {
+        self.ranged.as_ref().ok_or_else(|| {
+            PyRuntimeError::new_err("LayerWriter: write_at and advance need a tee_path")
+        })
     }
 }
 
