@@ -39,6 +39,18 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
+def covered_once(ranges: list[tuple[int, int | None]], size: int) -> bool:
+    """Whether ``ranges`` (as ``FakeRegistry.ranges_served`` gives them) cover ``[0, size)``
+    exactly: every byte asked for once, none twice, none left out."""
+    spans = sorted((a, size - 1 if b is None else b) for a, b in ranges)
+    pos = 0
+    for a, b in spans:
+        if a != pos:
+            return False
+        pos = b + 1
+    return pos == size
+
+
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 

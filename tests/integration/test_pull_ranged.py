@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from pullkit import SNAPSHOTTERS, expected_tree, serve, unpacked_tree
 
-from fakeregistry import FakeRegistry, Fault
+from fakeregistry import FakeRegistry, Fault, covered_once
 from fastdist.client import Client
 from fastdist.errors import InvalidArgumentError, RegistryError
 from fastdist.fetcher import FetchConfig
@@ -72,16 +72,6 @@ def test_ranged_pull_stores_identical_blobs_and_unpacks_identical_trees(
     assert unpacked_tree(client, ref) == expected_tree(img)
 
 
-def _covered_once(ranges: list[tuple[int, int | None]], size: int) -> bool:
-    spans = sorted((a, size - 1 if b is None else b) for a, b in ranges)
-    pos = 0
-    for a, b in spans:
-        if a != pos:
-            return False
-        pos = b + 1
-    return pos == size
-
-
 @pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
 def test_chunks_landing_out_of_order_make_identical_blobs_and_trees_each_range_fetched_once(
     store_root: Path, snapshotter: str
@@ -98,7 +88,7 @@ def test_chunks_landing_out_of_order_make_identical_blobs_and_trees_each_range_f
         client.pull(ref)
         assert max(ahead) > 0  # bytes were held past the contiguous prefix
         assert max(ahead) <= RANGED.window
-        assert _covered_once(reg.ranges_served(big.digest), big.size)
+        assert covered_once(reg.ranges_served(big.digest), big.size)
         for digest, blob in img.blobs().items():
             assert client.content.read_bytes(digest, len(blob)) == blob  # type: ignore[arg-type]
         assert unpacked_tree(client, ref) == expected_tree(img)

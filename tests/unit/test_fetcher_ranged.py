@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from fakeregistry import FakeRegistry, Fault
+from fakeregistry import FakeRegistry, Fault, covered_once
 from fastdist.errors import InvalidArgumentError
 from fastdist.fetcher import BytesSink, FetchConfig, Fetcher
 from fastdist.oci import OCI_LAYER_GZIP, Descriptor, Digest
@@ -38,16 +38,6 @@ def _setup(
     )
 
 
-def _covered_once(ranges: list[tuple[int, int | None]], size: int) -> bool:
-    spans = sorted((a, size - 1 if b is None else b) for a, b in ranges)
-    pos = 0
-    for a, b in spans:
-        if a != pos:
-            return False
-        pos = b + 1
-    return pos == size
-
-
 def test_ranged_fetch_delivers_the_blob_in_order_and_each_range_once() -> None:
     with FakeRegistry() as reg:
         fetcher, ref, desc = _setup(reg)
@@ -57,7 +47,7 @@ def test_ranged_fetch_delivers_the_blob_in_order_and_each_range_once() -> None:
         ranges = reg.ranges_served(desc.digest)
         assert len(ranges) == 17  # the head chunk, then one request per chunk
         assert all(b is not None for _, b in ranges)
-        assert _covered_once(ranges, len(BLOB))
+        assert covered_once(ranges, len(BLOB))
 
 
 def test_small_blobs_stay_single_requests() -> None:
@@ -107,7 +97,7 @@ def test_a_206_without_accept_ranges_is_used_as_it_is() -> None:
         sink = BytesSink()
         fetcher.fetch(ref, desc, sink)
         assert sink.getvalue() == BLOB
-        assert _covered_once(reg.ranges_served(desc.digest), len(BLOB))
+        assert covered_once(reg.ranges_served(desc.digest), len(BLOB))
 
 
 def test_without_accept_ranges_an_adaptive_fetch_never_splits() -> None:
@@ -335,7 +325,7 @@ def test_after_a_crash_the_verified_prefix_is_kept_and_only_the_rest_is_fetched(
         assert sink.getvalue() == BLOB
         ranges = reg.ranges_served(desc.digest)
         assert min(a for a, _ in ranges) == held
-        assert _covered_once(
+        assert covered_once(
             [(a - held, None if b is None else b - held) for a, b in ranges], len(BLOB) - held
         )
 
