@@ -10,22 +10,19 @@ v2 pull's (most files shared) and the snapshots' physical bytes after it (``syst
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import shutil
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 from fastdist.client import Client
-from fastdist.testing.images import build_image, build_layer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from deep_check import MiB, host_tar
+from deep_check import images
 
 from fakeregistry import FakeRegistry
 
@@ -38,17 +35,7 @@ def main() -> int:
     ap.add_argument("--dir", default=None, help="where the stores go (default: $TMPDIR)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    app = io.BytesIO()
-    with tarfile.open(fileobj=app, mode="w") as tf:
-        ti = tarfile.TarInfo("srv/app.py")
-        body = b"print('app')\n" * 1000
-        ti.size = len(body)
-        tf.addfile(ti, io.BytesIO(body))
-    v1 = build_image([build_layer(host_tar(args.mb * MiB))], cmd=["/bin/sh"])
-    v2 = build_image(
-        [build_layer(host_tar(args.mb * MiB, changed=20)), build_layer(app.getvalue())],
-        cmd=["/bin/sh"],
-    )
+    v1, v2 = images(args.mb)
     results: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
     with FakeRegistry() as reg:
         for img, tag in ((v1, "v1"), (v2, "v2")):

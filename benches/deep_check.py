@@ -263,9 +263,11 @@ def deep(client: Client, fs: Path, args: argparse.Namespace) -> dict[str, Any]:
 # --- disk: fastdist with and without dedup, podman gzip and zstd:chunked --------------------
 
 
-def images() -> tuple[Any, Any]:
-    base = host_tar(ARGS.mb * MiB)
-    rebuilt = host_tar(ARGS.mb * MiB, changed=CHANGED)
+def images(mb: int) -> tuple[Any, Any]:
+    """v1: ``mb`` MB of host files in one layer; v2: that layer rebuilt with CHANGED files
+    changed (a new digest) plus a small app layer."""
+    base = host_tar(mb * MiB)
+    rebuilt = host_tar(mb * MiB, changed=CHANGED)
     app = io.BytesIO()
     with tarfile.open(fileobj=app, mode="w") as tf:
         ti = tarfile.TarInfo("srv/app.py")
@@ -584,7 +586,7 @@ def main() -> int:
     if only & {"deep", "disk"}:
         tmp = Path(tempfile.mkdtemp(prefix="fastdist-deep-", dir=args.dir))
         try:
-            v1, v2 = images()
+            v1, v2 = images(ARGS.mb)
             with LocalRegistry() as reg:
                 for img, tag in ((v1, "v1"), (v2, "v2")):
                     push_image(Pusher(Transport()), f"{reg.host}/bench/usr:{tag}", img)

@@ -29,7 +29,7 @@ from .fingerprint import ExpectedTree, ManifestRecord, expected_tree
 from .metadata import FileIndex, ImageRecord, IndexedFile
 from .oci import Digest
 from .snapshots import Snapshotter
-from .store import crash_point, libc, rmtree
+from .store import crash_point, libc, lstat_tree, rmtree
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +83,16 @@ def _walk(root: str, reflinks: dict[int, bool]) -> _Walked:
     logical = 0
     inodes: dict[_Inode, int] = {}
     shared: dict[_Inode, list[tuple[int, int]]] = {}
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with it:
-            for e in it:
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                key = (st.st_dev, st.st_ino)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(e.path)
-                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    logical += st.st_size
-                if stat.S_ISREG(st.st_mode) and st.st_blocks and _can_share(e.path, st, reflinks):
-                    got = _shared_extents(e.path)
-                    if got is not None:
-                        shared[key] = got
-                        continue
-                inodes[key] = st.st_blocks * 512
+    for path, st in lstat_tree(root):
+        key = (st.st_dev, st.st_ino)
+        if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            logical += st.st_size
+        if stat.S_ISREG(st.st_mode) and st.st_blocks and _can_share(path, st, reflinks):
+            got = _shared_extents(path)
+            if got is not None:
+                shared[key] = got
+                continue
+        inodes[key] = st.st_blocks * 512
     return _Walked(logical, inodes, shared)
 
 

@@ -16,7 +16,7 @@ import os
 import stat
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -532,16 +532,15 @@ def _onexc(fix: Callable[[Callable[..., Any], str, BaseException], None]) -> dic
     return {"onerror": onerror}
 
 
-def tree_usage(path: Path) -> int:
-    """Bytes on disk under ``path`` (like ``du -s --bytes`` on blocks): hardlinks counted once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    stack = [str(path)]
+def lstat_tree(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry below ``root`` (not ``root`` itself) with its ``lstat``, directories included;
+    symlinks are never followed, and entries that vanish meanwhile are skipped."""
+    stack = [root]
     while stack:
         d = stack.pop()
         try:
             it = os.scandir(d)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         with it:
             for e in it:
@@ -549,12 +548,20 @@ def tree_usage(path: Path) -> int:
                     st = e.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                    k = (st.st_dev, st.st_ino)
-                    if k in seen:
-                        continue
-                    seen.add(k)
-                total += st.st_blocks * 512
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(e.path)
+                yield e.path, st
+
+
+def tree_usage(path: Path) -> int:
+    """Bytes on disk under ``path`` (like ``du -s --bytes`` on blocks): hardlinks counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for _, st in lstat_tree(str(path)):
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            k = (st.st_dev, st.st_ino)
+            if k in seen:
+                continue
+            seen.add(k)
+        total += st.st_blocks * 512
     return total
