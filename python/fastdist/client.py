@@ -245,6 +245,7 @@ class Client:
             known = self.metadata.images.get(str(reference)) is not None
             early = PRECONNECT_KNOWN if known else self.transport.config.max_connections
             self._preconnect(reference, early)
+            asked = time.monotonic()
             resolved = self.resolver.resolve(reference, plat, progress, any_platform=any_platform)
             resolve_seconds = time.monotonic() - started
             present = self._already_present(reference, resolved, progress)
@@ -261,22 +262,37 @@ class Client:
                     )
                 )
                 return Image(present.name, present.target, present, self)
-            # While the config is in flight: one connection per layer blob to fetch (within
-            # the budget), so every layer's request goes out on an open connection.
-            missing = sum(not self.content.exists(d.digest) for d in resolved.manifest.layers)
-            self._preconnect(reference, missing)
-            self._store_document(resolved.target, resolved.target_bytes)
-            if resolved.manifest_descriptor.digest != resolved.target.digest:
-                self._store_document(resolved.manifest_descriptor, resolved.manifest_bytes)
-            config_bytes = self._fetch_config(reference, resolved.manifest.config, progress)
-            config = oci.parse_config(config_bytes, max_volumes=self.max_volumes)
-            self._check_platform(reference, plat, resolved.target.media_type, config)
-            plans = pulling.plan_layers(resolved.manifest.layers, config)
+            # From a far registry, while the config is in flight: the first GET of every layer
+            # blob to fetch (within the budget), so the layers' bytes come one round trip after
+            # the manifest, not two (FetchConfig.early_after).
+            layers = resolved.manifest.layers
             workers = self._max_parallel or self.transport.config.max_connections
             job = pulling.PullJob(str(reference), self.max_pull_bytes, workers)
-            job.check_size(self.content, self.snapshotter, resolved.manifest.config, plans)
-            source = pulling.RegistrySource(self.fetcher, reference)
-            pulling.dispatch(self.unpacker, plans, source, progress, job)
+            job.check_size(self.content, self.snapshotter, resolved.manifest.config, layers)
+            missing = [d for d in layers if self._early_fetch(d)]
+            ahead: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+            if missing:
+                sent = self.fetcher.send_early(
+                    reference, missing, time.monotonic() - asked, self._early_fetch
+                )
+                if not sent.early:
+                    # Not sent early: a connection per layer blob to fetch is opened instead,
+                    # so every layer's request goes out on an open connection.
+                    self._preconnect(reference, len(missing))
+                ahead = sent
+            with ahead:
+                self._store_document(resolved.target, resolved.target_bytes)
+                if resolved.manifest_descriptor.digest != resolved.target.digest:
+                    self._store_document(resolved.manifest_descriptor, resolved.manifest_bytes)
+                config_bytes = self._fetch_config(reference, resolved.manifest.config, progress)
+                config = oci.parse_config(config_bytes, max_volumes=self.max_volumes)
+                self._check_platform(reference, plat, resolved.target.media_type, config)
+                plans = pulling.plan_layers(layers, config)
+                job.check_size(
+                    self.content, self.snapshotter, resolved.manifest.config, layers, plans
+                )
+                source = pulling.RegistrySource(self.fetcher, reference)
+                pulling.dispatch(self.unpacker, plans, source, progress, job)
             if CRASH_AT is not None:
                 crash_point("committed")
             record = self._record_image(reference, resolved, plans)
@@ -289,6 +305,18 @@ class Client:
             )
         )
         return Image(record.name, record.target, record, self)
+
+    def _early_fetch(self, desc: Descriptor) -> bool:
+        """Whether ``desc``'s blob is fetched from its first byte (not stored, no partial
+        download to resume with a Range request, no thread or process fetching it now): its
+        GET can be sent early."""
+        c = self.content
+        try:
+            return not (
+                c.exists(desc.digest) or c.resumable(desc.digest) or c.being_fetched(desc.digest)
+            )
+        except OSError:
+            return False  # the layer's own fetch reports what is wrong with the store
 
     def _preconnect(self, ref: Reference, count: int) -> None:
         """Open up to ``count`` connections ahead of need to the host ``ref``'s blobs are

@@ -218,6 +218,18 @@ class ContentStore:
                 continue  # a stray name
         return out
 
+    def being_fetched(self, digest: Digest) -> bool:
+        """Whether a writer (a thread of this process or another process) holds the ingest
+        lock of ``digest`` now: a hint, true at the moment it was probed."""
+        lock_path = self.ingest_dir / _hex(digest) / "lock"
+        if not lock_path.is_file():
+            return False
+        lock = FileLock(lock_path)
+        if not lock.acquire(blocking=False):
+            return True
+        lock.release()
+        return False
+
     def resumable(self, digest: Digest) -> bool:
         """Whether the ingest of ``digest`` holds bytes a pull could resume from: some data,
         and the blob not stored yet. Anything else there (a process killed between storing the

@@ -34,9 +34,10 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
@@ -91,6 +92,13 @@ class FetchConfig:
     would halve it. The window's bytes wait in the ingest file, not in memory: the 469 MB
     big-files pull peaked at 66-72 MB RSS through the emulator (30 and 100 MB/s, 20 ms; 120
     and 96 MB when chunks waited in memory).
+    ``early_after`` 100 ms: a pull whose manifest took at least this long to resolve (a far
+    registry: 40 ms of round trip or more) sends its layers' first GETs while the config is
+    in flight (``send_early``), saving a round trip; a near one does not: it would save
+    little, and processes that start pulling the same image at the same moment may each
+    send a blob's early GET (the ingest lock still lets only one store and unpack it; within
+    a process, and once a fetch of a blob has started anywhere, no early GET repeats it).
+    0: always; None: never.
     ``range_threshold`` 16 MiB: smaller blobs are one request (two chunks or fewer gain less
     than the round trip they cost). ``adaptive``: start with one stream and split only when
     measured (every ``probe_bytes`` of the stream) to wait on the network; False splits at once
@@ -105,6 +113,7 @@ class FetchConfig:
     adaptive: bool = True
     probe_bytes: int = 4 << 20
     fast_rate: float = 256 * (1 << 20)
+    early_after: float | None = 0.1
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.range_threshold < 1 or self.probe_bytes < 1:
@@ -550,6 +559,142 @@ class _Job:
     max_retries: int | None
 
 
+#: An early GET reads a blob of up to this many bytes whole into memory (so its connection and
+#: place in the budget serve the next early request at once), up to EARLY_MEMORY per pull.
+EARLY_BODY_MAX = 1 << 20
+EARLY_MEMORY = 32 << 20
+
+
+class _Early:
+    """A blob's first GET, sent ahead of need (``Fetcher.send_early``) while the image's config
+    is still in flight. A small blob's body is read whole into memory by the sending lane (which
+    keeps its place in the budget for the next one); a bigger blob's response is kept with its
+    body unread, holding its place until the layer's fetch read it (``take`` then ``release``)
+    or it was dropped unread (``drop``)."""
+
+    def __init__(self, job: _Job, release: Callable[[], None] | None) -> None:
+        self.job = job
+        self._release = release
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._result: requests.Response | bytes | None = None
+        self.state = "queued"  # queued -> sending -> taken | dropped; queued -> cancelled
+
+    def _request(self, transport: Transport) -> requests.Response | None:
+        job = self.job
+        try:
+            return transport.request(
+                "GET",
+                job.url,
+                registry=job.registry,
+                scope=job.scope,
+                headers=job.headers,
+                stall=True,
+                max_retries=job.max_retries,
+            )
+        except Exception as e:  # noqa: BLE001 — the layer's own request reports it
+            log.debug("%s: early request failed (%s); it is sent again", job.desc.digest, e)
+            return None
+
+    def run_held(self, transport: Transport) -> None:
+        """Send, and keep the response with its body unread."""
+        self._settle(self._request(transport))
+
+    def run_buffered(self, transport: Transport) -> None:
+        """Send, and read the whole body: exactly ``desc.size`` bytes, else nothing (the
+        layer's own request then gets the real answer, with its retries and errors)."""
+        size = self.job.desc.size
+        body: bytes | None = None
+        resp = self._request(transport)
+        if resp is not None:
+            with resp:
+                try:
+                    set_read_timeout(resp, transport.config.stall_timeout)
+                    declared = declared_length(resp)
+                    if resp.status_code == 200 and declared in (None, size):
+                        data = b"".join(_read_chunks(resp, size + 1, transport.throttle))
+                        body = data if len(data) == size else None
+                except Exception as e:  # noqa: BLE001 — the layer's own request reports it
+                    log.debug("%s: early body failed (%s)", self.job.desc.digest, e)
+        self._settle(body)
+
+    def _settle(self, result: requests.Response | bytes | None) -> None:
+        with self._lock:
+            self._result = result
+            dropped = self.state == "dropped"
+        self._ready.set()
+        if dropped:
+            self._close()
+
+    def claim(self) -> bool:
+        """For a sender: whether to send this one (its layer did not take it meanwhile)."""
+        with self._lock:
+            if self.state != "queued":
+                return False
+            self.state = "sending"
+            return True
+
+    def take(self) -> requests.Response | bytes | None:
+        """The response (body unread) or the whole body, once it came; None if it was never
+        sent or failed (the caller then sends its own request; ``release`` either way)."""
+        with self._lock:
+            if self.state == "queued":
+                self.state = "cancelled"
+                return None
+            self.state = "taken"
+        self._ready.wait()
+        return self._result
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+
+    def drop(self) -> None:
+        """Close an early request no layer took (its connection is dropped if its body was
+        not read) and give back its place."""
+        with self._lock:
+            if self.state in ("taken", "cancelled", "dropped"):
+                return
+            never_sent = self.state == "queued"
+            self.state = "dropped"
+            ready = self._ready.is_set()
+        if ready or never_sent:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            if isinstance(self._result, requests.Response):
+                self._result.close()
+        finally:
+            self._result = None
+            self.release()
+
+
+def _early_key(job: _Job) -> tuple[str, str]:
+    """Early requests are found by host and digest."""
+    return (urlsplit(job.url).netloc, job.desc.digest)
+
+
+class EarlyRequests:
+    """The early GETs of one pull (``Fetcher.send_early``); ``close`` drops those no layer
+    took (a failed pull, a blob another process stored meanwhile)."""
+
+    def __init__(self, fetcher: Fetcher, early: list[_Early]) -> None:
+        self._fetcher = fetcher
+        self.early = early
+
+    def close(self) -> None:
+        for e in self.early:
+            self._fetcher._forget(e)
+            e.drop()
+
+    def __enter__(self) -> EarlyRequests:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Fetcher:
     """Fetches blobs named by descriptors. Safe to use from several threads at once.
 
@@ -566,6 +711,131 @@ class Fetcher:
         self.mirrors = mirrors
         self.config = config or FetchConfig()
         self.observe_window: Callable[[int], None] | None = None
+        self._early: dict[tuple[str, str], _Early] = {}
+        self._early_lock = threading.Lock()
+
+    def _jobs(self, ref: Reference, desc: Descriptor) -> Iterator[_Job]:
+        """The registry hosts' requests for ``desc``, in the order they are tried (mirrors
+        first); foreign URLs are the caller's."""
+        path = f"/v2/{ref.path}/blobs/{desc.digest}"
+        if self.mirrors is None:
+            yield _Job(
+                self.transport.url(ref.registry, path), ref.registry, ref.scope(), desc, {}, None
+            )
+            return
+        for host in self.mirrors.hosts(ref, "pull"):
+            yield self._host_job(ref, desc, host)
+
+    @staticmethod
+    def _host_job(ref: Reference, desc: Descriptor, host: RegistryHost) -> _Job:
+        return _Job(
+            host.api_url(f"/v2/{ref.path}/blobs/{desc.digest}", ns=ref.domain),
+            host.netloc,
+            ref.scope(),
+            desc,
+            dict(host.header_map()),
+            None if host.upstream else MIRROR_RETRIES,
+        )
+
+    def send_early(
+        self,
+        ref: Reference,
+        descs: Sequence[Descriptor],
+        resolved_in: float,
+        wanted: Callable[[Descriptor], bool] = lambda _d: True,
+    ) -> EarlyRequests:
+        """Send the first GET of each of ``descs`` now, to the host tried first, in places of
+        the host budget that are free now (one is always left for the request that must come
+        first, the image's config), so a pull's layer requests are in flight while its config
+        is: one round trip fewer. Small blobs go through lanes that read each body whole (at
+        most EARLY_MEMORY in all) and send the next at once, so an image of more small layers
+        than the budget still takes one wave; a bigger blob's response waits, body unread, for
+        its layer. A layer's fetch takes its early answer instead of sending the request
+        (``_stream``); what none takes is dropped by ``EarlyRequests.close``. A blob that
+        would come from foreign URLs is not sent early. Nothing is sent when the manifest
+        was resolved in less than ``FetchConfig.early_after`` (``resolved_in`` seconds), nor a
+        blob ``wanted`` says no to right before it would be sent (stored or being fetched by
+        another thread or process meanwhile)."""
+        after = self.config.early_after
+        if after is None or resolved_in < after:
+            return EarlyRequests(self, [])
+        small: list[_Early] = []
+        sent: list[_Early] = []
+        memory = 0
+        for desc in descs:
+            if desc.urls and desc.media_type in NONDISTRIBUTABLE_TYPES:
+                continue
+            job = next(self._jobs(ref, desc), None)
+            if job is None:
+                break
+            key = _early_key(job)
+            buffered = desc.size <= EARLY_BODY_MAX and memory + desc.size <= EARLY_MEMORY
+            with self._early_lock:
+                if key in self._early or not wanted(desc):
+                    continue  # sent by a concurrent pull already, or being fetched
+                release = None if buffered else self.transport.try_slot(job.url, spare=1)
+                if not buffered and release is None:
+                    continue  # the budget is full: sent when its layer starts
+                early = _Early(job, release)
+                self._early[key] = early
+            sent.append(early)
+            if buffered:
+                memory += desc.size
+                small.append(early)
+            elif early.claim():
+                threading.Thread(
+                    target=early.run_held,
+                    args=(self.transport,),
+                    daemon=True,
+                    name="fastdist-early",
+                ).start()
+        queue = list(small)
+        lock = threading.Lock()
+
+        def lane(release: Callable[[], None]) -> None:
+            try:
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        early = queue.pop(0)
+                    if wanted(early.job.desc) and early.claim():
+                        early.run_buffered(self.transport)
+            finally:
+                release()
+
+        for _ in small:
+            release = self.transport.try_slot(small[0].job.url, spare=1)
+            if release is None:
+                break  # the rest wait in the queue for a lane (or their layers send them)
+            threading.Thread(
+                target=lane, args=(release,), daemon=True, name="fastdist-early"
+            ).start()
+        return EarlyRequests(self, sent)
+
+    def _take_early(self, job: _Job) -> _Early | None:
+        """The early request of ``job``'s blob on its host, if one was sent with the same
+        credentials and headers. It may have gone through another repository of that host
+        (a blob two images of one pull share): the bytes are the same blob, verified alike,
+        and this client was allowed to read it there."""
+        key = _early_key(job)
+        with self._early_lock:
+            early = self._early.get(key)
+            sent = early.job if early is not None else None
+            if sent is None or (sent.registry, sent.scope is None, sent.headers) != (
+                job.registry,
+                job.scope is None,
+                job.headers,
+            ):
+                return None
+            del self._early[key]
+            return early
+
+    def _forget(self, early: _Early) -> None:
+        key = _early_key(early.job)
+        with self._early_lock:
+            if self._early.get(key) is early:
+                del self._early[key]
 
     def fetch(
         self,
@@ -593,23 +863,12 @@ class Fetcher:
                     "%s: not using foreign URLs (not allowed); fetching from the registry",
                     desc.digest,
                 )
-        path = f"/v2/{ref.path}/blobs/{desc.digest}"
         if self.mirrors is None:
-            url = self.transport.url(ref.registry, path)
-            self._fetch_from(url, ref.registry, ref.scope(), desc, sink, progress)
+            self._fetch_job(next(self._jobs(ref, desc)), sink, progress)
             return
 
         def attempt(host: RegistryHost) -> None:
-            self._fetch_from(
-                host.api_url(path, ns=ref.domain),
-                host.netloc,
-                ref.scope(),
-                desc,
-                sink,
-                progress,
-                headers=host.header_map(),
-                max_retries=None if host.upstream else MIRROR_RETRIES,
-            )
+            self._fetch_job(self._host_job(ref, desc, host), sink, progress)
 
         def skipped(host: RegistryHost, e: RegistryError) -> None:
             progress(
@@ -652,7 +911,12 @@ class Fetcher:
         headers: Mapping[str, str] | None = None,
         max_retries: int | None = None,
     ) -> None:
-        job = _Job(url, registry, scope, desc, dict(headers or {}), max_retries)
+        self._fetch_job(
+            _Job(url, registry, scope, desc, dict(headers or {}), max_retries), sink, progress
+        )
+
+    def _fetch_job(self, job: _Job, sink: BlobSink, progress: Progress) -> None:
+        desc = job.desc
         cfg = self.config
         plan: _Plan | None = None
         offset = sink.offset
@@ -697,9 +961,26 @@ class Fetcher:
                 )
             if start >= end and (desc.size > 0 or start > 0):
                 return
+            # The blob's early GET (send_early), if one was sent: it asked for the whole blob.
+            early = self._take_early(job) if start == 0 and attempt == 0 else None
             try:
-                with self.transport.slot(job.url):
-                    self._stream_once(job, sink, progress, start, plan)
+                got = early.take() if early is not None else None
+                if isinstance(got, requests.Response) and (plan is None or plan.end >= desc.size):
+                    try:
+                        self._stream_once(job, sink, progress, start, plan, got)
+                    finally:
+                        assert early is not None
+                        early.release()
+                elif isinstance(got, bytes) and plan is None:
+                    sink.write(got)  # the whole blob, read by the early request
+                    progress(_blob_event(Phase.DOWNLOADING, desc, desc.size))
+                else:
+                    if early is not None:
+                        if isinstance(got, requests.Response):
+                            got.close()
+                        early.release()
+                    with self.transport.slot(job.url):
+                        self._stream_once(job, sink, progress, start, plan)
                 if plan is None or sink.offset >= plan.end:
                     return
                 continue
@@ -730,7 +1011,10 @@ class Fetcher:
         progress: Progress,
         start: int,
         plan: _Plan | None,
+        early: requests.Response | None = None,
     ) -> None:
+        """One request of the head stream from ``start`` (or ``early``'s answer: the whole
+        blob asked for ahead of need) into ``sink``."""
         desc, url = job.desc, job.url
         headers = dict(job.headers)
         bounded = plan is not None and plan.end < desc.size
@@ -744,7 +1028,7 @@ class Fetcher:
         def on_retry(err: RegistryError, _attempt: int, _delay: float) -> None:
             progress(_blob_event(Phase.RETRYING, desc, start, err.message))
 
-        resp = self.transport.request(
+        resp = early or self.transport.request(
             "GET",
             url,
             registry=job.registry,

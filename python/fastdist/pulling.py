@@ -135,21 +135,24 @@ class PullJob:
         content: ContentStore,
         snapshotter: Snapshotter,
         config: Descriptor,
-        plans: Sequence[LayerPlan],
+        layers: Sequence[Descriptor],
+        plans: Sequence[LayerPlan] | None = None,
     ) -> None:
         """Before any layer is fetched: the per-pull limit on what the descriptors announce,
-        and enough free space for the blobs to fetch and (at least) their unpacked bytes."""
+        and enough free space for the blobs to fetch and (at least) their unpacked bytes.
+        Without ``plans`` (the manifest alone, before the config came) the unpacked bytes
+        are not counted; called again with them once they are known."""
         limit = self.budget.limit
-        announced = config.size + sum(p.desc.size for p in plans)
+        announced = config.size + sum(d.size for d in layers)
         if announced > limit:
             raise LimitExceededError(
                 f"pull of {self.what}: its blobs total {size_and_bytes(announced)}, over the "
                 f"per-pull limit of {size_and_bytes(limit)} (max_pull_bytes)",
                 hint="raise Client(max_pull_bytes=...) only if you trust this image",
             )
-        to_fetch = sum(p.desc.size for p in plans if not content.exists(p.desc.digest))
+        to_fetch = sum(d.size for d in layers if not content.exists(d.digest))
         # A layer unpacks to at least its compressed size (a lower bound, not an estimate).
-        to_unpack = sum(p.desc.size for p in plans if not snapshotter.exists(p.chain_id))
+        to_unpack = sum(p.desc.size for p in plans or () if not snapshotter.exists(p.chain_id))
         needs: dict[int, tuple[Path, int]] = {}
         for path, n in ((content.blobs_dir, to_fetch), (snapshotter.root, to_unpack)):
             dev = os.stat(path).st_dev

@@ -368,6 +368,20 @@ class HostBudget:
                     self._waiting_first[host] -= 1
             self._active[host] = self._active.get(host, 0) + 1
 
+    def try_acquire(self, host: str, limit: int) -> bool:
+        """A first request's place at once, if fewer than ``limit`` run on ``host`` and no
+        request waits for one there (an early request never overtakes a waiting one)."""
+        with self._cv:
+            if self._active.get(host, 0) >= limit or self._waiting.get(host, 0) > 0:
+                return False
+            self._active[host] = self._active.get(host, 0) + 1
+            return True
+
+    def active(self, host: str) -> int:
+        """Places taken on ``host`` now."""
+        with self._cv:
+            return self._active.get(host, 0)
+
     def release(self, host: str) -> None:
         with self._cv:
             self._active[host] -= 1
@@ -517,6 +531,20 @@ class Transport:
         ``extra``: an additional ranged request of a blob that already streams, served after
         every waiting first request (a big blob's chunks never starve small layers)."""
         return HostSlot(self.budget, _netloc(url), self.config.max_connections, extra)
+
+    def try_slot(self, url: str, *, spare: int = 0) -> Callable[[], None] | None:
+        """A place in ``url``'s host budget now, leaving ``spare`` places free, or None (never
+        waits); the caller calls what is returned, once, to give the place back."""
+        host = _netloc(url)
+        if not self.budget.try_acquire(host, self.config.max_connections - spare):
+            return None
+        once = threading.Lock()
+
+        def release() -> None:
+            if once.acquire(blocking=False):  # given back once, whoever calls it again
+                self.budget.release(host)
+
+        return release
 
     def preconnect(self, url: str, count: int) -> list[threading.Thread]:
         """Open connections to ``url``'s host ahead of need, in the background, until the

@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from pullkit import expected_tree, image, serve, small_layer, unpacked_tree
+import pytest
+from pullkit import big_layer, expected_tree, image, serve, small_layer, unpacked_tree
 
 from clikit import cli_env
 from fakeregistry import FakeRegistry, Fault
 from fastdist.client import PRECONNECT_KNOWN, Client
+from fastdist.errors import VerificationError
+from fastdist.fetcher import EARLY_BODY_MAX, FetchConfig
 from fastdist.transport import TransportConfig
 
 # Never part of a pull: the container, serve, archive, push, check and dedup halves.
@@ -151,4 +155,80 @@ def test_one_token_serves_every_request_of_a_many_layer_pull(store_root: Path) -
         blob_gets = [r for r in reg.requests if "/blobs/" in r.path]
         assert len(blob_gets) == 13  # config + 12 layers, none answered 401 and asked again
         assert all(r.authorization for r in blob_gets)
+        assert unpacked_tree(client, ref) == expected_tree(img)
+
+
+# Early layer requests whatever the registry's distance (the fake is on loopback).
+_EARLY = FetchConfig(early_after=0)
+
+
+def _wait_idle(client: Client, host: str) -> bool:
+    """Whether the host's budget has no place taken (within a bound, never a timing claim)."""
+    deadline = time.monotonic() + 10
+    while client.transport.budget.active(host) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return client.transport.budget.active(host) == 0
+
+
+def test_layer_requests_are_in_flight_while_the_config_is(store_root: Path) -> None:
+    """The first GET of every layer blob goes out while the config's answer is still awaited
+    (one round trip fewer): more small layers than the budget still all go out (the early
+    lanes read each small body and send the next), and a blob too big to read ahead keeps
+    its answer for its layer. Each blob is fetched once."""
+    budget = 4
+    with FakeRegistry() as reg:
+        layers = [small_layer(i) for i in range(7)] + [big_layer(9, EARLY_BODY_MAX + (1 << 16))]
+        img = image(*layers)
+        ref = serve(reg, "rt/early", img)
+        held = reg.add_fault(
+            Fault(
+                path_contains=img.config_descriptor.digest,
+                method="GET",
+                hold_until_request="/blobs/",
+                hold_count=1 + len(layers),  # the config's own and every layer's
+                hold_timeout=5,
+            )
+        )
+        client = Client(
+            store_root, transport_config=_plain(reg), max_connections=budget, fetch_config=_EARLY
+        )
+        client.pull(ref)
+        assert held.seen_request
+        for layer in img.layers:
+            assert len(reg.requests_to(f"/blobs/{layer.descriptor.digest}", "GET")) == 1
+        assert reg.peak_blob_gets <= budget
+        assert unpacked_tree(client, ref) == expected_tree(img)
+        assert _wait_idle(client, reg.host)
+
+
+def test_early_requests_of_a_failed_pull_are_dropped(store_root: Path) -> None:
+    """A pull that fails on its config gives back every place its early requests took, so
+    the next pull through the same client is not starved."""
+    budget = 3
+    with FakeRegistry() as reg:
+        img = image(*(small_layer(i) for i in range(5)), big_layer(7, EARLY_BODY_MAX * 2))
+        ref = serve(reg, "rt/dropped", img)
+        reg.add_fault(Fault(path_contains=img.config_descriptor.digest, body=b"{}", times=1))
+        client = Client(
+            store_root, transport_config=_plain(reg), max_connections=budget, fetch_config=_EARLY
+        )
+        with pytest.raises(VerificationError):
+            client.pull(ref)
+        assert _wait_idle(client, reg.host)
+        client.pull(ref)  # the fault is spent: the same client pulls it
+        assert unpacked_tree(client, ref) == expected_tree(img)
+        assert _wait_idle(client, reg.host)
+
+
+def test_a_failed_early_request_is_sent_again_by_its_layer(store_root: Path) -> None:
+    """An early GET that failed (here a 404, which is no retry) is not an error: the layer
+    sends its own request, which gets the blob."""
+    with FakeRegistry() as reg:
+        img = image(small_layer(1), small_layer(2))
+        ref = serve(reg, "rt/again", img)
+        first = img.layers[0].descriptor.digest
+        reg.add_fault(Fault(path_contains=first, method="GET", status=404, code="BLOB_UNKNOWN"))
+        client = Client(store_root, transport_config=_plain(reg), fetch_config=_EARLY)
+        client.pull(ref)
+        assert len(reg.requests_to(f"/blobs/{first}", "GET")) == 2
         assert unpacked_tree(client, ref) == expected_tree(img)

@@ -111,9 +111,12 @@ def test_the_size_check_refuses_what_the_descriptors_announce_over_the_limit(
     plans = plan_layers([d for d, _, _ in LAYERS], _config([i for _, i, _ in LAYERS]))
     total = sum(p.desc.size for p in plans)
     config = Descriptor(oci.OCI_CONFIG, sha256_digest(b"{}"), 2)
-    PullJob("ok", total + 2).check_size(content, snap, config, plans)
-    with pytest.raises(LimitExceededError, match="max_pull_bytes"):
-        PullJob("big", total + 1).check_size(content, snap, config, plans)
+    layers = [p.desc for p in plans]
+    PullJob("ok", total + 2).check_size(content, snap, config, layers, plans)
+    PullJob("ok", total + 2).check_size(content, snap, config, layers)  # the manifest alone
+    for known in (plans, None):
+        with pytest.raises(LimitExceededError, match="max_pull_bytes"):
+            PullJob("big", total + 1).check_size(content, snap, config, layers, known)
 
 
 @pytest.fixture(params=["overlayfs", "native"])
