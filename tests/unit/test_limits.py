@@ -15,6 +15,7 @@ from fakeregistry import FakeRegistry
 from fastdist import _native, oci, resolver, transport
 from fastdist.client import DEFAULT_MAX_PULL_BYTES, Client
 from fastdist.errors import LimitExceededError, StoreError
+from fastdist.fetcher import FetchConfig
 from fastdist.pulling import PullBudget, cap_layer_bytes
 from fastdist.testing.images import File, build_image, build_layer, tar_entries
 from fastdist.transport import TransportConfig, redact_text
@@ -85,12 +86,23 @@ def _serve(reg: FakeRegistry, size: int) -> tuple[str, str]:
     return f"{reg.host}/app:v1", layer.descriptor.digest
 
 
+@pytest.mark.parametrize("early_after", [None, 0.0], ids=["near", "far-early-requests"])
 def test_free_space_is_checked_before_any_layer_is_fetched(
-    tmp_path: Path, reg: FakeRegistry, monkeypatch: pytest.MonkeyPatch, caplog: Any
+    tmp_path: Path,
+    reg: FakeRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: Any,
+    early_after: float | None,
 ) -> None:
+    """Also when a far registry's layer requests would go out with the config's: the check
+    runs on the manifest's descriptors first."""
     ref, digest = _serve(reg, 64 << 10)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
-    client = Client(tmp_path / "store", transport_config=TransportConfig(max_retries=0))
+    client = Client(
+        tmp_path / "store",
+        transport_config=TransportConfig(max_retries=0),
+        fetch_config=FetchConfig(early_after=early_after),
+    )
     real = os.statvfs
 
     class Tiny:
