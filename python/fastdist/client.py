@@ -269,7 +269,7 @@ class Client:
             workers = self._max_parallel or self.transport.config.max_connections
             job = pulling.PullJob(str(reference), self.max_pull_bytes, workers)
             job.check_size(self.content, self.snapshotter, resolved.manifest.config, layers)
-            missing = [d for d in layers if self._early_fetch(d)]
+            missing = [d for d in layers if not self.content.exists(d.digest)]
             ahead: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
             if missing:
                 sent = self.fetcher.send_early(
@@ -309,7 +309,7 @@ class Client:
     def _early_fetch(self, desc: Descriptor) -> bool:
         """Whether ``desc``'s blob is fetched from its first byte (not stored, no partial
         download to resume with a Range request, no thread or process fetching it now): its
-        GET can be sent early."""
+        GET can be sent early (asked right before it is sent: ``Fetcher.send_early``)."""
         c = self.content
         try:
             return not (

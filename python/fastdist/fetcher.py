@@ -770,9 +770,11 @@ class Fetcher:
                 break
             key = _early_key(job)
             buffered = desc.size <= EARLY_BODY_MAX and memory + desc.size <= EARLY_MEMORY
+            if not wanted(desc):
+                continue  # stored, or being fetched, meanwhile
             with self._early_lock:
-                if key in self._early or not wanted(desc):
-                    continue  # sent by a concurrent pull already, or being fetched
+                if key in self._early:
+                    continue  # sent by a concurrent pull already
                 release = None if buffered else self.transport.try_slot(job.url, spare=1)
                 if not buffered and release is None:
                     continue  # the budget is full: sent when its layer starts
